@@ -1,0 +1,182 @@
+"""The paper's experiment as independent cells: one (alpha, beta) row x one fold.
+
+Layout (nnU-Net style, navigable without docs)::
+
+    results/<experiment>/experiment.json           profile, data, split, seed
+    results/<experiment>/<row>/fold<k>/run/        the training run (tversky_keras.training)
+    results/<experiment>/<row>/fold<k>/test/<id>.npz   test probabilities, truth, FLAIR
+    results/<experiment>/<row>/fold<k>/metrics.json    per-subject test metrics
+    results/<experiment>/<row>/fold<k>/done.json       written last: the cell is finished
+
+A cell with ``done.json`` is skipped on a rerun; any other cell is (re)started,
+and its training resumes from its last finished epoch. Cells share nothing but
+the read-only data, so they can run in parallel on several machines that
+share ``results/``.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tversky_keras.data import discover_subjects, load_subject
+from tversky_keras.evaluation import lesion_metrics
+from tversky_keras.inference import lesion_probability, predict_volume
+from tversky_keras.training import TrainConfig, train
+
+ROWS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
+FOLDS = (0, 1)
+METRICS = ("dsc", "sensitivity", "specificity", "f2", "apr")
+
+# Table 1 of Salehi et al. 2017 (test set, percent), from ../shared/PAPER.md.
+PAPER_TABLE1 = {
+    (0.5, 0.5): (53.42, 49.85, 99.93, 51.77, 52.57),
+    (0.4, 0.6): (54.57, 55.85, 99.91, 55.47, 54.34),
+    (0.3, 0.7): (56.42, 56.85, 99.93, 57.32, 56.04),
+    (0.2, 0.8): (48.57, 61.00, 99.89, 54.53, 53.31),
+    (0.1, 0.9): (46.42, 65.57, 99.87, 56.11, 51.65),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How hard the experiment works: grid, network, optimiser, budget."""
+
+    name: str
+    description: str
+    spacing: float | None
+    patch_size: tuple | None
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int
+    base_filters: int
+    depth: int
+    learning_rate: float
+    lr_decay_steps: int
+    phantom_subjects: int
+    phantom_spacing: float
+
+
+PROFILES = {
+    "smoke": Profile(
+        name="smoke", description="seconds, for tests: a tiny network, a few steps",
+        spacing=None, patch_size=(16, 16, 16), batch_size=2, epochs=2, steps_per_epoch=2,
+        base_filters=2, depth=2, learning_rate=1e-3, lr_decay_steps=1000,
+        phantom_subjects=4, phantom_spacing=4.0),
+    "quick": Profile(
+        name="quick", description="the whole grid in about 15 minutes on a 2-core CPU",
+        spacing=None, patch_size=(32, 32, 32), batch_size=4, epochs=10, steps_per_epoch=60,
+        base_filters=8, depth=3, learning_rate=1e-4, lr_decay_steps=1000,
+        phantom_subjects=15, phantom_spacing=2.0),
+    "paper": Profile(
+        name="paper", description="the paper's setting, for a GPU: whole 1-mm volumes, "
+                                  "Adam 1e-4 x0.9 every 1000 steps, 1000 epochs",
+        spacing=None, patch_size=None, batch_size=1, epochs=1000, steps_per_epoch=0,
+        base_filters=16, depth=4, learning_rate=1e-4, lr_decay_steps=1000,
+        phantom_subjects=15, phantom_spacing=1.0),
+}
+
+
+def row_name(alpha, beta):
+    return f"a{alpha:g}_b{beta:g}"
+
+
+def two_fold_split(subject_ids, seed=0):
+    """Two disjoint test folds covering every subject, fixed by ``seed``.
+
+    Returns ``[(train_ids, test_ids), (train_ids, test_ids)]``; fold 0 tests
+    on the first half of a seeded permutation of the sorted ids.
+    """
+    ids = sorted(subject_ids)
+    if len(ids) < 2:
+        raise ValueError(f"two-fold cross-validation needs at least 2 subjects; got {len(ids)}")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    half = (len(ids) + 1) // 2
+    tests = [sorted(order[:half]), sorted(order[half:])]
+    return [([i for i in ids if i not in test], test) for test in tests]
+
+
+def _write_json(data, path):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One grid of cells on one data set with one profile and one seed."""
+
+    root: Path
+    data: Path
+    profile: Profile
+    seed: int = 0
+    foreground_ratio: float = 0.0
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.subjects = {s.id: s for s in discover_subjects(self.data)}
+        self.split = two_fold_split(self.subjects)
+
+    def describe(self):
+        return {
+            "data": str(self.data), "seed": self.seed, "foreground_ratio": self.foreground_ratio,
+            "profile": {k: list(v) if isinstance(v, tuple) else v
+                        for k, v in dataclasses.asdict(self.profile).items()},
+            "folds": [{"train": tr, "test": te} for tr, te in self.split],
+        }
+
+    def cells(self):
+        return [(alpha, beta, fold) for alpha, beta in ROWS for fold in FOLDS]
+
+    def cell_dir(self, alpha, beta, fold):
+        return self.root / row_name(alpha, beta) / f"fold{fold}"
+
+    def is_done(self, alpha, beta, fold):
+        return (self.cell_dir(alpha, beta, fold) / "done.json").is_file()
+
+    def train_config(self, alpha, beta, fold):
+        p = self.profile
+        train_ids = self.split[fold][0]
+        steps = p.steps_per_epoch or -(-len(train_ids) // p.batch_size)
+        return TrainConfig(
+            alpha=alpha, beta=beta, spacing=p.spacing, patch_size=p.patch_size,
+            batch_size=p.batch_size, epochs=p.epochs, steps_per_epoch=steps,
+            base_filters=p.base_filters, depth=p.depth, learning_rate=p.learning_rate,
+            lr_decay_steps=p.lr_decay_steps, foreground_ratio=self.foreground_ratio,
+            monitor="val_dice", seed=self.seed)
+
+    def run_cell(self, alpha, beta, fold, callbacks=()):
+        """Train one cell, segment its test fold, write metrics and ``done.json``."""
+        cell = self.cell_dir(alpha, beta, fold)
+        started = time.perf_counter()
+        config = self.train_config(alpha, beta, fold)
+        train_ids, test_ids = self.split[fold]
+        train(config, [self.subjects[i] for i in train_ids], [], cell / "run", verbose=0,
+              callbacks=callbacks)
+        # The paper trains for a fixed budget: the test uses the last model,
+        # never one picked on the test fold.
+        model = keras.saving.load_model(cell / "run" / "last.keras")
+        (cell / "test").mkdir(exist_ok=True)
+        per_subject = {}
+        for subject_id in test_ids:
+            volume = load_subject(self.subjects[subject_id], modalities=config.modalities,
+                                  target_spacing=config.spacing, multiple_of=2 ** config.depth)
+            prob = lesion_probability(predict_volume(model, volume.image))
+            label = volume.label.astype(np.uint8)
+            brain = volume.brain
+            flair = volume.image[..., list(config.modalities).index("FLAIR")] \
+                if "FLAIR" in config.modalities else volume.image[..., -1]
+            tmp = cell / "test" / f".{subject_id}.tmp.npz"
+            np.savez_compressed(tmp, probability=prob.astype(np.float16), label=label,
+                                brain=brain, flair=flair.astype(np.float16))
+            os.replace(tmp, cell / "test" / f"{subject_id}.npz")
+            scores = lesion_metrics(label, prob, threshold=0.5, mask=brain)
+            scores["lesion_density"] = float(label[brain].mean())
+            per_subject[subject_id] = scores
+        _write_json(per_subject, cell / "metrics.json")
+        _write_json({"seconds": round(time.perf_counter() - started, 1),
+                     "test": test_ids, "train": train_ids}, cell / "done.json")

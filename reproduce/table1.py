@@ -1,0 +1,302 @@
+"""Reproduce Table 1 of Salehi et al. (2017): five (alpha, beta) rows, two folds.
+
+    python -m reproduce.table1                      # the synthetic phantom, quick profile
+    python -m reproduce.table1 --data PATH          # real data (e.g. the MSLUB database)
+    python -m reproduce.table1 --profile paper      # the paper's setting, for a GPU
+
+Each (row, fold) cell trains a U-Net with the Tversky loss on one half of the
+subjects and segments the other half at probability 0.5. Finished cells are
+skipped on a rerun; the table is assembled from whatever cells exist, and says
+which are missing. Results go to ``results/<experiment>/`` and the figures to
+``figures/<experiment>/``.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
+                                  Experiment, row_name)
+from tversky_keras.evaluation import lesion_metrics  # noqa: E402
+
+DEFAULT_CACHE = Path(os.environ.get("TVERSKY_KERAS_CACHE", Path.home() / ".cache" / "tversky-keras"))
+LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificity",
+          "f2": "F2", "apr": "APR"}
+
+
+def phantom_data(profile, cache=DEFAULT_CACHE):
+    """The embedded default data set, generated on first use into the cache."""
+    from tversky_keras.data.phantom import synthesize_dataset
+
+    folder = Path(cache) / f"phantom-{profile.phantom_subjects}x{profile.phantom_spacing:g}mm-seed0"
+    if not (folder / "phantom.json").is_file():
+        print(f"generating the synthetic MS phantom ({profile.phantom_subjects} subjects at "
+              f"{profile.phantom_spacing:g} mm) into {folder} ...", flush=True)
+        synthesize_dataset(folder, n_subjects=profile.phantom_subjects, seed=0,
+                           spacing=profile.phantom_spacing)
+    return folder
+
+
+class GridProgress(keras.callbacks.Callback):
+    """One line per epoch: which cell, which epoch, and the time left for the grid."""
+
+    def __init__(self, total_epochs, done_epochs=0):
+        super().__init__()
+        self.total_epochs = total_epochs
+        self.done_epochs = done_epochs
+        self.started = time.perf_counter()
+        self.trained_epochs = 0
+        self.label = ""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trained_epochs += 1
+        self.done_epochs += 1
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / self.trained_epochs * (self.total_epochs - self.done_epochs)
+        loss = (logs or {}).get("loss", float("nan"))
+        print(f"  {self.label} epoch {epoch + 1}/{self.params['epochs']} loss {loss:.4f} "
+              f"| grid {self.done_epochs}/{self.total_epochs} epochs, "
+              f"~{left / 60:.1f} min left", flush=True)
+
+
+def run_grid(experiment, cells):
+    """Run the selected cells that are not finished, with a progress display."""
+    todo = [c for c in cells if not experiment.is_done(*c)]
+    for cell in cells:
+        if cell not in todo:
+            print(f"skip {row_name(*cell[:2])} fold{cell[2]}: finished", flush=True)
+    epochs_per_cell = experiment.profile.epochs
+    progress = GridProgress(total_epochs=len(todo) * epochs_per_cell)
+    for index, (alpha, beta, fold) in enumerate(todo, 1):
+        progress.label = f"[cell {index}/{len(todo)} {row_name(alpha, beta)} fold{fold}]"
+        started = time.perf_counter()
+        experiment.run_cell(alpha, beta, fold, callbacks=[progress])
+        print(f"{progress.label} done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _load_cell_arrays(experiment, alpha, beta, fold):
+    test_dir = experiment.cell_dir(alpha, beta, fold) / "test"
+    for subject_id in experiment.split[fold][1]:
+        with np.load(test_dir / f"{subject_id}.npz") as data:
+            brain = data["brain"]
+            yield subject_id, data["label"], data["probability"].astype(np.float32), brain
+
+
+def assemble(experiment):
+    """Table 1 from the finished cells: pooled, per-subject mean/std, lesion-wise."""
+    rows, missing = [], []
+    for alpha, beta in ROWS:
+        folds = [f for f in FOLDS if experiment.is_done(alpha, beta, f)]
+        missing += [f"{row_name(alpha, beta)}/fold{f}" for f in FOLDS if f not in folds]
+        if not folds:
+            rows.append({"alpha": alpha, "beta": beta, "folds": []})
+            continue
+        truths, probs, brains = [], [], []
+        per_subject = {}
+        for fold in folds:
+            for _, label, prob, brain in _load_cell_arrays(experiment, alpha, beta, fold):
+                truths.append(label)
+                probs.append(prob)
+                brains.append(brain)
+            cell_metrics = json.loads(
+                (experiment.cell_dir(alpha, beta, fold) / "metrics.json").read_text())
+            per_subject.update(cell_metrics)
+        pooled = lesion_metrics(truths, probs, threshold=0.5, mask=brains)
+        row = {"alpha": alpha, "beta": beta, "folds": folds,
+               "pooled": {m: pooled[m] for m in METRICS},
+               "per_subject_mean": {}, "per_subject_std": {},
+               "lesion_tpr": pooled["lesion_tpr"], "lesion_fpr": pooled["lesion_fpr"],
+               "subjects": per_subject,
+               "paper": dict(zip(METRICS, PAPER_TABLE1[(alpha, beta)]))}
+        for m in METRICS:
+            values = np.array([s[m] for s in per_subject.values()], dtype=float)
+            row["per_subject_mean"][m] = float(np.nanmean(values))
+            row["per_subject_std"][m] = float(np.nanstd(values))
+        rows.append(row)
+    return {"experiment": experiment.describe(), "rows": rows, "missing_cells": missing}
+
+
+def _pct(value):
+    return "—" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def markdown_table(table):
+    """Table 1 as Markdown: ours (pooled over both test folds) beside the paper's."""
+    head = ["penalties"] + [f"{LABELS[m]} ours / paper" for m in METRICS] + \
+        ["lesion TPR", "lesion FPR"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table["rows"]:
+        cells = [f"a={row['alpha']:g}, b={row['beta']:g}"]
+        for m in METRICS:
+            ours = row.get("pooled", {}).get(m)
+            cells.append(f"{_pct(ours)} / {row_paper(row, m):.2f}")
+        cells += [_pct(row.get("lesion_tpr")), _pct(row.get("lesion_fpr"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    if table["missing_cells"]:
+        lines.append("")
+        lines.append(f"Missing cells (not in the table): {', '.join(table['missing_cells'])}")
+    return "\n".join(lines)
+
+
+def row_paper(row, metric):
+    return PAPER_TABLE1[(row["alpha"], row["beta"])][METRICS.index(metric)]
+
+
+def per_subject_table(table):
+    """Per-subject mean ± standard deviation of each metric, in percent."""
+    head = ["penalties"] + [LABELS[m] for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table["rows"]:
+        if not row.get("folds"):
+            continue
+        cells = [f"a={row['alpha']:g}, b={row['beta']:g}"] + [
+            f"{_pct(row['per_subject_mean'][m])} ± {_pct(row['per_subject_std'][m])}"
+            for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_csv(table):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["alpha", "beta", "folds"] + [f"{m}_pooled" for m in METRICS] +
+                    [f"{m}_subject_mean" for m in METRICS] + [f"{m}_subject_std" for m in METRICS] +
+                    ["lesion_tpr", "lesion_fpr"] + [f"{m}_paper" for m in METRICS])
+    for row in table["rows"]:
+        if not row.get("folds"):
+            writer.writerow([row["alpha"], row["beta"], ""])
+            continue
+        writer.writerow([row["alpha"], row["beta"], " ".join(map(str, row["folds"]))] +
+                        [row["pooled"][m] for m in METRICS] +
+                        [row["per_subject_mean"][m] for m in METRICS] +
+                        [row["per_subject_std"][m] for m in METRICS] +
+                        [row["lesion_tpr"], row["lesion_fpr"]] +
+                        [row_paper(row, m) / 100 for m in METRICS])
+    return out.getvalue()
+
+
+def write_outputs(table, folder):
+    """``table1.md``, ``table1.csv`` and ``table1.json`` in ``folder``, each atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = ("# Table 1 (percent; ours pooled over all test voxels of both folds / paper)\n\n"
+            + markdown_table(table) + "\n\n## Per-subject mean ± std (percent)\n\n"
+            + per_subject_table(table) + "\n")
+    for name, content in (("table1.md", text), ("table1.csv", table_csv(table)),
+                          ("table1.json", json.dumps(table, indent=2, sort_keys=True) + "\n")):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(content)
+        os.replace(tmp, folder / name)
+    return text
+
+
+def seed_summary(tables):
+    """Mean and spread over seeds of the pooled metrics of each row."""
+    rows = []
+    for index, (alpha, beta) in enumerate(ROWS):
+        values = {m: [t["rows"][index]["pooled"][m] for t in tables
+                      if t["rows"][index].get("folds")] for m in METRICS}
+        rows.append({"alpha": alpha, "beta": beta, "n_seeds": len(values["dsc"]),
+                     "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
+                     "std": {m: float(np.std(v)) if v else None for m, v in values.items()}})
+    return rows
+
+
+def seed_markdown(rows):
+    head = ["penalties", "seeds"] + [LABELS[m] for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join(
+            [f"a={row['alpha']:g}, b={row['beta']:g}", str(row["n_seeds"])] +
+            [f"{_pct(row['mean'][m])} ± {_pct(row['std'][m])}" for m in METRICS]) + " |")
+    return "\n".join(lines)
+
+
+def parse_cells(text):
+    """'a0.5_b0.5/fold0,a0.3_b0.7' -> the selected (alpha, beta, fold) cells."""
+    if not text:
+        return None
+    names = {row_name(a, b): (a, b) for a, b in ROWS}
+    chosen = []
+    for item in text.split(","):
+        row, _, fold = item.strip().partition("/")
+        if row not in names:
+            raise SystemExit(f"--cells: unknown row {row!r}; rows are {', '.join(names)}")
+        folds = FOLDS if not fold else (int(fold.removeprefix("fold")),)
+        chosen += [(*names[row], f) for f in folds]
+    return chosen
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m reproduce.table1",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data folder or manifest (default: the synthetic phantom)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                        help="smoke (seconds), quick (default, ~15 min on 2 CPU cores), "
+                             "paper (the paper's setting, for a GPU)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="results folder (results/)")
+    parser.add_argument("--figures", type=Path, default=Path("figures"),
+                        help="figures folder (figures/)")
+    parser.add_argument("--cells", default=None,
+                        help="run only these cells, e.g. a0.5_b0.5/fold0,a0.3_b0.7")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat the grid with N seeds")
+    parser.add_argument("--oversample", type=float, default=0.0,
+                        help="fraction of lesion-centred patches (0: none, as the paper)")
+    parser.add_argument("--name", default=None, help="experiment name (default: data-profile)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help="where the phantom is generated")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    profile = PROFILES[args.profile]
+    data = args.data if args.data is not None else phantom_data(profile, args.cache)
+    base = args.name or f"{'phantom' if args.data is None else Path(args.data).name}-{profile.name}"
+    if args.oversample:
+        base += f"-oversample{args.oversample:g}"
+    print(f"profile {profile.name}: {profile.description}")
+    print(json.dumps({k: v for k, v in profile.__dict__.items()}, default=list))
+    started = time.perf_counter()
+    tables = []
+    for seed in range(args.seeds):
+        name = base if seed == 0 else f"{base}-seed{seed}"
+        experiment = Experiment(args.results / name, data, profile, seed=seed,
+                                foreground_ratio=args.oversample)
+        experiment.root.mkdir(parents=True, exist_ok=True)
+        (experiment.root / "experiment.json").write_text(
+            json.dumps(experiment.describe(), indent=2) + "\n")
+        run_grid(experiment, parse_cells(args.cells) or experiment.cells())
+        table = assemble(experiment)
+        text = write_outputs(table, experiment.root)
+        print(f"\n{name}\n\n{text}")
+        tables.append(table)
+        if not args.no_figures:
+            from reproduce.figures import make_figures
+
+            for path in make_figures(experiment.root, args.figures / name):
+                print(f"figure: {path}")
+    if args.seeds > 1:
+        summary = seed_summary(tables)
+        text = seed_markdown(summary)
+        (args.results / f"{base}-seeds.md").write_text(text + "\n")
+        (args.results / f"{base}-seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"\nover {args.seeds} seeds (mean ± std of the pooled metrics)\n\n{text}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

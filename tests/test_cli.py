@@ -1,0 +1,87 @@
+"""The ``tversky-keras`` command line: help, predict, evaluate, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tiny_data import write_tiny_subjects
+from tversky_keras.cli import main
+from tversky_keras.evaluation import lesion_metrics
+from tversky_keras.models import unet3d
+from tversky_keras.scan_spec import with_scan_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ["synth", "train", "predict", "evaluate"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: tversky-keras {command}" in text and "--" in text
+
+
+def test_python_dash_m_is_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "tversky_keras", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("usage: tversky-keras")
+    for command in SUBCOMMANDS:
+        assert command in result.stdout
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    keras.utils.set_random_seed(5)
+    network = unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2)
+    model = with_scan_spec(network, ["T1W", "T2W", "FLAIR"], multiple_of=4)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_predict_then_evaluate_round_trip(saved_model, tmp_path, capsys):
+    folder = write_tiny_subjects(tmp_path / "data", n=1)[0]
+    assert main(["predict", "--model", str(saved_model), "--input", str(folder),
+                 "--out", str(tmp_path / "out"), "--threshold", "0.3"]) == 0
+    prob = nib.load(tmp_path / "out" / "probability.nii.gz").get_fdata()
+    mask = np.asarray(nib.load(tmp_path / "out" / "mask.nii.gz").dataobj)
+    np.testing.assert_array_equal(mask, prob >= 0.3)
+    capsys.readouterr()
+
+    truth_path = folder / "consensus_gt.nii.gz"
+    assert main(["evaluate", "--prediction", str(tmp_path / "out" / "probability.nii.gz"),
+                 "--truth", str(truth_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    truth = np.asarray(nib.load(truth_path).dataobj)
+    expected = lesion_metrics(truth, prob.astype(np.float32), threshold=0.5)
+    for key in ("dsc", "sensitivity", "specificity", "f2", "apr", "lesion_tpr", "lesion_fpr"):
+        assert printed[key] == pytest.approx(expected[key], nan_ok=True)
+
+
+def test_predict_from_loose_files_needs_every_modality(saved_model, tmp_path, capsys):
+    folder = write_tiny_subjects(tmp_path / "data", n=1)[0]
+    code = main(["predict", "--model", str(saved_model), "--t1w", str(folder / "T1W.nii.gz"),
+                 "--flair", str(folder / "FLAIR.nii.gz"), "--out", str(tmp_path / "out")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "expects modalities T1W, T2W, FLAIR" in error and "T2W" in error
+    assert not (tmp_path / "out" / "probability.nii.gz").exists()
+
+
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tversky_keras", "evaluate", "--prediction",
+         str(tmp_path / "missing.nii.gz"), "--truth", str(tmp_path / "missing.nii.gz")],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "missing.nii.gz" in lines[0]

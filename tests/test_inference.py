@@ -1,0 +1,109 @@
+"""Whole-volume and sliding-window inference, NIfTI outputs in the scan's geometry."""
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tiny_data import write_tiny_subjects
+from tversky_keras.data import discover_subjects
+from tversky_keras.inference import (gaussian_importance, predict_volume, segment_subject,
+                                     window_starts, write_segmentation)
+from tversky_keras.models import unet3d
+from tversky_keras.scan_spec import with_scan_spec
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(3)
+    network = unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2)
+    return with_scan_spec(network, ["T1W", "T2W", "FLAIR"], spacing=None, multiple_of=4)
+
+
+@pytest.mark.parametrize("size, window, step, expected", [
+    (10, 4, 2, [0, 2, 4, 6]),      # 6 = 10 - 4: the last window is flush with the end
+    (10, 4, 3, [0, 3, 6]),
+    (11, 4, 3, [0, 3, 6, 7]),
+    (4, 4, 2, [0]),
+    (3, 4, 2, [0]),                 # smaller than the window: padded, one window
+])
+def test_window_starts_cover_the_axis(size, window, step, expected):
+    starts = window_starts(size, window, step)
+    assert starts == expected
+    covered = np.zeros(max(size, window), bool)
+    for s in starts:
+        covered[s:s + window] = True
+    assert covered[:size].all()
+
+
+def test_gaussian_importance_peaks_in_the_centre():
+    w = gaussian_importance((8, 8, 8))
+    assert w.shape == (8, 8, 8) and w.max() == pytest.approx(1.0)
+    assert w[3:5, 3:5, 3:5].min() > w[0, 0, 0] > 0
+    np.testing.assert_allclose(w, w[::-1, ::-1, ::-1])
+
+
+def test_sliding_window_equals_whole_volume_for_one_window(model):
+    image = np.random.default_rng(0).standard_normal((16, 20, 12, 3)).astype(np.float32)
+    whole = predict_volume(model, image)
+    single = predict_volume(model, image, window=(16, 20, 12))
+    np.testing.assert_allclose(single, whole, atol=1e-6)
+
+
+def test_sliding_window_close_to_whole_volume_with_overlap(model):
+    # The receptive field crosses window borders, so agreement is approximate;
+    # with Gaussian blending and 50% overlap the difference stays small.
+    image = np.random.default_rng(1).standard_normal((24, 24, 24, 3)).astype(np.float32)
+    whole = predict_volume(model, image)
+    windows = predict_volume(model, image, window=(16, 16, 16), overlap=0.5, batch_size=3)
+    assert windows.shape == whole.shape == (24, 24, 24, 2)
+    np.testing.assert_allclose(windows.sum(-1), 1.0, atol=1e-5)
+    assert np.abs(windows - whole).mean() < 0.02
+
+
+def test_whole_volume_pads_sizes_that_are_not_multiples(model):
+    image = np.random.default_rng(2).standard_normal((13, 18, 9, 3)).astype(np.float32)
+    probs = predict_volume(model, image)
+    assert probs.shape == (13, 18, 9, 2)
+    padded = np.zeros((16, 20, 12, 3), np.float32)
+    padded[:13, :18, :9] = image
+    np.testing.assert_allclose(probs, model.predict_on_batch(padded[None])[0][:13, :18, :9],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"window": (10, 16, 16)}, "multiple of 4"),
+    ({"window": (16, 16, 16), "overlap": 1.0}, "overlap"),
+    ({"window": (16, 16, 16), "blend": "median"}, "blend"),
+])
+def test_bad_inference_options_are_refused(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        predict_volume(model, np.zeros((16, 16, 16, 3), np.float32), **kwargs)
+
+
+def test_outputs_have_the_input_shape_and_affine(model, tmp_path):
+    # An oblique-free but flipped (LPS-like) affine checks the reorientation round trip.
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0])
+    write_tiny_subjects(tmp_path / "data", n=1, shape=(18, 22, 14), affine=affine)
+    subject = discover_subjects(tmp_path / "data")[0]
+    probability, geometry = segment_subject(model, subject)
+    prob_path, mask_path = write_segmentation(probability, geometry, tmp_path / "out", 0.5)
+    source = nib.load(subject.images["FLAIR"])
+    for path, dtype in ((prob_path, np.float32), (mask_path, np.uint8)):
+        written = nib.load(path)
+        assert written.shape == source.shape
+        np.testing.assert_allclose(written.affine, source.affine)
+        assert written.get_data_dtype() == dtype
+    prob = nib.load(prob_path).get_fdata()
+    mask = np.asarray(nib.load(mask_path).dataobj)
+    np.testing.assert_array_equal(mask, (prob >= 0.5).astype(np.uint8))
+    # Outside the brain (zero in every modality) the probability is 0 by construction.
+    assert prob[np.asarray(source.dataobj) == 0].max() == 0.0
+
+
+def test_missing_modality_names_what_the_model_expects(model, tmp_path):
+    write_tiny_subjects(tmp_path / "data", n=1)
+    subject = discover_subjects(tmp_path / "data")[0]
+    del subject.images["T2W"]
+    with pytest.raises(ValueError, match="expects modalities T1W, T2W, FLAIR.*no T2W"):
+        segment_subject(model, subject)

@@ -1,0 +1,235 @@
+"""The 3D U-Net: shapes, parameter count, structure, options, saving, mixed precision."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tversky_keras
+from tversky_keras.models import check_spatial_shape, model_depth, required_multiple, unet3d
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _layer_types(model):
+    return Counter(type(layer).__name__ for layer in model.layers)
+
+
+def _conv_params(kernel, cin, cout):
+    """Weights plus biases of a convolution (also of a transposed one)."""
+    return kernel**3 * cin * cout + cout
+
+
+def _expected_params(channels, n_classes, base_filters, depth):
+    """The U-Net's parameters, level by level, without normalization."""
+    total, cin = 0, channels
+    for level in range(depth + 1):  # contracting levels, then the bottleneck
+        filters = base_filters * 2**level
+        total += _conv_params(3, cin, filters) + _conv_params(3, filters, filters)
+        cin = filters
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        total += _conv_params(2, cin, filters)  # transposed convolution
+        # the first convolution reads the skip and the upsampled features
+        total += _conv_params(3, 2 * filters, filters) + _conv_params(3, filters, filters)
+        cin = filters
+    return total + _conv_params(1, cin, n_classes)
+
+
+@pytest.mark.parametrize(
+    "channels, n_classes, base_filters, depth, hand_count",
+    [
+        # encoder 3->2: 27*3*2+2 = 164, 2->2: 110; bottleneck 2->4: 220, 4->4: 436;
+        # transposed 4->2: 8*4*2+2 = 66; decoder (2+2)->2: 218, 2->2: 110;
+        # head 2->2: 2*2+2 = 6. Sum: 1330.
+        (3, 2, 2, 1, 1330),
+        (3, 2, 4, 2, None),
+        (2, 1, 3, 3, None),
+    ],
+)
+def test_parameter_count_matches_formula(channels, n_classes, base_filters, depth, hand_count):
+    model = unet3d((None, None, None, channels), n_classes, base_filters, depth)
+    expected = _expected_params(channels, n_classes, base_filters, depth)
+    if hand_count is not None:
+        assert expected == hand_count
+    assert model.count_params() == expected
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_layer_structure_follows_depth(depth):
+    model = unet3d(base_filters=2, depth=depth)
+    types = _layer_types(model)
+    # two 3x3x3 convolutions per contracting level, bottleneck and expanding
+    # level, plus the 1x1x1 head
+    assert types["Conv3D"] == 4 * depth + 3
+    assert types["MaxPooling3D"] == types["Conv3DTranspose"] == types["Concatenate"] == depth
+    assert model_depth(model) == depth
+    assert required_multiple(model) == required_multiple(depth) == 2**depth
+
+
+@pytest.mark.parametrize("n_classes, activation", [(2, "softmax"), (3, "softmax"), (1, "sigmoid")])
+def test_output_is_activation_of_logits(rng, n_classes, activation):
+    model = unet3d((8, 8, 8, 3), n_classes=n_classes, base_filters=2, depth=1)
+    x = rng.normal(size=(2, 8, 8, 8, 3)).astype(np.float32)
+    probabilities = model.predict(x, verbose=0)
+    logits = keras.Model(model.input, model.get_layer("logits").output).predict(x, verbose=0)
+    assert probabilities.shape == (2, 8, 8, 8, n_classes)
+    if activation == "softmax":
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        expected = exp / exp.sum(axis=-1, keepdims=True)
+        np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-6)
+    else:
+        expected = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "input_shape, depth, message",
+    [
+        ((12, 16, 16, 3), 3, r"spatial axis 0 has size 12, which is not a multiple of 8 "
+                             r"\(2\*\*depth with depth=3\); pad or crop it to 8 or 16"),
+        ((16, None, 6, 1), 2, r"spatial axis 2 has size 6, .* multiple of 4 .* to 4 or 8"),
+        ((16, 3, 16, 1), 2, r"spatial axis 1 has size 3, .* multiple of 4 .* to 4$"),
+    ],
+)
+def test_indivisible_spatial_size_is_named(input_shape, depth, message):
+    with pytest.raises(ValueError, match=message):
+        unet3d(input_shape, base_filters=2, depth=depth)
+    with pytest.raises(ValueError, match=message):
+        check_spatial_shape(input_shape[:3], depth)
+
+
+def test_divisible_and_unknown_sizes_pass():
+    assert check_spatial_shape((16, None, 32), 4) is None
+    assert unet3d((16, None, 8, 1), base_filters=2, depth=3).output.shape[1:4] == (16, None, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"depth": 0}, "depth must be an integer >= 1"),
+        ({"depth": 1.5}, "depth must be an integer >= 1"),
+        ({"base_filters": 0}, "base_filters must be an integer >= 1"),
+        ({"n_classes": 0}, "n_classes must be an integer >= 1"),
+        ({"normalization": "layer"}, "normalization must be one of"),
+        ({"dropout": 1.0}, r"dropout must be a rate in \[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout must be a rate in \[0, 1\)"),
+        ({"input_shape": (16, 16, 3)}, r"input_shape must be channel-last \(x, y, z, channels\)"),
+        ({"input_shape": (16, 16, 16, None)}, "known number of channels"),
+        ({"input_shape": (16, 0, 16, 3)}, "spatial sizes must be positive integers or None"),
+    ],
+)
+def test_bad_options_raise_naming_the_option(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        unet3d(**{"base_filters": 2, "depth": 1, **kwargs})
+
+
+def test_depth_of_a_model_without_pooling_is_an_error():
+    inputs = keras.Input((4, 4, 4, 1))
+    model = keras.Model(inputs, keras.layers.Conv3D(1, 1)(inputs), name="plain")
+    with pytest.raises(ValueError, match="'plain' has no MaxPooling3D layer"):
+        model_depth(model)
+    with pytest.raises(ValueError, match="depth must be an integer >= 1"):
+        required_multiple(0)
+
+
+# depth 1, base 2, 3 channels: 1330 parameters without normalization (above);
+# the six 3x3x3 convolutions have 2+2+4+4+2+2 = 16 output channels, whose biases
+# are dropped; batch norm adds 4 values per channel (2 trainable), group and
+# instance norm add 2.
+@pytest.mark.parametrize(
+    "normalization, layer_type, n_params, groups",
+    [
+        ("batch", "BatchNormalization", 1330 - 16 + 4 * 16, None),
+        ("instance", "GroupNormalization", 1330 - 16 + 2 * 16, [2, 2, 4, 4, 2, 2]),
+        ("group", "GroupNormalization", 1330 - 16 + 2 * 16, [2, 2, 4, 4, 2, 2]),
+    ],
+)
+def test_normalization_between_convolution_and_relu(normalization, layer_type, n_params, groups):
+    model = unet3d((8, 8, 8, 3), base_filters=2, depth=1, normalization=normalization)
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names.count(layer_type) == 6
+    for index, name in enumerate(names):
+        if name == layer_type:
+            assert (names[index - 1], names[index + 1]) == ("Conv3D", "ReLU")
+    assert model.count_params() == n_params
+    if groups is not None:
+        norms = [layer for layer in model.layers if type(layer).__name__ == layer_type]
+        assert [layer.groups for layer in norms] == groups
+
+
+def test_group_normalization_uses_at_most_eight_groups():
+    model = unet3d((8, 8, 8, 1), base_filters=12, depth=1, normalization="group")
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.GroupNormalization)]
+    # gcd(12, 8) = 4 groups for the 12-filter level, gcd(24, 8) = 8 for the bottleneck
+    assert [layer.groups for layer in norms] == [4, 4, 8, 8, 4, 4]
+
+
+def test_dropout_after_each_convolution_pair(rng):
+    model = unet3d((8, 8, 8, 1), base_filters=2, depth=2, dropout=0.5)
+    assert _layer_types(model)["SpatialDropout3D"] == 5  # 2 encoder, bottleneck, 2 decoder
+    assert "SpatialDropout3D" not in _layer_types(unet3d(base_filters=2, depth=2))
+    x = rng.normal(size=(1, 8, 8, 8, 1)).astype(np.float32)
+    # Off at inference (deterministic), on in training (different outputs).
+    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+    assert not np.allclose(model(x, training=True), model(x, training=False))
+
+
+_LOAD_AND_PREDICT = textwrap.dedent(
+    """
+    import json, sys
+    import keras, numpy as np
+    import tversky_keras  # registers the custom objects
+    model = keras.saving.load_model(sys.argv[1])
+    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+    loss = model.loss.get_config() if model.loss is not None else None
+    print(json.dumps({"loss": loss}))
+    """
+)
+
+
+def test_saved_model_predicts_the_same_in_a_fresh_process(rng, tmp_path):
+    model = unet3d(base_filters=2, depth=2, normalization="group")
+    has_loss = hasattr(tversky_keras.losses, "TverskyLoss")
+    if has_loss:
+        model.compile(optimizer="adam", loss=tversky_keras.losses.TverskyLoss(alpha=0.3, beta=0.7))
+    x = rng.normal(size=(1, 8, 12, 16, 3)).astype(np.float32)  # any multiple of 4
+    np.save(tmp_path / "x.npy", x)
+    model.save(tmp_path / "model.keras")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_PREDICT, str(tmp_path / "model.keras"),
+         str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0), atol=1e-6)
+    if has_loss:
+        loss = json.loads(done.stdout.strip().splitlines()[-1])["loss"]
+        assert (loss["alpha"], loss["beta"]) == (0.3, 0.7)
+
+
+@pytest.fixture
+def mixed_float16():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy(previous)
+
+
+def test_output_is_float32_under_mixed_precision(rng, mixed_float16):
+    model = unet3d((8, 8, 8, 3), base_filters=2, depth=1)
+    assert model.get_layer("logits").compute_dtype == "float16"  # the policy applies
+    assert model.output.dtype == "float32"
+    # XLA: TensorFlow has no float16 MaxPool3D kernel for CPUs (GPUs have one).
+    model.compile(jit_compile=True)
+    probabilities = model.predict(rng.normal(size=(1, 8, 8, 8, 3)), verbose=0)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-6)

@@ -1,0 +1,281 @@
+"""Finding subjects in each layout, and loading them as checked, normalised volumes."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tversky_keras.data import (
+    MODALITIES,
+    DataError,
+    Subject,
+    discover_subjects,
+    from_grid,
+    load_subject,
+    zscore_in_brain,
+)
+
+SHAPE = (6, 8, 4)
+
+
+def write(path, data, affine=np.eye(4)):
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
+    return path
+
+
+def scans(rng, n_lesion_voxels=3):
+    """Skull-stripped test scans: brain = a box inside the volume; lesions inside it."""
+    brain = np.zeros(SHAPE, bool)
+    brain[1:5, 1:7, 1:3] = True
+    images = {m: np.where(brain, rng.uniform(1.0, 2.0, SHAPE), 0).astype(np.float32) for m in MODALITIES}
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[2, 2:2 + n_lesion_voxels, 1] = 1
+    return images, mask, brain
+
+
+def write_subject(folder, rng, names=None, ext=".nii.gz", n_lesion_voxels=3):
+    """One subject folder; ``names`` maps modality/mask to file stems (default: the plain layout)."""
+    folder.mkdir(parents=True)
+    images, mask, _ = scans(rng, n_lesion_voxels)
+    names = names or {}
+    for modality, data in images.items():
+        write(folder / f"{names.get(modality, modality)}{ext}", data)
+    write(folder / f"{names.get('consensus_gt', 'consensus_gt')}{ext}", mask)
+    return images, mask
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def test_plain_layout_is_found_sorted_with_nii_and_nii_gz(tmp_path, rng):
+    write_subject(tmp_path / "s2", rng)
+    write_subject(tmp_path / "s1", rng, ext=".nii")
+    (tmp_path / "notes").mkdir()  # a folder without scans is not a subject
+    subjects = discover_subjects(tmp_path)
+    assert [s.id for s in subjects] == ["s1", "s2"]
+    assert subjects[0].images == {m: tmp_path / "s1" / f"{m}.nii" for m in MODALITIES}
+    assert subjects[1].mask == tmp_path / "s2" / "consensus_gt.nii.gz"
+    assert subjects[1].brainmask is None
+
+
+def test_mslub_layout_with_brainmask(tmp_path, rng):
+    folder = tmp_path / "patient03"
+    prefixed = {n: f"patient03_{n}" for n in (*MODALITIES, "consensus_gt")}
+    write_subject(folder, rng, names=prefixed)
+    write(folder / "patient03_brainmask.nii.gz", np.ones(SHAPE, np.uint8))
+    (subject,) = discover_subjects(tmp_path)
+    assert subject.id == "patient03"
+    assert subject.images["FLAIR"] == folder / "patient03_FLAIR.nii.gz"
+    assert subject.mask == folder / "patient03_consensus_gt.nii.gz"
+    assert subject.brainmask == folder / "patient03_brainmask.nii.gz"
+
+
+def test_modalities_select_subset_and_order(tmp_path, rng):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    images, _, _ = scans(rng)
+    write(folder / "FLAIR.nii.gz", images["FLAIR"])
+    write(folder / "T1W.nii.gz", images["T1W"])
+    (subject,) = discover_subjects(tmp_path, modalities=("FLAIR", "T1W"), require_mask=False)
+    assert list(subject.images) == ["FLAIR", "T1W"]
+    assert subject.mask is None
+
+
+def test_manifest(tmp_path, rng):
+    for name in ("x", "y"):
+        write_subject(tmp_path / "scans" / name, rng)
+    write(tmp_path / "scans" / "x" / "brain.nii.gz", np.ones(SHAPE, np.uint8))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "Subject, t1, t2, flair, mask, brainmask\n"
+        "y,scans/y/T1W.nii.gz,scans/y/T2W.nii.gz,scans/y/FLAIR.nii.gz,scans/y/consensus_gt.nii.gz,\n"
+        "\n"
+        "x,scans/x/T1W.nii.gz,scans/x/T2W.nii.gz,scans/x/FLAIR.nii.gz,scans/x/consensus_gt.nii.gz,scans/x/brain.nii.gz\n"
+    )
+    x, y = discover_subjects(manifest)
+    assert (x.id, y.id) == ("x", "y")
+    assert x.images == {m: tmp_path / "scans" / "x" / f"{m}.nii.gz" for m in MODALITIES}
+    assert x.brainmask == tmp_path / "scans" / "x" / "brain.nii.gz" and y.brainmask is None
+    assert y.mask == tmp_path / "scans" / "y" / "consensus_gt.nii.gz"
+
+
+def test_manifest_needs_only_the_chosen_columns(tmp_path, rng):
+    write_subject(tmp_path / "x", rng)
+    manifest = tmp_path / "flair.csv"
+    manifest.write_text("subject,flair\nx,x/FLAIR.nii.gz\n")
+    (x,) = discover_subjects(manifest, modalities=("FLAIR",), require_mask=False)
+    assert x.images == {"FLAIR": tmp_path / "x" / "FLAIR.nii.gz"} and x.mask is None
+
+
+def test_real_patients_are_found(mslub_root):
+    subjects = discover_subjects(mslub_root)
+    assert [s.id for s in subjects] == ["patient07", "patient26"]
+    for subject in subjects:
+        for path in (*subject.images.values(), subject.mask):
+            assert nib.load(path).shape == (182, 218, 182)
+
+
+def missing_flair(tmp_path, rng):
+    write_subject(tmp_path / "s1", rng)
+    (tmp_path / "s1" / "FLAIR.nii.gz").unlink()
+    return tmp_path, "s1"
+
+
+def missing_mask(tmp_path, rng):
+    write_subject(tmp_path / "s1", rng)
+    (tmp_path / "s1" / "consensus_gt.nii.gz").unlink()
+    return tmp_path, "s1"
+
+
+def two_t2w(tmp_path, rng):
+    write_subject(tmp_path / "s1", rng)
+    write(tmp_path / "s1" / "s1_T2W.nii", np.ones(SHAPE, np.float32))
+    return tmp_path, "s1"
+
+
+def empty_folder(tmp_path, rng):
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty", "empty"
+
+
+def manifest(text):
+    """A subject ``x`` in the plain layout and a manifest ``m.csv`` holding ``text``."""
+
+    def make(tmp_path, rng):
+        write_subject(tmp_path / "x", rng)
+        (tmp_path / "m.csv").write_text(text)
+        return tmp_path / "m.csv", "m.csv"
+
+    return make
+
+
+HEADER = "subject,t1,t2,flair,mask\n"
+ROW_X = "x,x/T1W.nii.gz,x/T2W.nii.gz,x/FLAIR.nii.gz,x/consensus_gt.nii.gz\n"
+
+BAD_DATA_SETS = [
+    (missing_flair, "missing the FLAIR scan: none of FLAIR.nii.gz"),
+    (missing_mask, "missing the consensus_gt scan"),
+    (two_t2w, "ambiguous T2W: found T2W.nii.gz, s1_T2W.nii"),
+    (empty_folder, "no subjects found; looked for .*CSV manifest"),
+    (lambda tmp_path, rng: (tmp_path / "nowhere", "nowhere"), "not found"),
+    (manifest("subject,t1,flair\n"), "lacks the columns t2, mask"),
+    (manifest(HEADER + ROW_X + ROW_X), "duplicate subject id x"),
+    (manifest(HEADER + "x,x/T1W.nii.gz,x/T2W.nii.gz,x/FLAIR.nii.gz,\n"), "subject x has no mask file"),
+    (manifest(HEADER), "no subjects found"),
+    (manifest(HEADER + ROW_X.replace("T2W", "T2")), "T2.nii.gz: file of subject x listed in m.csv not found"),
+]
+
+
+@pytest.mark.parametrize("make, problem", BAD_DATA_SETS)
+def test_bad_data_sets_raise_data_error_naming_the_file(tmp_path, rng, make, problem):
+    root, name = make(tmp_path, rng)
+    with pytest.raises(DataError, match=problem) as error:
+        discover_subjects(root)
+    assert name in str(error.value)
+
+
+def test_unknown_modality_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="modalities must be distinct names from"):
+        discover_subjects(tmp_path, modalities=("FLAIR", "PD"))
+
+
+# ---------------------------------------------------------------- loading
+
+
+@pytest.fixture
+def subject(tmp_path, rng):
+    images, mask = write_subject(tmp_path / "s1", rng)
+    (subject,) = discover_subjects(tmp_path)
+    return subject, images, mask
+
+
+def test_load_subject_normalises_each_modality_in_the_brain(subject):
+    subject, images, mask = subject
+    volume = load_subject(subject, modalities=("FLAIR", "T1W"))
+    brain = images["FLAIR"] != 0
+    assert volume.id == "s1" and volume.modalities == ("FLAIR", "T1W")
+    assert volume.image.shape == (*SHAPE, 2) and volume.image.dtype == np.float32
+    np.testing.assert_array_equal(volume.brain, brain)
+    np.testing.assert_allclose(volume.image[..., 0], zscore_in_brain(images["FLAIR"], brain), rtol=1e-6)
+    np.testing.assert_allclose(volume.image[..., 1], zscore_in_brain(images["T1W"], brain), rtol=1e-6)
+    assert volume.label.dtype == np.uint8
+    np.testing.assert_array_equal(volume.label, mask)
+
+
+def test_load_subject_without_normalisation_keeps_intensities(subject):
+    subject, images, _ = subject
+    volume = load_subject(subject, normalize=False)
+    np.testing.assert_array_equal(volume.image, np.stack([images[m] for m in MODALITIES], axis=-1))
+
+
+def test_brainmask_defines_the_brain(subject):
+    subject, images, _ = subject
+    brainmask = np.zeros(SHAPE, np.uint8)
+    brainmask[2:4, 2:6, 1] = 1
+    path = write(subject.mask.parent / "brainmask.nii.gz", brainmask)
+    volume = load_subject(Subject(subject.id, subject.images, subject.mask, path))
+    np.testing.assert_array_equal(volume.brain, brainmask.astype(bool))
+    assert not volume.image[~volume.brain].any()
+
+
+def test_load_subject_resamples_and_pads(subject):
+    subject, _, mask = subject
+    volume = load_subject(subject, target_spacing=0.5, multiple_of=16)
+    assert volume.image.shape == (16, 16, 16, 3)  # resampled (12, 16, 8), padded
+    assert volume.geometry.grid.resampled_shape == (12, 16, 8)
+    assert volume.label.sum() == 8 * mask.sum()  # each 1 mm voxel became 2x2x2 voxels
+    np.testing.assert_array_equal(from_grid(volume.label, volume.geometry, order=0), mask)
+
+
+def test_mask_without_lesions_is_valid(tmp_path, rng):
+    write_subject(tmp_path / "healthy", rng, n_lesion_voxels=0)
+    volume = load_subject(discover_subjects(tmp_path)[0])
+    assert volume.label.shape == SHAPE and not volume.label.any()
+
+
+def shifted(affine_shift=(0, 0, 0), shape=SHAPE):
+    affine = np.eye(4)
+    affine[:3, 3] = affine_shift
+    return np.ones(shape, np.float32), affine
+
+
+@pytest.mark.parametrize(
+    "replaced, data_affine, problem",
+    [
+        ("T2W", shifted(shape=(6, 8, 5)), r"shape \(6, 8, 5\) differs from \(6, 8, 4\) of .*T1W.nii.gz"),
+        ("FLAIR", shifted(affine_shift=(0, 0, 0.5)), "affine differs from that of .*T1W.nii.gz"),
+        ("consensus_gt", shifted(shape=(6, 8, 3)), r"shape \(6, 8, 3\) differs"),
+        ("consensus_gt", shifted(affine_shift=(1, 0, 0)), "affine differs"),
+    ],
+)
+def test_misaligned_files_raise_data_error_naming_both(subject, replaced, data_affine, problem):
+    subject, _, _ = subject
+    write(subject.mask.parent / f"{replaced}.nii.gz", *data_affine)
+    with pytest.raises(DataError, match=problem) as error:
+        load_subject(subject)
+    assert error.value.path.endswith(f"{replaced}.nii.gz")
+
+
+def test_tiny_affine_differences_are_tolerated(subject):
+    subject, images, _ = subject
+    affine = np.eye(4)
+    affine[0, 3] = 1e-4
+    write(subject.images["T2W"], images["T2W"], affine)
+    assert load_subject(subject).image.shape == (*SHAPE, 3)
+
+
+@pytest.fixture(scope="module")
+def patient07_flair(mslub_root):
+    (patient07, _) = discover_subjects(mslub_root)
+    return load_subject(patient07, modalities=("FLAIR",))
+
+
+def test_real_patient_round_trips_to_its_own_voxels(patient07_flair, mslub_root):
+    """The files are stored left-to-right flipped (LAS); the label must come back in that order."""
+    volume = patient07_flair
+    stored = np.asarray(nib.load(mslub_root / "patient07" / "consensus_gt.nii.gz").dataobj)
+    assert volume.image.shape == (182, 218, 182, 1)
+    assert volume.label.sum() == 1300  # lesion volume of patient07 in the data's README
+    np.testing.assert_array_equal(volume.label, stored[::-1])
+    np.testing.assert_array_equal(from_grid(volume.label, volume.geometry, order=0), stored)
+    brain = volume.image[..., 0][volume.brain]
+    assert abs(brain.mean()) < 0.05 and 0.9 < brain.std() < 1.1

@@ -1,0 +1,138 @@
+"""Training runs: checkpoints, logs, resume after kill -9, NaN guard, fresh-process load."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tiny_data import write_tiny_subjects
+from tversky_keras.data import discover_subjects
+from tversky_keras.scan_spec import scan_spec
+from tversky_keras.training import TrainConfig, TrainingDiverged, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(base_filters=2, depth=2, patch_size=(8, 8, 8), batch_size=2, steps_per_epoch=3,
+            learning_rate=1e-3, mixed_precision="off", jit_compile="off")
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_subjects(root, n=3)
+    return discover_subjects(root)
+
+
+def read_log(run_dir):
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished_run(subjects, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    config = TrainConfig(epochs=2, **TINY)
+    summary = train(config, subjects[:2], subjects[2:], run_dir, verbose=0)
+    return run_dir, config, summary
+
+
+def test_run_folder_holds_models_log_config_and_summary(finished_run):
+    run_dir, config, summary = finished_run
+    assert (run_dir / "model.keras").is_file() and (run_dir / "last.keras").is_file()
+    assert json.loads((run_dir / "config.json").read_text()) == config.to_json()
+    rows = read_log(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "val_dice", "val_sensitivity", "val_f2", "val_prauc", "lr"} <= set(rows[0])
+    assert summary["steps"] == 2 * TINY["steps_per_epoch"]
+    best = max(float(r["val_dice"]) for r in rows)
+    assert summary["best_value"] == pytest.approx(best)
+    assert not (run_dir / "backup").exists() or not any((run_dir / "backup").iterdir())
+
+
+def test_learning_rate_follows_the_paper_staircase():
+    config = TrainConfig(learning_rate=1e-4)
+    from tversky_keras.training import paper_optimizer
+
+    schedule = paper_optimizer(config).learning_rate
+    values = [float(schedule(step)) for step in (0, 999, 1000, 2500)]
+    np.testing.assert_allclose(values, [1e-4, 1e-4, 0.9e-4, 0.81e-4], rtol=1e-6)
+
+
+def test_finished_run_is_not_trained_again(finished_run, subjects):
+    run_dir, config, summary = finished_run
+    stamp = (run_dir / "model.keras").stat().st_mtime_ns
+    assert train(config, subjects[:2], subjects[2:], run_dir, verbose=0) == summary
+    assert (run_dir / "model.keras").stat().st_mtime_ns == stamp
+
+
+def test_other_settings_in_the_same_folder_are_refused(finished_run, subjects):
+    run_dir, config, _ = finished_run
+    other = TrainConfig(**{**config.to_json(), "beta": 0.9})
+    with pytest.raises(ValueError, match="beta"):
+        train(other, subjects[:2], subjects[2:], run_dir, verbose=0)
+
+
+def test_saved_model_records_the_scan_it_expects(finished_run):
+    run_dir, config, _ = finished_run
+    model = keras.saving.load_model(run_dir / "model.keras")
+    assert scan_spec(model) == {"modalities": list(config.modalities), "spacing": None,
+                                "multiple_of": 4}
+    assert model.loss.alpha == config.alpha and model.loss.beta == config.beta
+
+
+def test_fresh_process_loads_the_model_and_predicts_the_same(finished_run, tmp_path):
+    run_dir, _, _ = finished_run
+    x = np.random.default_rng(0).standard_normal((1, 8, 12, 8, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = keras.saving.load_model(run_dir / "model.keras").predict_on_batch(x)
+    code = textwrap.dedent(f"""
+        import numpy as np, keras, tversky_keras
+        model = keras.saving.load_model({str(run_dir / 'model.keras')!r})
+        np.save({str(tmp_path / 'y.npy')!r}, model.predict_on_batch(np.load({str(tmp_path / 'x.npy')!r})))
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path):
+    config = TrainConfig(epochs=2, **{**TINY, "learning_rate": 1e30})
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        train(config, subjects[:2], [], tmp_path, verbose=0)
+    assert not (tmp_path / "last.keras").exists()
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_run_killed_mid_training_resumes_its_epoch_count(subjects, tmp_path):
+    data = Path(subjects[0].images["FLAIR"]).parents[1]
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "tversky_keras", "train", "--data", str(data),
+               "--out", str(run_dir), "--epochs", "8", "--steps", "40", "--patch", "8",
+               "--batch-size", "2", "--base-filters", "2", "--depth", "2", "--lr", "1e-3",
+               "--val", "1", "--quiet"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run_dir / "log.csv").is_file() and len(read_log(run_dir)) >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(read_log(run_dir))
+    assert 2 <= done_before < 8
+
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
+    epochs = [int(r["epoch"]) for r in read_log(run_dir)]
+    assert epochs == list(range(8))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert done_before - 1 <= summary["resumed_from_epoch"] <= done_before

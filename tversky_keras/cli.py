@@ -1,0 +1,204 @@
+"""The ``tversky-keras`` command line: synth, train, predict, evaluate."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _triple(text):
+    """'48' -> (48, 48, 48); '64,64,32' -> (64, 64, 32)."""
+    parts = [int(p) for p in text.replace("x", ",").split(",")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one size or three (e.g. 48 or 64,64,32)")
+    return tuple(parts)
+
+
+def _modalities(text):
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tversky-keras",
+        description="Tversky-loss 3D U-Nets for MS lesion segmentation (Salehi et al. 2017).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = sub.add_parser("synth", help="write the synthetic MS-lesion phantom data set",
+                           description="Write synthetic MS subjects as OUT/<id>/"
+                                       "{T1W,T2W,FLAIR,consensus_gt}.nii.gz.")
+    synth.add_argument("--out", required=True, type=Path, help="output folder")
+    synth.add_argument("--subjects", type=int, default=15, help="number of subjects (15)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    synth.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (2.0)")
+
+    train = sub.add_parser("train", help="train a U-Net with the Tversky loss",
+                           description="Train a 3D U-Net; rerunning the same command resumes "
+                                       "an interrupted run.")
+    train.add_argument("--data", required=True, type=Path,
+                       help="data folder or manifest CSV (any layout discover_subjects reads)")
+    train.add_argument("--out", required=True, type=Path, help="run folder")
+    train.add_argument("--alpha", type=float, default=0.5, help="weight of false positives (0.5)")
+    train.add_argument("--beta", type=float, default=0.5, help="weight of false negatives (0.5)")
+    train.add_argument("--gamma", type=float, default=1.0, help="focal Tversky exponent (1: off)")
+    train.add_argument("--ce-weight", type=float, default=0.0,
+                       help="add this weight x cross-entropy to the loss (0: off)")
+    train.add_argument("--val", default="1",
+                       help="validation subjects: a count taken from the end of the sorted "
+                            "list, or comma-separated ids (default 1; 0 for none)")
+    train.add_argument("--modalities", type=_modalities, default=("T1W", "T2W", "FLAIR"),
+                       help="input channels in order (T1W,T2W,FLAIR)")
+    train.add_argument("--spacing", type=float, default=None,
+                       help="resample to this isotropic voxel size in mm (default: keep)")
+    train.add_argument("--patch", type=_triple, default=None,
+                       help="train on random patches of this size (default: whole volumes)")
+    train.add_argument("--foreground-ratio", type=float, default=0.0,
+                       help="fraction of patches centred on lesions (0: uniform, as the paper)")
+    train.add_argument("--flips", action="store_true", help="random flips")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--steps", type=int, default=10, help="steps per epoch (10)")
+    train.add_argument("--batch-size", type=int, default=1)
+    train.add_argument("--base-filters", type=int, default=16)
+    train.add_argument("--depth", type=int, default=4, help="number of poolings (4)")
+    train.add_argument("--normalization", choices=["batch", "instance", "group"], default=None)
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (1e-4)")
+    train.add_argument("--monitor", default="val_dice",
+                       help="validation metric that picks model.keras (val_dice)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
+                       help="float16 compute (auto: on a GPU only)")
+    train.add_argument("--xla", choices=["auto", "on", "off"], default="auto",
+                       help="XLA jit_compile (auto: on a GPU only; slow for Conv3D on CPU)")
+    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    predict = sub.add_parser("predict", help="segment a scan with a saved model",
+                             description="Write OUT/probability.nii.gz (float32) and "
+                                         "OUT/mask.nii.gz (uint8) in the scan's own geometry.")
+    predict.add_argument("--model", required=True, type=Path, help="a saved .keras model")
+    predict.add_argument("--input", type=Path, help="a subject folder")
+    for modality in ("T1W", "T2W", "FLAIR"):
+        predict.add_argument(f"--{modality.lower()}", dest=modality, type=Path,
+                             help=f"the {modality} file (instead of --input)")
+    predict.add_argument("--out", required=True, type=Path, help="output folder")
+    predict.add_argument("--threshold", type=float, default=0.5, help="mask threshold (0.5)")
+    predict.add_argument("--window", type=_triple, default=None,
+                         help="sliding-window size (default: the whole volume at once)")
+    predict.add_argument("--overlap", type=float, default=0.5, help="window overlap (0.5)")
+    predict.add_argument("--batch-size", type=int, default=1, help="windows per batch")
+
+    evaluate = sub.add_parser("evaluate", help="lesion metrics of a prediction as JSON",
+                              description="Voxel-wise and lesion-wise metrics of a probability "
+                                          "map or mask against a ground-truth mask.")
+    evaluate.add_argument("--prediction", required=True, type=Path,
+                          help="probability map or binary mask (NIfTI)")
+    evaluate.add_argument("--truth", required=True, type=Path, help="ground-truth mask (NIfTI)")
+    evaluate.add_argument("--threshold", type=float, default=0.5)
+    return parser
+
+
+def _split_validation(subjects, val):
+    if "," in val or not val.isdigit():
+        ids = {v.strip() for v in val.split(",") if v.strip()}
+        unknown = ids - {s.id for s in subjects}
+        if unknown:
+            raise ValueError(f"--val: no subjects named {', '.join(sorted(unknown))}")
+        return [s for s in subjects if s.id not in ids], [s for s in subjects if s.id in ids]
+    n = int(val)
+    if n >= len(subjects):
+        raise ValueError(f"--val {n}: only {len(subjects)} subjects; keep at least one to train")
+    return (subjects[: len(subjects) - n], subjects[len(subjects) - n:]) if n else (subjects, [])
+
+
+def run_synth(args):
+    from tversky_keras.data.phantom import synthesize_dataset
+
+    folders = synthesize_dataset(args.out, n_subjects=args.subjects, seed=args.seed,
+                                 spacing=args.spacing)
+    print(f"wrote {len(folders)} subjects to {args.out}")
+
+
+def run_train(args):
+    from tversky_keras.data import discover_subjects
+    from tversky_keras.training import TrainConfig, train
+
+    config = TrainConfig(
+        alpha=args.alpha, beta=args.beta, gamma=args.gamma, ce_weight=args.ce_weight,
+        modalities=args.modalities, spacing=args.spacing, patch_size=args.patch,
+        batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps,
+        base_filters=args.base_filters, depth=args.depth, normalization=args.normalization,
+        dropout=args.dropout, learning_rate=args.lr, foreground_ratio=args.foreground_ratio,
+        flips=args.flips, monitor=args.monitor, seed=args.seed,
+        mixed_precision=args.mixed_precision, jit_compile=args.xla,
+        tensorboard=args.tensorboard)
+    subjects = discover_subjects(args.data, modalities=config.modalities)
+    train_subjects, val_subjects = _split_validation(subjects, args.val)
+    train(config, train_subjects, val_subjects, args.out, verbose=0 if args.quiet else 1)
+
+
+def _subject_for_predict(args):
+    from tversky_keras.data import Subject, subject_from_folder
+
+    loose = {m: getattr(args, m) for m in ("T1W", "T2W", "FLAIR") if getattr(args, m)}
+    if bool(args.input) == bool(loose):
+        raise ValueError("give either --input SUBJECT_DIR or the modality files "
+                         "(--t1w/--t2w/--flair), not both or neither")
+    if args.input:
+        return subject_from_folder(args.input, require_mask=False)
+    return Subject(id=loose.get("FLAIR", next(iter(loose.values()))).name.split(".")[0],
+                   images=loose, mask=None, brainmask=None)
+
+
+def run_predict(args):
+    import keras
+
+    import tversky_keras  # noqa: F401  (registers the package's objects)
+    from tversky_keras.inference import segment_subject, write_segmentation
+
+    subject = _subject_for_predict(args)
+    if not args.model.is_file():
+        raise FileNotFoundError(f"{args.model}: no such model file")
+    model = keras.saving.load_model(args.model)
+    probability, geometry = segment_subject(model, subject, window=args.window,
+                                            overlap=args.overlap, batch_size=args.batch_size)
+    prob_path, mask_path = write_segmentation(probability, geometry, args.out, args.threshold)
+    print(f"wrote {prob_path} and {mask_path}")
+
+
+def run_evaluate(args):
+    from tversky_keras.data.io import read_mask, read_nifti
+    from tversky_keras.evaluation import lesion_metrics
+
+    truth = read_mask(args.truth)
+    prediction, _ = read_nifti(args.prediction)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"{args.prediction}: shape {prediction.shape} differs from the "
+                         f"truth's {truth.shape} ({args.truth})")
+    if prediction.min() < 0 or prediction.max() > 1:
+        raise ValueError(f"{args.prediction}: values outside [0, 1]; expected a probability "
+                         f"map or a binary mask")
+    result = lesion_metrics(truth, prediction, threshold=args.threshold)
+    print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
+
+
+COMMANDS = {"synth": run_synth, "train": run_train, "predict": run_predict,
+            "evaluate": run_evaluate}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"tversky-keras {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,41 @@
+"""Reading scans and making training examples: files -> subjects -> volumes -> tf.data.
+
+``discover_subjects`` finds the files, ``load_subject`` reads, checks, normalises
+and puts one subject on the network grid, ``make_dataset`` serves batches, and
+``from_grid`` / ``save_nifti_like`` take a prediction back to the scan.
+"""
+
+from tversky_keras.data.errors import DataError
+from tversky_keras.data.grid import (
+    Geometry,
+    GridMapping,
+    crop_or_pad,
+    from_grid,
+    pad_to_multiple,
+    save_nifti_like,
+    to_grid,
+)
+from tversky_keras.data.io import MODALITIES, read_mask, read_nifti
+from tversky_keras.data.normalize import zscore_in_brain
+from tversky_keras.data.pipeline import make_dataset
+from tversky_keras.data.subjects import Subject, Volume, discover_subjects, load_subject
+
+__all__ = [
+    "MODALITIES",
+    "DataError",
+    "Geometry",
+    "GridMapping",
+    "Subject",
+    "Volume",
+    "crop_or_pad",
+    "discover_subjects",
+    "from_grid",
+    "load_subject",
+    "make_dataset",
+    "pad_to_multiple",
+    "read_mask",
+    "read_nifti",
+    "save_nifti_like",
+    "to_grid",
+    "zscore_in_brain",
+]

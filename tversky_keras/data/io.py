@@ -1,0 +1,94 @@
+"""Reading NIfTI scans and lesion masks, with every failure reported as a DataError."""
+
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, io_orientation
+from nibabel.spatialimages import HeaderDataError
+
+from tversky_keras.data.errors import DataError
+
+MODALITIES = ("T1W", "T2W", "FLAIR")
+
+# What nibabel, gzip and zlib raise for a missing, damaged or truncated file.
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+
+
+def check_modalities(modalities):
+    """The modalities as a tuple, or a ValueError naming the bad choice.
+
+    Args:
+        modalities: a non-empty subset of ``MODALITIES`` in any order.
+
+    Returns:
+        tuple of modality names.
+    """
+    modalities = tuple(modalities)
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if not modalities or unknown or len(set(modalities)) != len(modalities):
+        raise ValueError(
+            f"modalities must be distinct names from {MODALITIES}, got {modalities}"
+        )
+    return modalities
+
+
+def read_nifti(path):
+    """One 3D scan as a float32 array in canonical (RAS+) voxel order.
+
+    The array is reoriented the way ``nib.as_closest_canonical`` does it, so the
+    first axis runs left to right, the second posterior to anterior and the third
+    inferior to superior whatever the file's storage order. A 4D file whose
+    trailing dimensions are all 1 (as some tools write single volumes) is read as
+    3D; any other 4D file is an error because it holds several volumes.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        ``(array, image)``: the float32 array of shape ``(X, Y, Z)`` and the
+        nibabel image as stored, whose affine and header describe the file.
+
+    Raises:
+        DataError: the file is missing, unreadable or truncated, is not 3D, or
+            holds NaN or infinite voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except _READ_ERRORS as error:
+        raise DataError(path, f"cannot read the NIfTI file ({error})") from error
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(path, f"expected a 3D scan, found shape {image.shape}")
+    n_bad = np.size(data) - np.count_nonzero(np.isfinite(data))
+    if n_bad:
+        raise DataError(path, f"{n_bad} voxels are NaN or infinite")
+    return apply_orientation(data, io_orientation(image.affine)), image
+
+
+def read_mask(path):
+    """A binary mask (lesions or brain) as a uint8 {0, 1} array in canonical order.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file holding only the values 0 and 1
+            (stored as integers or floats).
+
+    Returns:
+        ``(mask, image)`` as in ``read_nifti``, the mask as uint8.
+
+    Raises:
+        DataError: as ``read_nifti``, or when a voxel is neither 0 nor 1.
+    """
+    data, image = read_nifti(path)
+    binary = (data == 0) | (data == 1)
+    if not binary.all():
+        shown = ", ".join(f"{v:g}" for v in np.unique(data[~binary])[:5])
+        raise DataError(path, f"a mask must hold only 0 and 1, found also {shown}")
+    return data.astype(np.uint8), image

@@ -1,0 +1,522 @@
+"""A synthetic MS-lesion phantom: the default data set when no real scans are at hand.
+
+Each subject is the MNI152 ICBM 2009c template (shipped inside nilearn's wheel:
+grey- and white-matter probability maps and the brain mask) under a smooth
+random deformation, imaged as T1W, T2W and FLAIR by mixing tissue intensities
+with the partial volumes, then blurred, bias-modulated and given Rician noise.
+White-matter lesions are drawn as ovoids, most often beside the lateral
+ventricles, with a lesion load, lesion count and lesion sizes drawn to match the
+30 patients of the MSLUB database (Lesjak et al., Neuroinformatics 2017). Their
+contrast is set subject by subject so that, after ``zscore_in_brain``, lesions
+sit where real lesions do: about 1.3-1.5 brain standard deviations above the
+brain mean in FLAIR, 0.6-0.9 in T2W and near 0 in T1W -- not trivially bright.
+
+Files follow the real data's layout, ``<out>/<id>/{T1W,T2W,FLAIR,consensus_gt}.nii.gz``,
+so the same loaders read both.
+"""
+
+import functools
+import importlib.resources
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from tversky_keras.data.normalize import zscore_in_brain
+
+PHANTOM_VERSION = 1
+MODALITIES = ("T1W", "T2W", "FLAIR")
+LESION_FILE = "consensus_gt"
+
+# Lesion load (mm^3) of the 30 MSLUB patients in MNI space: quantile -> value.
+_LOAD_QUANTILES = ((0.0, 316.0), (0.25, 1802.0), (0.5, 13934.5), (0.75, 28181.75), (1.0, 52190.0))
+# Component volumes of those patients: median 17 mm^3, quartiles 6 and 46 mm^3
+# (log-normal sigma = ln(46/6) / 1.349); the heavier tail (99% 2254 mm^3) comes
+# from one confluent lesion per subject.
+_LESION_MEDIAN_MM3 = 17.0
+_LESION_LOG_SIGMA = 1.5
+# Mean lesion z-score after zscore_in_brain, measured on three MSLUB patients;
+# each subject draws its targets inside these ranges.
+_LESION_Z = {"T1W": (-0.10, 0.10), "T2W": (0.65, 0.90), "FLAIR": (1.30, 1.50)}
+# Pure-tissue intensities (CSF, GM, WM), chosen so that after zscore_in_brain the
+# tissue means match the real patients: T1W CSF -2.3 / GM -0.4 / WM 0.75,
+# T2W 3.6 / 0.0 / -0.45, FLAIR -2.8 / 0.45 / 0.2 (brain z).
+_TISSUE_INTENSITY = {"T1W": (30.0, 72.0, 100.0),
+                     "T2W": (250.0, 100.0, 80.0),
+                     "FLAIR": (15.0, 105.0, 95.0)}
+_NOISE = 0.03            # Rician noise sigma, as a fraction of white-matter intensity
+_TEXTURE = 0.04          # fine tissue texture, relative amplitude
+_BIAS = 0.05             # residual bias field (the real scans are N4-corrected)
+_BLUR_VOXELS = 0.5       # partial-volume blur, Gaussian sigma in voxels
+_DEFORM_MM = 2.0         # displacement standard deviation per axis
+_DEFORM_LENGTH_MM = 40.0
+_GRID_MARGIN_MM = 8.0    # room for deformation and scale around the template brain
+_GRID_MULTIPLE = 8       # grid sizes divisible by 8 suit a U-Net with three poolings
+_VENTRICLE_GRID_MM = 2.0  # ventricles are found once, on a 2 mm grid
+_PERIVENTRICULAR_MM = 5.0
+_PERIVENTRICULAR_WEIGHT = 30.0
+
+
+@dataclass(frozen=True)
+class SyntheticSubject:
+    """One synthetic subject.
+
+    Attributes:
+        images: modality name (``T1W``, ``T2W``, ``FLAIR``) -> float32 array,
+            zero outside the brain.
+        lesion: uint8 lesion mask of the same shape.
+        affine: 4x4 voxel-to-MNI-millimetre affine.
+        tissue: ``CSF``, ``GM``, ``WM`` -> float32 probability maps of the
+            deformed template (zero outside the brain).
+        ventricle_distance_mm: float32 distance to the lateral ventricles.
+        lesion_load_target_mm3: the load the lesions were drawn to.
+    """
+
+    images: dict
+    lesion: np.ndarray
+    affine: np.ndarray
+    tissue: dict
+    ventricle_distance_mm: np.ndarray
+    lesion_load_target_mm3: float
+
+
+@dataclass(frozen=True)
+class _Template:
+    gm: np.ndarray
+    wm: np.ndarray
+    brain: np.ndarray
+    ventricle_distance_mm: np.ndarray
+    affine: np.ndarray
+
+
+def subject_seed(seed, index):
+    """The seed of subject ``index`` of the data set made with ``seed``."""
+    return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+def lesion_loads(n_subjects, seed=0):
+    """Lesion loads (mm^3) for a data set, spread over the real distribution.
+
+    Stratified sampling: the unit interval is cut into ``n_subjects`` equal
+    strata, one uniform draw per stratum goes through the quantile function of
+    the 30 MSLUB patients' loads (log-linear between their quartiles), and the
+    strata are dealt to subjects in random order. Every data set of 3 or more
+    subjects therefore holds a very-low and a very-high load subject, as the
+    paper's figures need, without any choice of seed.
+
+    Args:
+        n_subjects: number of loads.
+        seed: int or ``SeedSequence``.
+
+    Returns:
+        float array of ``n_subjects`` loads in mm^3.
+    """
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
+    rng = np.random.default_rng(seed)
+    strata = (rng.permutation(n_subjects) + rng.uniform(size=n_subjects)) / n_subjects
+    return _load_quantile(strata)
+
+
+def _load_quantile(u):
+    probs, loads = np.array(_LOAD_QUANTILES).T
+    return np.exp(np.interp(u, probs, np.log(loads)))
+
+
+# --- the template -----------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _template_1mm():
+    """Brain mask, GM and WM probabilities of MNI152 2009c at 1 mm, and its affine."""
+    folder = importlib.resources.files("nilearn") / "datasets" / "data"
+    maps = {}
+    for name in ("t1", "gm", "wm"):
+        image = nib.load(str(folder / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"))
+        maps[name] = np.asarray(image.dataobj, dtype=np.float32)
+    if not np.allclose(np.abs(np.diag(image.affine)[:3]), 1.0):
+        raise RuntimeError(f"nilearn's MNI152 template is not at 1 mm: {image.affine}")
+    return (maps["t1"] > 0).astype(np.float32), maps["gm"] / 255, maps["wm"] / 255, image.affine
+
+
+def _grid(spacing):
+    """Shape and origin (template voxel coordinates) of the phantom grid."""
+    brain = _template_1mm()[0] > 0
+    corners = np.argwhere(brain)
+    low, high = corners.min(0), corners.max(0)
+    extent_voxels = (high - low + 2 * _GRID_MARGIN_MM) / spacing
+    shape = (np.ceil(extent_voxels / _GRID_MULTIPLE) * _GRID_MULTIPLE).astype(int)
+    origin = (low + high) / 2 - (shape - 1) * spacing / 2
+    return tuple(int(n) for n in shape), origin
+
+
+def _grid_points(spacing, grid_of=None):
+    """Voxel centres of the ``spacing`` grid, in voxel coordinates of another grid.
+
+    ``grid_of`` is the spacing of that other grid; ``None`` means the 1 mm template.
+    """
+    shape, origin = _grid(spacing)
+    axes = [origin[i] + spacing * np.arange(shape[i]) for i in range(3)]
+    if grid_of is not None:
+        other_origin = _grid(grid_of)[1]
+        axes = [(axes[i] - other_origin[i]) / grid_of for i in range(3)]
+    return np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
+
+
+def _resample_template(volume, spacing):
+    # Anti-aliasing as in skimage's rescale: sigma = (factor - 1) / 2.
+    smoothed = ndimage.gaussian_filter(volume, max(spacing - 1.0, 0.0) / 2)
+    return ndimage.map_coordinates(smoothed, _grid_points(spacing), order=1)
+
+
+@functools.lru_cache(maxsize=4)
+def _template(spacing):
+    brain, gm, wm, affine = _template_1mm()
+    _, origin = _grid(spacing)
+    to_template = np.diag([spacing, spacing, spacing, 1.0])
+    to_template[:3, 3] = origin
+    if spacing == _VENTRICLE_GRID_MM:
+        ventricle_distance = _ventricle_distance_mm()
+    else:
+        ventricle_distance = ndimage.map_coordinates(
+            _ventricle_distance_mm(), _grid_points(spacing, _VENTRICLE_GRID_MM),
+            order=1, mode="nearest")
+    return _Template(gm=_resample_template(gm, spacing), wm=_resample_template(wm, spacing),
+                     brain=_resample_template(brain, spacing),
+                     ventricle_distance_mm=ventricle_distance, affine=affine @ to_template)
+
+
+@functools.lru_cache(maxsize=1)
+def _ventricle_distance_mm():
+    """Distance (mm) to the lateral ventricles, on the 2 mm grid.
+
+    The ventricles are the large pockets of CSF deep inside the brain (over
+    10 mm from its surface) whose walls are largely white matter; the deep
+    cisterns and the interhemispheric fissure, walled by grey matter, are not.
+    """
+    brain_1mm, gm_1mm, wm_1mm, _ = _template_1mm()
+    spacing = _VENTRICLE_GRID_MM
+    brain = _resample_template(brain_1mm, spacing)
+    gm, wm = _resample_template(gm_1mm, spacing), _resample_template(wm_1mm, spacing)
+    depth = ndimage.distance_transform_edt(brain > 0.5, sampling=spacing)
+    pockets = (brain - gm - wm > 0.5) & (depth > 10.0)
+    labels, n = ndimage.label(pockets)
+    ventricles = np.zeros_like(pockets)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        pocket = labels[box] == index
+        wall = ndimage.binary_dilation(pocket) & ~pocket
+        if pocket.sum() * spacing**3 > 1000 and wm[box][wall].mean() > 0.2:
+            ventricles[box] |= pocket
+    if not ventricles.any():
+        raise RuntimeError("no lateral ventricles found in the MNI152 template")
+    return ndimage.distance_transform_edt(~ventricles, sampling=spacing).astype(np.float32)
+
+
+# --- random fields and anatomy ------------------------------------------------
+
+def _smooth_field(rng, shape, spacing, length_mm):
+    """A unit-variance random field that varies over about ``length_mm``."""
+    coarse_shape = np.maximum(np.ceil(np.array(shape) * spacing / length_mm).astype(int) + 1, 2)
+    coarse = rng.standard_normal(coarse_shape)
+    field = ndimage.zoom(coarse, np.array(shape) / coarse_shape, order=1, mode="nearest",
+                         grid_mode=True)
+    return ((field - field.mean()) / field.std()).astype(np.float32)
+
+
+def _deformed_anatomy(rng, template, spacing):
+    """The template under a random global scale and smooth displacement."""
+    shape = template.gm.shape
+    centre = (np.array(shape) - 1) / 2
+    scale = rng.uniform(0.92, 1.05) * rng.uniform(0.97, 1.03, size=3)
+    points = np.indices(shape, dtype=np.float32)
+    for axis in range(3):
+        displacement = _DEFORM_MM / spacing * _smooth_field(rng, shape, spacing, _DEFORM_LENGTH_MM)
+        points[axis] = centre[axis] + (points[axis] - centre[axis]) / scale[axis] + displacement
+
+    def warp(volume, **kwargs):
+        return ndimage.map_coordinates(volume, points, order=1, **kwargs)
+
+    brain = warp(template.brain) > 0.5
+    gm, wm = warp(template.gm) * brain, warp(template.wm) * brain
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain
+    ventricle_distance = warp(template.ventricle_distance_mm, mode="nearest")
+    return brain, {"CSF": csf, "GM": gm, "WM": wm}, ventricle_distance
+
+
+# --- lesions -------------------------------------------------------------------
+
+def _lesion_volumes(rng, load_mm3, voxel_mm3):
+    """Volumes (mm^3) of a subject's lesions; the first is the confluent one.
+
+    The count grows with the load as in the real patients (about 20 lesions at
+    1000 mm^3, 70 at 14000 mm^3); lesions smaller than a voxel cannot be drawn,
+    so at coarse spacings the count is capped at one lesion per two voxels of
+    load. The largest (often confluent, periventricular) lesion takes 15-35 %
+    of a low load and up to 90 % of a high one, as in the data.
+    """
+    count = 22 * (load_mm3 / 1000) ** 0.45 * np.exp(0.35 * rng.standard_normal())
+    count = int(np.clip(round(min(count, load_mm3 / (2 * voxel_mm3))), 1, 350))
+    heaviness = np.clip(np.log(load_mm3 / 3000) / np.log(10), 0.0, 1.0)
+    largest = rng.uniform(0.15, 0.35 + 0.55 * heaviness) if count > 1 else 1.0
+    small = _LESION_MEDIAN_MM3 * np.exp(_LESION_LOG_SIGMA * rng.standard_normal(count - 1))
+    small = small * (1 - largest) * load_mm3 / max(small.sum(), 1e-9)
+    return np.concatenate([[largest * load_mm3], np.maximum(small, voxel_mm3)])
+
+
+def _random_rotation(rng):
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _ellipsoid_axes(rng, volume_mm3, elongation):
+    """Semi-axes (mm) of an ovoid of the given volume, random proportions."""
+    ratios = np.exp(elongation * rng.standard_normal(3))
+    ratios /= np.cbrt(ratios.prod())
+    return np.cbrt(volume_mm3 * 3 / (4 * np.pi)) * ratios
+
+
+@dataclass
+class _Ovoid:
+    centre: np.ndarray     # voxel coordinates
+    axes_mm: np.ndarray
+    rotation: np.ndarray
+    severity: float
+
+
+def _lesion_ovoids(rng, volumes, wm, ventricle_distance, spacing):
+    """Place the lesions: the first as a chain of overlapping ovoids along a
+    ventricle (confluent), the others as single ovoids in white matter, denser
+    near the ventricles."""
+    deep_wm = np.argwhere(wm > 0.6)
+    weight = 1 + _PERIVENTRICULAR_WEIGHT * np.exp(
+        -ventricle_distance[tuple(deep_wm.T)] / _PERIVENTRICULAR_MM)
+    centres = deep_wm[rng.choice(len(deep_wm), size=len(volumes), p=weight / weight.sum())]
+    centres = centres + rng.uniform(-0.5, 0.5, size=centres.shape)
+    ovoids = [_Ovoid(c, _ellipsoid_axes(rng, v, 0.3), _random_rotation(rng),
+                     float(np.exp(0.25 * rng.standard_normal())))
+              for c, v in zip(centres[1:], volumes[1:])]
+    return _confluent_ovoids(rng, volumes[0], wm, ventricle_distance, spacing) + ovoids
+
+
+def _confluent_ovoids(rng, volume_mm3, wm, ventricle_distance, spacing):
+    pieces = int(np.clip(round(volume_mm3 / 2500), 1, 16))
+    rim = np.argwhere((wm > 0.5) & (ventricle_distance < 10.0))
+    centres = [rim[rng.integers(len(rim))].astype(float)]
+    ovoids = []
+    for _ in range(pieces):
+        # Overlap: each piece is 30 % bigger than its share of the volume.
+        axes = _ellipsoid_axes(rng, 1.3 * volume_mm3 / pieces, 0.4)
+        ovoids.append(_Ovoid(centres[-1], axes, _random_rotation(rng),
+                             float(np.exp(0.25 * rng.standard_normal()))))
+        anchor = centres[rng.integers(len(centres))]
+        reach = np.linalg.norm((rim - anchor) * spacing, axis=1)
+        near = np.flatnonzero((reach > 0.3 * axes.mean()) & (reach < 0.9 * axes.mean()))
+        centres.append(rim[rng.choice(near)] if near.size else anchor)
+    return ovoids
+
+
+def _render_ovoids(ovoids, shape, spacing, size_factor):
+    """Occupancy (0..1, a one-voxel ramp at the border) and severity maps."""
+    occupancy = np.zeros(shape, np.float32)
+    severity = np.zeros(shape, np.float32)
+    for ovoid in ovoids:
+        axes = ovoid.axes_mm * size_factor
+        half = int(np.ceil(axes.max() / spacing)) + 1
+        low = np.maximum(np.floor(ovoid.centre).astype(int) - half, 0)
+        high = np.minimum(np.floor(ovoid.centre).astype(int) + half + 1, shape)
+        if np.any(high <= low):
+            continue
+        box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+        offsets = np.stack(np.meshgrid(*[np.arange(lo, hi) for lo, hi in zip(low, high)],
+                                       indexing="ij"), axis=-1)
+        local = (offsets - ovoid.centre) * spacing @ ovoid.rotation
+        radius = np.sqrt(((local / axes) ** 2).sum(-1))
+        occ = np.clip(0.5 + (1 - radius) * axes.min() / spacing, 0, 1)
+        inside = occ > occupancy[box]
+        occupancy[box] = np.where(inside, occ, occupancy[box])
+        severity[box] = np.where(inside, ovoid.severity, severity[box])
+    return occupancy, severity
+
+
+def _lesions(rng, load_mm3, wm, ventricle_distance, spacing):
+    """Lesion fraction per voxel, its mask, and the lesions' severity map.
+
+    Lesions live in white matter only (WM probability > 0.5). Ovoids cut by
+    grey matter or overlapping each other lose volume, so all sizes are
+    rescaled, a few times, until the mask's volume is within 10 % of the load.
+    """
+    volumes = _lesion_volumes(rng, load_mm3, spacing**3)
+    ovoids = _lesion_ovoids(rng, volumes, wm, ventricle_distance, spacing)
+    in_wm = wm > 0.5
+    size_factor = 1.0
+    for _ in range(4):
+        occupancy, severity = _render_ovoids(ovoids, wm.shape, spacing, size_factor)
+        fraction = occupancy * in_wm
+        mask = fraction >= 0.5
+        achieved = mask.sum() * spacing**3
+        if abs(achieved - load_mm3) <= 0.1 * load_mm3:
+            break
+        size_factor *= np.clip(load_mm3 / max(achieved, spacing**3), 0.5, 2.0) ** (1 / 3)
+    return fraction, mask, severity
+
+
+# --- imaging -------------------------------------------------------------------
+
+def _tissue_image(tissue, modality, rng, texture):
+    csf, gm, wm = (_jitter(rng) * value for value in _TISSUE_INTENSITY[modality])
+    total = np.maximum(tissue["CSF"] + tissue["GM"] + tissue["WM"], 1e-6)
+    image = (tissue["CSF"] * csf + tissue["GM"] * gm + tissue["WM"] * wm) / total
+    return image * (1 + _TEXTURE * texture), wm
+
+
+def _jitter(rng):
+    return 1 + 0.03 * rng.standard_normal()
+
+
+def _calibrated_image(rng, modality, target_z, tissue, brain, lesion, spacing, texture):
+    """One modality whose mean lesion z-score (after zscore_in_brain) is ``target_z``.
+
+    Lesions replace white matter in proportion to their fraction, with
+    intensity ``wm + c * severity``. Blur and bias are linear, so the clean
+    image is ``C0 + c * C1``; the Rician noise is drawn once, and ``c`` is found
+    by the secant method on the measured lesion z-score.
+    """
+    fraction, mask, severity = lesion
+    base, wm_intensity = _tissue_image(tissue, modality, rng, texture)
+    bias = np.exp(_BIAS * _smooth_field(rng, brain.shape, spacing, 60.0))
+    c0 = ndimage.gaussian_filter(bias * ((1 - fraction) * base + fraction * wm_intensity),
+                                 _BLUR_VOXELS)
+    c1 = ndimage.gaussian_filter(bias * fraction * severity * (1 + texture / 10), _BLUR_VOXELS)
+    noise = _NOISE * wm_intensity * rng.standard_normal((2,) + brain.shape, dtype=np.float32)
+
+    def image(c):
+        return np.hypot(c0 + c * c1 + noise[0], noise[1]) * brain
+
+    def lesion_z(c):
+        return float(zscore_in_brain(image(c), brain)[mask].mean())
+
+    if not mask.any():
+        return image(0.0).astype(np.float32)
+    c_prev, z_prev = 0.0, lesion_z(0.0)
+    c = 0.3 * wm_intensity * np.sign(target_z - z_prev)
+    for _ in range(10):
+        z = lesion_z(c)
+        if abs(z - target_z) < 0.005 or z == z_prev:
+            break
+        c, c_prev, z_prev = c + (target_z - z) * (c - c_prev) / (z - z_prev), c, z
+    return image(c).astype(np.float32)
+
+
+def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None):
+    """One synthetic MS subject: T1W, T2W, FLAIR and the lesion mask.
+
+    Args:
+        seed: int or ``numpy.random.SeedSequence``; the same seed gives the
+            same subject.
+        spacing: isotropic voxel size in mm (the template is 1 mm).
+        lesion_load_mm3: total lesion volume to draw; ``None`` draws one from
+            the real patients' distribution.
+
+    Returns:
+        ``SyntheticSubject``.
+    """
+    if not 0.5 <= spacing <= 8.0:
+        raise ValueError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
+    if lesion_load_mm3 is not None and lesion_load_mm3 <= 0:
+        raise ValueError(f"lesion_load_mm3 must be positive, got {lesion_load_mm3}")
+    rng = np.random.default_rng(seed)
+    load = float(_load_quantile(rng.uniform()) if lesion_load_mm3 is None else lesion_load_mm3)
+    template = _template(float(spacing))
+    brain, tissue, ventricle_distance = _deformed_anatomy(rng, template, spacing)
+    lesion = _lesions(rng, load, tissue["WM"], ventricle_distance, spacing)
+    texture = ndimage.gaussian_filter(rng.standard_normal(brain.shape, dtype=np.float32), 1.0)
+    texture /= texture.std()
+    images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), tissue, brain, lesion,
+                                   spacing, texture)
+              for m in MODALITIES}
+    return SyntheticSubject(images=images, lesion=lesion[1].astype(np.uint8),
+                            affine=template.affine, tissue=tissue,
+                            ventricle_distance_mm=ventricle_distance,
+                            lesion_load_target_mm3=load)
+
+
+# --- the data set on disk ------------------------------------------------------
+
+def _manifest(n_subjects, seed, spacing):
+    return {"generator": "tversky_keras.data.phantom", "version": PHANTOM_VERSION,
+            "n_subjects": n_subjects, "seed": seed, "spacing": float(spacing),
+            "subjects": [f"synth{i:02d}" for i in range(n_subjects)],
+            "files": [*MODALITIES, LESION_FILE],
+            "template": "MNI152 ICBM 2009c nonlinear symmetric (nilearn)"}
+
+
+def _write_atomically(folder, name, write):
+    """``write(temp_path)`` then rename, so a reader never sees a half file."""
+    # Same folder (os.replace is atomic only within a file system); same
+    # suffixes (nibabel picks the format from them).
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.",
+                                    suffix="".join(Path(name).suffixes))
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, folder / name)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def _save_nifti(folder, name, array, affine):
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=4)  # 4 = MNI152
+    image.set_sform(affine, code=4)
+    _write_atomically(folder, f"{name}.nii.gz", lambda path: nib.save(image, path))
+
+
+def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=True):
+    """Write a synthetic data set as ``out_dir/<id>/{T1W,T2W,FLAIR,consensus_gt}.nii.gz``.
+
+    Lesion loads are stratified over the real distribution (``lesion_loads``);
+    subject ``i`` is ``synthesize_subject(subject_seed(seed, i), spacing, load_i)``.
+    Files are written atomically and ``phantom.json`` last, so its presence
+    with matching parameters marks a complete data set: calling again with the
+    same arguments returns at once.
+
+    Args:
+        out_dir: output folder (created).
+        n_subjects: number of subjects, ids ``synth00``, ``synth01``, ...
+        seed: the data set's seed.
+        spacing: voxel size in mm.
+        progress: print one line per subject to stderr.
+
+    Returns:
+        list of the subjects' folders (``Path``).
+    """
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
+    out_dir = Path(out_dir)
+    manifest = _manifest(n_subjects, seed, spacing)
+    folders = [out_dir / name for name in manifest["subjects"]]
+    manifest_path = out_dir / "phantom.json"
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest and all(
+            (f / f"{name}.nii.gz").is_file() for f in folders for name in manifest["files"]):
+        return folders
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index, (folder, load) in enumerate(zip(folders, lesion_loads(n_subjects, seed))):
+        subject = synthesize_subject(subject_seed(seed, index), spacing, load)
+        folder.mkdir(exist_ok=True)
+        for modality, image in subject.images.items():
+            _save_nifti(folder, modality, image, subject.affine)
+        _save_nifti(folder, LESION_FILE, subject.lesion, subject.affine)
+        if progress:
+            print(f"phantom {index + 1}/{n_subjects}: {folder.name}, lesion load "
+                  f"{subject.lesion.sum() * spacing**3:.0f} mm^3", file=sys.stderr, flush=True)
+    _write_atomically(out_dir, "phantom.json",
+                      lambda path: Path(path).write_text(json.dumps(manifest, indent=1)))
+    return folders

@@ -1,0 +1,265 @@
+"""Finding the subjects of a data set on disk, and loading one as network-ready arrays."""
+
+import csv
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tversky_keras.data.errors import DataError
+from tversky_keras.data.grid import Geometry, to_grid
+from tversky_keras.data.io import MODALITIES, check_modalities, read_mask, read_nifti
+from tversky_keras.data.normalize import zscore_in_brain
+
+MASK_NAME = "consensus_gt"
+BRAINMASK_NAME = "brainmask"
+MANIFEST_COLUMNS = {"T1W": "t1", "T2W": "t2", "FLAIR": "flair"}
+LAYOUTS = (
+    "<root>/<subject>/{T1W,T2W,FLAIR,consensus_gt}.nii[.gz]",
+    "<root>/<subject>/<subject>_{T1W,T2W,FLAIR,consensus_gt,brainmask}.nii[.gz] (MSLUB)",
+    "a CSV manifest with columns subject,t1,t2,flair,mask[,brainmask]",
+)
+_EXTENSIONS = (".nii.gz", ".nii")
+_AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The files of one subject.
+
+    Attributes:
+        id: the subject's name (its folder name or manifest entry).
+        images: modality name -> scan file.
+        mask: lesion mask file, or ``None`` for unlabelled data.
+        brainmask: brain mask file, or ``None`` when the scans are skull-stripped.
+    """
+
+    id: str
+    images: dict
+    mask: Path | None = None
+    brainmask: Path | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """One subject on the network grid, ready for ``make_dataset``.
+
+    Attributes:
+        id: the subject's id.
+        image: float32 ``(X, Y, Z, C)``, one normalised channel per modality.
+        label: uint8 ``(X, Y, Z)`` lesion mask, or ``None`` without a mask.
+        brain: bool ``(X, Y, Z)`` brain voxels.
+        geometry: the way back to the scan's own voxels (``from_grid``).
+        modalities: the channel names, in order.
+    """
+
+    id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    brain: np.ndarray
+    geometry: Geometry
+    modalities: tuple
+
+
+def discover_subjects(root, modalities=MODALITIES, require_mask=True):
+    """All subjects under ``root``, sorted by id.
+
+    Three layouts are recognised: a folder per subject holding
+    ``{T1W,T2W,FLAIR,consensus_gt}.nii.gz``; the MSLUB distribution, whose files
+    are prefixed with the folder name (``patient07/patient07_FLAIR.nii.gz``,
+    with an optional ``_brainmask``); and a CSV manifest (``root`` is then the
+    ``.csv`` file) with columns ``subject,t1,t2,flair,mask`` and optionally
+    ``brainmask``, paths relative to the manifest's folder. ``.nii`` is accepted
+    wherever ``.nii.gz`` is.
+
+    Args:
+        root: the data folder or the manifest file.
+        modalities: the modalities every subject must have.
+        require_mask: whether every subject must have a lesion mask.
+
+    Returns:
+        list of ``Subject``.
+
+    Raises:
+        DataError: ``root`` is missing or holds no subjects, a subject lacks a
+            file, the manifest lacks columns, or a subject id repeats.
+    """
+    modalities = check_modalities(modalities)
+    root = Path(root)
+    if not root.exists():
+        raise DataError(root, "data folder or manifest not found")
+    if root.is_file():
+        subjects = _subjects_from_manifest(root, modalities, require_mask)
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subjects = [
+            _subject_from_folder(folder, modalities, require_mask)
+            for folder in folders
+            if _holds_scans(folder)
+        ]
+    if not subjects:
+        raise DataError(root, "no subjects found; looked for " + "; ".join(LAYOUTS))
+    return sorted(subjects, key=lambda s: s.id)
+
+
+def _candidates(folder, name):
+    """The file names a scan called ``name`` may have in a subject folder."""
+    return [folder / f"{stem}{ext}" for stem in (name, f"{folder.name}_{name}") for ext in _EXTENSIONS]
+
+
+def _holds_scans(folder):
+    names = (*MODALITIES, MASK_NAME, BRAINMASK_NAME)
+    return any(path.is_file() for name in names for path in _candidates(folder, name))
+
+
+def _find(folder, name, required):
+    """The one file of ``folder`` holding scan ``name``; ``None`` if absent and optional."""
+    found = [path for path in _candidates(folder, name) if path.is_file()]
+    if len(found) > 1:
+        raise DataError(folder, f"ambiguous {name}: found " + ", ".join(p.name for p in found))
+    if not found and required:
+        names = ", ".join(p.name for p in _candidates(folder, name))
+        raise DataError(folder, f"missing the {name} scan: none of {names} exists")
+    return found[0] if found else None
+
+
+def _subject_from_folder(folder, modalities, require_mask):
+    return Subject(
+        id=folder.name,
+        images={m: _find(folder, m, required=True) for m in modalities},
+        mask=_find(folder, MASK_NAME, required=require_mask),
+        brainmask=_find(folder, BRAINMASK_NAME, required=False),
+    )
+
+
+def _subjects_from_manifest(manifest, modalities, require_mask):
+    try:
+        with open(manifest, newline="") as file:
+            lines = [[cell.strip() for cell in line] for line in csv.reader(file)]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(manifest, f"cannot read the manifest ({error})") from error
+    lines = [line for line in lines if any(line)]  # blank lines
+    columns = [c.lower() for c in lines[0]] if lines else []
+    rows = [dict(zip(columns, line)) for line in lines[1:]]
+    needed = ["subject", *(MANIFEST_COLUMNS[m] for m in modalities)] + (["mask"] if require_mask else [])
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DataError(manifest, f"manifest lacks the columns {', '.join(missing)}")
+
+    def file(row, column, required):
+        value = row.get(column) or ""
+        if not value:
+            if required:
+                raise DataError(manifest, f"subject {row['subject']} has no {column} file")
+            return None
+        path = manifest.parent / value
+        if not path.is_file():
+            raise DataError(path, f"file of subject {row['subject']} listed in {manifest.name} not found")
+        return path
+
+    subjects, seen = [], set()
+    for row in rows:
+        if not row.get("subject"):
+            raise DataError(manifest, "a row has an empty subject id")
+        if row["subject"] in seen:
+            raise DataError(manifest, f"duplicate subject id {row['subject']}")
+        seen.add(row["subject"])
+        subjects.append(
+            Subject(
+                id=row["subject"],
+                images={m: file(row, MANIFEST_COLUMNS[m], True) for m in modalities},
+                mask=file(row, "mask", require_mask),
+                brainmask=file(row, "brainmask", False),
+            )
+        )
+    return subjects
+
+
+def _check_same_grid(reference, reference_image, path, image):
+    """DataError unless the scan at ``path`` has the shape and affine of ``reference``."""
+    if image.shape[:3] != reference_image.shape[:3]:
+        raise DataError(path, f"shape {image.shape[:3]} differs from {reference_image.shape[:3]} of {reference}")
+    if not np.allclose(image.affine, reference_image.affine, atol=_AFFINE_TOLERANCE):
+        raise DataError(
+            path,
+            f"affine differs from that of {reference} (the scans are not on one voxel grid):\n"
+            f"{image.affine}\nvs\n{reference_image.affine}",
+        )
+
+
+def load_subject(
+    subject,
+    modalities=MODALITIES,
+    target_spacing=None,
+    target_shape=None,
+    multiple_of=None,
+    normalize=True,
+):
+    """Read, check, normalise and grid one subject.
+
+    Every modality is z-scored inside the brain (``zscore_in_brain``) at its own
+    resolution, then all arrays are resampled to ``target_spacing`` (linear for
+    images, nearest for masks) and centre cropped/padded like ``to_grid``.
+
+    Args:
+        subject: a ``Subject``.
+        modalities: the channels, in order.
+        target_spacing: grid voxel size in mm; ``None`` keeps the scans' spacing.
+        target_shape: grid shape; ``None`` keeps the resampled shape.
+        multiple_of: pad each grid size up to a multiple of this instead.
+        normalize: z-score each modality; ``False`` keeps raw intensities.
+
+    Returns:
+        a ``Volume``. The brain is the subject's brain mask if it has one, else
+        the voxels where any modality is non-zero (skull-stripped scans).
+
+    Raises:
+        DataError: a file cannot be read, or the scans and masks do not share
+            one shape and affine.
+    """
+    modalities = check_modalities(modalities)
+    absent = [m for m in modalities if m not in subject.images]
+    if absent:
+        raise DataError(None, f"subject {subject.id} has no {', '.join(absent)} scan")
+    reference_path = subject.images[modalities[0]]
+    channels, reference = [], None
+    for modality in modalities:
+        path = subject.images[modality]
+        data, image = read_nifti(path)
+        if reference is None:
+            reference = image
+        _check_same_grid(reference_path, reference, path, image)
+        channels.append(data)
+
+    def read_aligned_mask(path):
+        mask, image = read_mask(path)
+        _check_same_grid(reference_path, reference, path, image)
+        return mask
+
+    if subject.brainmask is not None:
+        brain = read_aligned_mask(subject.brainmask).astype(bool)
+    else:
+        brain = np.logical_or.reduce([c != 0 for c in channels])
+    if normalize:
+        channels = [zscore_in_brain(c, brain) for c in channels]
+
+    geometry = Geometry.from_image(reference)
+    grid = dict(
+        spacing=geometry.spacing,
+        target_spacing=target_spacing,
+        target_shape=target_shape,
+        multiple_of=multiple_of,
+    )
+    image, mapping = to_grid(np.stack(channels, axis=-1), order=1, **grid)
+    brain, _ = to_grid(brain, order=0, **grid)
+    label = None
+    if subject.mask is not None:
+        label, _ = to_grid(read_aligned_mask(subject.mask), order=0, **grid)
+    return Volume(
+        id=subject.id,
+        image=image,
+        label=label,
+        brain=brain,
+        geometry=replace(geometry, grid=mapping),
+        modalities=modalities,
+    )

@@ -1,0 +1,148 @@
+"""Segment whole scans: sliding-window or whole-volume prediction.
+
+The window shape is fixed for a scan (the borders are handled by padding, not
+by smaller windows), so a compiled model never sees a new shape and XLA never
+recompiles. Overlapping windows are blended with a Gaussian importance map,
+as in nnU-Net and MONAI, so window borders leave no seams.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from tversky_keras.data import load_subject, save_nifti_like
+from tversky_keras.data.grid import from_grid
+from tversky_keras.scan_spec import check_modalities, scan_spec
+
+
+def gaussian_importance(window, sigma_scale=0.125):
+    """Separable Gaussian weights over a window, peak 1 (MONAI's default sigma)."""
+    axes = []
+    for size in window:
+        x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+        axes.append(np.exp(-0.5 * (x / max(size * sigma_scale, 1e-6)) ** 2))
+    weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    return np.maximum(weights / weights.max(), 1e-3).astype(np.float32)
+
+
+def window_starts(size, window, step):
+    """Start offsets along one axis: regular steps, the last window flush with the end."""
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window, step))
+    return starts + [size - window]
+
+
+def _pad_to(image, shape):
+    pads = [(0, max(t - s, 0)) for s, t in zip(image.shape[:3], shape)] + [(0, 0)]
+    return np.pad(image, pads)
+
+
+def _round_up(size, multiple):
+    return -(-size // multiple) * multiple
+
+
+def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", batch_size=1,
+                   multiple_of=None):
+    """Class probabilities for a whole image ``(X, Y, Z, C)``.
+
+    Args:
+        model: a Keras segmentation model with channel-last 3D input.
+        image: float array ``(X, Y, Z, C)``.
+        window: ``None`` for one whole-volume pass, else the window shape
+            ``(wx, wy, wz)``, each a multiple of ``multiple_of``.
+        overlap: fraction of a window shared with its neighbour, in [0, 1).
+        blend: ``"gaussian"`` or ``"constant"`` weighting of overlapping windows.
+        batch_size: windows per model call.
+        multiple_of: the spatial multiple the model needs; read from the
+            model's ScanSpec when ``None`` (1 if it has none).
+
+    Returns:
+        float32 array ``(X, Y, Z, n_classes)``.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 4:
+        raise ValueError(f"image must be (X, Y, Z, C); got shape {image.shape}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap={overlap}: must be in [0, 1)")
+    if blend not in ("gaussian", "constant"):
+        raise ValueError(f"blend={blend!r}: choose gaussian or constant")
+    if multiple_of is None:
+        spec = scan_spec(model)
+        multiple_of = spec["multiple_of"] if spec else 1
+    shape = image.shape[:3]
+    if window is None:
+        padded = _pad_to(image, [_round_up(s, multiple_of) for s in shape])
+        probs = model.predict_on_batch(padded[None])[0]
+        return np.asarray(probs, dtype=np.float32)[: shape[0], : shape[1], : shape[2]]
+
+    window = tuple(int(w) for w in window)
+    bad = [w for w in window if w % multiple_of]
+    if len(window) != 3 or bad:
+        raise ValueError(f"window={window}: need three sizes, each a multiple of {multiple_of}")
+    padded = _pad_to(image, window)
+    steps = [max(1, int(round(w * (1 - overlap)))) for w in window]
+    corners = [(i, j, k)
+               for i in window_starts(padded.shape[0], window[0], steps[0])
+               for j in window_starts(padded.shape[1], window[1], steps[1])
+               for k in window_starts(padded.shape[2], window[2], steps[2])]
+    weights = gaussian_importance(window) if blend == "gaussian" else np.ones(window, np.float32)
+    total = None
+    norm = np.zeros(padded.shape[:3], np.float32)
+    for b in range(0, len(corners), batch_size):
+        chunk = corners[b: b + batch_size]
+        batch = np.stack([padded[i:i + window[0], j:j + window[1], k:k + window[2]]
+                          for i, j, k in chunk])
+        out = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        if total is None:
+            total = np.zeros(padded.shape[:3] + out.shape[-1:], np.float32)
+        for (i, j, k), probs in zip(chunk, out):
+            region = (slice(i, i + window[0]), slice(j, j + window[1]), slice(k, k + window[2]))
+            total[region] += probs * weights[..., None]
+            norm[region] += weights
+    probs = total / norm[..., None]
+    return probs[: shape[0], : shape[1], : shape[2]]
+
+
+def lesion_probability(probs):
+    """The lesion channel of softmax output, or the single sigmoid channel."""
+    return probs[..., 1] if probs.shape[-1] > 1 else probs[..., 0]
+
+
+def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1):
+    """Lesion probability of a subject in the scan's own voxel grid.
+
+    The subject is read and normalised as in training, on the grid recorded in
+    the model's ScanSpec, predicted, and mapped back to the geometry of its
+    first modality.
+
+    Returns:
+        ``(probability, geometry)``: float32 array in the scan's grid and the
+        geometry to write it with.
+    """
+    spec = scan_spec(model)
+    modalities = spec["modalities"] if spec else list(subject.images)
+    missing = [m for m in modalities if m not in subject.images]
+    if missing:
+        raise ValueError(
+            f"the model expects modalities {', '.join(modalities)} (in that order) but "
+            f"subject {subject.id} has no {', '.join(missing)}")
+    check_modalities(model, modalities, source=f"subject {subject.id}")
+    volume = load_subject(subject, modalities=modalities,
+                          target_spacing=spec["spacing"] if spec else None,
+                          multiple_of=spec["multiple_of"] if spec else None)
+    probs = predict_volume(model, volume.image, window=window, overlap=overlap,
+                           batch_size=batch_size)
+    lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
+    native = np.clip(from_grid(lesion, volume.geometry, order=1), 0.0, 1.0)
+    return native.astype(np.float32), volume.geometry
+
+
+def write_segmentation(probability, geometry, out_dir, threshold=0.5):
+    """Write ``probability.nii.gz`` (float32) and ``mask.nii.gz`` (uint8) atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prob_path, mask_path = out_dir / "probability.nii.gz", out_dir / "mask.nii.gz"
+    save_nifti_like(probability, geometry, prob_path, np.float32)
+    save_nifti_like((probability >= threshold).astype(np.uint8), geometry, mask_path, np.uint8)
+    return prob_path, mask_path

@@ -1,0 +1,342 @@
+"""Tversky loss and its Dice, focal and cross-entropy variants.
+
+The Tversky index is written once, in `tversky_index`; the loss classes only
+bind, validate and serialise options.
+
+Shapes are channel-last: `y_pred` is `(B, *spatial, C)` (any number of spatial
+axes, so 2D `(B, H, W, C)` and 3D `(B, X, Y, Z, C)` both work) and is either a
+softmax over `C >= 2` classes or a single sigmoid channel (`C == 1`). `y_true`
+is one-hot `(B, *spatial, C)` or class labels `(B, *spatial)` /
+`(B, *spatial, 1)`; with one sigmoid channel it is the binary lesion mask.
+Class 0 is background; the index is averaged over the foreground classes
+`1..C-1` (a sigmoid channel counts as class 1).
+
+Reference:
+    Salehi, Erdogmus, Gholipour. "Tversky loss function for image segmentation
+    using 3D fully convolutional deep networks." MLMI 2017, arXiv 1706.05721.
+"""
+
+import keras
+from keras import ops
+
+# Floor for the denominators of the index and the focal power: keeps 1/d and
+# 1/d**2 finite in float32 (also under a mixed-precision loss scale), yet lies
+# far below any soft voxel count a real volume gives, so values are unchanged.
+_TINY = 1e-12
+
+
+def class_maps(y_true, y_pred):
+    """Truth and prediction as float32 per-class maps of one shape.
+
+    A single sigmoid channel `p` becomes the two classes `(1 - p, p)` and its
+    binary truth `g` becomes `(1 - g, g)`, so every caller sees a softmax-like
+    `(B, *spatial, K)` pair with `K >= 2` and the lesion at class 1.
+
+    Args:
+        y_true: One-hot `(B, *spatial, C)` or labels `(B, *spatial)` /
+            `(B, *spatial, 1)`; binary mask for a single sigmoid channel.
+        y_pred: Probabilities `(B, *spatial, C)`, any float dtype.
+
+    Returns:
+        `(truth, prediction)`, both float32 `(B, *spatial, K)`, `K = max(C, 2)`.
+
+    Raises:
+        ValueError: if the shapes of `y_true` and `y_pred` do not fit together.
+    """
+    # float32 before any sum: float16 overflows past 65504 voxels.
+    y_pred = ops.cast(y_pred, "float32")
+    y_true = ops.convert_to_tensor(y_true)
+    pred_shape, true_shape = tuple(y_pred.shape), tuple(y_true.shape)
+    rank, channels = len(pred_shape), pred_shape[-1]
+    if rank < 3 or channels is None:
+        raise ValueError(
+            "y_pred must be channel-last (batch, *spatial, channels) with a "
+            f"known channel count, got shape {pred_shape}"
+        )
+    one_hot = len(true_shape) == rank and true_shape[-1] == channels
+    labels = len(true_shape) == rank - 1 or (len(true_shape) == rank and true_shape[-1] == 1)
+    same_voxels = all(
+        t is None or p is None or t == p for t, p in zip(true_shape[: rank - 1], pred_shape[:-1])
+    )
+    if not (one_hot or labels) or not same_voxels:
+        raise ValueError(
+            f"y_true of shape {true_shape} does not fit y_pred of shape {pred_shape}: "
+            f"expected one-hot {pred_shape} or labels {pred_shape[:-1]} / "
+            f"{pred_shape[:-1] + (1,)}"
+        )
+    if channels == 1:
+        truth = ops.cast(y_true, "float32")
+        if len(true_shape) == rank - 1:
+            truth = ops.expand_dims(truth, -1)
+        return (
+            ops.concatenate([1.0 - truth, truth], axis=-1),
+            ops.concatenate([1.0 - y_pred, y_pred], axis=-1),
+        )
+    if one_hot:
+        return ops.cast(y_true, "float32"), y_pred
+    if len(true_shape) == rank:
+        y_true = ops.squeeze(y_true, axis=-1)
+    return ops.one_hot(ops.cast(y_true, "int32"), channels, dtype="float32"), y_pred
+
+
+def _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_background):
+    """Tversky index per sample and counted class, shape `(B, classes)`."""
+    truth, pred = class_maps(y_true, y_pred)
+    if not include_background:
+        truth, pred = truth[..., 1:], pred[..., 1:]
+    spatial_axes = tuple(range(1, len(pred.shape) - 1))
+    # Eq. 3 of the paper: soft true positives, false positives, false negatives.
+    tp = ops.sum(pred * truth, axis=spatial_axes)
+    fp = ops.sum(pred * (1.0 - truth), axis=spatial_axes)
+    fn = ops.sum((1.0 - pred) * truth, axis=spatial_axes)
+    if batch:
+        # One index for the whole batch, repeated per sample so that Keras'
+        # mean over the batch returns it unchanged.
+        tp, fp, fn = (
+            ops.broadcast_to(ops.sum(x, axis=0, keepdims=True), ops.shape(x)) for x in (tp, fp, fn)
+        )
+    denominator = tp + alpha * fp + beta * fn + smooth
+    ratio = (tp + smooth) / ops.maximum(denominator, _TINY)
+    # 0/0 (nothing to find, nothing weighted wrongly found) is a perfect score.
+    return ops.where(denominator > 0, ratio, 1.0)
+
+
+def tversky_index(
+    y_true, y_pred, alpha=0.5, beta=0.5, smooth=0.0, batch=False, include_background=False
+):
+    """Soft Tversky index per sample, averaged over the counted classes.
+
+    For each class, with sums over the spatial axes (and the batch axis when
+    `batch=True`):
+
+        TP = sum(p * g), FP = sum(p * (1 - g)), FN = sum((1 - p) * g)
+        index = (TP + smooth) / (TP + alpha * FP + beta * FN + smooth)
+
+    With `smooth=0` this is Eq. 3 of the paper. When the denominator is 0
+    (only possible with `smooth=0`: no truth and no prediction for that class,
+    or only errors that carry a zero weight) the index is defined as 1. With
+    soft predictions a lesion-free sample has TP = 0 < FP, so its index is 0
+    and its gradient 0; use `smooth > 0` or `batch=True` to learn from it.
+
+    Args:
+        y_true: One-hot, label or binary truth; see `class_maps`.
+        y_pred: Softmax `(B, *spatial, C)` or sigmoid `(B, *spatial, 1)`.
+        alpha: Weight of false positives.
+        beta: Weight of false negatives.
+        smooth: Added to numerator and denominator.
+        batch: Pool the counts over the whole batch into one index.
+        include_background: Also count class 0.
+
+    Returns:
+        float32 `(B,)`; with `batch=True` the batch index repeated `B` times.
+
+    Reference:
+        Salehi et al. 2017, arXiv 1706.05721, Eq. 3.
+    """
+    indices = _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_background)
+    return ops.mean(indices, axis=-1)
+
+
+def _focal(loss, gamma):
+    """`loss ** (1 / gamma)` with finite value and gradient at `loss == 0`."""
+    powered = ops.power(ops.maximum(loss, _TINY), 1.0 / gamma)
+    return ops.where(loss > 0, powered, 0.0)
+
+
+def tversky_loss(
+    y_true,
+    y_pred,
+    alpha=0.5,
+    beta=0.5,
+    smooth=0.0,
+    batch=False,
+    include_background=False,
+    gamma=1.0,
+):
+    """Tversky loss per sample: `(1 - index) ** (1 / gamma)`, class-averaged.
+
+    `gamma=1` is the paper's loss `1 - T(alpha, beta)`; `gamma > 1` is the focal
+    Tversky loss, applied per class before averaging as in Abraham & Khan.
+    Arguments are those of `tversky_index`, plus `gamma`.
+
+    Returns:
+        float32 `(B,)`.
+
+    Reference:
+        Salehi et al. 2017, arXiv 1706.05721. Abraham & Khan, "A novel focal
+        Tversky loss function with improved attention U-Net for lesion
+        segmentation", ISBI 2019.
+    """
+    indices = _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_background)
+    return ops.mean(_focal(1.0 - indices, gamma), axis=-1)
+
+
+def mean_cross_entropy(y_true, y_pred):
+    """Cross-entropy per sample, averaged over voxels.
+
+    Categorical for a softmax output; for one sigmoid channel this is the
+    binary cross-entropy (the categorical one over `(1 - p, p)`). Predictions
+    are clipped to `[epsilon, 1 - epsilon]` as in `keras.losses`.
+
+    Returns:
+        float32 `(B,)`.
+    """
+    truth, pred = class_maps(y_true, y_pred)
+    voxel_losses = ops.categorical_crossentropy(truth, pred)
+    return ops.mean(voxel_losses, axis=tuple(range(1, len(voxel_losses.shape))))
+
+
+def _validate(alpha, beta, smooth, gamma):
+    if alpha < 0 or beta < 0 or alpha + beta <= 0:
+        raise ValueError(
+            f"alpha and beta must be >= 0 with alpha + beta > 0, got alpha={alpha}, beta={beta}"
+        )
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0, got smooth={smooth}")
+    if gamma <= 0:
+        raise ValueError(f"gamma must be > 0, got gamma={gamma}")
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class TverskyLoss(keras.losses.Loss):
+    """Tversky loss `1 - T(alpha, beta)`, optionally focal.
+
+        T = TP / (TP + alpha * FP + beta * FN)
+
+    `alpha` weighs false positives and `beta` false negatives; `alpha = beta =
+    0.5` is the Dice loss, `alpha + beta = 1` the F-beta family (F2: 0.2, 0.8).
+    See `tversky_index` for shapes, smoothing and the empty-sample convention.
+
+    Args:
+        alpha: Weight of false positives, `>= 0`.
+        beta: Weight of false negatives, `>= 0`, with `alpha + beta > 0`.
+        smooth: Added to numerator and denominator, `>= 0`.
+        batch: Pool the counts over the batch into one index.
+        include_background: Also count class 0.
+        gamma: Focal exponent, `> 0`: the loss is `(1 - T) ** (1 / gamma)`.
+        reduction: Keras reduction over the per-sample losses.
+        name: Name of the loss.
+        dtype: Dtype of the loss' inputs and result; the sums are float32.
+
+    Reference:
+        Salehi et al. 2017, arXiv 1706.05721.
+    """
+
+    def __init__(
+        self,
+        alpha=0.5,
+        beta=0.5,
+        smooth=0.0,
+        batch=False,
+        include_background=False,
+        gamma=1.0,
+        reduction="sum_over_batch_size",
+        name="tversky_loss",
+        dtype=None,
+    ):
+        _validate(alpha, beta, smooth, gamma)
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.smooth = float(smooth)
+        self.batch = bool(batch)
+        self.include_background = bool(include_background)
+        self.gamma = float(gamma)
+
+    def _tversky_options(self):
+        return {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "smooth": self.smooth,
+            "batch": self.batch,
+            "include_background": self.include_background,
+            "gamma": self.gamma,
+        }
+
+    def call(self, y_true, y_pred):
+        return tversky_loss(y_true, y_pred, **self._tversky_options())
+
+    def get_config(self):
+        return {**super().get_config(), "dtype": self.dtype, **self._tversky_options()}
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class DiceLoss(TverskyLoss):
+    """Soft Dice loss: the Tversky loss with `alpha = beta = 0.5`.
+
+    Per class `1 - 2TP / (2TP + FP + FN)`. Arguments as `TverskyLoss`, less
+    `alpha` and `beta`.
+    """
+
+    def __init__(
+        self,
+        smooth=0.0,
+        batch=False,
+        include_background=False,
+        gamma=1.0,
+        reduction="sum_over_batch_size",
+        name="dice_loss",
+        dtype=None,
+    ):
+        super().__init__(
+            alpha=0.5,
+            beta=0.5,
+            smooth=smooth,
+            batch=batch,
+            include_background=include_background,
+            gamma=gamma,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["alpha"], config["beta"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class TverskyCrossEntropyLoss(TverskyLoss):
+    """Tversky loss plus `ce_weight` times the voxel-averaged cross-entropy.
+
+    The cross-entropy is categorical for a softmax output and binary for one
+    sigmoid channel (see `mean_cross_entropy`). Arguments as `TverskyLoss`, plus:
+
+    Args:
+        ce_weight: Weight of the cross-entropy term, `>= 0`.
+    """
+
+    def __init__(
+        self,
+        alpha=0.5,
+        beta=0.5,
+        smooth=0.0,
+        batch=False,
+        include_background=False,
+        gamma=1.0,
+        ce_weight=1.0,
+        reduction="sum_over_batch_size",
+        name="tversky_cross_entropy_loss",
+        dtype=None,
+    ):
+        if ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, got ce_weight={ce_weight}")
+        super().__init__(
+            alpha=alpha,
+            beta=beta,
+            smooth=smooth,
+            batch=batch,
+            include_background=include_background,
+            gamma=gamma,
+            reduction=reduction,
+            name=name,
+            dtype=dtype,
+        )
+        self.ce_weight = float(ce_weight)
+
+    def call(self, y_true, y_pred):
+        return super().call(y_true, y_pred) + self.ce_weight * mean_cross_entropy(y_true, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "ce_weight": self.ce_weight}

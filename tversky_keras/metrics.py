@@ -1,0 +1,212 @@
+"""Streaming lesion metrics of the paper: DSC, sensitivity, specificity, F-beta, PR AUC.
+
+Every metric reads the lesion channel (`class_id=1` of a softmax; the single
+channel of a sigmoid output) and accepts the same `y_true` forms as the losses
+(one-hot, integer labels or a binary mask; see `tversky_keras.losses.class_maps`).
+Counts are accumulated over batches in float64, exact up to 2**53 voxels, so the
+result over many batches equals the result over their concatenation.
+
+`sample_weight` is optional: per sample `(B,)` or per voxel `(B, *spatial)` /
+`(B, *spatial, 1)`, e.g. a brain mask; each voxel counts with its weight.
+
+Empty denominators: a ratio whose denominator is 0 has nothing to find and
+nothing wrongly found, and scores 1.0: DSC and F-beta when TP + FP + FN = 0,
+sensitivity when TP + FN = 0, specificity when TN + FP = 0. PR AUC is 0.0 when
+there are no lesion voxels.
+"""
+
+import keras
+from keras import ops
+
+from tversky_keras.losses import class_maps
+
+
+def _ratio(numerator, denominator, empty=1.0):
+    """`numerator / denominator`, or `empty` where the denominator is 0."""
+    nonzero = denominator > 0
+    return ops.where(nonzero, numerator / ops.where(nonzero, denominator, 1.0), empty)
+
+
+def _lesion_voxels(y_true, y_pred, class_id, sample_weight):
+    """Flat lesion truth (0/1, float64), lesion score (float32) and voxel weight (float64)."""
+    truth, score = class_maps(y_true, y_pred)
+    if class_id >= truth.shape[-1]:
+        raise ValueError(f"class_id={class_id} is not a class of y_pred of shape {y_pred.shape}")
+    truth = ops.cast(truth[..., class_id] >= 0.5, "float64")
+    weight = ops.ones_like(truth)
+    if sample_weight is not None:
+        sample_weight = ops.cast(sample_weight, "float64")
+        if len(sample_weight.shape) == len(truth.shape) + 1:
+            sample_weight = ops.squeeze(sample_weight, axis=-1)
+        for _ in range(len(truth.shape) - len(sample_weight.shape)):
+            sample_weight = ops.expand_dims(sample_weight, -1)
+        weight = weight * sample_weight
+    score = score[..., class_id]
+    return tuple(ops.reshape(x, (-1,)) for x in (truth, score, weight))
+
+
+def _check_class_id(class_id):
+    if class_id < 0:
+        raise ValueError(f"class_id must be >= 0, got class_id={class_id}")
+
+
+class LesionConfusionMetric(keras.metrics.Metric):
+    """Base of the thresholded metrics: streams TP, FP, TN, FN of one class.
+
+    A voxel is predicted positive when its score is `>= threshold` (the
+    paper's test rule) and is truly positive when its truth is `>= 0.5`.
+    Subclasses only define `score(tp, fp, tn, fn)`.
+
+    Args:
+        threshold: Probability threshold in `[0, 1]`.
+        class_id: Class read from the softmax; 1 (lesion) for a sigmoid channel.
+        name: Name of the metric.
+        dtype: Dtype of the result.
+    """
+
+    def __init__(self, threshold=0.5, class_id=1, name=None, dtype=None):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got threshold={threshold}")
+        _check_class_id(class_id)
+        super().__init__(name=name, dtype=dtype)
+        self.threshold = float(threshold)
+        self.class_id = int(class_id)
+        counts = ("true_positives", "false_positives", "true_negatives", "false_negatives")
+        self.true_positives, self.false_positives, self.true_negatives, self.false_negatives = (
+            self.add_variable(shape=(), initializer="zeros", dtype="float64", name=count)
+            for count in counts
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        truth, score, weight = _lesion_voxels(y_true, y_pred, self.class_id, sample_weight)
+        predicted = ops.cast(score >= self.threshold, "float64")
+        self.true_positives.assign_add(ops.sum(weight * truth * predicted))
+        self.false_positives.assign_add(ops.sum(weight * (1.0 - truth) * predicted))
+        self.true_negatives.assign_add(ops.sum(weight * (1.0 - truth) * (1.0 - predicted)))
+        self.false_negatives.assign_add(ops.sum(weight * truth * (1.0 - predicted)))
+
+    def score(self, tp, fp, tn, fn):
+        raise NotImplementedError
+
+    def result(self):
+        value = self.score(
+            self.true_positives, self.false_positives, self.true_negatives, self.false_negatives
+        )
+        return ops.cast(value, self.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold, "class_id": self.class_id}
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class DiceScore(LesionConfusionMetric):
+    """Dice similarity coefficient `2TP / (2TP + FP + FN)`; 1.0 when TP + FP + FN = 0."""
+
+    def __init__(self, threshold=0.5, class_id=1, name="dice_score", dtype=None):
+        super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
+
+    def score(self, tp, fp, tn, fn):
+        return _ratio(2.0 * tp, 2.0 * tp + fp + fn)
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class Sensitivity(LesionConfusionMetric):
+    """Sensitivity (recall) `TP / (TP + FN)`; 1.0 when TP + FN = 0."""
+
+    def __init__(self, threshold=0.5, class_id=1, name="sensitivity", dtype=None):
+        super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
+
+    def score(self, tp, fp, tn, fn):
+        return _ratio(tp, tp + fn)
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class Specificity(LesionConfusionMetric):
+    """Specificity `TN / (TN + FP)`; 1.0 when TN + FP = 0."""
+
+    def __init__(self, threshold=0.5, class_id=1, name="specificity", dtype=None):
+        super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
+
+    def score(self, tp, fp, tn, fn):
+        return _ratio(tn, tn + fp)
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class FBetaScore(LesionConfusionMetric):
+    """F-beta score `(1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`; 1.0 when TP + FP + FN = 0.
+
+    `beta=2` (the default) is the paper's F2 = 5TP / (5TP + 4FN + FP).
+
+    Args:
+        beta: Weight of recall over precision, `> 0`.
+        threshold, class_id, name, dtype: As `LesionConfusionMetric`.
+    """
+
+    def __init__(self, beta=2.0, threshold=0.5, class_id=1, name="fbeta_score", dtype=None):
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got beta={beta}")
+        super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
+        self.beta = float(beta)
+
+    def score(self, tp, fp, tn, fn):
+        weighted_tp = (1.0 + self.beta**2) * tp
+        return _ratio(weighted_tp, weighted_tp + self.beta**2 * fn + fp)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class PRAUC(keras.metrics.Metric):
+    """Area under the precision-recall curve, as step-wise average precision.
+
+    Lesion scores are streamed into `num_bins` equal-width histograms over
+    `[0, 1]`, one for lesion and one for background voxels. With the bin
+    thresholds descending, recall `R_k` and precision `P_k` of "score in bin
+    `k` or above" give `AP = sum_k (R_k - R_{k-1}) P_k`, the definition of
+    scikit-learn's `average_precision_score` with scores binned to `1/num_bins`.
+    0.0 when no voxel is a lesion.
+
+    Args:
+        num_bins: Number of score bins, `>= 2`.
+        class_id: Class read from the softmax; 1 (lesion) for a sigmoid channel.
+        name: Name of the metric.
+        dtype: Dtype of the result.
+    """
+
+    def __init__(self, num_bins=1000, class_id=1, name="pr_auc", dtype=None):
+        if num_bins < 2:
+            raise ValueError(f"num_bins must be >= 2, got num_bins={num_bins}")
+        _check_class_id(class_id)
+        super().__init__(name=name, dtype=dtype)
+        self.num_bins = int(num_bins)
+        self.class_id = int(class_id)
+        self.positive_histogram, self.negative_histogram = (
+            self.add_variable(
+                shape=(self.num_bins,), initializer="zeros", dtype="float64", name=histogram
+            )
+            for histogram in ("positive_histogram", "negative_histogram")
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        truth, score, weight = _lesion_voxels(y_true, y_pred, self.class_id, sample_weight)
+        bins = ops.floor(score * self.num_bins)
+        bins = ops.cast(ops.clip(bins, 0, self.num_bins - 1), "int32")  # score 1.0 -> top bin
+        for histogram, counted in (
+            (self.positive_histogram, truth),
+            (self.negative_histogram, 1.0 - truth),
+        ):
+            histogram.assign_add(
+                ops.segment_sum(weight * counted, bins, num_segments=self.num_bins)
+            )
+
+    def result(self):
+        positives = ops.flip(self.positive_histogram, axis=0)  # highest scores first
+        true_positives = ops.cumsum(positives)
+        predicted = true_positives + ops.cumsum(ops.flip(self.negative_histogram, axis=0))
+        precision = _ratio(true_positives, predicted)
+        value = _ratio(ops.sum(positives * precision), true_positives[-1], empty=0.0)
+        return ops.cast(value, self.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "num_bins": self.num_bins, "class_id": self.class_id}

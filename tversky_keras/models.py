@@ -1,0 +1,193 @@
+"""The paper's 3D U-Net, and the spatial-size rule it imposes on its inputs."""
+
+import math
+import numbers
+
+import keras
+from keras import layers
+
+NORMALIZATIONS = (None, "batch", "instance", "group")
+
+
+def unet3d(
+    input_shape=(None, None, None, 3),
+    n_classes=2,
+    base_filters=16,
+    depth=4,
+    normalization=None,
+    dropout=0.0,
+    name="unet3d",
+):
+    """3D U-Net for voxel-wise segmentation (Salehi et al. 2017, after Auto-Net).
+
+    Contracting path: per level two padded 3x3x3 convolutions with ReLU, then
+    2x2x2 max pooling with stride 2; the filters double after each pooling
+    (``base_filters * 2**level``). After ``depth`` poolings a bottleneck level
+    of two convolutions. Expanding path: per level a 2x2x2 transposed
+    convolution with stride 2 that halves the filters, concatenation with the
+    contracting features of the same level, two 3x3x3 convolutions with ReLU.
+    Last layer: 1x1x1 convolution to ``n_classes`` channels with softmax
+    (sigmoid when ``n_classes == 1``), computed in float32 so that a loss sees
+    float32 probabilities under a ``mixed_float16`` policy.
+
+    The paper gives no levels or filter counts (they are in its unavailable
+    supplement) and mentions no normalization or dropout, so both are off by
+    default and the sizes are options.
+
+    Args:
+        input_shape: channel-last ``(x, y, z, channels)``; spatial sizes may
+            be ``None`` (any size that is a multiple of ``2**depth``).
+        n_classes: output channels; 2 for background/lesion as in the paper.
+        base_filters: filters of the first level.
+        depth: number of poolings (the bottleneck is level ``depth``).
+        normalization: ``None``, ``"batch"``, ``"instance"`` or ``"group"``,
+            placed between each convolution and its ReLU. Group normalization
+            uses ``gcd(filters, 8)`` groups so every level's filters divide.
+        dropout: rate of ``SpatialDropout3D`` after each pair of
+            convolutions, in [0, 1); 0 adds no dropout layer.
+        name: name of the model.
+
+    Returns:
+        An uncompiled functional ``keras.Model`` mapping
+        ``(batch, x, y, z, channels)`` to ``(batch, x, y, z, n_classes)``
+        probabilities.
+
+    Raises:
+        ValueError: an option is out of range, or a known spatial size is not
+            a multiple of ``2**depth``.
+
+    Reference:
+        Salehi, Erdogmus, Gholipour. Tversky loss function for image
+        segmentation using 3D fully convolutional deep networks. MLMI 2017.
+    """
+    _check_positive_int("depth", depth)
+    _check_positive_int("base_filters", base_filters)
+    _check_positive_int("n_classes", n_classes)
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}")
+    _check_input_shape(input_shape)
+    check_spatial_shape(input_shape[:3], depth)
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2**level, normalization, dropout, f"encoder{level}")
+        skips.append(x)
+        x = layers.MaxPooling3D(pool_size=2, strides=2, name=f"encoder{level}_pool")(x)
+    x = _conv_block(x, base_filters * 2**depth, normalization, dropout, "bottleneck")
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = layers.Conv3DTranspose(filters, 2, strides=2, name=f"decoder{level}_upsample")(x)
+        x = layers.Concatenate(name=f"decoder{level}_concat")([skips[level], x])
+        x = _conv_block(x, filters, normalization, dropout, f"decoder{level}")
+    logits = layers.Conv3D(n_classes, 1, name="logits")(x)
+    # float32 even under mixed precision: softmax and the loss's sums need the range.
+    outputs = layers.Activation(
+        "softmax" if n_classes > 1 else "sigmoid", dtype="float32", name="probabilities"
+    )(logits)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def model_depth(model):
+    """Number of poolings of a U-Net built by :func:`unet3d` (also after loading)."""
+    depth = sum(isinstance(layer, layers.MaxPooling3D) for layer in model.layers)
+    if depth == 0:
+        raise ValueError(f"model {model.name!r} has no MaxPooling3D layer; not a unet3d model")
+    return depth
+
+
+def required_multiple(model_or_depth):
+    """The number every spatial size must be a multiple of: ``2**depth``.
+
+    Args:
+        model_or_depth: a model built by :func:`unet3d`, or its ``depth``.
+    """
+    if isinstance(model_or_depth, keras.Model):
+        return 2 ** model_depth(model_or_depth)
+    _check_positive_int("depth", model_or_depth)
+    return 2 ** int(model_or_depth)
+
+
+def check_spatial_shape(shape, depth):
+    """Raise a ``ValueError`` unless every known spatial size fits the U-Net.
+
+    Each pooling halves the size and each transposed convolution doubles it,
+    so the skip connections only line up when every size is a multiple of
+    ``2**depth``.
+
+    Args:
+        shape: the spatial sizes ``(x, y, z)`` (no batch or channel axis);
+            ``None`` entries (unknown sizes) are skipped.
+        depth: number of poolings of the U-Net.
+
+    Raises:
+        ValueError: naming the first axis that does not fit, its size, the
+            required multiple and the nearest sizes that would fit.
+    """
+    multiple = required_multiple(depth)
+    for axis, size in enumerate(shape):
+        if size is None or size % multiple == 0:
+            continue
+        lower, upper = size - size % multiple, size - size % multiple + multiple
+        fits = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(
+            f"spatial axis {axis} has size {size}, which is not a multiple of {multiple} "
+            f"(2**depth with depth={depth}); pad or crop it to {fits}"
+        )
+
+
+def _conv_block(x, filters, normalization, dropout, name):
+    for index in (1, 2):
+        x = layers.Conv3D(
+            filters,
+            3,
+            padding="same",
+            # A normalization's own offset makes the convolution's bias redundant.
+            use_bias=normalization is None,
+            # He initialisation keeps the activations' scale through ReLU layers.
+            kernel_initializer="he_normal",
+            name=f"{name}_conv{index}",
+        )(x)
+        if normalization is not None:
+            x = _normalization_layer(normalization, filters, f"{name}_norm{index}")(x)
+        x = layers.ReLU(name=f"{name}_relu{index}")(x)
+    if dropout > 0:
+        x = layers.SpatialDropout3D(dropout, name=f"{name}_dropout")(x)
+    return x
+
+
+def _normalization_layer(normalization, filters, name):
+    if normalization == "batch":
+        return layers.BatchNormalization(name=name)
+    if normalization == "instance":
+        return layers.GroupNormalization(groups=-1, name=name)  # one group per channel
+    return layers.GroupNormalization(groups=math.gcd(filters, 8), name=name)
+
+
+def _check_input_shape(input_shape):
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4):
+        raise ValueError(
+            "input_shape must be channel-last (x, y, z, channels) without the batch "
+            f"axis, got {input_shape!r}"
+        )
+    *spatial, channels = input_shape
+    if not (_is_int(channels) and channels >= 1):
+        raise ValueError(
+            f"input_shape must end with a known number of channels >= 1, got {input_shape!r}"
+        )
+    if not all(size is None or (_is_int(size) and size >= 1) for size in spatial):
+        raise ValueError(
+            f"input_shape spatial sizes must be positive integers or None, got {input_shape!r}"
+        )
+
+
+def _check_positive_int(option, value):
+    if not (_is_int(value) and value >= 1):
+        raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

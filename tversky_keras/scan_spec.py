@@ -1,0 +1,89 @@
+"""What a trained model expects of a scan, stored inside the saved model.
+
+A model trained on (T1W, T2W, FLAIR) at 2 mm must be fed the same modalities
+in the same order on the same grid. That knowledge has to travel with the
+``.keras`` file, so it lives in the configuration of an identity layer at the
+model's input: ``keras.saving.load_model`` restores it with the model, and
+``scan_spec(model)`` reads it back.
+"""
+
+import keras
+
+SPEC_LAYER_NAME = "scan_spec"
+
+
+@keras.saving.register_keras_serializable(package="tversky_keras")
+class ScanSpec(keras.layers.Layer):
+    """Identity layer whose configuration describes the expected input scan.
+
+    Args:
+        modalities: the input channels in order, e.g. ``["T1W", "T2W", "FLAIR"]``.
+        spacing: isotropic voxel size in mm the model was trained at, or
+            ``None`` for the scans' own grid.
+        multiple_of: every spatial size fed to the model must be a multiple of it
+            (``2 ** depth`` for the U-Net).
+    """
+
+    def __init__(self, modalities, spacing=None, multiple_of=1, **kwargs):
+        kwargs.setdefault("name", SPEC_LAYER_NAME)
+        super().__init__(**kwargs)
+        self.modalities = list(modalities)
+        self.spacing = None if spacing is None else float(spacing)
+        self.multiple_of = int(multiple_of)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is not None and channels != len(self.modalities):
+            raise ValueError(
+                f"ScanSpec: the input has {channels} channels but the spec names "
+                f"{len(self.modalities)} modalities {self.modalities}"
+            )
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "modalities": self.modalities,
+            "spacing": self.spacing,
+            "multiple_of": self.multiple_of,
+        }
+
+
+def with_scan_spec(network, modalities, spacing=None, multiple_of=1):
+    """Wrap ``network`` so its saved configuration records the scan it expects."""
+    inputs = keras.Input(shape=network.input_shape[1:], name="scan")
+    spec = ScanSpec(modalities, spacing=spacing, multiple_of=multiple_of)
+    outputs = network(spec(inputs))
+    return keras.Model(inputs, outputs, name=network.name)
+
+
+def scan_spec(model):
+    """The scan description of a model as a dict, or ``None`` if it has none."""
+    try:
+        layer = model.get_layer(SPEC_LAYER_NAME)
+    except ValueError:
+        return None
+    return {"modalities": layer.modalities, "spacing": layer.spacing,
+            "multiple_of": layer.multiple_of}
+
+
+def check_modalities(model, modalities, source="the scan"):
+    """Raise a clear error when ``modalities`` are not what ``model`` was trained on."""
+    spec = scan_spec(model)
+    expected = spec["modalities"] if spec else None
+    channels = model.input_shape[-1]
+    if expected is not None and list(modalities) != expected:
+        raise ValueError(
+            f"the model expects modalities {', '.join(expected)} (in that order) but "
+            f"{source} provides {', '.join(modalities) or 'none'}"
+        )
+    if channels is not None and channels != len(modalities):
+        raise ValueError(
+            f"the model expects {channels} input channels but {source} provides "
+            f"{len(modalities)} ({', '.join(modalities)})"
+        )

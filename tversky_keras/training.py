@@ -1,0 +1,380 @@
+"""Train a 3D U-Net with the Tversky loss: resumable, checkpointed, logged.
+
+A run lives in one folder::
+
+    RUN_DIR/config.json     every setting of the run
+    RUN_DIR/log.csv         one row per epoch (loss, validation metrics, lr)
+    RUN_DIR/model.keras     best epoch on the monitored validation metric
+    RUN_DIR/last.keras      the last finished epoch
+    RUN_DIR/summary.json    written when the run finished
+    RUN_DIR/backup/         training state while it runs (weights, optimizer,
+                            epoch); lets an interrupted run resume
+
+Starting the same command again resumes an interrupted run from its last
+finished epoch, and returns at once for a finished one.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tversky_keras import losses as losses_lib
+from tversky_keras import metrics as metrics_lib
+from tversky_keras.data import MODALITIES, load_subject, make_dataset
+from tversky_keras.models import unet3d
+from tversky_keras.scan_spec import with_scan_spec
+
+MONITORS = ("val_dice", "val_f2", "val_prauc", "val_sensitivity", "val_loss")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; no model was written for that epoch."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run; saved as ``config.json``.
+
+    The defaults are the paper's: Adam at 1e-4 multiplied by 0.9 every 1000
+    steps, whole volumes, no class balancing, no augmentation.
+    """
+
+    alpha: float = 0.5
+    beta: float = 0.5
+    gamma: float = 1.0
+    smooth: float = 0.0
+    ce_weight: float = 0.0
+    modalities: tuple = MODALITIES
+    spacing: float | None = None
+    patch_size: tuple | None = None
+    batch_size: int = 1
+    epochs: int = 100
+    steps_per_epoch: int = 10
+    base_filters: int = 16
+    depth: int = 4
+    normalization: str | None = None
+    dropout: float = 0.0
+    learning_rate: float = 1e-4
+    lr_decay_rate: float = 0.9
+    lr_decay_steps: int = 1000
+    foreground_ratio: float = 0.0
+    flips: bool = False
+    monitor: str = "val_dice"
+    seed: int = 0
+    mixed_precision: str = "auto"
+    jit_compile: str = "auto"
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        self.modalities = tuple(self.modalities)
+        if self.patch_size is not None:
+            self.patch_size = tuple(int(s) for s in self.patch_size)
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor={self.monitor!r}: choose one of {', '.join(MONITORS)}")
+        for option in ("mixed_precision", "jit_compile"):
+            if getattr(self, option) not in ("auto", "on", "off"):
+                raise ValueError(f"{option}={getattr(self, option)!r}: choose auto, on or off")
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("epochs, steps_per_epoch and batch_size must be at least 1")
+
+    def to_json(self):
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data):
+        return cls(**data)
+
+
+def make_loss(config):
+    """The configured loss: Tversky (focal when gamma != 1), plus CE when asked."""
+    options = dict(alpha=config.alpha, beta=config.beta, gamma=config.gamma,
+                   smooth=config.smooth)
+    if config.ce_weight:
+        return losses_lib.TverskyCrossEntropyLoss(ce_weight=config.ce_weight, **options)
+    return losses_lib.TverskyLoss(**options)
+
+
+def make_metrics(threshold=0.5):
+    """The paper's lesion metrics as streaming Keras metrics."""
+    return [
+        metrics_lib.DiceScore(threshold=threshold, name="dice"),
+        metrics_lib.Sensitivity(threshold=threshold, name="sensitivity"),
+        metrics_lib.Specificity(threshold=threshold, name="specificity"),
+        metrics_lib.FBetaScore(beta=2.0, threshold=threshold, name="f2"),
+        metrics_lib.PRAUC(name="prauc"),
+    ]
+
+
+def paper_optimizer(config):
+    """Adam with the paper's staircase decay (x0.9 every 1000 steps by default)."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        config.learning_rate, decay_steps=config.lr_decay_steps,
+        decay_rate=config.lr_decay_rate, staircase=True)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def resolve_acceleration(config):
+    """Decide mixed precision and XLA: on by default only on a GPU, where they help.
+
+    On CPU, XLA ran Conv3D about 14x slower than plain execution and float16
+    has no fast kernels, so ``auto`` leaves both off there.
+    """
+    import tensorflow as tf
+
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and has_gpu)
+    jit = config.jit_compile == "on" or (config.jit_compile == "auto" and has_gpu)
+    return mixed, jit
+
+
+def distribution_strategy():
+    """Every local GPU through MirroredStrategy; several machines via TF_CONFIG.
+
+    With ``TF_CONFIG`` set (see the README's multi-worker section) the run uses
+    ``MultiWorkerMirroredStrategy``; with more than one local GPU,
+    ``MirroredStrategy``; else the default strategy.
+    """
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(config):
+    """The configured U-Net behind a ScanSpec recording modalities and grid."""
+    network = unet3d(input_shape=(None, None, None, len(config.modalities)), n_classes=2,
+                     base_filters=config.base_filters, depth=config.depth,
+                     normalization=config.normalization, dropout=config.dropout)
+    return with_scan_spec(network, config.modalities, spacing=config.spacing,
+                          multiple_of=2 ** config.depth)
+
+
+def load_volumes(subjects, config):
+    """Decode, resample and normalise subjects once, on the network's grid."""
+    return [load_subject(s, modalities=config.modalities, target_spacing=config.spacing,
+                         multiple_of=2 ** config.depth) for s in subjects]
+
+
+def save_model_atomically(model, path):
+    """Save to a temporary name beside ``path``, then rename: never a half file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomically(data, path):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_log(path):
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Log, checkpoint and guard a run, one finished epoch at a time.
+
+    Writes ``log.csv`` (rows of epochs a resumed run repeats are replaced),
+    ``last.keras`` each epoch and ``model.keras`` when the monitored validation
+    metric improves, each atomically. Stops the run on a NaN or infinite loss
+    before anything is written for that epoch.
+    """
+
+    def __init__(self, run_dir, monitor, start_epoch=0):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.start_epoch = start_epoch
+        self.mode_max = monitor != "val_loss"
+        self.diverged_at = None
+        self.best = None
+        self.best_epoch = None
+
+    def on_train_begin(self, logs=None):
+        rows = _read_log(self.run_dir / "log.csv")
+        self.rows = [r for r in rows if int(r["epoch"]) < self.start_epoch]
+        for row in self.rows:
+            self._consider(float(row[self.monitor]), int(row["epoch"]))
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged_at = (batch, float(loss))
+            self.model.stop_training = True
+
+    def _consider(self, value, epoch):
+        better = self.best is None or (value > self.best if self.mode_max else value < self.best)
+        if math.isfinite(value) and better:
+            self.best, self.best_epoch = value, epoch
+            return True
+        return False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged_at is not None:
+            return
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        lr = self.model.optimizer.learning_rate
+        row = {"epoch": epoch, **logs, "lr": float(keras.ops.convert_to_numpy(lr))}
+        self.rows.append(row)
+        _write_csv_atomically(self.rows, self.run_dir / "log.csv")
+        save_model_atomically(self.model, self.run_dir / "last.keras")
+        if self.monitor in logs and self._consider(logs[self.monitor], epoch):
+            save_model_atomically(self.model, self.run_dir / "model.keras")
+
+
+def _write_csv_atomically(rows, path):
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _resumed_epoch(backup_dir):
+    """The epoch an interrupted run restarts at, from BackupAndRestore's record."""
+    meta = Path(backup_dir) / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _check_config(run_dir, config):
+    """Refuse to resume a run folder that holds a different configuration."""
+    path = Path(run_dir) / "config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != config.to_json():
+            changed = sorted(k for k in set(saved) | set(config.to_json())
+                             if saved.get(k) != config.to_json().get(k))
+            raise ValueError(
+                f"{path}: this run folder holds a run with other settings "
+                f"({', '.join(changed)}); use a new output folder or delete it")
+    else:
+        _write_json_atomically(config.to_json(), path)
+
+
+def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()):
+    """Train (or resume, or skip a finished) run and return its summary dict.
+
+    Args:
+        config: a ``TrainConfig``.
+        train_subjects: ``Subject`` list to train on.
+        val_subjects: ``Subject`` list for validation (may be empty: then the
+            monitored metric is the training one without the ``val_`` prefix).
+        run_dir: the run folder (created).
+        verbose: Keras' progress bar level (0 silent, 1 bar, 2 a line an epoch).
+        callbacks: extra Keras callbacks (e.g. a progress display).
+
+    Returns:
+        The summary written to ``RUN_DIR/summary.json``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+        ValueError: ``run_dir`` holds a run with other settings.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_config(run_dir, config)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+
+    keras.utils.set_random_seed(config.seed)
+    mixed, jit = resolve_acceleration(config)
+    previous_policy = keras.mixed_precision.global_policy()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed,
+                    list(callbacks))
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed, extra_callbacks):
+    train_volumes = load_volumes(train_subjects, config)
+    val_volumes = load_volumes(val_subjects, config)
+    backup_dir = run_dir / "backup"
+    start_epoch = _resumed_epoch(backup_dir)
+    # A resumed run draws fresh patches instead of replaying the first epochs'.
+    train_ds = make_dataset(train_volumes, patch_size=config.patch_size,
+                            batch_size=config.batch_size, foreground_ratio=config.foreground_ratio,
+                            flips=config.flips, seed=config.seed + 7919 * start_epoch)
+    val_ds = (make_dataset(val_volumes, batch_size=1, shuffle=False, repeat=False)
+              if val_volumes else None)
+
+    strategy = distribution_strategy()
+    with strategy.scope():
+        model = build_model(config)
+        model.compile(optimizer=paper_optimizer(config), loss=make_loss(config),
+                      metrics=make_metrics(), jit_compile=jit)
+
+    monitor = config.monitor if val_ds is not None else config.monitor.removeprefix("val_")
+    recorder = RunRecorder(run_dir, monitor, start_epoch)
+    # The recorder goes first: a kill between the two leaves the log ahead of
+    # the backup, and the repeated epoch's row is then replaced, never lost.
+    callbacks = [recorder,
+                 keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True)]
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    callbacks += extra_callbacks
+
+    started = time.perf_counter()
+    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+              validation_data=val_ds, callbacks=callbacks, verbose=verbose)
+    if recorder.diverged_at is not None:
+        batch, value = recorder.diverged_at
+        raise TrainingDiverged(
+            f"{run_dir}: the training loss became {value} at batch {batch} of epoch "
+            f"{len(recorder.rows)}; stopped without saving that epoch. Try a lower "
+            f"learning rate, or check the input data for extreme values.")
+
+    last = recorder.rows[-1]
+    summary = {
+        "epochs": config.epochs,
+        "steps": config.epochs * config.steps_per_epoch,
+        "seconds_this_session": round(time.perf_counter() - started, 1),
+        "resumed_from_epoch": start_epoch,
+        "monitor": monitor,
+        "best_epoch": recorder.best_epoch,
+        "best_value": recorder.best,
+        "last": {k: v for k, v in last.items() if k != "epoch"},
+        "mixed_precision": mixed,
+        "jit_compile": jit,
+        "n_train": len(train_volumes),
+        "n_val": len(val_volumes),
+    }
+    _write_json_atomically(summary, run_dir / "summary.json")
+    if verbose:
+        print(f"trained {config.epochs} epochs in {summary['seconds_this_session']} s; "
+              f"best {monitor} {recorder.best} at epoch {recorder.best_epoch}; "
+              f"model: {run_dir / 'model.keras'}")
+    return summary
+
+
+def log_dataframe(run_dir):
+    """The epoch log of a run as a dict of numpy columns (for plots)."""
+    rows = _read_log(Path(run_dir) / "log.csv")
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
