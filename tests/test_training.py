@@ -17,7 +17,7 @@ import pytest
 from tiny_data import write_tiny_subjects
 from tversky_keras.data import discover_subjects
 from tversky_keras.scan_spec import scan_spec
-from tversky_keras.training import TrainConfig, TrainingDiverged, train
+from tversky_keras.training import TrainConfig, TrainingDiverged, paper_schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(base_filters=2, depth=2, patch_size=(8, 8, 8), batch_size=2, steps_per_epoch=3,
@@ -59,9 +59,7 @@ def test_run_folder_holds_models_log_config_and_summary(finished_run):
 
 def test_learning_rate_follows_the_paper_staircase():
     config = TrainConfig(learning_rate=1e-4)
-    from tversky_keras.training import paper_optimizer
-
-    schedule = paper_optimizer(config).learning_rate
+    schedule = paper_schedule(config)
     values = [float(schedule(step)) for step in (0, 999, 1000, 2500)]
     np.testing.assert_allclose(values, [1e-4, 1e-4, 0.9e-4, 0.81e-4], rtol=1e-6)
 
@@ -103,11 +101,23 @@ def test_fresh_process_loads_the_model_and_predicts_the_same(finished_run, tmp_p
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path):
-    config = TrainConfig(epochs=2, **{**TINY, "learning_rate": 1e30})
-    with pytest.raises(TrainingDiverged, match="loss became"):
+def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path, monkeypatch):
+    # A loss that turns NaN from its 8th step (epoch 2) stands in for a diverging run.
+    steps = keras.Variable(0.0, trainable=False)
+
+    def diverging_loss(y_true, y_pred):
+        steps.assign_add(1.0)
+        nan_later = keras.ops.where(steps > 7, float("nan"), 1.0)
+        return keras.ops.mean(y_pred) * nan_later
+
+    monkeypatch.setattr("tversky_keras.training.make_loss", lambda config: diverging_loss)
+    config = TrainConfig(epochs=3, **{**TINY, "steps_per_epoch": 5})
+    with pytest.raises(TrainingDiverged, match="loss became nan .* epoch 1"):
         train(config, subjects[:2], [], tmp_path, verbose=0)
-    assert not (tmp_path / "last.keras").exists()
+    assert [int(r["epoch"]) for r in read_log(tmp_path)] == [0]
+    # Epoch 0's model is intact: it loads and predicts finite probabilities.
+    model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
+    assert np.isfinite(model.predict_on_batch(np.zeros((1, 8, 8, 8, 3), np.float32))).all()
     assert not (tmp_path / "summary.json").exists()
 
 

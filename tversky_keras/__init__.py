@@ -6,4 +6,4 @@ Importing the package registers its losses, metrics and layers with Keras, so
 
 __version__ = "0.1.0"
 
-from tversky_keras import losses, metrics, models  # noqa: E402,F401  (registration)
+from tversky_keras import losses, metrics, models, scan_spec  # noqa: E402,F401  (registration)

@@ -48,6 +48,8 @@ def build_parser():
     train.add_argument("--gamma", type=float, default=1.0, help="focal Tversky exponent (1: off)")
     train.add_argument("--ce-weight", type=float, default=0.0,
                        help="add this weight x cross-entropy to the loss (0: off)")
+    train.add_argument("--pool-batch", action="store_true",
+                       help="one Tversky index over the whole batch instead of per sample")
     train.add_argument("--val", default="1",
                        help="validation subjects: a count taken from the end of the sorted "
                             "list, or comma-separated ids (default 1; 0 for none)")
@@ -130,6 +132,7 @@ def run_train(args):
 
     config = TrainConfig(
         alpha=args.alpha, beta=args.beta, gamma=args.gamma, ce_weight=args.ce_weight,
+        pool_batch=args.pool_batch,
         modalities=args.modalities, spacing=args.spacing, patch_size=args.patch,
         batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps,
         base_filters=args.base_filters, depth=args.depth, normalization=args.normalization,

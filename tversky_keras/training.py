@@ -43,13 +43,17 @@ class TrainConfig:
     """Every setting of a training run; saved as ``config.json``.
 
     The defaults are the paper's: Adam at 1e-4 multiplied by 0.9 every 1000
-    steps, whole volumes, no class balancing, no augmentation.
+    steps, whole volumes, no class balancing, no augmentation. ``pool_batch``
+    computes one Tversky index over the whole batch (MONAI's ``batch=True``),
+    so patches without lesions still teach the network through their false
+    positives.
     """
 
     alpha: float = 0.5
     beta: float = 0.5
     gamma: float = 1.0
     smooth: float = 0.0
+    pool_batch: bool = False
     ce_weight: float = 0.0
     modalities: tuple = MODALITIES
     spacing: float | None = None
@@ -96,7 +100,7 @@ class TrainConfig:
 def make_loss(config):
     """The configured loss: Tversky (focal when gamma != 1), plus CE when asked."""
     options = dict(alpha=config.alpha, beta=config.beta, gamma=config.gamma,
-                   smooth=config.smooth)
+                   smooth=config.smooth, batch=config.pool_batch)
     if config.ce_weight:
         return losses_lib.TverskyCrossEntropyLoss(ce_weight=config.ce_weight, **options)
     return losses_lib.TverskyLoss(**options)
@@ -113,12 +117,16 @@ def make_metrics(threshold=0.5):
     ]
 
 
-def paper_optimizer(config):
-    """Adam with the paper's staircase decay (x0.9 every 1000 steps by default)."""
-    schedule = keras.optimizers.schedules.ExponentialDecay(
+def paper_schedule(config):
+    """The paper's learning rate: multiplied by 0.9 every 1000 steps (by default)."""
+    return keras.optimizers.schedules.ExponentialDecay(
         config.learning_rate, decay_steps=config.lr_decay_steps,
         decay_rate=config.lr_decay_rate, staircase=True)
-    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def paper_optimizer(config):
+    """Adam on the paper's schedule."""
+    return keras.optimizers.Adam(learning_rate=paper_schedule(config))
 
 
 def resolve_acceleration(config):

@@ -26,32 +26,40 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, optimize
 
+from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.normalize import zscore_in_brain
+from tversky_keras.data.subjects import MASK_NAME
 
 PHANTOM_VERSION = 1
-MODALITIES = ("T1W", "T2W", "FLAIR")
-LESION_FILE = "consensus_gt"
 
 # Lesion load (mm^3) of the 30 MSLUB patients in MNI space: quantile -> value.
 _LOAD_QUANTILES = ((0.0, 316.0), (0.25, 1802.0), (0.5, 13934.5), (0.75, 28181.75), (1.0, 52190.0))
 # Component volumes of those patients: median 17 mm^3, quartiles 6 and 46 mm^3
-# (log-normal sigma = ln(46/6) / 1.349); the heavier tail (99% 2254 mm^3) comes
-# from one confluent lesion per subject.
+# (log-normal sigma = ln(46/6) / 1.349); the heavier tail (95% 261, 99% 2254
+# mm^3) comes from medium lesions and one confluent lesion per subject.
 _LESION_MEDIAN_MM3 = 17.0
 _LESION_LOG_SIGMA = 1.5
 # Mean lesion z-score after zscore_in_brain, measured on three MSLUB patients;
 # each subject draws its targets inside these ranges.
 _LESION_Z = {"T1W": (-0.10, 0.10), "T2W": (0.65, 0.90), "FLAIR": (1.30, 1.50)}
-# Pure-tissue intensities (CSF, GM, WM), chosen so that after zscore_in_brain the
-# tissue means match the real patients: T1W CSF -2.3 / GM -0.4 / WM 0.75,
-# T2W 3.6 / 0.0 / -0.45, FLAIR -2.8 / 0.45 / 0.2 (brain z).
-_TISSUE_INTENSITY = {"T1W": (30.0, 72.0, 100.0),
-                     "T2W": (250.0, 100.0, 80.0),
-                     "FLAIR": (15.0, 105.0, 95.0)}
+# Pure-tissue intensities (CSF, GM, WM), white matter = 100, tuned so that the
+# brain's z-scores after zscore_in_brain resemble MSLUB patients 07 and 26
+# (phantom at 2 mm vs real): median / 99th percentile 0.16-0.21 / 1.6-1.75 vs
+# 0.23-0.30 / 1.30-1.48 in T1W, -0.34..-0.39 / 3.65-3.9 vs -0.27..-0.38 /
+# 2.8-4.0 in T2W, 0.19-0.25 / 1.5-1.8 vs 0.17-0.31 / 1.55-1.67 in FLAIR; lesions
+# then come out at 0.8 / 1.55-1.8 / 1.25-1.3 times white matter (real 0.82 /
+# 1.55-1.66 / 1.34-1.37). The template holds more grey matter than the patients,
+# so its grey-white contrast in T1W and T2W is set below theirs (GM/WM 0.82 and
+# 1.10 vs 0.70 and 1.34), and white matter still sits further from the brain
+# mean there (z 1.0 and -0.8 vs 0.75 and -0.42).
+_TISSUE_INTENSITY = {"T1W": (10.0, 82.0, 100.0),
+                     "T2W": (380.0, 110.0, 100.0),
+                     "FLAIR": (5.0, 118.0, 100.0)}
 _NOISE = 0.03            # Rician noise sigma, as a fraction of white-matter intensity
-_TEXTURE = 0.04          # fine tissue texture, relative amplitude
+_TEXTURE = 0.07          # tissue texture: relative amplitude
+_TEXTURE_MM = 2.5        # and Gaussian width
 _BIAS = 0.05             # residual bias field (the real scans are N4-corrected)
 _BLUR_VOXELS = 0.5       # partial-volume blur, Gaussian sigma in voxels
 _DEFORM_MM = 2.0         # displacement standard deviation per axis
@@ -106,9 +114,11 @@ def lesion_loads(n_subjects, seed=0):
     Stratified sampling: the unit interval is cut into ``n_subjects`` equal
     strata, one uniform draw per stratum goes through the quantile function of
     the 30 MSLUB patients' loads (log-linear between their quartiles), and the
-    strata are dealt to subjects in random order. Every data set of 3 or more
-    subjects therefore holds a very-low and a very-high load subject, as the
-    paper's figures need, without any choice of seed.
+    strata are dealt to subjects in random order. The lowest load therefore
+    always lies in the bottom ``1/n_subjects`` of the real distribution and the
+    highest in the top one (with 15 subjects: below 503 and above 44282 mm^3),
+    so the very-low and very-high load subjects the paper's figures need are
+    there for any seed.
 
     Args:
         n_subjects: number of loads.
@@ -141,13 +151,21 @@ def _template_1mm():
         maps[name] = np.asarray(image.dataobj, dtype=np.float32)
     if not np.allclose(np.abs(np.diag(image.affine)[:3]), 1.0):
         raise RuntimeError(f"nilearn's MNI152 template is not at 1 mm: {image.affine}")
-    return (maps["t1"] > 0).astype(np.float32), maps["gm"] / 255, maps["wm"] / 255, image.affine
+    # Kept for the life of the process: crop to the brain (half the memory).
+    brain = maps["t1"] > 0
+    corners = np.argwhere(brain)
+    low = np.maximum(corners.min(0) - 2, 0)
+    box = tuple(slice(lo, hi + 3) for lo, hi in zip(low, corners.max(0)))
+    shift = np.eye(4)
+    shift[:3, 3] = low
+    return (brain[box].astype(np.float32), maps["gm"][box] / 255, maps["wm"][box] / 255,
+            image.affine @ shift)
 
 
+@functools.lru_cache(maxsize=8)
 def _grid(spacing):
     """Shape and origin (template voxel coordinates) of the phantom grid."""
-    brain = _template_1mm()[0] > 0
-    corners = np.argwhere(brain)
+    corners = np.argwhere(_template_1mm()[0] > 0)
     low, high = corners.min(0), corners.max(0)
     extent_voxels = (high - low + 2 * _GRID_MARGIN_MM) / spacing
     shape = (np.ceil(extent_voxels / _GRID_MULTIPLE) * _GRID_MULTIPLE).astype(int)
@@ -254,19 +272,33 @@ def _deformed_anatomy(rng, template, spacing):
 def _lesion_volumes(rng, load_mm3, voxel_mm3):
     """Volumes (mm^3) of a subject's lesions; the first is the confluent one.
 
-    The count grows with the load as in the real patients (about 20 lesions at
-    1000 mm^3, 70 at 14000 mm^3); lesions smaller than a voxel cannot be drawn,
-    so at coarse spacings the count is capped at one lesion per two voxels of
-    load. The largest (often confluent, periventricular) lesion takes 15-35 %
-    of a low load and up to 90 % of a high one, as in the data.
+    Three kinds, as in the real patients: many small lesions (log-normal,
+    median 17 mm^3), their count growing with the load (about 25 at 1000 mm^3,
+    95 at 14000 mm^3); one largest, often confluent lesion holding 15-35 % of
+    a low load and up to 90 % of a high one; and medium lesions of 100-2000
+    mm^3 for whatever load is left. A low load that the small lesions would
+    overfill shrinks them instead. Lesions below a voxel cannot be drawn, so at
+    coarse spacings there is at most one small lesion per two voxels of load.
     """
-    count = 22 * (load_mm3 / 1000) ** 0.45 * np.exp(0.35 * rng.standard_normal())
-    count = int(np.clip(round(min(count, load_mm3 / (2 * voxel_mm3))), 1, 350))
+    count = 25 * np.sqrt(load_mm3 / 1000) * np.exp(0.35 * rng.standard_normal())
+    count = int(np.clip(round(min(count, load_mm3 / (2 * voxel_mm3))), 0, 400))
     heaviness = np.clip(np.log(load_mm3 / 3000) / np.log(10), 0.0, 1.0)
-    largest = rng.uniform(0.15, 0.35 + 0.55 * heaviness) if count > 1 else 1.0
-    small = _LESION_MEDIAN_MM3 * np.exp(_LESION_LOG_SIGMA * rng.standard_normal(count - 1))
-    small = small * (1 - largest) * load_mm3 / max(small.sum(), 1e-9)
-    return np.concatenate([[largest * load_mm3], np.maximum(small, voxel_mm3)])
+    largest = load_mm3 * (rng.uniform(0.15, 0.35 + 0.55 * heaviness) if count else 1.0)
+    small = _LESION_MEDIAN_MM3 * np.exp(_LESION_LOG_SIGMA * rng.standard_normal(count))
+    small = np.clip(small, voxel_mm3, 500.0)
+    left = load_mm3 - largest - small.sum()
+    if left < 0:
+        small *= (load_mm3 - largest) / small.sum()
+    return np.concatenate([[largest], small, _medium_lesions(rng, left)])
+
+
+def _medium_lesions(rng, volume_mm3):
+    """Lesions of 100-2000 mm^3 (log-uniform) adding up to ``volume_mm3``."""
+    volumes = []
+    while sum(volumes) < volume_mm3:
+        volumes.append(np.exp(rng.uniform(np.log(100), np.log(2000))))
+    volumes = np.array(volumes)
+    return volumes * volume_mm3 / volumes.sum() if volumes.size else volumes
 
 
 def _random_rotation(rng):
@@ -281,7 +313,7 @@ def _ellipsoid_axes(rng, volume_mm3, elongation):
     return np.cbrt(volume_mm3 * 3 / (4 * np.pi)) * ratios
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Ovoid:
     centre: np.ndarray     # voxel coordinates
     axes_mm: np.ndarray
@@ -296,15 +328,17 @@ def _lesion_ovoids(rng, volumes, wm, ventricle_distance, spacing):
     deep_wm = np.argwhere(wm > 0.6)
     weight = 1 + _PERIVENTRICULAR_WEIGHT * np.exp(
         -ventricle_distance[tuple(deep_wm.T)] / _PERIVENTRICULAR_MM)
-    centres = deep_wm[rng.choice(len(deep_wm), size=len(volumes), p=weight / weight.sum())]
+    centres = deep_wm[rng.choice(len(deep_wm), size=len(volumes) - 1, p=weight / weight.sum())]
     centres = centres + rng.uniform(-0.5, 0.5, size=centres.shape)
     ovoids = [_Ovoid(c, _ellipsoid_axes(rng, v, 0.3), _random_rotation(rng),
                      float(np.exp(0.25 * rng.standard_normal())))
-              for c, v in zip(centres[1:], volumes[1:])]
+              for c, v in zip(centres, volumes[1:])]
     return _confluent_ovoids(rng, volumes[0], wm, ventricle_distance, spacing) + ovoids
 
 
 def _confluent_ovoids(rng, volume_mm3, wm, ventricle_distance, spacing):
+    """Overlapping ovoids in the white matter around a ventricle, each one
+    centred within reach of an earlier one, so that they merge."""
     pieces = int(np.clip(round(volume_mm3 / 2500), 1, 16))
     rim = np.argwhere((wm > 0.5) & (ventricle_distance < 10.0))
     centres = [rim[rng.integers(len(rim))].astype(float)]
@@ -330,8 +364,6 @@ def _render_ovoids(ovoids, shape, spacing, size_factor):
         half = int(np.ceil(axes.max() / spacing)) + 1
         low = np.maximum(np.floor(ovoid.centre).astype(int) - half, 0)
         high = np.minimum(np.floor(ovoid.centre).astype(int) + half + 1, shape)
-        if np.any(high <= low):
-            continue
         box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
         offsets = np.stack(np.meshgrid(*[np.arange(lo, hi) for lo, hi in zip(low, high)],
                                        indexing="ij"), axis=-1)
@@ -363,20 +395,21 @@ def _lesions(rng, load_mm3, wm, ventricle_distance, spacing):
         if abs(achieved - load_mm3) <= 0.1 * load_mm3:
             break
         size_factor *= np.clip(load_mm3 / max(achieved, spacing**3), 0.5, 2.0) ** (1 / 3)
-    return fraction, mask, severity
+    # Real lesions are patchy inside, too: +-20 % over a few millimetres.
+    patches = 1 + 0.2 * _smooth_field(rng, wm.shape, spacing, 6.0)
+    return fraction, mask, severity * np.clip(patches, 0.2, None)
 
 
 # --- imaging -------------------------------------------------------------------
 
 def _tissue_image(tissue, modality, rng, texture):
-    csf, gm, wm = (_jitter(rng) * value for value in _TISSUE_INTENSITY[modality])
+    """Partial-volume mix of the tissue intensities, and the white-matter one.
+
+    Each subject's tissue intensities vary by 1.5 %, as between scanners."""
+    csf, gm, wm = np.array(_TISSUE_INTENSITY[modality]) * (1 + 0.015 * rng.standard_normal(3))
     total = np.maximum(tissue["CSF"] + tissue["GM"] + tissue["WM"], 1e-6)
     image = (tissue["CSF"] * csf + tissue["GM"] * gm + tissue["WM"] * wm) / total
     return image * (1 + _TEXTURE * texture), wm
-
-
-def _jitter(rng):
-    return 1 + 0.03 * rng.standard_normal()
 
 
 def _calibrated_image(rng, modality, target_z, tissue, brain, lesion, spacing, texture):
@@ -384,33 +417,33 @@ def _calibrated_image(rng, modality, target_z, tissue, brain, lesion, spacing, t
 
     Lesions replace white matter in proportion to their fraction, with
     intensity ``wm + c * severity``. Blur and bias are linear, so the clean
-    image is ``C0 + c * C1``; the Rician noise is drawn once, and ``c`` is found
-    by the secant method on the measured lesion z-score.
+    image is ``C0 + c * C1``; the Rician noise is drawn once, and ``c`` is the
+    root of the measured lesion z-score minus the target (Brent's method),
+    with ``|c|`` at most six brain standard deviations: where lesions are too
+    small to reach the target at that contrast, they stay at it rather than glow.
     """
     fraction, mask, severity = lesion
     base, wm_intensity = _tissue_image(tissue, modality, rng, texture)
     bias = np.exp(_BIAS * _smooth_field(rng, brain.shape, spacing, 60.0))
     c0 = ndimage.gaussian_filter(bias * ((1 - fraction) * base + fraction * wm_intensity),
                                  _BLUR_VOXELS)
-    c1 = ndimage.gaussian_filter(bias * fraction * severity * (1 + texture / 10), _BLUR_VOXELS)
+    c1 = ndimage.gaussian_filter(bias * fraction * severity, _BLUR_VOXELS)
     noise = _NOISE * wm_intensity * rng.standard_normal((2,) + brain.shape, dtype=np.float32)
 
     def image(c):
-        return np.hypot(c0 + c * c1 + noise[0], noise[1]) * brain
+        return (np.hypot(c0 + c * c1 + noise[0], noise[1]) * brain).astype(np.float32)
 
-    def lesion_z(c):
-        return float(zscore_in_brain(image(c), brain)[mask].mean())
+    def z_error(c):
+        return float(zscore_in_brain(image(c), brain)[mask].mean()) - target_z
 
     if not mask.any():
-        return image(0.0).astype(np.float32)
-    c_prev, z_prev = 0.0, lesion_z(0.0)
-    c = 0.3 * wm_intensity * np.sign(target_z - z_prev)
-    for _ in range(10):
-        z = lesion_z(c)
-        if abs(z - target_z) < 0.005 or z == z_prev:
-            break
-        c, c_prev, z_prev = c + (target_z - z) * (c - c_prev) / (z - z_prev), c, z
-    return image(c).astype(np.float32)
+        return image(0.0)
+    error_at_zero = z_error(0.0)
+    limit = 6 * image(0.0)[brain].std() * np.sign(-error_at_zero)
+    if np.sign(z_error(limit)) == np.sign(error_at_zero):
+        return image(limit)
+    low, high = sorted((0.0, limit))
+    return image(optimize.brentq(z_error, low, high, xtol=1e-3 * wm_intensity))
 
 
 def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None):
@@ -435,7 +468,8 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None):
     template = _template(float(spacing))
     brain, tissue, ventricle_distance = _deformed_anatomy(rng, template, spacing)
     lesion = _lesions(rng, load, tissue["WM"], ventricle_distance, spacing)
-    texture = ndimage.gaussian_filter(rng.standard_normal(brain.shape, dtype=np.float32), 1.0)
+    texture = ndimage.gaussian_filter(rng.standard_normal(brain.shape, dtype=np.float32),
+                                      _TEXTURE_MM / spacing)
     texture /= texture.std()
     images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), tissue, brain, lesion,
                                    spacing, texture)
@@ -452,8 +486,26 @@ def _manifest(n_subjects, seed, spacing):
     return {"generator": "tversky_keras.data.phantom", "version": PHANTOM_VERSION,
             "n_subjects": n_subjects, "seed": seed, "spacing": float(spacing),
             "subjects": [f"synth{i:02d}" for i in range(n_subjects)],
-            "files": [*MODALITIES, LESION_FILE],
+            "files": [*MODALITIES, MASK_NAME],
             "template": "MNI152 ICBM 2009c nonlinear symmetric (nilearn)"}
+
+
+def _read_manifest(out_dir):
+    path = Path(out_dir) / "phantom.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _remove_phantom(out_dir, manifest):
+    """Delete the files of an earlier phantom, manifest first: a half-rewritten
+    folder must not pass for the old data set, nor keep its extra subjects."""
+    if manifest is None:
+        return
+    (out_dir / "phantom.json").unlink()
+    for subject in manifest["subjects"]:
+        for name in manifest["files"]:
+            (out_dir / subject / f"{name}.nii.gz").unlink(missing_ok=True)
+        if (out_dir / subject).is_dir() and not any((out_dir / subject).iterdir()):
+            (out_dir / subject).rmdir()
 
 
 def _write_atomically(folder, name, write):
@@ -486,7 +538,8 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
     subject ``i`` is ``synthesize_subject(subject_seed(seed, i), spacing, load_i)``.
     Files are written atomically and ``phantom.json`` last, so its presence
     with matching parameters marks a complete data set: calling again with the
-    same arguments returns at once.
+    same arguments returns at once, while other arguments first delete the
+    files of the phantom recorded there.
 
     Args:
         out_dir: output folder (created).
@@ -503,17 +556,18 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
     out_dir = Path(out_dir)
     manifest = _manifest(n_subjects, seed, spacing)
     folders = [out_dir / name for name in manifest["subjects"]]
-    manifest_path = out_dir / "phantom.json"
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest and all(
-            (f / f"{name}.nii.gz").is_file() for f in folders for name in manifest["files"]):
+    old = _read_manifest(out_dir)
+    if old == manifest and all((f / f"{name}.nii.gz").is_file()
+                               for f in folders for name in manifest["files"]):
         return folders
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_phantom(out_dir, old)
     for index, (folder, load) in enumerate(zip(folders, lesion_loads(n_subjects, seed))):
         subject = synthesize_subject(subject_seed(seed, index), spacing, load)
         folder.mkdir(exist_ok=True)
         for modality, image in subject.images.items():
             _save_nifti(folder, modality, image, subject.affine)
-        _save_nifti(folder, LESION_FILE, subject.lesion, subject.affine)
+        _save_nifti(folder, MASK_NAME, subject.lesion, subject.affine)
         if progress:
             print(f"phantom {index + 1}/{n_subjects}: {folder.name}, lesion load "
                   f"{subject.lesion.sum() * spacing**3:.0f} mm^3", file=sys.stderr, flush=True)

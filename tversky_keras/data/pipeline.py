@@ -1,17 +1,15 @@
 """tf.data pipelines of whole volumes or random patches, with one-hot labels.
 
 All decoding and normalisation happened once in ``load_subject``; the pipeline
-only holds the arrays in memory, cuts patches (a copy of a few MB) and flips
-them, so it keeps ahead of a 3D network's training step by a wide margin (see
-``benchmarks/bench_pipeline.py``).
+holds the arrays in memory as one zero-padded tensor and cuts examples out of it
+with TensorFlow ops only. No Python runs per example, so the examples are made
+in parallel, outside the GIL, well ahead of a 3D network's training step (see
+``benchmarks/bench_pipeline.py``), and nothing is left blocking at exit as a
+Python generator feeding tf.data can be.
 """
-
-import itertools
 
 import numpy as np
 import tensorflow as tf
-
-from tversky_keras.data.grid import crop_or_pad
 
 
 def make_dataset(
@@ -28,33 +26,36 @@ def make_dataset(
 ):
     """Batches of ``(image, one-hot label)`` for training or evaluation.
 
-    Whole volumes when ``patch_size`` is ``None``: the paper feeds whole
-    registered volumes, so every volume must then have the same shape (pad them
-    with ``load_subject(..., target_shape=...)``). Otherwise random patches whose
+    Whole volumes when ``patch_size`` is ``None``, as the paper feeds whole
+    registered volumes; batching them needs one shape for all (pad with
+    ``load_subject(..., target_shape=...)``). Otherwise random patches whose
     centres are drawn uniformly over the brain, so the class imbalance reaches the
     loss as it is; ``foreground_ratio`` instead centres that fraction of patches,
-    on average, on lesion voxels (nnU-Net's oversampling; volumes without lesions
-    fall back to brain centres). Patches reaching past the volume are zero-padded.
+    on average, on lesion voxels (nnU-Net's oversampling; a volume without
+    lesions falls back to brain centres). Patches reaching past the volume are
+    zero-padded (background label).
 
-    The stream is a function of ``seed`` alone: two datasets made with the same
-    arguments yield identical batches, and each new pass over a dataset (the next
-    epoch, or ``repeat``) draws new patches and flips.
+    Example ``k`` of the stream is a function of ``(seed, k)`` alone: the same
+    arguments give identical batches, and each pass of a repeated dataset visits
+    the volumes in a new order with new patches and flips. A finite dataset
+    (``repeat=False``) yields the same examples on every pass, like a fixed
+    validation set; train on the repeated stream with ``steps_per_epoch``.
 
     Args:
         volumes: sequence of ``Volume`` with labels.
         patch_size: spatial patch size (an int for a cube, or three ints), or
             ``None`` for whole volumes.
-        batch_size: examples per batch; the last batch of a finite pass may be
-            smaller.
+        batch_size: examples per batch; the last batch of a finite dataset may
+            be smaller.
         n_classes: one-hot depth; labels must lie in ``[0, n_classes)``.
         foreground_ratio: fraction of patches centred on a lesion voxel, in
             ``[0, 1]``; only with ``patch_size``.
         flips: mirror each example along each spatial axis with probability 1/2
             (image and label alike).
-        shuffle: visit the volumes in a random order each pass.
-        repeat: repeat passes forever (give ``steps_per_epoch`` to ``fit``).
+        shuffle: visit the volumes in a random order in each pass.
+        repeat: repeat passes forever.
         seed: seed of all random choices.
-        patches_per_volume: patches drawn from each volume per pass; only with
+        patches_per_volume: patches cut from each volume per pass; only with
             ``patch_size``.
 
     Returns:
@@ -63,35 +64,32 @@ def make_dataset(
     """
     volumes = list(volumes)
     patch_size = _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume)
-    images = [np.asarray(v.image, dtype=np.float32) for v in volumes]
-    labels = [np.asarray(v.label, dtype=np.uint8) for v in volumes]
-    if patch_size is None:
-        examples = _whole_volumes(images, labels, shuffle, flips)
-        spatial = images[0].shape[:3]
-    else:
-        examples = _random_patches(volumes, images, labels, patch_size, foreground_ratio, patches_per_volume, shuffle, flips)
-        spatial = patch_size
-    passes = itertools.count()
-
-    def generate():
-        # A fresh generator per pass: seeding it with the pass number makes
-        # every epoch differ while the whole stream stays reproducible.
-        yield from examples(np.random.default_rng([seed, next(passes)]))
-
-    dataset = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(
-            tf.TensorSpec((*spatial, images[0].shape[3]), tf.float32),
-            tf.TensorSpec(spatial, tf.uint8),
-        ),
+    per_pass = len(volumes) * patches_per_volume
+    make_example = (
+        _whole_volume_maker(volumes)
+        if patch_size is None
+        else _patch_maker(volumes, patch_size, foreground_ratio)
     )
-    if repeat:
-        dataset = dataset.repeat()
-    dataset = dataset.batch(batch_size).map(
-        lambda image, label: (image, tf.one_hot(label, n_classes, dtype=tf.float32)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    volume_ids = tf.repeat(tf.range(len(volumes), dtype=tf.int64), patches_per_volume)
+
+    def example(k):
+        pass_index, position = k // per_pass, k % per_pass
+        order = (
+            tf.random.experimental.stateless_shuffle(volume_ids, seed=tf.stack([seed, -1 - pass_index]))
+            if shuffle
+            else volume_ids
+        )
+        # Five uniform numbers per example: lesion-or-brain, centre, three flips.
+        # float64 so that a draw can reach every one of a million brain voxels.
+        draws = tf.random.stateless_uniform([5], seed=tf.stack([seed, k]), dtype=tf.float64)
+        image, label = make_example(order[position], draws)
+        if flips:
+            image, label = _flipped(image, label, draws[2:] < 0.5)
+        return image, tf.one_hot(label, n_classes, dtype=tf.float32)
+
+    indices = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(per_pass)
+    dataset = indices.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume):
@@ -108,7 +106,7 @@ def _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio,
     for volume in volumes:
         if volume.label is None:
             raise ValueError(f"volume {volume.id} has no label")
-        if volume.image.shape[:3] != volume.label.shape or volume.image.ndim != 4:
+        if volume.image.ndim != 4 or volume.image.shape[:3] != volume.label.shape:
             raise ValueError(f"volume {volume.id}: image {volume.image.shape} and label {volume.label.shape} do not match")
         if volume.label.max() >= n_classes:
             raise ValueError(f"volume {volume.id} has label {volume.label.max()}, beyond n_classes={n_classes}")
@@ -118,8 +116,11 @@ def _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio,
         if foreground_ratio or patches_per_volume != 1:
             raise ValueError("foreground_ratio and patches_per_volume need a patch_size")
         shapes = {v.id: v.image.shape[:3] for v in volumes}
-        if len(set(shapes.values())) > 1:
-            raise ValueError(f"whole volumes must share one shape (pad them, or give patch_size), got {shapes}")
+        if batch_size > 1 and len(set(shapes.values())) > 1:
+            raise ValueError(
+                f"whole volumes batched by {batch_size} must share one shape (pad them, "
+                f"or give patch_size or batch_size=1), got {shapes}"
+            )
         return None
     patch_size = tuple(int(n) for n in np.broadcast_to(patch_size, 3))
     if min(patch_size) < 1:
@@ -127,40 +128,84 @@ def _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio,
     return patch_size
 
 
-def _flipped(image, label, rng):
-    """``image`` and ``label`` mirrored along the same random subset of spatial axes."""
-    axes = tuple(axis for axis in range(3) if rng.random() < 0.5)
-    return np.ascontiguousarray(np.flip(image, axes)), np.ascontiguousarray(np.flip(label, axes))
+def _stacked(volumes, before=(0, 0, 0), after=(0, 0, 0)):
+    """All images and labels in two zero-padded tensors ``(N, X, Y, Z, C)`` and ``(N, X, Y, Z)``.
+
+    Each volume sits at the origin after ``before`` voxels of margin; the tensor
+    extends ``after`` voxels past the largest volume.
+    """
+    spatial = np.max([v.image.shape[:3] for v in volumes], axis=0) + before + after
+    images = np.zeros((len(volumes), *spatial, volumes[0].image.shape[3]), np.float32)
+    labels = np.zeros((len(volumes), *spatial), np.uint8)
+    for i, volume in enumerate(volumes):
+        window = tuple(slice(b, b + n) for b, n in zip(before, volume.label.shape))
+        images[(i, *window)] = volume.image
+        labels[(i, *window)] = volume.label
+    return tf.constant(images), tf.constant(labels)
 
 
-def _whole_volumes(images, labels, shuffle, flips):
-    def examples(rng):
-        order = rng.permutation(len(images)) if shuffle else range(len(images))
-        for i in order:
-            yield _flipped(images[i], labels[i], rng) if flips else (images[i], labels[i])
+def _whole_volume_maker(volumes):
+    images, labels = _stacked(volumes)
+    shapes = tf.constant([v.label.shape for v in volumes], tf.int64)
+    same_shape = len({v.label.shape for v in volumes}) == 1
+    static_shape = volumes[0].label.shape if same_shape else (None, None, None)
 
-    return examples
+    def make(i, draws):
+        del draws  # a whole volume involves no random choice
+        size = shapes[i]
+        image = tf.slice(images, tf.stack([i, 0, 0, 0, 0]), tf.stack([1, *tf.unstack(size), -1]))[0]
+        label = tf.slice(labels, tf.stack([i, 0, 0, 0]), tf.stack([1, *tf.unstack(size)]))[0]
+        image.set_shape((*static_shape, volumes[0].image.shape[3]))
+        label.set_shape(static_shape)
+        return image, label
+
+    return make
 
 
-def _random_patches(volumes, images, labels, patch_size, foreground_ratio, patches_per_volume, shuffle, flips):
-    brain_voxels = [np.flatnonzero(v.brain) for v in volumes]
-    lesion_voxels = [np.flatnonzero(label) for label in labels]
-    for volume, voxels in zip(volumes, brain_voxels):
-        if voxels.size == 0:
+def _voxel_table(masks):
+    """Flat indices of every mask's true voxels, concatenated, with each mask's row range.
+
+    int32 flat indices take 4 bytes per voxel: a million-voxel brain costs 4 MB.
+    """
+    indices = [np.flatnonzero(mask).astype(np.int32) for mask in masks]
+    splits = np.cumsum([0] + [len(i) for i in indices])
+    return tf.constant(np.concatenate(indices)), tf.constant(splits, tf.int64)
+
+
+def _patch_maker(volumes, patch_size, foreground_ratio):
+    for volume in volumes:
+        if not volume.brain.any():
             raise ValueError(f"volume {volume.id} has no brain voxels to centre patches on")
     half = np.asarray(patch_size) // 2
+    # With ``half`` voxels of margin before each volume, the patch centred on
+    # voxel c starts at c in the padded tensor: every patch is a plain slice.
+    images, labels = _stacked(volumes, before=half, after=np.asarray(patch_size) - half)
+    brain_voxels, brain_splits = _voxel_table(v.brain for v in volumes)
+    lesion_voxels, lesion_splits = _voxel_table(v.label > 0 for v in volumes)
+    shapes = tf.constant([v.label.shape for v in volumes], tf.int64)
 
-    def examples(rng):
-        order = np.repeat(np.arange(len(volumes)), patches_per_volume)
-        if shuffle:
-            rng.shuffle(order)
-        for i in order:
-            on_lesion = lesion_voxels[i].size > 0 and rng.random() < foreground_ratio
-            voxels = lesion_voxels[i] if on_lesion else brain_voxels[i]
-            centre = np.unravel_index(voxels[rng.integers(voxels.size)], labels[i].shape)
-            start = np.asarray(centre) - half
-            image = crop_or_pad(images[i], start, patch_size)
-            label = crop_or_pad(labels[i], start, patch_size)
-            yield _flipped(image, label, rng) if flips else (image, label)
+    def make(i, draws):
+        n_lesion = lesion_splits[i + 1] - lesion_splits[i]
+        on_lesion = tf.logical_and(n_lesion > 0, draws[0] < foreground_ratio)
+        voxels, splits = tf.cond(
+            on_lesion, lambda: (lesion_voxels, lesion_splits), lambda: (brain_voxels, brain_splits)
+        )
+        count = splits[i + 1] - splits[i]
+        row = splits[i] + tf.minimum(tf.cast(draws[1] * tf.cast(count, tf.float64), tf.int64), count - 1)
+        x, y, z = tf.unstack(tf.unravel_index(tf.cast(voxels[row], tf.int64), shapes[i]))
+        image = tf.slice(images, tf.stack([i, x, y, z, 0]), (1, *patch_size, -1))[0]
+        label = tf.slice(labels, tf.stack([i, x, y, z]), (1, *patch_size))[0]
+        return image, label
 
-    return examples
+    return make
+
+
+def _flipped(image, label, flip):
+    """``image`` and ``label`` mirrored along the spatial axes where ``flip`` is true."""
+    for axis in range(3):
+        image, label = tf.cond(
+            flip[axis],
+            lambda: (tf.reverse(image, [axis]), tf.reverse(label, [axis])),
+            lambda: (image, label),
+        )
+    return image, label

@@ -1,0 +1,139 @@
+"""Run the benchmark suite: ``python -m benchmarks [--json PATH] [--short] [--gpu]``.
+
+Prints a Markdown table (each figure the median of several repetitions after
+a warm-up; each comparison measured in the same run) and writes every figure,
+the machine and the versions to JSON.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SECTIONS = ("training", "input", "loss", "inference", "process")
+DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--short", action="store_true",
+                        help="a quick look: fewer repetitions, no paper-sized input, no variants")
+    parser.add_argument("--gpu", action="store_true",
+                        help="paper-input training steps and inference on a GPU (refuses without one)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of fast steps")
+    parser.add_argument("--window", type=int, default=96, help="sliding-window size (cube side)")
+    opts = parser.parse_args(argv)
+    opts.sections = [s for s in opts.sections.split(",") if s]
+    unknown = sorted(set(opts.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    if opts.short:
+        opts.repeats = min(opts.repeats, 4)
+    opts.paper_shape = not opts.short
+    opts.variants = not opts.short
+    opts.variant_repeats = max(3, opts.repeats // 2)
+    opts.scan_repeats = 2 if opts.short else 3
+    opts.budget_s = 20.0 if opts.short else 60.0  # timed seconds after which slow steps stop
+    opts.pipeline_batches = 20 if opts.short else 100
+    opts.process_steps = 10 if opts.short else 30
+    return opts
+
+
+def _number(value):
+    if value is None:
+        return ""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def markdown(rows):
+    lines = ["| section | measure | ours | peer | unit | speed-up ours vs peer | peer is | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        speedup = f"{row.speedup:.2f}x" if row.speedup is not None else ""
+        lines.append(f"| {row.section} | {row.measure} | {_number(row.ours)} | "
+                     f"{_number(row.peer)} | {row.unit} | {speedup} | {row.peer_name} | {row.note} |")
+    return "\n".join(lines)
+
+
+def loss_values_markdown(loss):
+    lines = [f"Loss values, alpha={loss['alpha']}, beta={loss['beta']}, smooth={loss['smooth']} "
+             "(Keras adds 1e-7 to its denominator instead):", "",
+             "| loss | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.7f} |" for name, value in loss["values"].items()]
+    lines += ["", f"Installed keras.losses.tversky: alpha weighs **{loss['keras_alpha_weighs']}** "
+                  f"(alpha=1, beta=0 on TP=1, FP=2, FN=1 gives {loss['keras_probe_value']:.4f}; "
+                  "2/3 if alpha weighed false positives)."]
+    return "\n".join(lines)
+
+
+def run_sections(opts):
+    from benchmarks import bench_inference, bench_input, bench_loss, bench_process, bench_training
+
+    results = {}
+    if "training" in opts.sections:
+        results["training"] = bench_training.run(opts)
+    if "input" in opts.sections:
+        training = results.get("training", {})
+        results["input"] = bench_input.run(opts, training.get("quick_step_s"),
+                                           training.get("paper_step_s"))
+    if "loss" in opts.sections:
+        results["loss"] = bench_loss.run(opts)
+    if "inference" in opts.sections:
+        results["inference"] = bench_inference.run(opts)
+    if "process" in opts.sections:
+        results["process"] = bench_process.run(opts)
+    return results
+
+
+def main(argv=None):
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    from benchmarks.measure import busiest_processes, machine, today, versions
+    from benchmarks.peers import peer_problem
+
+    problem = peer_problem()
+    opts.peers = problem is None
+    if problem:
+        print(problem, file=sys.stderr)
+    started = time.perf_counter()
+    before = {"load_average": os.getloadavg(), "busiest_processes": busiest_processes()}
+    if opts.gpu:
+        from benchmarks import gpu
+
+        try:
+            results = {"gpu": gpu.run(opts)}
+        except gpu.NoGPU as error:
+            print(error, file=sys.stderr)
+            return 2
+    else:
+        results = run_sections(opts)
+    rows = [row for section in results.values() for row in section["rows"]]
+    info = {"date": today(), "command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
+            "machine": machine(), "versions": versions(), "before": before,
+            "after": {"load_average": os.getloadavg()},
+            "wall_s": time.perf_counter() - started}
+    print(markdown(rows))
+    if "loss" in results:
+        print()
+        print(loss_values_markdown(results["loss"]))
+    print(f"\n{info['machine']['cpu']}, {info['machine']['cores']} cores; "
+          f"{', '.join(f'{k} {v}' for k, v in info['versions'].items())}; "
+          f"load average before {before['load_average'][0]:.2f}, after "
+          f"{info['after']['load_average'][0]:.2f}; {info['wall_s']:.0f} s")
+    sections = {name: {k: v for k, v in section.items() if k != "rows"}
+                for name, section in results.items()}
+    opts.json.parent.mkdir(parents=True, exist_ok=True)
+    opts.json.write_text(json.dumps({**info, "rows": [row.to_json() for row in rows],
+                                     "sections": sections}, indent=2, default=str) + "\n")
+    print(f"wrote {opts.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Timing, result rows and the description of the machine a run was measured on."""
+
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.flops import FP32_FLOPS_PER_CYCLE, cpu_clock_mhz, fp32_peak_flops
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the results table.
+
+    ``ours`` and ``peer`` are in ``unit``; ``speedup`` is how many times faster
+    ours is (``peer / ours`` for times, ``ours / peer`` for rates), measured in
+    the same run.
+    """
+
+    section: str
+    measure: str
+    ours: float | None
+    unit: str
+    peer: float | None = None
+    peer_name: str = ""
+    note: str = ""
+
+    @property
+    def speedup(self):
+        if self.ours is None or self.peer is None or not self.ours or not self.peer:
+            return None
+        return self.peer / self.ours if self.unit.startswith("s") else self.ours / self.peer
+
+    def to_json(self):
+        return {**dataclasses.asdict(self), "speedup": self.speedup}
+
+
+def median_seconds(step, repeats, warmup=1, budget_s=None, min_repeats=3):
+    """Median wall time of ``step()`` after ``warmup`` untimed calls.
+
+    Times ``repeats`` calls, or fewer (but at least ``min_repeats``) once the
+    timed calls have used ``budget_s`` seconds, so that slow steps get fewer
+    repetitions.
+
+    Returns:
+        ``(median, times)``: the median in seconds and every timed call.
+    """
+    for _ in range(warmup):
+        step()
+    times = []
+    while len(times) < repeats:
+        if budget_s is not None and len(times) >= min_repeats and sum(times) > budget_s:
+            break
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def synthetic_batch(batch, spatial, channels=3, n_classes=2, lesion_fraction=0.01, seed=0):
+    """Normal image noise and a one-hot label with ``lesion_fraction`` lesion voxels.
+
+    Returns:
+        ``(image, label)``: float32 ``(B, X, Y, Z, C)`` and one-hot float32
+        ``(B, X, Y, Z, n_classes)``, channel-last.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(batch, *spatial, channels)).astype(np.float32)
+    lesion = (rng.random((batch, *spatial)) < lesion_fraction).astype(np.int64)
+    return image, np.eye(n_classes, dtype=np.float32)[lesion]
+
+
+def cpu_model():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or "unknown"
+
+
+def machine():
+    """CPU, cores, clock, fp32 peaks and how busy the machine was."""
+    cores = os.cpu_count()
+    mhz, source = cpu_clock_mhz()
+    return {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "clock_mhz": mhz,
+        "clock_source": source,
+        "fp32_peak_gflops": fp32_peak_flops(cores, mhz) / 1e9,
+        "fp32_peak_flops_per_cycle": FP32_FLOPS_PER_CYCLE,
+        "fp32_peak_gflops_avx512": fp32_peak_flops(cores, mhz, 2 * FP32_FLOPS_PER_CYCLE) / 1e9,
+        "avx512": "avx512f" in Path("/proc/cpuinfo").read_text(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def busiest_processes(count=5):
+    """The top CPU users (``ps``), to say whether the machine was otherwise busy."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pcpu,pid,comm", "--sort=-pcpu"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines()[1:count + 1]]
+
+
+def versions():
+    """Versions of the frameworks compared (``None`` for one not installed)."""
+    import keras
+    import tensorflow as tf
+
+    found = {"python": platform.python_version(), "tensorflow": tf.__version__,
+             "keras": keras.__version__, "numpy": np.__version__}
+    for name in ("torch", "monai"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def today():
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")

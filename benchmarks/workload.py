@@ -1,0 +1,60 @@
+"""What the benchmarks run: the reproduction's profiles, models compiled as in training, data."""
+
+import math
+
+import numpy as np
+
+from reproduce.experiment import PROFILES
+from tversky_keras.data import MODALITIES
+from tversky_keras.data.subjects import Volume
+from tversky_keras.training import TrainConfig, build_model, make_loss, make_metrics, paper_optimizer
+
+MNI_1MM = (182, 218, 182)  # a whole brain at 1 mm (MNI152)
+PAPER_INPUT = (128, 224, 256)  # the paper's registered volumes
+ALPHA, BETA = 0.3, 0.7  # the paper's best row; any values time the same
+CHANNELS = len(MODALITIES)
+
+
+def profile_config(name, **overrides):
+    """A ``TrainConfig`` with the network and batch of a reproduction profile."""
+    p = PROFILES[name]
+    return TrainConfig(alpha=ALPHA, beta=BETA, patch_size=p.patch_size, batch_size=p.batch_size,
+                       base_filters=p.base_filters, depth=p.depth,
+                       learning_rate=p.learning_rate, lr_decay_steps=p.lr_decay_steps,
+                       **overrides)
+
+
+def compiled_model(config, metrics=True, jit_compile=False, steps_per_execution=1):
+    """``build_model`` compiled as ``tversky_keras.training`` compiles it."""
+    model = build_model(config)
+    model.compile(optimizer=paper_optimizer(config), loss=make_loss(config),
+                  metrics=make_metrics() if metrics else None, jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
+    return model
+
+
+def network(model):
+    """The U-Net inside ``build_model``'s ScanSpec wrapper."""
+    return model.get_layer("unet3d")
+
+
+def quick_volume_shape():
+    """Grid of a quick-profile phantom: MNI at its spacing, padded to ``2**depth``."""
+    p = PROFILES["quick"]
+    multiple = 2**p.depth
+    return tuple(math.ceil(math.ceil(s / p.phantom_spacing) / multiple) * multiple
+                 for s in MNI_1MM)
+
+
+def synthetic_volumes(count, shape, lesion_fraction=0.005, seed=0):
+    """``Volume`` objects of noise with an ellipsoid brain and scattered lesion voxels."""
+    rng = np.random.default_rng(seed)
+    axes = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij")
+    brain = sum(a**2 for a in axes) < 0.8
+    volumes = []
+    for index in range(count):
+        image = rng.normal(size=(*shape, CHANNELS)).astype(np.float32) * brain[..., None]
+        label = (brain & (rng.random(shape) < lesion_fraction)).astype(np.uint8)
+        volumes.append(Volume(id=f"synthetic{index}", image=image, label=label, brain=brain,
+                              geometry=None, modalities=MODALITIES))
+    return volumes

@@ -1,0 +1,204 @@
+"""The synthetic MS phantom: reproducible, well-formed, and calibrated to real patients."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tversky_keras.data.io import MODALITIES
+from tversky_keras.data.normalize import zscore_in_brain
+from tversky_keras.data.phantom import (PHANTOM_VERSION, lesion_loads, subject_seed,
+                                        synthesize_dataset, synthesize_subject)
+from tversky_keras.data.subjects import MASK_NAME, discover_subjects, load_subject
+
+# The 30 MSLUB patients' lesion loads (mm^3): quantile -> value (lesion_stats.json).
+REAL_LOAD_QUANTILES = {0.0: 316.0, 0.25: 1802.0, 0.5: 13934.5, 0.75: 28181.75, 1.0: 52190.0}
+
+
+def real_load_quantile_position(load):
+    """Inverse of the real loads' quantile function, log-linear between quartiles."""
+    probs, values = zip(*sorted(REAL_LOAD_QUANTILES.items()))
+    return np.interp(np.log(load), np.log(values), probs)
+
+
+@pytest.fixture(scope="module")
+def coarse_subjects():
+    """Four subjects at 3 mm with the loads of a 4-subject data set (seed 0)."""
+    loads = lesion_loads(4, seed=0)
+    return [synthesize_subject(subject_seed(0, i), 3.0, load) for i, load in enumerate(loads)]
+
+
+@pytest.fixture(scope="module")
+def fine_subject():
+    """One subject at the default 2 mm with a low-moderate load."""
+    return synthesize_subject(11, 2.0, lesion_load_mm3=4000.0)
+
+
+def lesion_z(subject, modality):
+    return zscore_in_brain(subject.images[modality])[subject.lesion > 0].mean()
+
+
+def test_same_seed_gives_the_same_subject():
+    first, second = synthesize_subject(7, 4.0), synthesize_subject(7, 4.0)
+    for modality in MODALITIES:
+        np.testing.assert_array_equal(first.images[modality], second.images[modality])
+    np.testing.assert_array_equal(first.lesion, second.lesion)
+
+
+def test_different_seeds_give_different_subjects():
+    first, second = synthesize_subject(7, 4.0, 5000.0), synthesize_subject(8, 4.0, 5000.0)
+    assert not np.array_equal(first.lesion, second.lesion)
+    assert np.abs(first.images["FLAIR"] - second.images["FLAIR"]).mean() > 1.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": 0, "spacing": 0.0}, "spacing"),
+    ({"seed": 0, "spacing": 20.0}, "spacing"),
+    ({"seed": 0, "lesion_load_mm3": -5.0}, "lesion_load_mm3"),
+])
+def test_bad_subject_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synthesize_subject(**kwargs)
+
+
+def test_bad_subject_count_is_named(tmp_path):
+    with pytest.raises(ValueError, match="n_subjects"):
+        synthesize_dataset(tmp_path, n_subjects=0)
+    with pytest.raises(ValueError, match="n_subjects"):
+        lesion_loads(0)
+
+
+def test_dataset_files_layout_affine_and_content(tmp_path):
+    folders = synthesize_dataset(tmp_path, n_subjects=2, seed=3, spacing=4.0, progress=False)
+    assert [f.name for f in folders] == ["synth00", "synth01"]
+    loads = lesion_loads(2, seed=3)
+    for index, folder in enumerate(folders):
+        # Nothing but the four files: no temporary file left behind.
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            f"{name}.nii.gz" for name in (*MODALITIES, MASK_NAME))
+        expected = synthesize_subject(subject_seed(3, index), 4.0, loads[index])
+        for name in (*MODALITIES, MASK_NAME):
+            image = nib.load(folder / f"{name}.nii.gz")
+            assert image.header.get_zooms()[:3] == (4.0, 4.0, 4.0)
+            assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
+            np.testing.assert_allclose(image.affine, expected.affine)
+            data = np.asarray(image.dataobj)
+            reference = expected.lesion if name == MASK_NAME else expected.images[name]
+            assert data.dtype == reference.dtype
+            np.testing.assert_array_equal(data, reference)
+    manifest = json.loads((tmp_path / "phantom.json").read_text())
+    assert (manifest["version"], manifest["seed"], manifest["spacing"],
+            manifest["n_subjects"]) == (PHANTOM_VERSION, 3, 4.0, 2)
+
+
+def test_package_loader_reads_the_phantom(tmp_path):
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    (subject,) = discover_subjects(tmp_path)
+    volume = load_subject(subject)
+    expected = synthesize_subject(subject_seed(0, 0), 4.0, lesion_loads(1, 0)[0])
+    assert subject.id == "synth00"
+    np.testing.assert_array_equal(volume.label, expected.lesion)
+
+
+def test_complete_dataset_is_not_rewritten(tmp_path):
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    flair = tmp_path / "synth00" / "FLAIR.nii.gz"
+    before = flair.stat().st_mtime_ns
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    assert flair.stat().st_mtime_ns == before
+    synthesize_dataset(tmp_path, n_subjects=1, seed=1, spacing=4.0, progress=False)
+    assert flair.stat().st_mtime_ns != before
+    assert json.loads((tmp_path / "phantom.json").read_text())["seed"] == 1
+
+
+def test_other_parameters_replace_the_old_phantom(tmp_path):
+    synthesize_dataset(tmp_path, n_subjects=2, seed=0, spacing=4.0, progress=False)
+    (tmp_path / "notes.txt").write_text("not ours")
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "phantom.json", "synth00"]
+    assert json.loads((tmp_path / "phantom.json").read_text())["n_subjects"] == 1
+
+
+def test_template_sits_in_mni_space(coarse_subjects):
+    subject = coarse_subjects[0]
+    to_voxel = np.linalg.inv(subject.affine)
+    # The anterior commissure (MNI origin) is brain; 75 mm right, 60 mm up is not.
+    inside = np.round(to_voxel @ [0, 0, 0, 1])[:3].astype(int)
+    outside = np.round(to_voxel @ [75, 0, 60, 1])[:3].astype(int)
+    assert subject.images["T1W"][tuple(inside)] > 0
+    assert subject.images["T1W"][tuple(outside)] == 0
+    np.testing.assert_allclose(np.abs(np.diag(subject.affine))[:3], 3.0)
+
+
+def test_zero_outside_the_brain_and_finite_inside(coarse_subjects):
+    for subject in coarse_subjects:
+        brain = sum(subject.tissue.values()) > 0
+        # Real skull-stripped scans: brain voxels are non-zero, the rest exactly 0.
+        for modality in MODALITIES:
+            image = subject.images[modality]
+            assert image.dtype == np.float32 and np.isfinite(image).all()
+            np.testing.assert_array_equal(image != 0, brain)
+        assert set(np.unique(subject.lesion)) <= {0, 1}
+        assert not (subject.lesion.astype(bool) & ~brain).any()
+        assert 1.2e6 < brain.sum() * 27 < 2.3e6  # mm^3: an adult brain
+
+
+def test_lesions_lie_in_white_matter_near_the_ventricles(coarse_subjects):
+    for subject in coarse_subjects:
+        lesion = subject.lesion > 0
+        assert np.mean(subject.tissue["WM"][lesion] > 0.5) >= 0.99
+        near = subject.ventricle_distance_mm < 10
+        white = subject.tissue["WM"] > 0.5
+        # Periventricular preference: at least twice as common as for white matter at large.
+        assert near[lesion].mean() > 2 * near[white].mean()
+
+
+def test_lesion_loads_match_their_targets_within_the_real_range(coarse_subjects):
+    for subject in coarse_subjects:
+        load = subject.lesion.sum() * 27.0
+        target = subject.lesion_load_target_mm3
+        assert 0.75 * target <= load <= 1.25 * target
+        assert 250 <= load <= REAL_LOAD_QUANTILES[1.0]
+
+
+@pytest.mark.parametrize("modality, low, high", [
+    ("FLAIR", 1.2, 1.6),
+    ("T2W", 0.5, 1.0),
+    ("T1W", -0.3, 0.3),
+])
+def test_lesion_contrast_is_calibrated_to_real_patients(coarse_subjects, fine_subject, modality,
+                                                        low, high):
+    for subject in [*coarse_subjects, fine_subject]:
+        assert low <= lesion_z(subject, modality) <= high
+
+
+def test_lesion_intensity_varies_within_and_between_lesions(fine_subject):
+    flair = zscore_in_brain(fine_subject.images["FLAIR"])
+    lesion = fine_subject.lesion > 0
+    assert flair[lesion].std() > 0.2
+    labels, count = ndimage.label(lesion, np.ones((3, 3, 3)))
+    means = ndimage.mean(flair, labels, range(1, count + 1))
+    assert count >= 10 and np.std(means) > 0.1
+    # Not trivially bright: some normal brain is as bright as the average lesion.
+    assert np.mean(flair[~lesion & (flair != 0)] > flair[lesion].mean()) > 0.003
+
+
+def test_loads_are_stratified_over_the_real_distribution():
+    for seed in range(5):
+        loads = lesion_loads(15, seed)
+        positions = np.sort(real_load_quantile_position(loads))
+        # One load per fifteenth of the real distribution ...
+        np.testing.assert_array_equal(np.floor(positions * 15), np.arange(15))
+        # ... so the lowest is below the real 1/15 quantile, 316 * (1802/316)^(4/15) = 503 mm^3,
+        # and the highest above the 14/15 one, 28182 * (52190/28182)^(11/15) = 44282 mm^3.
+        assert loads.min() < 503 and loads.max() > 44281
+        assert loads.min() < 2000 and loads.max() > 25000
+    np.testing.assert_array_equal(lesion_loads(15, 0), lesion_loads(15, 0))
+    assert not np.array_equal(lesion_loads(15, 0), lesion_loads(15, 1))
+
+
+def test_loads_are_dealt_to_subjects_in_random_order():
+    loads = lesion_loads(15, 0)
+    assert not (np.all(np.diff(loads) > 0) or np.all(np.diff(loads) < 0))
