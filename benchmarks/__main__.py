@@ -40,7 +40,7 @@ def parse_args(argv):
     opts.variants = not opts.short
     opts.variant_repeats = max(3, opts.repeats // 2)
     opts.scan_repeats = 2 if opts.short else 3
-    opts.budget_s = 20.0 if opts.short else 60.0  # timed seconds after which slow steps stop
+    opts.budget_s = 15.0 if opts.short else 30.0  # timed seconds after which slow steps stop
     opts.pipeline_batches = 20 if opts.short else 100
     opts.process_steps = 10 if opts.short else 30
     return opts
@@ -97,22 +97,21 @@ def main(argv=None):
     from benchmarks.measure import busiest_processes, machine, today, versions
     from benchmarks.peers import peer_problem
 
+    if opts.gpu:
+        from benchmarks import gpu
+
+        try:
+            gpu.require_gpu()
+        except gpu.NoGPU as error:
+            print(error, file=sys.stderr)
+            return 2
     problem = peer_problem()
     opts.peers = problem is None
     if problem:
         print(problem, file=sys.stderr)
     started = time.perf_counter()
     before = {"load_average": os.getloadavg(), "busiest_processes": busiest_processes()}
-    if opts.gpu:
-        from benchmarks import gpu
-
-        try:
-            results = {"gpu": gpu.run(opts)}
-        except gpu.NoGPU as error:
-            print(error, file=sys.stderr)
-            return 2
-    else:
-        results = run_sections(opts)
+    results = {"gpu": gpu.run(opts)} if opts.gpu else run_sections(opts)
     rows = [row for section in results.values() for row in section["rows"]]
     info = {"date": today(), "command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
             "machine": machine(), "versions": versions(), "before": before,

@@ -113,7 +113,7 @@ def _monai(truth, probabilities, opts):
         y_pred.grad = None
         value = loss(y_pred, y_true)
         value.backward()
-        return float(value)
+        return float(value.detach())
 
     seconds, _ = median_seconds(step, opts.repeats)
     return seconds, step()

@@ -34,6 +34,9 @@ def require_gpu():
             "Run it where `python -c \"import tensorflow as tf; "
             "print(tf.config.list_physical_devices('GPU'))\"` lists one (install "
             "tensorflow[and-cuda]); for PyTorch/MONAI peer rows also a CUDA build of torch.")
+    for gpu in gpus:
+        # Leave memory to PyTorch: TensorFlow would otherwise reserve all of it.
+        tf.config.experimental.set_memory_growth(gpu, True)
     return gpus
 
 
@@ -46,7 +49,7 @@ def paper_grid_steps():
 
 
 def run(opts):
-    require_gpu()
+    """GPU rows; call ``require_gpu`` first (it also stops TensorFlow reserving all memory)."""
     config = profile_config("paper")
     variants = [("fp32", {}), ("mixed_float16", dict(policy="mixed_float16")),
                 ("fp32 + XLA", dict(jit_compile=True)),

@@ -74,7 +74,7 @@ def test_identity_grid_round_trip_is_exact(oblique_scan, tmp_path):
 
 
 def test_resampled_and_cropped_round_trip(oblique_scan, tmp_path):
-    """1 mm grid: canonical (8,10,6) at (1.5,2,3) mm resamples to (12,20,18); crop/pad to (10,24,18)."""
+    """To 1 mm: canonical (8,10,6) at (1.5,2,3) mm becomes (12,20,18), then (10,24,18)."""
     path, _ = oblique_scan
     array, image = read_nifti(path)
     geometry = Geometry.from_image(image)
@@ -92,7 +92,7 @@ def test_resampled_and_cropped_round_trip(oblique_scan, tmp_path):
 
 
 def test_round_trip_of_a_linear_ramp_is_exact_inside(tmp_path):
-    """Linear interpolation reproduces a ramp, so 2 mm -> 1 mm -> 2 mm returns it away from the edges."""
+    """Linear interpolation reproduces a ramp: 2 mm -> 1 mm -> 2 mm returns it inside."""
     ramp = np.add.outer(np.add.outer(np.arange(8.0), 2 * np.arange(6.0)), 3 * np.arange(4.0))
     path = write(tmp_path / "ramp.nii", ramp.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     array, image = read_nifti(path)
@@ -104,7 +104,7 @@ def test_round_trip_of_a_linear_ramp_is_exact_inside(tmp_path):
 
 
 def test_cropped_voxels_come_back_as_zero(oblique_scan):
-    """Canonical axis 0 (8 voxels) cropped to 4 keeps canonical voxels 2..5; the rest return as 0."""
+    """Canonical axis 0 (8 voxels) cropped to 4 keeps voxels 2..5; the rest return as 0."""
     path, _ = oblique_scan
     array, image = read_nifti(path)
     geometry = Geometry.from_image(image)
@@ -143,7 +143,13 @@ def test_pad_to_multiple(shape, multiple, expected):
 
 @pytest.mark.parametrize(
     "start, size, expected",
-    [(-2, 4, [0, 0, 1, 2]), (3, 4, [4, 5, 0, 0]), (1, 3, [2, 3, 4]), (6, 2, [0, 0]), (-1, 7, [0, 1, 2, 3, 4, 5, 0])],
+    [
+        (-2, 4, [0, 0, 1, 2]),
+        (3, 4, [4, 5, 0, 0]),
+        (1, 3, [2, 3, 4]),
+        (6, 2, [0, 0]),
+        (-1, 7, [0, 1, 2, 3, 4, 5, 0]),
+    ],
 )
 def test_crop_or_pad(start, size, expected):
     array = np.arange(1, 6)[:, None] * np.array([1, 10])  # 5 voxels, 2 channels
@@ -230,8 +236,8 @@ BAD_SCANS = [
     (truncated_gzip, "cannot read"),
     (truncated_nii, "cannot read"),
     (not_nifti, "cannot read"),
-    (lambda tmp_path: write(tmp_path / "slice.nii.gz", np.ones((4, 5), np.float32)), r"3D.*\(4, 5\)"),
-    (lambda tmp_path: write(tmp_path / "series.nii.gz", np.ones((4, 4, 4, 2), np.float32)), r"3D.*\(4, 4, 4, 2\)"),
+    (lambda tmp_path: write(tmp_path / "slice.nii.gz", np.ones((4, 5))), r"3D.*\(4, 5\)"),
+    (lambda tmp_path: write(tmp_path / "run.nii.gz", np.ones((4, 4, 4, 2))), r"3D.*\(4, 4, 4, 2\)"),
     (with_nan, "1 voxels are NaN or infinite"),
     (with_inf, "1 voxels are NaN or infinite"),
 ]
@@ -254,7 +260,7 @@ def test_read_mask_accepts_zero_one(tmp_path, values, dtype):
     data = np.zeros((4, 4, 4), dtype)
     data[..., :2] = values[1]
     data[..., 2:] = values[0]
-    mask, _ = read_mask(write(tmp_path / "mask.nii.gz", data))
+    mask = read_mask(write(tmp_path / "mask.nii.gz", data))
     assert mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, data.astype(np.uint8))
 

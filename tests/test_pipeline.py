@@ -32,7 +32,8 @@ def batches(dataset, n):
 def test_patch_batches_have_the_promised_shapes_and_one_hot_labels(rng):
     label = rng.integers(0, 3, (7, 6, 5))
     image = np.stack([label, -label], axis=-1)
-    (x, y), = batches(make_dataset([volume(image, label)], patch_size=(5, 4, 3), batch_size=4, n_classes=3), 1)
+    dataset = make_dataset([volume(image, label)], patch_size=(5, 4, 3), batch_size=4, n_classes=3)
+    (x, y), = batches(dataset, 1)
     assert x.shape == (4, 5, 4, 3, 2) and x.dtype == np.float32
     assert y.shape == (4, 5, 4, 3, 3) and y.dtype == np.float32
     np.testing.assert_array_equal(y.sum(axis=-1), 1.0)
@@ -71,12 +72,14 @@ def test_whole_volumes_batched_together():
 
 def first_batches(**options):
     volumes = [coordinate_volume((8, 8, 8), "a"), coordinate_volume((6, 7, 8), "b")]
-    return np.concatenate([x for x, _ in batches(make_dataset(volumes, patch_size=4, batch_size=3, **options), 4)])
+    dataset = make_dataset(volumes, patch_size=4, batch_size=3, **options)
+    return np.concatenate([x for x, _ in batches(dataset, 4)])
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
-    np.testing.assert_array_equal(first_batches(seed=3, flips=True), first_batches(seed=3, flips=True))
-    assert not np.array_equal(first_batches(seed=3, flips=True), first_batches(seed=4, flips=True))
+    reference = first_batches(seed=3, flips=True)
+    np.testing.assert_array_equal(first_batches(seed=3, flips=True), reference)
+    assert not np.array_equal(first_batches(seed=4, flips=True), reference)
 
 
 def test_each_pass_of_a_repeated_dataset_draws_anew_a_finite_one_repeats():
@@ -120,7 +123,7 @@ def centre_voxels(vol, foreground_ratio):
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 def test_foreground_ratio_sets_the_share_of_lesion_centred_patches(sparse_lesions, ratio):
-    """Uniform centres hit lesions as often as the brain holds them (p); ratio r gives r + (1 - r) p."""
+    """Uniform centres hit lesions at the brain's lesion share p; ratio r gives r + (1 - r) p."""
     p = sparse_lesions.label.sum() / sparse_lesions.brain.sum()
     expected = ratio + (1 - ratio) * p
     centres, on_lesion = centre_voxels(sparse_lesions, ratio)
@@ -132,7 +135,8 @@ def test_foreground_ratio_sets_the_share_of_lesion_centred_patches(sparse_lesion
 
 
 def test_volume_without_lesions_falls_back_to_brain_centres(sparse_lesions):
-    healthy = volume(sparse_lesions.image, np.zeros(sparse_lesions.label.shape), sparse_lesions.brain)
+    no_lesions = np.zeros(sparse_lesions.label.shape)
+    healthy = volume(sparse_lesions.image, no_lesions, sparse_lesions.brain)
     centres, on_lesion = centre_voxels(healthy, 0.5)
     np.testing.assert_array_equal(centres[:, 0], 1.0)
     assert not on_lesion.any()
@@ -141,8 +145,8 @@ def test_volume_without_lesions_falls_back_to_brain_centres(sparse_lesions):
 @pytest.mark.parametrize("patch_size", [None, 5])
 def test_flips_mirror_image_and_label_alike(patch_size):
     shape = (6, 6, 6)
-    dataset = make_dataset([coordinate_volume(shape)], patch_size=patch_size, batch_size=48, flips=True)
-    (x, y), = batches(dataset, 1)
+    volumes = [coordinate_volume(shape)]
+    (x, y), = batches(make_dataset(volumes, patch_size=patch_size, batch_size=48, flips=True), 1)
     inside = x[..., 0] > 0
     x_, y_, z_ = (x[..., axis].astype(int) - 1 for axis in range(3))
     np.testing.assert_array_equal(y.argmax(-1), np.where(inside, pattern(x_, y_, z_), 0))
@@ -157,6 +161,11 @@ def test_no_flips_without_flips():
     np.testing.assert_array_equal(x, np.broadcast_to(coordinates((6, 6, 6)), x.shape))
 
 
+def zeros(shape=(4, 4, 4), channels=1, **brain):
+    """An all-background volume of ``shape``."""
+    return volume(np.zeros((*shape, channels)), np.zeros(shape), **brain)
+
+
 BAD_OPTIONS = [
     (dict(batch_size=0), "batch_size"),
     (dict(n_classes=1), "n_classes"),
@@ -164,22 +173,20 @@ BAD_OPTIONS = [
     (dict(foreground_ratio=1.5, patch_size=4), "foreground_ratio must lie in"),
     (dict(foreground_ratio=0.5), "need a patch_size"),
     (dict(patch_size=(4, 0, 4)), "patch_size must be positive"),
-    (dict(n_classes=2, volumes=[volume(np.zeros((4, 4, 4, 1)), np.full((4, 4, 4), 2))]), "beyond n_classes=2"),
+    (dict(volumes=[volume(np.zeros((4, 4, 4, 1)), np.full((4, 4, 4), 2))]), "beyond n_classes=2"),
     (dict(volumes=[]), "volumes is empty"),
-    (dict(volumes=[Volume("u", np.zeros((4, 4, 4, 1), np.float32), None, None, None, ())]), "u has no label"),
+    (dict(volumes=[Volume("u", np.zeros((4, 4, 4, 1)), None, None, None, ())]), "u has no label"),
     (dict(volumes=[volume(np.zeros((4, 4, 4, 1)), np.zeros((4, 4, 3)))]), "do not match"),
-    (dict(volumes=[volume(np.zeros((4, 4, 4, 1)), np.zeros((4, 4, 4))),
-                   volume(np.zeros((4, 4, 4, 2)), np.zeros((4, 4, 4)))]), "numbers of channels"),
-    (dict(batch_size=2, volumes=[volume(np.zeros((4, 4, 4, 1)), np.zeros((4, 4, 4)), id="a"),
-                                 volume(np.zeros((4, 4, 5, 1)), np.zeros((4, 4, 5)), id="b")]), "share one shape"),
-    (dict(patch_size=2, volumes=[volume(np.zeros((4, 4, 4, 1)), np.zeros((4, 4, 4)), np.zeros((4, 4, 4), bool))]),
-     "no brain voxels"),
+    (dict(volumes=[zeros(), zeros(brain=np.ones((4, 4, 5), bool))]), "do not match"),
+    (dict(volumes=[zeros(), zeros(channels=2)]), "numbers of channels"),
+    (dict(batch_size=2, volumes=[zeros(id="a"), zeros((4, 4, 5), id="b")]), "share one shape"),
+    (dict(patch_size=2, volumes=[zeros(brain=np.zeros((4, 4, 4), bool))]), "no brain voxels"),
 ]
 
 
 @pytest.mark.parametrize("options, problem", BAD_OPTIONS)
 def test_bad_options_raise_value_error(options, problem):
     options = dict(options)
-    volumes = options.pop("volumes", [volume(np.zeros((4, 4, 4, 1)), np.zeros((4, 4, 4)))])
+    volumes = options.pop("volumes", [zeros()])
     with pytest.raises(ValueError, match=problem):
         make_dataset(volumes, **options)

@@ -11,6 +11,7 @@ from tversky_keras.data import (
     discover_subjects,
     from_grid,
     load_subject,
+    subject_from_folder,
     zscore_in_brain,
 )
 
@@ -26,14 +27,15 @@ def scans(rng, n_lesion_voxels=3):
     """Skull-stripped test scans: brain = a box inside the volume; lesions inside it."""
     brain = np.zeros(SHAPE, bool)
     brain[1:5, 1:7, 1:3] = True
-    images = {m: np.where(brain, rng.uniform(1.0, 2.0, SHAPE), 0).astype(np.float32) for m in MODALITIES}
+    images = {m: np.where(brain, rng.uniform(1.0, 2.0, SHAPE), 0) for m in MODALITIES}
+    images = {m: image.astype(np.float32) for m, image in images.items()}
     mask = np.zeros(SHAPE, np.uint8)
     mask[2, 2:2 + n_lesion_voxels, 1] = 1
     return images, mask, brain
 
 
 def write_subject(folder, rng, names=None, ext=".nii.gz", n_lesion_voxels=3):
-    """One subject folder; ``names`` maps modality/mask to file stems (default: the plain layout)."""
+    """One subject folder; ``names`` maps modality/mask to file stems (default: plain layout)."""
     folder.mkdir(parents=True)
     images, mask, _ = scans(rng, n_lesion_voxels)
     names = names or {}
@@ -69,6 +71,17 @@ def test_mslub_layout_with_brainmask(tmp_path, rng):
     assert subject.brainmask == folder / "patient03_brainmask.nii.gz"
 
 
+def test_one_subject_folder(tmp_path, rng):
+    write_subject(tmp_path / "p1", rng, names={"FLAIR": "p1_FLAIR"})
+    subject = subject_from_folder(tmp_path / "p1", modalities=("FLAIR", "T2W"))
+    assert subject.id == "p1"
+    assert subject.images == {"FLAIR": tmp_path / "p1" / "p1_FLAIR.nii.gz",
+                              "T2W": tmp_path / "p1" / "T2W.nii.gz"}
+    with pytest.raises(DataError, match="subject folder not found") as error:
+        subject_from_folder(tmp_path / "p2")
+    assert "p2" in str(error.value)
+
+
 def test_modalities_select_subset_and_order(tmp_path, rng):
     folder = tmp_path / "a"
     folder.mkdir()
@@ -84,12 +97,17 @@ def test_manifest(tmp_path, rng):
     for name in ("x", "y"):
         write_subject(tmp_path / "scans" / name, rng)
     write(tmp_path / "scans" / "x" / "brain.nii.gz", np.ones(SHAPE, np.uint8))
+
+    def row(name, brainmask=""):
+        files = [f"scans/{name}/{stem}.nii.gz" for stem in (*MODALITIES, "consensus_gt")]
+        return ",".join([name, *files, brainmask]) + "\n"
+
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(
         "Subject, t1, t2, flair, mask, brainmask\n"
-        "y,scans/y/T1W.nii.gz,scans/y/T2W.nii.gz,scans/y/FLAIR.nii.gz,scans/y/consensus_gt.nii.gz,\n"
-        "\n"
-        "x,scans/x/T1W.nii.gz,scans/x/T2W.nii.gz,scans/x/FLAIR.nii.gz,scans/x/consensus_gt.nii.gz,scans/x/brain.nii.gz\n"
+        + row("y")
+        + "\n"  # blank lines are skipped
+        + row("x", "scans/x/brain.nii.gz")
     )
     x, y = discover_subjects(manifest)
     assert (x.id, y.id) == ("x", "y")
@@ -159,9 +177,9 @@ BAD_DATA_SETS = [
     (lambda tmp_path, rng: (tmp_path / "nowhere", "nowhere"), "not found"),
     (manifest("subject,t1,flair\n"), "lacks the columns t2, mask"),
     (manifest(HEADER + ROW_X + ROW_X), "duplicate subject id x"),
-    (manifest(HEADER + "x,x/T1W.nii.gz,x/T2W.nii.gz,x/FLAIR.nii.gz,\n"), "subject x has no mask file"),
+    (manifest(HEADER + ROW_X.replace("x/consensus_gt.nii.gz", "")), "subject x has no mask file"),
     (manifest(HEADER), "no subjects found"),
-    (manifest(HEADER + ROW_X.replace("T2W", "T2")), "T2.nii.gz: file of subject x listed in m.csv not found"),
+    (manifest(HEADER + ROW_X.replace("T2W", "T2")), "T2.nii.gz: file of subject x listed in m.csv"),
 ]
 
 
@@ -195,8 +213,9 @@ def test_load_subject_normalises_each_modality_in_the_brain(subject):
     assert volume.id == "s1" and volume.modalities == ("FLAIR", "T1W")
     assert volume.image.shape == (*SHAPE, 2) and volume.image.dtype == np.float32
     np.testing.assert_array_equal(volume.brain, brain)
-    np.testing.assert_allclose(volume.image[..., 0], zscore_in_brain(images["FLAIR"], brain), rtol=1e-6)
-    np.testing.assert_allclose(volume.image[..., 1], zscore_in_brain(images["T1W"], brain), rtol=1e-6)
+    for channel, modality in enumerate(("FLAIR", "T1W")):
+        expected = zscore_in_brain(images[modality], brain)
+        np.testing.assert_allclose(volume.image[..., channel], expected, rtol=1e-6)
     assert volume.label.dtype == np.uint8
     np.testing.assert_array_equal(volume.label, mask)
 
@@ -241,7 +260,7 @@ def shifted(affine_shift=(0, 0, 0), shape=SHAPE):
 @pytest.mark.parametrize(
     "replaced, data_affine, problem",
     [
-        ("T2W", shifted(shape=(6, 8, 5)), r"shape \(6, 8, 5\) differs from \(6, 8, 4\) of .*T1W.nii.gz"),
+        ("T2W", shifted(shape=(6, 8, 5)), r"shape \(6, 8, 5\) differs from \(6, 8, 4\) of .*T1W"),
         ("FLAIR", shifted(affine_shift=(0, 0, 0.5)), "affine differs from that of .*T1W.nii.gz"),
         ("consensus_gt", shifted(shape=(6, 8, 3)), r"shape \(6, 8, 3\) differs"),
         ("consensus_gt", shifted(affine_shift=(1, 0, 0)), "affine differs"),
@@ -253,6 +272,13 @@ def test_misaligned_files_raise_data_error_naming_both(subject, replaced, data_a
     with pytest.raises(DataError, match=problem) as error:
         load_subject(subject)
     assert error.value.path.endswith(f"{replaced}.nii.gz")
+
+
+def test_load_subject_without_a_requested_modality(subject):
+    subject, _, _ = subject
+    flair_only = Subject(subject.id, {"FLAIR": subject.images["FLAIR"]}, subject.mask)
+    with pytest.raises(DataError, match="subject s1 has no T1W, T2W scan"):
+        load_subject(flair_only)
 
 
 def test_tiny_affine_differences_are_tolerated(subject):

@@ -375,7 +375,7 @@ def _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed, ext
     _write_json_atomically(summary, run_dir / "summary.json")
     if verbose:
         print(f"trained {config.epochs} epochs in {summary['seconds_this_session']} s; "
-              f"best {monitor} {recorder.best} at epoch {recorder.best_epoch}; "
+              f"best {monitor} {recorder.best:.4f} at epoch {recorder.best_epoch + 1}; "
               f"model: {run_dir / 'model.keras'}")
     return summary
 

@@ -17,8 +17,15 @@ from tversky_keras.data.grid import (
 )
 from tversky_keras.data.io import MODALITIES, read_mask, read_nifti
 from tversky_keras.data.normalize import zscore_in_brain
+from tversky_keras.data.phantom import lesion_loads, synthesize_dataset, synthesize_subject
 from tversky_keras.data.pipeline import make_dataset
-from tversky_keras.data.subjects import Subject, Volume, discover_subjects, load_subject
+from tversky_keras.data.subjects import (
+    Subject,
+    Volume,
+    discover_subjects,
+    load_subject,
+    subject_from_folder,
+)
 
 __all__ = [
     "MODALITIES",
@@ -30,12 +37,16 @@ __all__ = [
     "crop_or_pad",
     "discover_subjects",
     "from_grid",
+    "lesion_loads",
     "load_subject",
     "make_dataset",
     "pad_to_multiple",
     "read_mask",
     "read_nifti",
     "save_nifti_like",
+    "synthesize_dataset",
+    "synthesize_subject",
+    "subject_from_folder",
     "to_grid",
     "zscore_in_brain",
 ]

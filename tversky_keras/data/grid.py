@@ -205,7 +205,9 @@ def save_nifti_like(array, geometry, path, dtype):
     """
     path = Path(path)
     if tuple(array.shape[:3]) != geometry.shape:
-        raise ValueError(f"array of shape {array.shape} does not match the scan's shape {geometry.shape}")
+        raise ValueError(
+            f"array of shape {array.shape} does not match the scan's shape {geometry.shape}"
+        )
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     if suffix not in (".nii", ".nii.gz"):
         raise ValueError(f"{path}: the file name must end in .nii or .nii.gz")

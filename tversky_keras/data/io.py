@@ -81,14 +81,18 @@ def read_mask(path):
             (stored as integers or floats).
 
     Returns:
-        ``(mask, image)`` as in ``read_nifti``, the mask as uint8.
+        uint8 array of shape ``(X, Y, Z)``.
 
     Raises:
         DataError: as ``read_nifti``, or when a voxel is neither 0 nor 1.
     """
-    data, image = read_nifti(path)
+    return binary_mask(read_nifti(path)[0], path)
+
+
+def binary_mask(data, path):
+    """``data`` (read from ``path``) as uint8, or a DataError unless every voxel is 0 or 1."""
     binary = (data == 0) | (data == 1)
     if not binary.all():
         shown = ", ".join(f"{v:g}" for v in np.unique(data[~binary])[:5])
         raise DataError(path, f"a mask must hold only 0 and 1, found also {shown}")
-    return data.astype(np.uint8), image
+    return data.astype(np.uint8)

@@ -63,7 +63,9 @@ def make_dataset(
         float32 one-hot ``(B, X, Y, Z, n_classes)``.
     """
     volumes = list(volumes)
-    patch_size = _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume)
+    patch_size = _check_options(
+        volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume
+    )
     per_pass = len(volumes) * patches_per_volume
     make_example = (
         _whole_volume_maker(volumes)
@@ -74,8 +76,10 @@ def make_dataset(
 
     def example(k):
         pass_index, position = k // per_pass, k % per_pass
+        # Negative seeds for the passes' orders, non-negative ones for the examples.
+        pass_seed = tf.stack([seed, -1 - pass_index])
         order = (
-            tf.random.experimental.stateless_shuffle(volume_ids, seed=tf.stack([seed, -1 - pass_index]))
+            tf.random.experimental.stateless_shuffle(volume_ids, seed=pass_seed)
             if shuffle
             else volume_ids
         )
@@ -92,24 +96,33 @@ def make_dataset(
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume):
+def _check_options(
+    volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume
+):
     """ValueError naming the first bad option; returns ``patch_size`` as a tuple or ``None``."""
     if not volumes:
         raise ValueError("volumes is empty")
     if batch_size < 1 or n_classes < 2 or patches_per_volume < 1:
         raise ValueError(
             f"batch_size and patches_per_volume must be >= 1 and n_classes >= 2, got "
-            f"batch_size={batch_size}, patches_per_volume={patches_per_volume}, n_classes={n_classes}"
+            f"batch_size={batch_size}, patches_per_volume={patches_per_volume}, "
+            f"n_classes={n_classes}"
         )
     if not 0.0 <= foreground_ratio <= 1.0:
         raise ValueError(f"foreground_ratio must lie in [0, 1], got {foreground_ratio}")
     for volume in volumes:
         if volume.label is None:
             raise ValueError(f"volume {volume.id} has no label")
-        if volume.image.ndim != 4 or volume.image.shape[:3] != volume.label.shape:
-            raise ValueError(f"volume {volume.id}: image {volume.image.shape} and label {volume.label.shape} do not match")
+        sizes = (volume.image.shape[:3], volume.label.shape, np.shape(volume.brain))
+        if volume.image.ndim != 4 or len(set(sizes)) > 1:
+            raise ValueError(
+                f"volume {volume.id}: image {volume.image.shape}, label {volume.label.shape} and "
+                f"brain {np.shape(volume.brain)} do not match"
+            )
         if volume.label.max() >= n_classes:
-            raise ValueError(f"volume {volume.id} has label {volume.label.max()}, beyond n_classes={n_classes}")
+            raise ValueError(
+                f"volume {volume.id} has label {volume.label.max()}, beyond n_classes={n_classes}"
+            )
     if len({v.image.shape[3] for v in volumes}) > 1:
         raise ValueError("volumes have different numbers of channels")
     if patch_size is None:
@@ -129,10 +142,10 @@ def _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio,
 
 
 def _stacked(volumes, before=(0, 0, 0), after=(0, 0, 0)):
-    """All images and labels in two zero-padded tensors ``(N, X, Y, Z, C)`` and ``(N, X, Y, Z)``.
+    """All images, labels and shapes as tensors ``(N, X, Y, Z, C)``, ``(N, X, Y, Z)``, ``(N, 3)``.
 
-    Each volume sits at the origin after ``before`` voxels of margin; the tensor
-    extends ``after`` voxels past the largest volume.
+    Each volume sits after ``before`` voxels of zero margin; the tensors extend
+    ``after`` voxels past the largest volume.
     """
     spatial = np.max([v.image.shape[:3] for v in volumes], axis=0) + before + after
     images = np.zeros((len(volumes), *spatial, volumes[0].image.shape[3]), np.float32)
@@ -141,12 +154,12 @@ def _stacked(volumes, before=(0, 0, 0), after=(0, 0, 0)):
         window = tuple(slice(b, b + n) for b, n in zip(before, volume.label.shape))
         images[(i, *window)] = volume.image
         labels[(i, *window)] = volume.label
-    return tf.constant(images), tf.constant(labels)
+    shapes = tf.constant([v.label.shape for v in volumes], tf.int64)
+    return tf.constant(images), tf.constant(labels), shapes
 
 
 def _whole_volume_maker(volumes):
-    images, labels = _stacked(volumes)
-    shapes = tf.constant([v.label.shape for v in volumes], tf.int64)
+    images, labels, shapes = _stacked(volumes)
     same_shape = len({v.label.shape for v in volumes}) == 1
     static_shape = volumes[0].label.shape if same_shape else (None, None, None)
 
@@ -179,10 +192,9 @@ def _patch_maker(volumes, patch_size, foreground_ratio):
     half = np.asarray(patch_size) // 2
     # With ``half`` voxels of margin before each volume, the patch centred on
     # voxel c starts at c in the padded tensor: every patch is a plain slice.
-    images, labels = _stacked(volumes, before=half, after=np.asarray(patch_size) - half)
+    images, labels, shapes = _stacked(volumes, before=half, after=np.asarray(patch_size) - half)
     brain_voxels, brain_splits = _voxel_table(v.brain for v in volumes)
     lesion_voxels, lesion_splits = _voxel_table(v.label > 0 for v in volumes)
-    shapes = tf.constant([v.label.shape for v in volumes], tf.int64)
 
     def make(i, draws):
         n_lesion = lesion_splits[i + 1] - lesion_splits[i]
@@ -191,7 +203,8 @@ def _patch_maker(volumes, patch_size, foreground_ratio):
             on_lesion, lambda: (lesion_voxels, lesion_splits), lambda: (brain_voxels, brain_splits)
         )
         count = splits[i + 1] - splits[i]
-        row = splits[i] + tf.minimum(tf.cast(draws[1] * tf.cast(count, tf.float64), tf.int64), count - 1)
+        drawn = tf.cast(draws[1] * tf.cast(count, tf.float64), tf.int64)
+        row = splits[i] + tf.minimum(drawn, count - 1)
         x, y, z = tf.unstack(tf.unravel_index(tf.cast(voxels[row], tf.int64), shapes[i]))
         image = tf.slice(images, tf.stack([i, x, y, z, 0]), (1, *patch_size, -1))[0]
         label = tf.slice(labels, tf.stack([i, x, y, z]), (1, *patch_size))[0]

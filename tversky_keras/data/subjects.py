@@ -8,7 +8,7 @@ import numpy as np
 
 from tversky_keras.data.errors import DataError
 from tversky_keras.data.grid import Geometry, to_grid
-from tversky_keras.data.io import MODALITIES, check_modalities, read_mask, read_nifti
+from tversky_keras.data.io import MODALITIES, binary_mask, check_modalities, read_nifti
 from tversky_keras.data.normalize import zscore_in_brain
 
 MASK_NAME = "consensus_gt"
@@ -93,7 +93,7 @@ def discover_subjects(root, modalities=MODALITIES, require_mask=True):
     else:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         subjects = [
-            _subject_from_folder(folder, modalities, require_mask)
+            subject_from_folder(folder, modalities, require_mask)
             for folder in folders
             if _holds_scans(folder)
         ]
@@ -104,7 +104,8 @@ def discover_subjects(root, modalities=MODALITIES, require_mask=True):
 
 def _candidates(folder, name):
     """The file names a scan called ``name`` may have in a subject folder."""
-    return [folder / f"{stem}{ext}" for stem in (name, f"{folder.name}_{name}") for ext in _EXTENSIONS]
+    stems = (name, f"{folder.name}_{name}")
+    return [folder / f"{stem}{ext}" for stem in stems for ext in _EXTENSIONS]
 
 
 def _holds_scans(folder):
@@ -123,7 +124,16 @@ def _find(folder, name, required):
     return found[0] if found else None
 
 
-def _subject_from_folder(folder, modalities, require_mask):
+def subject_from_folder(folder, modalities=MODALITIES, require_mask=True):
+    """The subject whose scans are in ``folder`` (either folder layout of ``discover_subjects``).
+
+    Raises:
+        DataError: the folder is missing, or lacks a scan (or the mask, if required).
+    """
+    folder = Path(folder)
+    modalities = check_modalities(modalities)
+    if not folder.is_dir():
+        raise DataError(folder, "subject folder not found")
     return Subject(
         id=folder.name,
         images={m: _find(folder, m, required=True) for m in modalities},
@@ -141,7 +151,8 @@ def _subjects_from_manifest(manifest, modalities, require_mask):
     lines = [line for line in lines if any(line)]  # blank lines
     columns = [c.lower() for c in lines[0]] if lines else []
     rows = [dict(zip(columns, line)) for line in lines[1:]]
-    needed = ["subject", *(MANIFEST_COLUMNS[m] for m in modalities)] + (["mask"] if require_mask else [])
+    needed = ["subject", *(MANIFEST_COLUMNS[m] for m in modalities)]
+    needed += ["mask"] if require_mask else []
     missing = [c for c in needed if c not in columns]
     if missing:
         raise DataError(manifest, f"manifest lacks the columns {', '.join(missing)}")
@@ -154,7 +165,9 @@ def _subjects_from_manifest(manifest, modalities, require_mask):
             return None
         path = manifest.parent / value
         if not path.is_file():
-            raise DataError(path, f"file of subject {row['subject']} listed in {manifest.name} not found")
+            raise DataError(
+                path, f"file of subject {row['subject']} listed in {manifest.name} not found"
+            )
         return path
 
     subjects, seen = [], set()
@@ -178,7 +191,9 @@ def _subjects_from_manifest(manifest, modalities, require_mask):
 def _check_same_grid(reference, reference_image, path, image):
     """DataError unless the scan at ``path`` has the shape and affine of ``reference``."""
     if image.shape[:3] != reference_image.shape[:3]:
-        raise DataError(path, f"shape {image.shape[:3]} differs from {reference_image.shape[:3]} of {reference}")
+        raise DataError(
+            path, f"shape {image.shape[:3]} differs from {reference_image.shape[:3]} of {reference}"
+        )
     if not np.allclose(image.affine, reference_image.affine, atol=_AFFINE_TOLERANCE):
         raise DataError(
             path,
@@ -232,9 +247,9 @@ def load_subject(
         channels.append(data)
 
     def read_aligned_mask(path):
-        mask, image = read_mask(path)
+        data, image = read_nifti(path)
         _check_same_grid(reference_path, reference, path, image)
-        return mask
+        return binary_mask(data, path)
 
     if subject.brainmask is not None:
         brain = read_aligned_mask(subject.brainmask).astype(bool)

@@ -1,0 +1,104 @@
+"""The benchmark suite's own arithmetic: FLOP counts, peaks, the PyTorch twin, Keras' convention."""
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_inference import window_count
+from benchmarks.bench_loss import keras_alpha_weighs
+from benchmarks.flops import conv_forward_flops, cpu_clock_mhz, fp32_peak_flops, training_flops
+from benchmarks.gpu import paper_grid_steps
+from benchmarks.measure import Row
+from tversky_keras.losses import tversky_loss
+from tversky_keras.models import unet3d
+from tversky_keras.training import TrainConfig, build_model
+
+
+def test_conv_flops_match_a_hand_count():
+    # unet3d(3 channels, 2 classes, base_filters=2, depth=1) on a 4^3 input:
+    # encoder 3->2: 2*27*3*2 * 64 voxels = 20736; 2->2: 2*27*2*2*64 = 13824
+    # bottleneck on 2^3 = 8 voxels: 2->4: 2*27*2*4*8 = 3456; 4->4: 6912
+    # transposed 4->2, 2^3 kernel, per input voxel: 2*8*4*2 * 8 = 1024
+    # decoder (2+2)->2: 2*27*4*2*64 = 27648; 2->2: 13824; head 1x1x1 2->2: 2*2*2*64 = 512
+    model = unet3d((None, None, None, 3), n_classes=2, base_filters=2, depth=1)
+    assert conv_forward_flops(model, (1, 4, 4, 4, 3)) == 87936
+    assert conv_forward_flops(model, (5, 4, 4, 4, 3)) == 5 * 87936
+    assert training_flops(model, (1, 4, 4, 4, 3)) == 3 * 87936
+
+
+def test_conv_flops_see_through_the_scan_spec_wrapper():
+    config = TrainConfig(base_filters=2, depth=1)
+    wrapped = build_model(config)
+    bare = unet3d((None, None, None, 3), n_classes=2, base_filters=2, depth=1)
+    assert conv_forward_flops(wrapped, (1, 8, 8, 8, 3)) == conv_forward_flops(bare, (1, 8, 8, 8, 3))
+
+
+@pytest.mark.parametrize("cpuinfo, mhz, source", [
+    ("model name\t: X\ncpu MHz\t\t: 2596.122\nbogomips\t: 5192.24\n", 2596.122, "cpu MHz"),
+    ("model name\t: X\nBogoMIPS\t: 5000.00\n", 2500.0, "BogoMIPS / 2"),
+])
+def test_cpu_clock_prefers_cpu_mhz_then_half_bogomips(tmp_path, cpuinfo, mhz, source):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    found, where = cpu_clock_mhz(path)
+    assert found == pytest.approx(mhz)
+    assert where.endswith(source)
+
+
+def test_fp32_peak_is_cores_times_clock_times_flops_per_cycle():
+    assert fp32_peak_flops(2, 2500.0) == pytest.approx(2 * 2.5e9 * 32)
+    assert fp32_peak_flops(2, 2500.0, flops_per_cycle=64) == pytest.approx(2 * 2.5e9 * 64)
+
+
+@pytest.mark.parametrize("unit, ours, peer, speedup", [
+    ("s/step", 0.5, 2.0, 4.0),        # a time: peer / ours
+    ("Mvoxel/s", 3.0, 1.5, 2.0),      # a rate: ours / peer
+    ("s", 1.0, None, None),
+])
+def test_row_speedup_is_how_many_times_faster_ours_is(unit, ours, peer, speedup):
+    assert Row("s", "m", ours, unit, peer).speedup == speedup
+
+
+def test_sliding_windows_of_a_1mm_brain():
+    # window 96, step 48: 182 -> starts 0, 48, 86; 218 -> 0, 48, 96, 122
+    assert window_count((182, 218, 182), (96, 96, 96)) == 3 * 4 * 3
+
+
+def test_paper_grid_counts_every_training_step():
+    # 15 subjects in two folds train on 7 and 8 volumes, batch 1:
+    # 5 rows x 1000 epochs x (7 + 8) steps.
+    assert paper_grid_steps() == 5 * 1000 * 15
+
+
+def test_keras_convention_probe_matches_keras_on_random_data(rng):
+    """Whatever the probe reports, Keras' loss equals ours with the coefficients it implies."""
+    from keras import losses as keras_losses
+
+    truth = (rng.random((1, 6, 5, 4, 1)) < 0.3).astype(np.float32)
+    pred = rng.random((1, 6, 5, 4, 1)).astype(np.float32)
+    alpha, beta = 0.2, 0.8
+    convention, _ = keras_alpha_weighs()
+    keras_value = float(keras_losses.tversky(truth, pred, alpha=alpha, beta=beta))
+    ours_alpha, ours_beta = (beta, alpha) if convention == "false negatives" else (alpha, beta)
+    ours = float(tversky_loss(truth, pred, alpha=ours_alpha, beta=ours_beta)[0])
+    assert keras_value == pytest.approx(ours, abs=1e-5)
+
+
+def test_torch_twin_has_our_parameters_and_computes_our_function(rng):
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_unet import copy_keras_weights, twin_of
+
+    model = unet3d((None, None, None, 3), n_classes=2, base_filters=3, depth=2)
+    twin = copy_keras_weights(model, twin_of(model))
+    assert sum(p.numel() for p in twin.parameters()) == model.count_params()
+    image = rng.normal(size=(2, 8, 12, 4, 3)).astype(np.float32)
+    ours = np.asarray(model.predict_on_batch(image))
+    theirs = twin(torch.from_numpy(image.transpose(0, 4, 1, 2, 3).copy()))
+    np.testing.assert_allclose(theirs.detach().numpy().transpose(0, 2, 3, 4, 1), ours, atol=1e-5)
+
+
+def test_torch_twin_refuses_a_normalized_unet():
+    pytest.importorskip("torch")
+    from benchmarks.torch_unet import twin_of
+
+    with pytest.raises(ValueError, match="normalization"):
+        twin_of(unet3d((None, None, None, 3), base_filters=2, depth=1, normalization="batch"))
