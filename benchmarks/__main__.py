@@ -39,7 +39,7 @@ def parse_args(argv):
     opts.paper_shape = not opts.short
     opts.variants = not opts.short
     opts.variant_repeats = max(3, opts.repeats // 2)
-    opts.scan_repeats = 2 if opts.short else 3
+    opts.scan_repeats = 2
     opts.budget_s = 15.0 if opts.short else 30.0  # timed seconds after which slow steps stop
     opts.pipeline_batches = 20 if opts.short else 100
     opts.process_steps = 10 if opts.short else 30
@@ -77,18 +77,19 @@ def run_sections(opts):
     from benchmarks import bench_inference, bench_input, bench_loss, bench_process, bench_training
 
     results = {}
-    if "training" in opts.sections:
-        results["training"] = bench_training.run(opts)
-    if "input" in opts.sections:
-        training = results.get("training", {})
-        results["input"] = bench_input.run(opts, training.get("quick_step_s"),
-                                           training.get("paper_step_s"))
-    if "loss" in opts.sections:
-        results["loss"] = bench_loss.run(opts)
-    if "inference" in opts.sections:
-        results["inference"] = bench_inference.run(opts)
-    if "process" in opts.sections:
-        results["process"] = bench_process.run(opts)
+
+    def run(name, function, *args):
+        if name in opts.sections:
+            results[name] = function(opts, *args)
+            # Other work on the machine slows some rows: record how busy it was.
+            results[name]["load_average_after"] = os.getloadavg()
+
+    run("training", bench_training.run)
+    training = results.get("training", {})
+    run("input", bench_input.run, training.get("quick_step_s"), training.get("paper_step_s"))
+    run("loss", bench_loss.run)
+    run("inference", bench_inference.run)
+    run("process", bench_process.run)
     return results
 
 

@@ -38,7 +38,7 @@ def run(opts, profile="quick", device="cpu", peers=None):
         return predict_volume(model, image, window=window, overlap=OVERLAP, blend="gaussian",
                               batch_size=1, multiple_of=2**config.depth)
 
-    ours, _ = median_seconds(ours_scan, opts.scan_repeats, budget_s=opts.budget_s, min_repeats=2)
+    ours, _ = median_seconds(ours_scan, opts.scan_repeats, budget_s=opts.budget_s)
     windows = window_count(MNI_1MM, window)
     patch = np.zeros((1, *window, CHANNELS), np.float32)
     call, _ = median_seconds(lambda: model.predict_on_batch(patch), opts.repeats)
@@ -76,7 +76,7 @@ def _monai(model, image, window, ours_probabilities, opts, device):
     scan = synchronized(lambda: sliding_window_inference(
         volume, roi_size=window, sw_batch_size=1, predictor=twin, overlap=OVERLAP,
         mode="gaussian"))
-    seconds, _ = median_seconds(scan, opts.scan_repeats, budget_s=opts.budget_s, min_repeats=2)
+    seconds, _ = median_seconds(scan, opts.scan_repeats, budget_s=opts.budget_s)
     call, _ = median_seconds(synchronized(lambda: twin(patch)), opts.repeats)
     theirs = scan()[0].permute(1, 2, 3, 0).cpu().numpy()
     return seconds, call, float(np.abs(theirs - ours_probabilities).max())

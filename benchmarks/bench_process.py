@@ -17,7 +17,7 @@ def run(opts):
              f"{'x'.join(map(str, base['patch']))}, {base['steps']} steps")
     rows = [
         Row(SECTION, f"{label}: peak RSS", base["peak_rss_mib"], "MiB",
-            note="ru_maxrss of the process (TensorFlow itself ~0.5 GiB)"),
+            note="VmHWM of the process (TensorFlow itself ~0.5 GiB)"),
         Row(SECTION, f"{label}: time", base["step_s"], "s/step",
             note="includes tf.data and fit's per-step Python"),
     ]

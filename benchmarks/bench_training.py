@@ -13,7 +13,8 @@ import tensorflow as tf
 from benchmarks.flops import training_flops
 from benchmarks.measure import Row, machine, median_seconds, synthetic_batch
 from benchmarks.peers import channel_first, torch_on_cpu_like_tensorflow
-from benchmarks.workload import ALPHA, BETA, CHANNELS, PAPER_INPUT, compiled_model, network, profile_config
+from benchmarks.workload import (ALPHA, BETA, CHANNELS, PAPER_INPUT, compiled_model, network,
+                                paper_grid_steps, profile_config)
 
 SECTION = "training step"
 
@@ -63,8 +64,12 @@ def monai_step_seconds(keras_network, config, batch, spatial, repeats, budget_s=
     return seconds
 
 
-def step_rows(label, config, batch, spatial, opts):
-    """Seconds, voxels/s and GFLOP/s of ours and of the peer at one input shape."""
+def step_rows(label, config, batch, spatial, opts, gemm_gflops=None):
+    """Seconds, voxels/s and GFLOP/s of ours and of the peer at one input shape.
+
+    The GFLOP/s are also given as a share of the nominal fp32 peaks and of
+    ``gemm_gflops``, TensorFlow's measured matrix-product rate.
+    """
     ours, model = keras_step_seconds(config, batch, spatial, opts.repeats, opts.budget_s)
     peer = (monai_step_seconds(network(model), config, batch, spatial, opts.repeats, opts.budget_s)
             if opts.peers else None)
@@ -74,9 +79,10 @@ def step_rows(label, config, batch, spatial, opts):
 
     def share(seconds):
         gflops = flops / seconds / 1e9
-        return (f"{gflops / cpu['fp32_peak_gflops']:.0%} of {cpu['fp32_peak_gflops']:.0f} "
+        text = (f"{gflops / cpu['fp32_peak_gflops']:.0%} of {cpu['fp32_peak_gflops']:.0f} "
                 f"(AVX2), {gflops / cpu['fp32_peak_gflops_avx512']:.0%} of "
                 f"{cpu['fp32_peak_gflops_avx512']:.0f} (AVX-512)")
+        return text + (f", {gflops / gemm_gflops:.0%} of GEMM" if gemm_gflops else "")
 
     net = f"{config.base_filters} filters, depth {config.depth}"
     shape = f"{batch}x{'x'.join(map(str, spatial))}x{CHANNELS}"
@@ -94,30 +100,59 @@ def step_rows(label, config, batch, spatial, opts):
     return rows, ours
 
 
-def variant_rows(config, batch, spatial, baseline, opts):
-    """Ours at the quick shape without metrics, under mixed bfloat16, and with XLA."""
-    shape = f"{batch}x{'x'.join(map(str, spatial))}x{CHANNELS}"
-    variants = [("no metrics attached", dict(metrics=False)),
-                ("mixed_bfloat16 policy", dict(policy="mixed_bfloat16")),
-                ("XLA (jit_compile=True)", dict(jit_compile=True))]
+QUICK_VARIANTS = (("no metrics attached", dict(metrics=False)),
+                  ("mixed_bfloat16 policy", dict(policy="mixed_bfloat16")),
+                  ("XLA (jit_compile=True)", dict(jit_compile=True)))
+PAPER_VARIANTS = QUICK_VARIANTS[1:2]  # XLA's compile alone would take minutes there
+
+
+def variant_rows(label, config, batch, spatial, baseline, variants, opts):
+    """Ours with other compile options, against the fp32 + metrics step at the same shape."""
     rows = []
     for name, options in variants:
         seconds, _ = keras_step_seconds(config, batch, spatial, opts.variant_repeats,
                                         opts.budget_s, **options)
-        rows.append(Row(SECTION, f"quick {shape}, ours: {name}", seconds, "s/step",
+        rows.append(Row(SECTION, f"{label}, ours: {name}", seconds, "s/step",
                         baseline, "ours, fp32 + metrics (above)"))
     return rows
 
 
+def gemm_row(opts, n=4096):
+    """fp32 matrix product of two n x n matrices: the attainable peak of each framework."""
+    a, b = (tf.random.normal((n, n), seed=seed) for seed in (1, 2))
+    product = tf.function(tf.linalg.matmul)
+    ours, _ = median_seconds(lambda: product(a, b), opts.repeats // 2 or 1)
+    peer = None
+    if opts.peers:
+        torch = torch_on_cpu_like_tensorflow()
+        ta, tb = (torch.from_numpy(m.numpy()) for m in (a, b))
+        peer, _ = median_seconds(lambda: ta @ tb, opts.repeats // 2 or 1)
+    flops = 2 * n**3
+    return Row(SECTION, f"fp32 GEMM {n}x{n} (attainable peak)", flops / ours / 1e9, "GFLOP/s",
+               peer and flops / peer / 1e9, "PyTorch (MKL)", "TensorFlow: oneDNN/Eigen")
+
+
 def run(opts):
     """Rows of this section; ``opts`` as built by ``benchmarks.__main__``."""
+    gemm = gemm_row(opts)
+    rows = [gemm]
     quick = profile_config("quick")
-    rows, quick_seconds = step_rows("quick profile", quick, quick.batch_size, quick.patch_size, opts)
+    quick_rows, quick_seconds = step_rows("quick profile", quick, quick.batch_size,
+                                          quick.patch_size, opts, gemm.ours)
+    rows += quick_rows
     if opts.variants:
-        rows += variant_rows(quick, quick.batch_size, quick.patch_size, quick_seconds, opts)
+        rows += variant_rows("quick profile", quick, quick.batch_size, quick.patch_size,
+                             quick_seconds, QUICK_VARIANTS, opts)
     paper_seconds = None
     if opts.paper_shape:
         paper = profile_config("paper")
-        paper_rows, paper_seconds = step_rows("paper input", paper, 1, PAPER_INPUT, opts)
+        paper_rows, paper_seconds = step_rows("paper input", paper, 1, PAPER_INPUT, opts,
+                                              gemm.ours)
         rows += paper_rows
+        grid = paper_grid_steps()
+        rows.append(Row(SECTION, f"paper grid on this CPU: {grid} steps at the paper-input step",
+                        grid * paper_seconds / 86400, "days", note="training only, fp32"))
+        if opts.variants:
+            rows += variant_rows("paper input", paper, 1, PAPER_INPUT, paper_seconds,
+                                 PAPER_VARIANTS, opts)
     return {"rows": rows, "quick_step_s": quick_seconds, "paper_step_s": paper_seconds}

@@ -7,19 +7,15 @@ when a CUDA build of PyTorch is installed. From the fastest step it estimates
 the wall time of the paper profile's whole grid of trainings.
 """
 
-import math
-
 import keras
 import tensorflow as tf
 
 from benchmarks import bench_inference
 from benchmarks.bench_training import keras_step_seconds, monai_step_seconds
 from benchmarks.measure import Row
-from benchmarks.workload import PAPER_INPUT, network, profile_config
-from reproduce.experiment import FOLDS, PROFILES, ROWS, two_fold_split
+from benchmarks.workload import PAPER_INPUT, network, paper_grid_steps, profile_config
 
 SECTION = "GPU"
-N_SUBJECTS = 15  # the paper's data set
 
 
 class NoGPU(RuntimeError):
@@ -38,14 +34,6 @@ def require_gpu():
         # Leave memory to PyTorch: TensorFlow would otherwise reserve all of it.
         tf.config.experimental.set_memory_growth(gpu, True)
     return gpus
-
-
-def paper_grid_steps():
-    """Training steps of the paper profile's whole grid: rows x folds x epochs x steps/epoch."""
-    paper = PROFILES["paper"]
-    train_sizes = [len(train) for train, _ in two_fold_split([str(i) for i in range(N_SUBJECTS)])]
-    steps_per_epoch = [math.ceil(n / paper.batch_size) for n in train_sizes]
-    return len(ROWS) * paper.epochs * sum(steps_per_epoch[fold] for fold in FOLDS)
 
 
 def run(opts):

@@ -41,7 +41,7 @@ class Row:
         return {**dataclasses.asdict(self), "speedup": self.speedup}
 
 
-def median_seconds(step, repeats, warmup=1, budget_s=None, min_repeats=3):
+def median_seconds(step, repeats, warmup=1, budget_s=None, min_repeats=2):
     """Median wall time of ``step()`` after ``warmup`` untimed calls.
 
     Times ``repeats`` calls, or fewer (but at least ``min_repeats``) once the

@@ -12,12 +12,23 @@ that environment switches read at import (``TF_ENABLE_ONEDNN_OPTS``) apply::
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-PEAK_RSS_UNIT = 1024  # ru_maxrss is in KiB on Linux
+
+
+def peak_rss_mib(status="/proc/self/status"):
+    """This process' peak resident memory (``VmHWM``) in MiB.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it over ``fork`` and
+    ``exec``, so a child started by a big parent would report the parent's peak.
+    """
+    with open(status) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{status} has no VmHWM line")
 
 
 def measure(steps, steps_per_execution, volumes):
@@ -32,8 +43,7 @@ def measure(steps, steps_per_execution, volumes):
     start = time.perf_counter()
     model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
     seconds = (time.perf_counter() - start) / steps
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * PEAK_RSS_UNIT
-    return {"step_s": seconds, "peak_rss_mib": peak / 2**20, "steps": steps,
+    return {"step_s": seconds, "peak_rss_mib": peak_rss_mib(), "steps": steps,
             "steps_per_execution": steps_per_execution, "volumes": volumes,
             "batch": config.batch_size, "patch": list(config.patch_size)}
 

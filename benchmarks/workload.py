@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from reproduce.experiment import PROFILES
+from reproduce.experiment import FOLDS, PROFILES, ROWS, two_fold_split
 from tversky_keras.data import MODALITIES
 from tversky_keras.data.subjects import Volume
 from tversky_keras.training import TrainConfig, build_model, make_loss, make_metrics, paper_optimizer
@@ -13,6 +13,7 @@ MNI_1MM = (182, 218, 182)  # a whole brain at 1 mm (MNI152)
 PAPER_INPUT = (128, 224, 256)  # the paper's registered volumes
 ALPHA, BETA = 0.3, 0.7  # the paper's best row; any values time the same
 CHANNELS = len(MODALITIES)
+N_SUBJECTS = 15  # the paper's data set
 
 
 def profile_config(name, **overrides):
@@ -58,3 +59,11 @@ def synthetic_volumes(count, shape, lesion_fraction=0.005, seed=0):
         volumes.append(Volume(id=f"synthetic{index}", image=image, label=label, brain=brain,
                               geometry=None, modalities=MODALITIES))
     return volumes
+
+
+def paper_grid_steps():
+    """Training steps of the paper profile's whole grid: rows x folds x epochs x steps/epoch."""
+    paper = PROFILES["paper"]
+    train_sizes = [len(train) for train, _ in two_fold_split([str(i) for i in range(N_SUBJECTS)])]
+    steps_per_epoch = [math.ceil(n / paper.batch_size) for n in train_sizes]
+    return len(ROWS) * paper.epochs * sum(steps_per_epoch[fold] for fold in FOLDS)

@@ -108,6 +108,19 @@ def _overlay(label, mask):
     return rgba
 
 
+def lesion_slices(label, n_slices):
+    """Axial slices with the most lesion voxels, at least a few slices apart."""
+    per_slice = label.sum(axis=(0, 1))
+    gap = max(2, label.shape[2] // 16)
+    chosen = []
+    for z in np.argsort(per_slice)[::-1]:
+        if per_slice[z] == 0 or len(chosen) == n_slices:
+            break
+        if all(abs(int(z) - c) >= gap for c in chosen):
+            chosen.append(int(z))
+    return sorted(chosen) or [label.shape[2] // 2]
+
+
 def segmentation_figure(cells_by_row, subject, title, path, n_slices=3):
     """Rows: the (alpha, beta) settings; columns: axial slices through the lesions."""
     loaded = {}
@@ -118,12 +131,9 @@ def segmentation_figure(cells_by_row, subject, title, path, n_slices=3):
                 loaded[key] = {k: data[k] for k in ("label", "probability", "flair")}
     if not loaded:
         return None
-    label = next(iter(loaded.values()))["label"]
-    per_slice = label.sum(axis=(0, 1))
-    candidates = np.argsort(per_slice)[::-1][: max(n_slices * 3, n_slices)]
-    slices = sorted(candidates[np.linspace(0, len(candidates) - 1, n_slices).astype(int)])
-    fig, axes = plt.subplots(len(loaded), n_slices, figsize=(3 * n_slices, 3 * len(loaded)),
-                             squeeze=False)
+    slices = lesion_slices(next(iter(loaded.values()))["label"], n_slices)
+    fig, axes = plt.subplots(len(loaded), len(slices),
+                             figsize=(3 * len(slices), 3 * len(loaded)), squeeze=False)
     for r, ((alpha, beta), arrays) in enumerate(loaded.items()):
         mask = (arrays["probability"].astype(np.float32) >= 0.5).astype(np.uint8)
         for c, z in enumerate(slices):

@@ -13,6 +13,7 @@ which are missing. Results go to ``results/<experiment>/`` and the figures to
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -253,6 +254,9 @@ def build_parser():
     parser.add_argument("--seeds", type=int, default=1, help="repeat the grid with N seeds")
     parser.add_argument("--oversample", type=float, default=0.0,
                         help="fraction of lesion-centred patches (0: none, as the paper)")
+    parser.add_argument("--spacing", type=float, default=None,
+                        help="resample the data to this voxel size in mm (default: the "
+                             "profile's; the phantom is generated at its profile's spacing)")
     parser.add_argument("--name", default=None, help="experiment name (default: data-profile)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -263,12 +267,16 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     profile = PROFILES[args.profile]
+    if args.spacing is not None:
+        profile = dataclasses.replace(profile, spacing=args.spacing)
     data = args.data if args.data is not None else phantom_data(profile, args.cache)
     base = args.name or f"{'phantom' if args.data is None else Path(args.data).name}-{profile.name}"
+    if args.spacing is not None:
+        base += f"-{args.spacing:g}mm"
     if args.oversample:
         base += f"-oversample{args.oversample:g}"
     print(f"profile {profile.name}: {profile.description}")
-    print(json.dumps({k: v for k, v in profile.__dict__.items()}, default=list))
+    print(json.dumps(dataclasses.asdict(profile), default=list))
     started = time.perf_counter()
     tables = []
     for seed in range(args.seeds):

@@ -6,8 +6,8 @@ import pytest
 from benchmarks.bench_inference import window_count
 from benchmarks.bench_loss import keras_alpha_weighs
 from benchmarks.flops import conv_forward_flops, cpu_clock_mhz, fp32_peak_flops, training_flops
-from benchmarks.gpu import paper_grid_steps
 from benchmarks.measure import Row
+from benchmarks.workload import paper_grid_steps
 from tversky_keras.losses import tversky_loss
 from tversky_keras.models import unet3d
 from tversky_keras.training import TrainConfig, build_model
@@ -102,3 +102,11 @@ def test_torch_twin_refuses_a_normalized_unet():
 
     with pytest.raises(ValueError, match="normalization"):
         twin_of(unet3d((None, None, None, 3), base_filters=2, depth=1, normalization="batch"))
+
+
+def test_peak_rss_reads_vmhwm_in_mib(tmp_path):
+    from benchmarks.train_process import peak_rss_mib
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 9999999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1024 kB\n")
+    assert peak_rss_mib(status) == 200.0

@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from reproduce import table1
@@ -86,3 +87,16 @@ def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path)
     rows = {(r["alpha"], r["beta"]): r for r in table["rows"]}
     assert rows[(0.3, 0.7)]["folds"] == [0] and rows[(0.5, 0.5)]["folds"] == [0, 1]
     assert "Missing cells" in table1.markdown_table(table)
+
+
+def test_segmentation_figures_show_spread_out_lesion_slices():
+    from reproduce.figures import lesion_slices
+
+    label = np.zeros((4, 4, 40), np.uint8)
+    label[:, :, 10] = 1                 # 16 voxels: the most
+    label[:2, :, 11] = 1                # 8 voxels, but next to slice 10
+    label[:1, :, 30] = 1                # 4 voxels
+    label[0, 0, 20] = 1                 # 1 voxel
+    assert lesion_slices(label, 3) == [10, 20, 30]
+    assert lesion_slices(label, 1) == [10]
+    assert lesion_slices(np.zeros((4, 4, 40), np.uint8), 3) == [20]

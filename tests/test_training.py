@@ -146,3 +146,23 @@ def test_run_killed_mid_training_resumes_its_epoch_count(subjects, tmp_path):
     assert epochs == list(range(8))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert done_before - 1 <= summary["resumed_from_epoch"] <= done_before
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    (None, "run"),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, "run"),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}},
+     "run/.worker1"),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}},
+     "run/.worker0"),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}},
+     "run"),
+])
+def test_only_the_chief_writes_the_run_folder(monkeypatch, tf_config, expected):
+    from tversky_keras.training import writer_dir
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert writer_dir(Path("run")) == Path(expected)

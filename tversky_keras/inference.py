@@ -8,6 +8,7 @@ as in nnU-Net and MONAI, so window borders leave no seams.
 
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from tversky_keras.data import load_subject, save_nifti_like
@@ -42,6 +43,12 @@ def _round_up(size, multiple):
     return -(-size // multiple) * multiple
 
 
+def _predict(model, batch):
+    # A direct call, not predict_on_batch: a tf.function would be retraced for
+    # every new volume shape, which costs more than it saves for a few calls.
+    return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype=np.float32)
+
+
 def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", batch_size=1,
                    multiple_of=None):
     """Class probabilities for a whole image ``(X, Y, Z, C)``.
@@ -73,8 +80,8 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
     shape = image.shape[:3]
     if window is None:
         padded = _pad_to(image, [_round_up(s, multiple_of) for s in shape])
-        probs = model.predict_on_batch(padded[None])[0]
-        return np.asarray(probs, dtype=np.float32)[: shape[0], : shape[1], : shape[2]]
+        probs = _predict(model, padded[None])[0]
+        return probs[: shape[0], : shape[1], : shape[2]]
 
     window = tuple(int(w) for w in window)
     bad = [w for w in window if w % multiple_of]
@@ -93,7 +100,7 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         chunk = corners[b: b + batch_size]
         batch = np.stack([padded[i:i + window[0], j:j + window[1], k:k + window[2]]
                           for i, j, k in chunk])
-        out = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        out = _predict(model, batch)
         if total is None:
             total = np.zeros(padded.shape[:3] + out.shape[-1:], np.float32)
         for (i, j, k), probs in zip(chunk, out):

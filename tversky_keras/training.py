@@ -159,6 +159,23 @@ def distribution_strategy():
     return tf.distribute.get_strategy()
 
 
+def writer_dir(run_dir):
+    """Where this process writes: the run folder, or a scratch folder on non-chief workers.
+
+    Under ``MultiWorkerMirroredStrategy`` every worker must save (the saves are
+    collective operations), but only the chief (worker 0 when the cluster has
+    no ``chief`` task) may write the real files.
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task") or {}
+    if not task:
+        return Path(run_dir)
+    has_chief = "chief" in (tf_config.get("cluster") or {})
+    is_chief = task.get("type") == "chief" or (
+        not has_chief and task.get("type") == "worker" and int(task.get("index", 0)) == 0)
+    return Path(run_dir) if is_chief else Path(run_dir) / f".{task['type']}{task['index']}"
+
+
 def build_model(config):
     """The configured U-Net behind a ScanSpec recording modalities and grid."""
     network = unet3d(input_shape=(None, None, None, len(config.modalities)), n_classes=2,
@@ -300,7 +317,7 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
         TrainingDiverged: the loss became NaN or infinite.
         ValueError: ``run_dir`` holds a run with other settings.
     """
-    run_dir = Path(run_dir)
+    run_dir = writer_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_config(run_dir, config)
     summary_path = run_dir / "summary.json"
