@@ -86,7 +86,7 @@ def step_rows(label, config, batch, spatial, opts, gemm_gflops=None):
 
     net = f"{config.base_filters} filters, depth {config.depth}"
     shape = f"{batch}x{'x'.join(map(str, spatial))}x{CHANNELS}"
-    peer_name = "PyTorch + MONAI"
+    peer_name = "PyTorch + MONAI" if peer else ""
     rows = [
         Row(SECTION, f"{label} {shape}, {net}: time", ours, "s/step", peer, peer_name,
             "median after warm-up"),
@@ -129,7 +129,7 @@ def gemm_row(opts, n=4096):
         peer, _ = median_seconds(lambda: ta @ tb, opts.repeats // 2 or 1)
     flops = 2 * n**3
     return Row(SECTION, f"fp32 GEMM {n}x{n} (attainable peak)", flops / ours / 1e9, "GFLOP/s",
-               peer and flops / peer / 1e9, "PyTorch (MKL)", "TensorFlow: oneDNN/Eigen")
+               peer and flops / peer / 1e9, "PyTorch (MKL)" if peer else "", "TensorFlow: oneDNN/Eigen")
 
 
 def run(opts):

@@ -103,12 +103,16 @@ def assemble(experiment):
             rows.append({"alpha": alpha, "beta": beta, "folds": []})
             continue
         truths, probs, brains = [], [], []
-        per_subject = {}
+        per_subject, per_fold = {}, {}
         for fold in folds:
-            for _, label, prob, brain in _load_cell_arrays(experiment, alpha, beta, fold):
-                truths.append(label)
-                probs.append(prob)
-                brains.append(brain)
+            arrays = list(_load_cell_arrays(experiment, alpha, beta, fold))
+            fold_scores = lesion_metrics([a[1] for a in arrays], [a[2] for a in arrays],
+                                         threshold=0.5, mask=[a[3] for a in arrays])
+            per_fold[fold] = {**{m: fold_scores[m] for m in METRICS},
+                              "final_training_loss": _final_loss(experiment, alpha, beta, fold)}
+            truths += [a[1] for a in arrays]
+            probs += [a[2] for a in arrays]
+            brains += [a[3] for a in arrays]
             cell_metrics = json.loads(
                 (experiment.cell_dir(alpha, beta, fold) / "metrics.json").read_text())
             per_subject.update(cell_metrics)
@@ -117,7 +121,7 @@ def assemble(experiment):
                "pooled": {m: pooled[m] for m in METRICS},
                "per_subject_mean": {}, "per_subject_std": {},
                "lesion_tpr": pooled["lesion_tpr"], "lesion_fpr": pooled["lesion_fpr"],
-               "subjects": per_subject,
+               "subjects": per_subject, "per_fold": per_fold,
                "paper": dict(zip(METRICS, PAPER_TABLE1[(alpha, beta)]))}
         for m in METRICS:
             values = np.array([s[m] for s in per_subject.values()], dtype=float)
@@ -125,6 +129,25 @@ def assemble(experiment):
             row["per_subject_std"][m] = float(np.nanstd(values))
         rows.append(row)
     return {"experiment": experiment.describe(), "rows": rows, "missing_cells": missing}
+
+
+def _final_loss(experiment, alpha, beta, fold):
+    """The last epoch's training loss of a cell (1.0: collapsed to all-background)."""
+    with open(experiment.cell_dir(alpha, beta, fold) / "run" / "log.csv", newline="") as f:
+        return float(list(csv.DictReader(f))[-1]["loss"])
+
+
+def per_fold_table(table):
+    """Each fold's own test metrics and final training loss: where a row's number comes from."""
+    head = ["penalties", "fold"] + [LABELS[m] for m in METRICS] + ["final training loss"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table["rows"]:
+        for fold, scores in sorted(row.get("per_fold", {}).items()):
+            lines.append("| " + " | ".join(
+                [f"a={row['alpha']:g}, b={row['beta']:g}", str(fold)] +
+                [_pct(scores[m]) for m in METRICS] +
+                [f"{scores['final_training_loss']:.3f}"]) + " |")
+    return "\n".join(lines)
 
 
 def _pct(value):
@@ -191,7 +214,8 @@ def write_outputs(table, folder):
     folder.mkdir(parents=True, exist_ok=True)
     text = ("# Table 1 (percent; ours pooled over all test voxels of both folds / paper)\n\n"
             + markdown_table(table) + "\n\n## Per-subject mean ± std (percent)\n\n"
-            + per_subject_table(table) + "\n")
+            + per_subject_table(table) + "\n\n## Per fold (percent)\n\n"
+            + per_fold_table(table) + "\n")
     for name, content in (("table1.md", text), ("table1.csv", table_csv(table)),
                           ("table1.json", json.dumps(table, indent=2, sort_keys=True) + "\n")):
         tmp = folder / f".{name}.tmp"

@@ -49,11 +49,16 @@ def test_smoke_profile_writes_the_table_with_five_rows_and_five_metrics(smoke_ru
         assert set(row["pooled"]) == set(METRICS)
         assert all(0.0 <= v <= 1.0 for v in row["pooled"].values() if v == v)
         assert row["paper"]["dsc"] == PAPER_TABLE1[(row["alpha"], row["beta"])][0]
+        assert sorted(row["per_fold"]) == ["0", "1"]
+        # The pooled DSC lies between the two folds' own values.
+        folds = [row["per_fold"][k]["dsc"] for k in ("0", "1")]
+        assert min(folds) - 1e-12 <= row["pooled"]["dsc"] <= max(folds) + 1e-12
     with open(folder / "table1.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 5 and {f"{m}_pooled" for m in METRICS} <= set(rows[0])
     markdown = (folder / "table1.md").read_text()
-    assert markdown.count("| a=") == 10          # five rows, in two tables
+    assert markdown.count("| a=") == 20          # five rows in two tables, ten in the per-fold one
+    assert "## Per fold" in markdown
     assert "53.42" in markdown                   # the paper's Dice-row DSC beside ours
 
 

@@ -43,9 +43,9 @@ def _round_up(size, multiple):
     return -(-size // multiple) * multiple
 
 
-def _predict(model, batch):
+def _predict_whole(model, batch):
     # A direct call, not predict_on_batch: a tf.function would be retraced for
-    # every new volume shape, which costs more than it saves for a few calls.
+    # every new volume shape, which costs more than it saves for one call.
     return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype=np.float32)
 
 
@@ -80,7 +80,7 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
     shape = image.shape[:3]
     if window is None:
         padded = _pad_to(image, [_round_up(s, multiple_of) for s in shape])
-        probs = _predict(model, padded[None])[0]
+        probs = _predict_whole(model, padded[None])[0]
         return probs[: shape[0], : shape[1], : shape[2]]
 
     window = tuple(int(w) for w in window)
@@ -98,9 +98,12 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
     norm = np.zeros(padded.shape[:3], np.float32)
     for b in range(0, len(corners), batch_size):
         chunk = corners[b: b + batch_size]
-        batch = np.stack([padded[i:i + window[0], j:j + window[1], k:k + window[2]]
-                          for i, j, k in chunk])
-        out = _predict(model, batch)
+        batch = np.zeros((batch_size, *window, padded.shape[3]), np.float32)
+        for n, (i, j, k) in enumerate(chunk):
+            batch[n] = padded[i:i + window[0], j:j + window[1], k:k + window[2]]
+        # Every batch has one shape (the last one is zero-filled), so the
+        # compiled predict step is traced once and XLA never recompiles.
+        out = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
         if total is None:
             total = np.zeros(padded.shape[:3] + out.shape[-1:], np.float32)
         for (i, j, k), probs in zip(chunk, out):

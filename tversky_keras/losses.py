@@ -83,7 +83,9 @@ def _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_backgroun
     """Tversky index per sample and counted class, shape `(B, classes)`."""
     truth, pred = class_maps(y_true, y_pred)
     if not include_background:
-        truth, pred = truth[..., 1:], pred[..., 1:]
+        # split, not a [..., 1:] slice: the same values, but the slice's
+        # gradient (a strided scatter) took ~70% of the loss's time on CPU.
+        truth, pred = (ops.split(x, [1], axis=-1)[1] for x in (truth, pred))
     spatial_axes = tuple(range(1, len(pred.shape) - 1))
     # Eq. 3 of the paper: soft true positives, false positives, false negatives.
     tp = ops.sum(pred * truth, axis=spatial_axes)
