@@ -365,7 +365,8 @@ def _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed, ext
     callbacks += extra_callbacks
 
     started = time.perf_counter()
-    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+    # shuffle=False: the dataset shuffles itself (seeded); Keras cannot shuffle a tf.data stream.
+    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
               validation_data=val_ds, callbacks=callbacks, verbose=verbose)
     if recorder.diverged_at is not None:
         batch, value = recorder.diverged_at
