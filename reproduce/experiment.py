@@ -102,7 +102,8 @@ def two_fold_split(subject_ids, seed=0):
     return [([i for i in ids if i not in test], test) for test in tests]
 
 
-def _write_json(data, path):
+def write_json(data, path):
+    """Write JSON to a temporary name beside ``path``, then rename: never half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -180,6 +181,6 @@ class Experiment:
             scores = lesion_metrics(label, prob, threshold=0.5, mask=brain)
             scores["lesion_density"] = float(label[brain].mean())
             per_subject[subject_id] = scores
-        _write_json(per_subject, cell / "metrics.json")
-        _write_json({"seconds": round(time.perf_counter() - started, 1),
+        write_json(per_subject, cell / "metrics.json")
+        write_json({"seconds": round(time.perf_counter() - started, 1),
                      "test": test_ids, "train": train_ids}, cell / "done.json")

@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
-                                  Experiment, row_name)
+                                  Experiment, row_name, write_json)
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("TVERSKY_KERAS_CACHE", Path.home() / ".cache" / "tversky-keras"))
@@ -308,8 +308,7 @@ def main(argv=None):
         experiment = Experiment(args.results / name, data, profile, seed=seed,
                                 foreground_ratio=args.oversample)
         experiment.root.mkdir(parents=True, exist_ok=True)
-        (experiment.root / "experiment.json").write_text(
-            json.dumps(experiment.describe(), indent=2) + "\n")
+        write_json(experiment.describe(), experiment.root / "experiment.json")
         run_grid(experiment, parse_cells(args.cells) or experiment.cells())
         table = assemble(experiment)
         text = write_outputs(table, experiment.root)
@@ -324,7 +323,7 @@ def main(argv=None):
         summary = seed_summary(tables)
         text = seed_markdown(summary)
         (args.results / f"{base}-seeds.md").write_text(text + "\n")
-        (args.results / f"{base}-seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(summary, args.results / f"{base}-seeds.json")
         print(f"\nover {args.seeds} seeds (mean ± std of the pooled metrics)\n\n{text}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
