@@ -23,10 +23,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tversky_keras.data import discover_subjects, load_subject
+from tversky_keras.data import discover_subjects
 from tversky_keras.evaluation import lesion_metrics
 from tversky_keras.inference import lesion_probability, predict_volume
-from tversky_keras.training import TrainConfig, train
+from tversky_keras.training import TrainConfig, load_volumes, train
 
 ROWS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
 FOLDS = (0, 1)
@@ -167,8 +167,7 @@ class Experiment:
         (cell / "test").mkdir(exist_ok=True)
         per_subject = {}
         for subject_id in test_ids:
-            volume = load_subject(self.subjects[subject_id], modalities=config.modalities,
-                                  target_spacing=config.spacing, multiple_of=2 ** config.depth)
+            volume = load_volumes([self.subjects[subject_id]], config)[0]
             prob = lesion_probability(predict_volume(model, volume.image))
             label = volume.label.astype(np.uint8)
             brain = volume.brain

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
                                   Experiment, row_name, write_json)
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
+from tversky_keras.training import log_dataframe  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("TVERSKY_KERAS_CACHE", Path.home() / ".cache" / "tversky-keras"))
 LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificity",
@@ -133,8 +134,7 @@ def assemble(experiment):
 
 def _final_loss(experiment, alpha, beta, fold):
     """The last epoch's training loss of a cell (1.0: collapsed to all-background)."""
-    with open(experiment.cell_dir(alpha, beta, fold) / "run" / "log.csv", newline="") as f:
-        return float(list(csv.DictReader(f))[-1]["loss"])
+    return float(log_dataframe(experiment.cell_dir(alpha, beta, fold) / "run")["loss"][-1])
 
 
 def per_fold_table(table):

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tversky_keras.data import load_subject, save_nifti_like
+from tversky_keras.data import load_subject, pad_to_multiple, save_nifti_like
 from tversky_keras.data.grid import from_grid
 from tversky_keras.scan_spec import check_modalities, scan_spec
 
@@ -37,10 +37,6 @@ def window_starts(size, window, step):
 def _pad_to(image, shape):
     pads = [(0, max(t - s, 0)) for s, t in zip(image.shape[:3], shape)] + [(0, 0)]
     return np.pad(image, pads)
-
-
-def _round_up(size, multiple):
-    return -(-size // multiple) * multiple
 
 
 def _predict_whole(model, batch):
@@ -79,7 +75,7 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         multiple_of = spec["multiple_of"] if spec else 1
     shape = image.shape[:3]
     if window is None:
-        padded = _pad_to(image, [_round_up(s, multiple_of) for s in shape])
+        padded = _pad_to(image, pad_to_multiple(shape, multiple_of))
         probs = _predict_whole(model, padded[None])[0]
         return probs[: shape[0], : shape[1], : shape[2]]
 

@@ -92,10 +92,6 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items()}
 
-    @classmethod
-    def from_json(cls, data):
-        return cls(**data)
-
 
 def make_loss(config):
     """The configured loss: Tversky (focal when gamma != 1), plus CE when asked."""
