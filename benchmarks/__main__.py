@@ -26,15 +26,20 @@ def parse_args(argv):
     parser.add_argument("--short", action="store_true",
                         help="a quick look: fewer repetitions, no paper-sized input, no variants")
     parser.add_argument("--gpu", action="store_true",
-                        help="paper-input training steps and inference on a GPU (refuses without one)")
+                        help="paper-input training steps and inference on a GPU (refuses without "
+                             "one), under the Keras backend KERAS_BACKEND names")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --gpu: the same code at a 32^3 input on whatever device there is")
     parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of fast steps")
     parser.add_argument("--window", type=int, default=96, help="sliding-window size (cube side)")
     opts = parser.parse_args(argv)
+    if opts.dry_run and not opts.gpu:
+        parser.error("--dry-run goes with --gpu")
     opts.sections = [s for s in opts.sections.split(",") if s]
     unknown = sorted(set(opts.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
-    if opts.short:
+    if opts.short or opts.dry_run:
         opts.repeats = min(opts.repeats, 4)
     opts.paper_shape = not opts.short
     opts.variants = not opts.short
@@ -99,10 +104,14 @@ def main(argv=None):
     from benchmarks.peers import peer_problem
 
     if opts.gpu:
+        # JAX would otherwise take 75% of the GPU's memory at its first use, leaving
+        # too little for the PyTorch peer in the same process.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         from benchmarks import gpu
 
         try:
-            gpu.require_gpu()
+            if not opts.dry_run:
+                gpu.require_gpu()
         except gpu.NoGPU as error:
             print(error, file=sys.stderr)
             return 2

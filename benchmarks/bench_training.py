@@ -7,8 +7,9 @@ parameter count) with MONAI's ``TverskyLoss`` and ``torch.optim.Adam``. The
 achieved GFLOP/s count the convolutions' FLOPs (``benchmarks.flops``).
 """
 
+import contextlib
+
 import keras
-import tensorflow as tf
 
 from benchmarks.flops import training_flops
 from benchmarks.measure import Row, machine, median_seconds, synthetic_batch
@@ -33,15 +34,21 @@ def keras_step_seconds(config, batch, spatial, repeats, budget_s=None, policy=No
         model = compiled_model(config, **compile_options)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    image, label = (tf.constant(a) for a in synthetic_batch(batch, spatial, CHANNELS))
+    image, label = (keras.ops.convert_to_tensor(a) for a in synthetic_batch(batch, spatial, CHANNELS))
     # Two warm-up steps: the first traces the step function, the second settles memory.
     seconds, _ = median_seconds(lambda: model.train_on_batch(image, label), repeats,
                                 warmup=2, budget_s=budget_s)
     return seconds, model
 
 
-def monai_step_seconds(keras_network, config, batch, spatial, repeats, budget_s=None, device="cpu"):
-    """Median seconds of one step of the PyTorch twin with MONAI's Tversky loss and Adam."""
+def monai_step_seconds(keras_network, config, batch, spatial, repeats, budget_s=None, device="cpu",
+                       autocast=None):
+    """Median seconds of one step of the PyTorch twin with MONAI's Tversky loss and Adam.
+
+    ``autocast``: a torch dtype (``torch.bfloat16``) to run the forward pass and
+    the loss under ``torch.autocast``, PyTorch's mixed precision; float16 also
+    scales the loss (``torch.amp.GradScaler``), as Keras' ``mixed_float16`` does.
+    """
     from monai.losses import TverskyLoss
 
     from benchmarks.torch_unet import twin_of
@@ -53,10 +60,15 @@ def monai_step_seconds(keras_network, config, batch, spatial, repeats, budget_s=
     loss = TverskyLoss(include_background=False, alpha=ALPHA, beta=BETA)
     image, label = (channel_first(a, device) for a in synthetic_batch(batch, spatial, CHANNELS))
 
+    scaler = torch.amp.GradScaler(device, enabled=autocast == torch.float16)
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss(twin(image), label).backward()
-        optimizer.step()
+        with (torch.autocast(device, dtype=autocast) if autocast else contextlib.nullcontext()):
+            value = loss(twin(image), label)
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if device != "cpu":
             torch.cuda.synchronize()
 
@@ -119,6 +131,8 @@ def variant_rows(label, config, batch, spatial, baseline, variants, opts):
 
 def gemm_row(opts, n=4096):
     """fp32 matrix product of two n x n matrices: the attainable peak of each framework."""
+    import tensorflow as tf
+
     a, b = (tf.random.normal((n, n), seed=seed) for seed in (1, 2))
     product = tf.function(tf.linalg.matmul)
     ours, _ = median_seconds(lambda: product(a, b), opts.repeats // 2 or 1)

@@ -1,14 +1,29 @@
 """``python -m benchmarks --gpu``: the paper's input on a GPU, with and without mixed precision and XLA.
 
-Training steps of the paper profile's network on one ``128x224x256x3`` volume
-(batch 1) in fp32, ``mixed_float16``, XLA and both; sliding-window inference
-of a 1-mm brain in fp32 and ``mixed_float16``; PyTorch + MONAI on the same GPU
-when a CUDA build of PyTorch is installed. From the fastest step it estimates
-the wall time of the paper profile's whole grid of trainings.
+Training steps of the paper profile's network (our U-Net, ``TverskyLoss``,
+Adam and the five lesion metrics, compiled as ``tversky_keras.training``
+compiles it) on one ``128x224x256x3`` volume, and sliding-window and
+whole-volume inference of a 1-mm brain, in fp32 and mixed precision, with and
+without XLA where the backend allows both. PyTorch + MONAI run on the same GPU
+(fp32 and bfloat16 autocast) when a CUDA build of PyTorch and MONAI are
+installed. From the fastest step it estimates the wall time of the paper
+profile's whole grid of trainings.
+
+It runs under whichever Keras backend ``KERAS_BACKEND`` names, so the same
+model and loss code can be timed where TensorFlow's GPU build is not at hand:
+
+- ``tensorflow``: plain graph and XLA (``jit_compile``), fp32 and ``mixed_float16``;
+- ``jax``: XLA always compiles the step; fp32, ``mixed_bfloat16`` and
+  ``mixed_float16``, and fp32 with ``jit_compile=False`` (op by op, no XLA);
+- ``torch``: eager PyTorch kernels, no XLA; fp32, ``mixed_bfloat16``, ``mixed_float16``.
+
+``--dry-run`` runs the same code on whatever device there is at a 32^3 input,
+to check the script before a GPU is spent on it.
 """
 
+import subprocess
+
 import keras
-import tensorflow as tf
 
 from benchmarks import bench_inference
 from benchmarks.bench_training import keras_step_seconds, monai_step_seconds
@@ -16,67 +31,188 @@ from benchmarks.measure import Row
 from benchmarks.workload import PAPER_INPUT, network, paper_grid_steps, profile_config
 
 SECTION = "GPU"
+DRY_RUN_INPUT = (32, 32, 32)
+DRY_RUN_SCAN, DRY_RUN_WINDOW = (48, 56, 48), 32
+
+VARIANTS = {
+    "tensorflow": [("fp32", {}), ("mixed_float16", dict(policy="mixed_float16")),
+                   ("fp32 + XLA", dict(jit_compile=True)),
+                   ("mixed_float16 + XLA", dict(policy="mixed_float16", jit_compile=True))],
+    "jax": [("fp32 + XLA", dict(jit_compile=True)),
+            ("mixed_bfloat16 + XLA", dict(policy="mixed_bfloat16", jit_compile=True)),
+            ("mixed_float16 + XLA", dict(policy="mixed_float16", jit_compile=True)),
+            ("fp32, no XLA (jit_compile=False)", dict(jit_compile=False))],
+    "torch": [("fp32", {}), ("mixed_bfloat16", dict(policy="mixed_bfloat16")),
+              ("mixed_float16", dict(policy="mixed_float16"))],
+}
+INFERENCE_POLICIES = ("float32", "mixed_bfloat16")
 
 
 class NoGPU(RuntimeError):
-    """No GPU is visible to TensorFlow."""
+    """The active Keras backend sees no GPU."""
+
+
+def gpu_names():
+    """Names of the GPUs the active backend sees (empty when none)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            # Leave memory to PyTorch: TensorFlow would otherwise reserve all of it.
+            tf.config.experimental.set_memory_growth(gpu, True)
+        return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                for g in gpus]
+    if backend == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
 
 
 def require_gpu():
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
+    """The GPUs' names; raises ``NoGPU`` (with what to install) when there is none."""
+    names = gpu_names()
+    if not names:
         raise NoGPU(
-            "--gpu: TensorFlow sees no GPU on this machine, so there is nothing to measure. "
-            "Run it where `python -c \"import tensorflow as tf; "
-            "print(tf.config.list_physical_devices('GPU'))\"` lists one (install "
-            "tensorflow[and-cuda]); for PyTorch/MONAI peer rows also a CUDA build of torch.")
-    for gpu in gpus:
-        # Leave memory to PyTorch: TensorFlow would otherwise reserve all of it.
-        tf.config.experimental.set_memory_growth(gpu, True)
-    return gpus
+            f"--gpu: Keras' {keras.backend.backend()} backend sees no GPU on this machine, so "
+            "there is nothing to measure. Install a GPU build of the backend (tensorflow[and-cuda], "
+            "jax[cuda13] or a CUDA torch) and check it lists the GPU; for the PyTorch + MONAI "
+            "rows also a CUDA build of torch. `--dry-run` checks the script on the CPU.")
+    return names
+
+
+def nvidia_smi():
+    """``name, memory, driver`` of each GPU as nvidia-smi reports them, or None."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
 
 
 def run(opts):
-    """GPU rows; call ``require_gpu`` first (it also stops TensorFlow reserving all memory)."""
+    """GPU rows for the active backend; call ``require_gpu`` first (unless ``opts.dry_run``).
+
+    The most telling rows come first (fp32 and bfloat16 steps, the peer, fp32
+    inference), so that a run stopped at a time limit has printed them.
+    """
+    backend = keras.backend.backend()
     config = profile_config("paper")
-    variants = [("fp32", {}), ("mixed_float16", dict(policy="mixed_float16")),
-                ("fp32 + XLA", dict(jit_compile=True)),
-                ("mixed_float16 + XLA", dict(policy="mixed_float16", jit_compile=True))]
-    shape = f"1x{'x'.join(map(str, PAPER_INPUT))}x3, {config.base_filters} filters, depth {config.depth}"
-    rows, steps = [], {}
-    for name, options in variants:
-        seconds, model = keras_step_seconds(config, 1, PAPER_INPUT, opts.repeats, opts.budget_s,
-                                            **options)
-        steps[name] = seconds
-        rows.append(Row(SECTION, f"training step {shape}, ours {name}", seconds, "s/step",
-                        steps["fp32"], "ours fp32"))
-    if opts.peers and _torch_cuda():
-        peer = monai_step_seconds(network(model), config, 1, PAPER_INPUT, opts.repeats,
-                                  opts.budget_s, device="cuda")
-        rows.append(Row(SECTION, f"training step {shape}, fp32 vs PyTorch + MONAI",
-                        steps["fp32"], "s/step", peer, "PyTorch + MONAI fp32 (CUDA)"))
-    best = min(steps, key=steps.get)
+    spatial = DRY_RUN_INPUT if opts.dry_run else PAPER_INPUT
+    device = _torch_device(opts)
+    shape = (f"1x{'x'.join(map(str, spatial))}x3, {config.base_filters} filters, "
+             f"depth {config.depth}, Keras {backend}")
+    rows, steps, models = [], {}, []
+
+    def add(row):
+        rows.append(row)
+        _announce(row)
+
+    def step_rows(variants):
+        for name, options in variants:
+            try:
+                seconds, model = keras_step_seconds(config, 1, spatial, opts.repeats,
+                                                    opts.budget_s, **options)
+            except Exception as error:  # noqa: BLE001  (one failed variant must not stop the rest)
+                add(_failed(f"training step {shape}, ours {name}", "s/step", error))
+                continue
+            steps[name] = seconds
+            models.append(model)
+            first = next(iter(steps))
+            add(Row(SECTION, f"training step {shape}, ours {name}", seconds, "s/step",
+                    steps[first], f"ours {first}"))
+
+    variants = VARIANTS[backend]
+    step_rows(variants[:2])
+    if models and device:
+        add_peer_rows(add, network(models[0]), config, spatial, steps, opts, device)
+    rows += _inference_rows(opts, "float32", device)
+    step_rows(variants[2:])
+    rows += _inference_rows(opts, "mixed_bfloat16", device)
     grid = paper_grid_steps()
-    rows.append(Row(SECTION, f"paper grid: {grid} training steps at the best step ({best})",
-                    grid * steps[best] / 3600, "hours",
-                    note="training only; 10 trainings x 1000 epochs, 7 or 8 volumes per fold"))
-    for name, policy in (("fp32", None), ("mixed_float16", "mixed_float16")):
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(policy or previous)
+    estimate = None
+    if steps:
+        best = min(steps, key=steps.get)
+        estimate = grid * steps[best] / 3600
+        add(Row(SECTION, f"paper grid: {grid} training steps at the best step ({best})",
+                estimate, "hours",
+                note="training steps only (10 trainings x 1000 epochs, 7 or 8 volumes per fold)"))
+    return {"rows": rows, "paper_grid_steps": grid, "step_s": steps, "grid_hours": estimate,
+            "backend": backend, "gpus": [] if opts.dry_run else gpu_names(),
+            "nvidia_smi": nvidia_smi(), "input": list(spatial)}
+
+
+def add_peer_rows(add, keras_network, config, spatial, steps, opts, device):
+    """PyTorch + MONAI steps in fp32 and bfloat16 autocast, each against ours of that precision."""
+    import torch
+
+    for label, dtype, precision in (("fp32", None, "fp32"),
+                                    ("bfloat16 autocast", torch.bfloat16, "bfloat16")):
         try:
-            infer = bench_inference.run(opts, profile="paper", device="cuda",
-                                        peers=opts.peers and policy is None and _torch_cuda())
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
-        for row in infer["rows"]:
-            row.section, row.measure = SECTION, f"inference {row.measure}, ours {name}"
-            rows.append(row)
-    return {"rows": rows, "paper_grid_steps": grid, "step_s": steps}
+            peer = monai_step_seconds(keras_network, config, 1, spatial, opts.repeats,
+                                      opts.budget_s, device=device, autocast=dtype)
+        except Exception as error:  # noqa: BLE001
+            add(_failed(f"training step, PyTorch + MONAI {label}", "s/step", error))
+            continue
+        # Like against like: our fastest variant of that precision, else our fastest.
+        same = {k: v for k, v in steps.items()
+                if k.startswith(precision) or k.startswith(f"mixed_{precision}")} or steps
+        ours = min(same, key=same.get)
+        add(Row(SECTION, f"training step, ours {ours} vs PyTorch + MONAI {label}",
+                steps[ours], "s/step", peer, f"PyTorch + MONAI {label} ({device})",
+                f"PyTorch: cudnn.benchmark on, cudnn.allow_tf32 {torch.backends.cudnn.allow_tf32}"))
 
 
-def _torch_cuda():
+def _failed(measure, unit, error):
+    return Row(SECTION, measure, None, unit,
+               note=f"failed: {type(error).__name__}: {str(error)[:300]}")
+
+
+def _inference_rows(opts, policy, device):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        infer = bench_inference.run(
+            opts, profile="paper", device=device or "cpu", peers=bool(device) and policy == "float32",
+            whole_volume=True, shape=DRY_RUN_SCAN if opts.dry_run else None,
+            window=DRY_RUN_WINDOW if opts.dry_run else None)
+    except Exception as error:  # noqa: BLE001
+        row = _failed(f"inference, ours {policy}", "s/scan", error)
+        _announce(row)
+        return [row]
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    for row in infer["rows"]:
+        row.section = SECTION
+        row.measure = f"inference {row.measure}, ours {policy}, Keras {keras.backend.backend()}"
+        _announce(row)
+    return infer["rows"]
+
+
+def _announce(row):
+    """Print each row as soon as it is measured: a run cut short still shows what it got."""
+    ours = "failed" if row.ours is None else f"{row.ours:.4g} {row.unit}"
+    peer = f" | {row.peer_name}: {row.peer:.4g} {row.unit}" if row.peer else ""
+    print(f"[gpu] {row.measure}: {ours}{peer} {row.note}", flush=True)
+
+
+def _torch_device(opts):
+    """Where the PyTorch + MONAI peer runs: "cuda", "cpu" for a dry run, or None (no peer)."""
+    if not opts.peers:
+        return None
     try:
         import torch
     except ImportError:
-        return False
-    return torch.cuda.is_available()
+        return None
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # what a MONAI user turns on for fixed shapes
+        return "cuda"
+    return "cpu" if opts.dry_run else None
+

@@ -111,13 +111,12 @@ def busiest_processes(count=5):
 
 
 def versions():
-    """Versions of the frameworks compared (``None`` for one not installed)."""
+    """Keras' backend and the versions of the frameworks (``None`` for one not installed)."""
     import keras
-    import tensorflow as tf
 
-    found = {"python": platform.python_version(), "tensorflow": tf.__version__,
-             "keras": keras.__version__, "numpy": np.__version__}
-    for name in ("torch", "monai"):
+    found = {"python": platform.python_version(), "keras": keras.__version__,
+             "keras_backend": keras.backend.backend(), "numpy": np.__version__}
+    for name in ("tensorflow", "jax", "torch", "monai"):
         try:
             found[name] = __import__(name).__version__
         except ImportError:

@@ -45,6 +45,19 @@ def _lesion_voxels(y_true, y_pred, class_id, sample_weight):
     return tuple(ops.reshape(x, (-1,)) for x in (truth, score, weight))
 
 
+def _histogram(index, weight, length):
+    """Float64 sums of ``weight`` (1 when None) per value of the int32 ``index`` in ``[0, length)``."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # A bincount of constant size: ~10x faster than a segment sum on CPU, and
+        # XLA compiles it (ops.bincount's size depends on the data, which XLA refuses).
+        weight = tf.constant([], "float64") if weight is None else weight
+        return tf.raw_ops.DenseBincount(input=index, size=length, weights=weight)
+    weight = ops.ones_like(index, dtype="float64") if weight is None else weight
+    return ops.segment_sum(weight, index, num_segments=length)
+
+
 def _check_class_id(class_id):
     if class_id < 0:
         raise ValueError(f"class_id must be >= 0, got class_id={class_id}")
@@ -192,13 +205,14 @@ class PRAUC(keras.metrics.Metric):
         truth, score, weight = _lesion_voxels(y_true, y_pred, self.class_id, sample_weight)
         bins = ops.floor(score * self.num_bins)
         bins = ops.cast(ops.clip(bins, 0, self.num_bins - 1), "int32")  # score 1.0 -> top bin
-        for histogram, counted in (
-            (self.positive_histogram, truth),
-            (self.negative_histogram, 1.0 - truth),
-        ):
-            histogram.assign_add(
-                ops.segment_sum(weight * counted, bins, num_segments=self.num_bins)
-            )
+        # One pass for both histograms: lesion voxels count in bins num_bins..2*num_bins-1.
+        # Unweighted, the counts are integers (exact); weighted, float64 sums.
+        lesion = ops.cast(truth, "int32")
+        both = _histogram(bins + self.num_bins * lesion, None if sample_weight is None else weight,
+                          2 * self.num_bins)
+        both = ops.reshape(both, (2, self.num_bins))
+        self.negative_histogram.assign_add(both[0])
+        self.positive_histogram.assign_add(both[1])
 
     def result(self):
         positives = ops.flip(self.positive_histogram, axis=0)  # highest scores first

@@ -27,7 +27,7 @@ import numpy as np
 
 from tversky_keras import losses as losses_lib
 from tversky_keras import metrics as metrics_lib
-from tversky_keras.data import MODALITIES, load_subject, make_dataset
+from tversky_keras.data import MODALITIES, load_subject
 from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
 
@@ -337,6 +337,8 @@ def _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed, ext
     val_volumes = load_volumes(val_subjects, config)
     backup_dir = run_dir / "backup"
     start_epoch = _resumed_epoch(backup_dir)
+    from tversky_keras.data.pipeline import make_dataset
+
     # A resumed run draws fresh patches instead of replaying the first epochs'.
     train_ds = make_dataset(train_volumes, patch_size=config.patch_size,
                             batch_size=config.batch_size, foreground_ratio=config.foreground_ratio,

@@ -18,7 +18,6 @@ from tversky_keras.data.grid import (
 from tversky_keras.data.io import MODALITIES, read_mask, read_nifti
 from tversky_keras.data.normalize import zscore_in_brain
 from tversky_keras.data.phantom import lesion_loads, synthesize_dataset, synthesize_subject
-from tversky_keras.data.pipeline import make_dataset
 from tversky_keras.data.subjects import (
     Subject,
     Volume,
@@ -50,3 +49,13 @@ __all__ = [
     "to_grid",
     "zscore_in_brain",
 ]
+
+
+def __getattr__(name):
+    # tf.data (and so TensorFlow) loads on first use of make_dataset: reading,
+    # resampling and the phantom need no TensorFlow, nor do Keras' other backends.
+    if name == "make_dataset":
+        from tversky_keras.data.pipeline import make_dataset
+
+        return make_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
