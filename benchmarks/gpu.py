@@ -133,9 +133,10 @@ def run(opts):
     step_rows(variants[:2])
     if models and device:
         add_peer_rows(add, network(models[0]), config, spatial, steps, opts, device)
-    rows += _inference_rows(opts, "float32", device)
+    rows += _inference_rows(opts, INFERENCE_POLICIES[0], device)
     step_rows(variants[2:])
-    rows += _inference_rows(opts, "mixed_bfloat16", device)
+    for policy in INFERENCE_POLICIES[1:]:
+        rows += _inference_rows(opts, policy, device)
     grid = paper_grid_steps()
     estimate = None
     if steps:

@@ -110,3 +110,63 @@ def test_peak_rss_reads_vmhwm_in_mib(tmp_path):
     status = tmp_path / "status"
     status.write_text("Name:\tpython\nVmPeak:\t 9999999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1024 kB\n")
     assert peak_rss_mib(status) == 200.0
+
+
+def test_gpu_script_dry_run_pairs_rows_and_estimates_the_grid(monkeypatch):
+    """``--gpu --dry-run`` on the CPU: a failed variant becomes a row, the grid uses the best step."""
+    import argparse
+
+    from benchmarks import gpu
+
+    # fp32 runs on any CPU; float16 pooling has no CPU kernel in TensorFlow, so it must fail.
+    monkeypatch.setitem(gpu.VARIANTS, "tensorflow",
+                        [("fp32", {}), ("mixed_float16", dict(policy="mixed_float16"))])
+    monkeypatch.setattr(gpu, "INFERENCE_POLICIES", ("float32",))
+    opts = argparse.Namespace(dry_run=True, peers=False, repeats=1, budget_s=1.0, scan_repeats=1,
+                              window=32)
+    result = gpu.run(opts)
+    steps = {row.measure: row for row in result["rows"] if row.unit == "s/step"}
+    fp32 = next(row for name, row in steps.items() if name.endswith("ours fp32"))
+    failed = next(row for name, row in steps.items() if name.endswith("ours mixed_float16"))
+    assert fp32.ours > 0 and failed.ours is None and failed.note.startswith("failed:")
+    assert result["step_s"] == {"fp32": fp32.ours}
+    grid = next(row for row in result["rows"] if row.unit == "hours")
+    assert grid.ours == pytest.approx(paper_grid_steps() * fp32.ours / 3600)
+    scans = [row for row in result["rows"] if row.unit == "s/scan"]
+    assert len(scans) == 2 and all(row.ours > 0 for row in scans)  # windows and whole volume
+
+
+def test_only_the_tf_data_pipeline_imports_tensorflow():
+    """The rest of the package loads without TensorFlow, so Keras' jax and torch backends can run it."""
+    import ast
+    from pathlib import Path
+
+    import tversky_keras
+
+    root = Path(tversky_keras.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "tensorflow" for name in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"data/pipeline.py"}
+
+
+def test_training_and_inference_modules_load_the_pipeline_only_when_asked():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tversky_keras, tversky_keras.training, tversky_keras.inference, reproduce.experiment\n"
+        "print('tversky_keras.data.pipeline' in sys.modules)\n"
+        "from tversky_keras.data import make_dataset\n"
+        "print(make_dataset.__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "tversky_keras.data.pipeline"]

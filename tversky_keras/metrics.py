@@ -28,32 +28,44 @@ def _ratio(numerator, denominator, empty=1.0):
 
 
 def _lesion_voxels(y_true, y_pred, class_id, sample_weight):
-    """Flat lesion truth (0/1, float64), lesion score (float32) and voxel weight (float64)."""
+    """Flat lesion truth (bool), lesion score and voxel weight (float64, or None without weights)."""
     truth, score = class_maps(y_true, y_pred)
     if class_id >= truth.shape[-1]:
         raise ValueError(f"class_id={class_id} is not a class of y_pred of shape {y_pred.shape}")
-    truth = ops.cast(truth[..., class_id] >= 0.5, "float64")
-    weight = ops.ones_like(truth)
+    truth = truth[..., class_id] >= 0.5
+    weight = None
     if sample_weight is not None:
-        sample_weight = ops.cast(sample_weight, "float64")
-        if len(sample_weight.shape) == len(truth.shape) + 1:
-            sample_weight = ops.squeeze(sample_weight, axis=-1)
-        for _ in range(len(truth.shape) - len(sample_weight.shape)):
-            sample_weight = ops.expand_dims(sample_weight, -1)
-        weight = weight * sample_weight
-    score = score[..., class_id]
-    return tuple(ops.reshape(x, (-1,)) for x in (truth, score, weight))
+        weight = ops.cast(sample_weight, "float64")
+        if len(weight.shape) == len(truth.shape) + 1:
+            weight = ops.squeeze(weight, axis=-1)
+        for _ in range(len(truth.shape) - len(weight.shape)):
+            weight = ops.expand_dims(weight, -1)
+        weight = ops.reshape(ops.broadcast_to(weight, ops.shape(truth)), (-1,))
+    return ops.reshape(truth, (-1,)), ops.reshape(score[..., class_id], (-1,)), weight
+
+
+def _total(selected, weight):
+    """Float64 count (or weight sum, when ``weight`` is not None) of the True voxels."""
+    if weight is None:
+        return ops.cast(ops.count_nonzero(selected), "float64")  # integer count: exact
+    return ops.sum(ops.where(selected, weight, ops.zeros_like(weight)))
 
 
 def _histogram(index, weight, length):
     """Float64 sums of ``weight`` (1 when None) per value of the int32 ``index`` in ``[0, length)``."""
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         # A bincount of constant size: ~10x faster than a segment sum on CPU, and
         # XLA compiles it (ops.bincount's size depends on the data, which XLA refuses).
         weight = tf.constant([], "float64") if weight is None else weight
         return tf.raw_ops.DenseBincount(input=index, size=length, weights=weight)
+    if backend == "torch":
+        # torch.bincount counts in int64 / sums float64 weights; Keras' torch
+        # segment_sum would sum in float32, inexact past 2**24 voxels in a bin.
+        return ops.cast(ops.bincount(index, weights=weight, minlength=length), "float64")
+    # jax: jit needs a static size, which segment_sum has (ops.bincount's does not).
     weight = ops.ones_like(index, dtype="float64") if weight is None else weight
     return ops.segment_sum(weight, index, num_segments=length)
 
@@ -92,11 +104,16 @@ class LesionConfusionMetric(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         truth, score, weight = _lesion_voxels(y_true, y_pred, self.class_id, sample_weight)
-        predicted = ops.cast(score >= self.threshold, "float64")
-        self.true_positives.assign_add(ops.sum(weight * truth * predicted))
-        self.false_positives.assign_add(ops.sum(weight * (1.0 - truth) * predicted))
-        self.true_negatives.assign_add(ops.sum(weight * (1.0 - truth) * (1.0 - predicted)))
-        self.false_negatives.assign_add(ops.sum(weight * truth * (1.0 - predicted)))
+        predicted = score >= self.threshold
+        everything = ops.ones_like(truth)
+        tp, positives, flagged, total = (
+            _total(selected, weight)
+            for selected in (ops.logical_and(truth, predicted), truth, predicted, everything)
+        )
+        self.true_positives.assign_add(tp)
+        self.false_positives.assign_add(flagged - tp)
+        self.true_negatives.assign_add(total - positives - flagged + tp)
+        self.false_negatives.assign_add(positives - tp)
 
     def score(self, tp, fp, tn, fn):
         raise NotImplementedError
@@ -208,8 +225,7 @@ class PRAUC(keras.metrics.Metric):
         # One pass for both histograms: lesion voxels count in bins num_bins..2*num_bins-1.
         # Unweighted, the counts are integers (exact); weighted, float64 sums.
         lesion = ops.cast(truth, "int32")
-        both = _histogram(bins + self.num_bins * lesion, None if sample_weight is None else weight,
-                          2 * self.num_bins)
+        both = _histogram(bins + self.num_bins * lesion, weight, 2 * self.num_bins)
         both = ops.reshape(both, (2, self.num_bins))
         self.negative_histogram.assign_add(both[0])
         self.positive_histogram.assign_add(both[1])
