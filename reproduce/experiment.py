@@ -118,6 +118,7 @@ class Experiment:
     profile: Profile
     seed: int = 0
     foreground_ratio: float = 0.0
+    mixed_precision: str = "auto"  # TrainConfig.mixed_precision
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -127,6 +128,7 @@ class Experiment:
     def describe(self):
         return {
             "data": str(self.data), "seed": self.seed, "foreground_ratio": self.foreground_ratio,
+            "mixed_precision": self.mixed_precision,
             "profile": {k: list(v) if isinstance(v, tuple) else v
                         for k, v in dataclasses.asdict(self.profile).items()},
             "folds": [{"train": tr, "test": te} for tr, te in self.split],
@@ -150,7 +152,7 @@ class Experiment:
             batch_size=p.batch_size, epochs=p.epochs, steps_per_epoch=steps,
             base_filters=p.base_filters, depth=p.depth, learning_rate=p.learning_rate,
             lr_decay_steps=p.lr_decay_steps, foreground_ratio=self.foreground_ratio,
-            pool_batch=p.pool_batch,
+            pool_batch=p.pool_batch, mixed_precision=self.mixed_precision,
             monitor="val_dice", seed=self.seed)
 
     def run_cell(self, alpha, beta, fold, callbacks=()):

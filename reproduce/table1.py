@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
                                   Experiment, row_name, write_json)
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
-from tversky_keras.training import log_dataframe  # noqa: E402
+from tversky_keras.training import MIXED_PRECISION, log_dataframe  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("TVERSKY_KERAS_CACHE", Path.home() / ".cache" / "tversky-keras"))
 LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificity",
@@ -281,6 +281,9 @@ def build_parser():
     parser.add_argument("--spacing", type=float, default=None,
                         help="resample the data to this voxel size in mm (default: the "
                              "profile's; the phantom is generated at its profile's spacing)")
+    parser.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION,
+                        help="16-bit compute, as `tversky-keras train` (auto: float16 on a GPU, "
+                             "float32 on a CPU; on: bfloat16 on a CPU)")
     parser.add_argument("--name", default=None, help="experiment name (default: data-profile)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -299,6 +302,8 @@ def main(argv=None):
         base += f"-{args.spacing:g}mm"
     if args.oversample:
         base += f"-oversample{args.oversample:g}"
+    if args.mixed_precision not in ("auto", "off"):
+        base += f"-mixed-{args.mixed_precision}"
     print(f"profile {profile.name}: {profile.description}")
     print(json.dumps(dataclasses.asdict(profile), default=list))
     started = time.perf_counter()
@@ -306,7 +311,8 @@ def main(argv=None):
     for seed in range(args.seeds):
         name = base if seed == 0 else f"{base}-seed{seed}"
         experiment = Experiment(args.results / name, data, profile, seed=seed,
-                                foreground_ratio=args.oversample)
+                                foreground_ratio=args.oversample,
+                                mixed_precision=args.mixed_precision)
         experiment.root.mkdir(parents=True, exist_ok=True)
         write_json(experiment.describe(), experiment.root / "experiment.json")
         run_grid(experiment, parse_cells(args.cells) or experiment.cells())

@@ -166,3 +166,32 @@ def test_only_the_chief_writes_the_run_folder(monkeypatch, tf_config, expected):
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert writer_dir(Path("run")) == Path(expected)
+
+
+@pytest.mark.parametrize("choice, gpu, expected", [
+    ("auto", False, None), ("auto", True, "mixed_float16"), ("on", False, "mixed_bfloat16"),
+    ("on", True, "mixed_float16"), ("off", True, None), ("bfloat16", True, "mixed_bfloat16"),
+    ("float16", False, "mixed_float16")])
+def test_mixed_precision_choice_follows_the_device(monkeypatch, choice, gpu, expected):
+    import tensorflow as tf
+
+    from tversky_keras.training import resolve_acceleration
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["gpu"] if gpu else [])
+    assert resolve_acceleration(TrainConfig(mixed_precision=choice)) == (expected, gpu)
+
+
+def test_mixed_precision_on_trains_in_bfloat16_on_a_cpu(subjects, tmp_path):
+    """float16 pooling has no CPU kernel in TensorFlow; ``on`` must pick bfloat16 there and train."""
+    import keras
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU, where `on` means float16")
+    config = TrainConfig(epochs=1, **{**TINY, "mixed_precision": "on"})
+    summary = train(config, subjects[:2], subjects[2:], tmp_path, verbose=0)
+    assert summary["mixed_precision"] == "mixed_bfloat16"
+    assert np.isfinite(float(read_log(tmp_path)[0]["loss"]))
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    assert model.output.dtype == "float32"  # probabilities stay float32

@@ -73,8 +73,10 @@ def build_parser():
     train.add_argument("--monitor", default="val_dice",
                        help="validation metric that picks model.keras (val_dice)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
-                       help="float16 compute (auto: on a GPU only)")
+    train.add_argument("--mixed-precision", choices=["auto", "on", "off", "float16", "bfloat16"],
+                       default="auto",
+                       help="16-bit compute (auto: float16 on a GPU, off on a CPU; on: float16 "
+                            "on a GPU, bfloat16 on a CPU)")
     train.add_argument("--xla", choices=["auto", "on", "off"], default="auto",
                        help="XLA jit_compile (auto: on a GPU only; slow for Conv3D on CPU)")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")

@@ -32,6 +32,8 @@ from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
 
 MONITORS = ("val_dice", "val_f2", "val_prauc", "val_sensitivity", "val_loss")
+# auto: float16 on a GPU, float32 on a CPU; on: float16 on a GPU, bfloat16 on a CPU.
+MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,9 +84,11 @@ class TrainConfig:
             self.patch_size = tuple(int(s) for s in self.patch_size)
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor={self.monitor!r}: choose one of {', '.join(MONITORS)}")
-        for option in ("mixed_precision", "jit_compile"):
-            if getattr(self, option) not in ("auto", "on", "off"):
-                raise ValueError(f"{option}={getattr(self, option)!r}: choose auto, on or off")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose "
+                             f"{', '.join(MIXED_PRECISION)}")
+        if self.jit_compile not in ("auto", "on", "off"):
+            raise ValueError(f"jit_compile={self.jit_compile!r}: choose auto, on or off")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
             raise ValueError("epochs, steps_per_epoch and batch_size must be at least 1")
 
@@ -126,17 +130,26 @@ def paper_optimizer(config):
 
 
 def resolve_acceleration(config):
-    """Decide mixed precision and XLA: on by default only on a GPU, where they help.
+    """The mixed-precision policy and XLA: by default both on only on a GPU, where they help.
 
-    On CPU, XLA ran Conv3D about 14x slower than plain execution and float16
-    has no fast kernels, so ``auto`` leaves both off there.
+    Returns ``(policy, jit)``: ``policy`` is ``None`` (float32), ``"mixed_float16"``
+    or ``"mixed_bfloat16"``. ``on`` means float16 on a GPU and bfloat16 on a CPU,
+    where TensorFlow has no float16 pooling kernel and bfloat16 runs on
+    AVX512_BF16/AMX units (a 1.2-1.4x faster step on the CPU of
+    ``benchmarks/RESULTS.md``). On CPU, XLA ran Conv3D about 14x slower than
+    plain execution, so ``auto`` leaves both off there.
     """
     import tensorflow as tf
 
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and has_gpu)
+    choice = config.mixed_precision
+    if choice == "auto":
+        choice = "on" if has_gpu else "off"
+    if choice == "on":
+        choice = "float16" if has_gpu else "bfloat16"
+    policy = None if choice == "off" else f"mixed_{choice}"
     jit = config.jit_compile == "on" or (config.jit_compile == "auto" and has_gpu)
-    return mixed, jit
+    return policy, jit
 
 
 def distribution_strategy():
@@ -324,7 +337,7 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
     mixed, jit = resolve_acceleration(config)
     previous_policy = keras.mixed_precision.global_policy()
     if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.mixed_precision.set_global_policy(mixed)
     try:
         return _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed,
                     list(callbacks))
