@@ -45,10 +45,9 @@ def run(opts, profile="quick", device="cpu", peers=None, whole_volume=False, sha
 
     ours, _ = median_seconds(ours_scan, opts.scan_repeats, budget_s=opts.budget_s)
     windows = window_count(shape, window)
-    # One window through predict_volume's own path to the model: its share of a scan.
-    patch = np.zeros((*window, CHANNELS), np.float32)
-    call, _ = median_seconds(
-        lambda: predict_volume(model, patch, window=None, multiple_of=2**config.depth), opts.repeats)
+    # One window through the call predict_volume makes for each window: its share of a scan.
+    patch = np.zeros((1, *window, CHANNELS), np.float32)
+    call, _ = median_seconds(lambda: model.predict_on_batch(patch), opts.repeats)
     net = f"{config.base_filters} filters, depth {config.depth}"
     label = f"{'x'.join(map(str, shape))}x{CHANNELS}, window {window[0]}^3 x{windows}, {net}"
     note = f"ours: model calls {windows * call / ours:.0%} of the time"
