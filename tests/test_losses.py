@@ -290,3 +290,29 @@ def test_bad_options_raise(cls, kwargs, option):
 def test_shape_mismatch_raises(y_true_shape, y_pred_shape):
     with pytest.raises(ValueError, match="shape"):
         TverskyLoss()(np.zeros(y_true_shape), np.full(y_pred_shape, 0.5, "float32"))
+
+
+@pytest.mark.parametrize("y_true, channels, message", [
+    (np.array([[[[0, 2]]]]), 2, "label 2"),            # a class the softmax does not have
+    (np.array([[[[0, -1]]]]), 3, "label -1"),
+    (np.array([[[[0.0, 0.5]]]]), 2, "label 0.5"),      # labels must be whole numbers
+    (np.array([[[[0, 255]]]]), 1, "255"),              # a 0/255 mask for a sigmoid
+])
+def test_numpy_labels_that_are_no_class_raise(y_true, channels, message):
+    pred = np.full((1, 1, 1, 2, channels), 1.0 / max(channels, 2), "float32")
+    with pytest.raises(ValueError, match=message):
+        TverskyLoss()(y_true, pred)
+
+
+def test_tensor_labels_that_are_no_class_make_the_loss_nan():
+    """Inside a traced step the values are unknown when the graph is built: NaN, not silence."""
+    import tensorflow as tf
+
+    pred = np.full((1, 2, 2, 2, 2), 0.5, "float32")
+    good, bad = np.zeros((1, 2, 2, 2), "int32"), np.zeros((1, 2, 2, 2), "int32")
+    good[0, 0, 0, 0], bad[0, 0, 0, 0] = 1, 2
+    loss = tf.function(TverskyLoss(alpha=0.3, beta=0.7))
+    assert np.isfinite(float(loss(tf.constant(good), pred)))
+    assert np.isnan(float(loss(tf.constant(bad), pred)))
+    mask = tf.constant(np.array([0.0, 255.0], "float32").reshape(1, 1, 1, 2))
+    assert np.isnan(float(loss(mask, np.full((1, 1, 1, 2, 1), 0.5, "float32"))))

@@ -17,6 +17,7 @@ Reference:
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 # Floor for the denominators of the index and the focal power: keeps 1/d and
@@ -40,9 +41,18 @@ def class_maps(y_true, y_pred):
     Returns:
         `(truth, prediction)`, both float32 `(B, *spatial, K)`, `K = max(C, 2)`.
 
+    Integer labels outside `[0, C)` and a sigmoid's truth outside `[0, 1]`
+    (a 0/255 mask, say) have no class. Given as NumPy arrays they raise; as
+    tensors (inside `fit`, where values are not known when the graph is
+    built) their voxels become NaN, so the loss is NaN and training stops
+    instead of counting them silently as no class.
+
     Raises:
-        ValueError: if the shapes of `y_true` and `y_pred` do not fit together.
+        ValueError: if the shapes of `y_true` and `y_pred` do not fit together,
+            or a NumPy `y_true` holds labels that are no class.
     """
+    if isinstance(y_true, np.ndarray):
+        _check_label_values(y_true, y_pred)
     # float32 before any sum: float16 overflows past 65504 voxels.
     y_pred = ops.cast(y_pred, "float32")
     y_true = ops.convert_to_tensor(y_true)
@@ -68,6 +78,7 @@ def class_maps(y_true, y_pred):
         truth = ops.cast(y_true, "float32")
         if len(true_shape) == rank - 1:
             truth = ops.expand_dims(truth, -1)
+        truth = _nan_where(ops.logical_or(truth < 0.0, truth > 1.0), truth)
         return (
             ops.concatenate([1.0 - truth, truth], axis=-1),
             ops.concatenate([1.0 - y_pred, y_pred], axis=-1),
@@ -76,7 +87,29 @@ def class_maps(y_true, y_pred):
         return ops.cast(y_true, "float32"), y_pred
     if len(true_shape) == rank:
         y_true = ops.squeeze(y_true, axis=-1)
-    return ops.one_hot(ops.cast(y_true, "int32"), channels, dtype="float32"), y_pred
+    labels = ops.cast(y_true, "int32")
+    truth = ops.one_hot(labels, channels, dtype="float32")
+    no_class = ops.expand_dims(ops.logical_or(labels < 0, labels >= channels), -1)
+    return _nan_where(no_class, truth), y_pred
+
+
+def _nan_where(condition, x):
+    return ops.where(condition, ops.full_like(x, float("nan")), x)
+
+
+def _check_label_values(y_true, y_pred):
+    """ValueError naming the first bad value of a NumPy ``y_true`` (see ``class_maps``)."""
+    channels = tuple(y_pred.shape)[-1]
+    if channels == 1 or (y_true.ndim == len(y_pred.shape) and y_true.shape[-1] == channels):
+        bad = y_true[(y_true < 0) | (y_true > 1)]
+        if bad.size:
+            raise ValueError(f"y_true holds {bad.flat[0].item()!r}: truth for a sigmoid channel or "
+                             "one-hot classes must lie in [0, 1] (a 0/255 mask? divide by 255)")
+        return
+    bad = y_true[(y_true < 0) | (y_true >= channels) | (y_true != np.round(y_true))]
+    if bad.size:
+        raise ValueError(f"y_true holds the label {bad.flat[0].item()!r}, which is no class of "
+                         f"y_pred's {channels} channels (labels must be 0..{channels - 1})")
 
 
 def _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_background):
@@ -99,8 +132,10 @@ def _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_backgroun
         )
     denominator = tp + alpha * fp + beta * fn + smooth
     ratio = (tp + smooth) / ops.maximum(denominator, _TINY)
-    # 0/0 (nothing to find, nothing weighted wrongly found) is a perfect score.
-    return ops.where(denominator > 0, ratio, 1.0)
+    # 0/0 (nothing to find, nothing weighted wrongly found) is a perfect score;
+    # a NaN (truth that is no class, see class_maps) stays NaN.
+    index = ops.where(denominator > 0, ratio, 1.0)
+    return ops.where(ops.isnan(denominator), denominator, index)
 
 
 def tversky_index(
@@ -142,7 +177,7 @@ def tversky_index(
 def _focal(loss, gamma):
     """`loss ** (1 / gamma)` with finite value and gradient at `loss == 0`."""
     powered = ops.power(ops.maximum(loss, _TINY), 1.0 / gamma)
-    return ops.where(loss > 0, powered, 0.0)
+    return ops.where(ops.isnan(loss), loss, ops.where(loss > 0, powered, 0.0))
 
 
 def tversky_loss(
@@ -254,6 +289,12 @@ class TverskyLoss(keras.losses.Loss):
             "include_background": self.include_background,
             "gamma": self.gamma,
         }
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras turns y_true into a tensor before `call`: check NumPy labels first.
+        if isinstance(y_true, np.ndarray):
+            _check_label_values(y_true, y_pred)
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
         return tversky_loss(y_true, y_pred, **self._tversky_options())
