@@ -15,14 +15,13 @@ share ``results/``.
 """
 
 import dataclasses
-import json
-import os
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import discover_subjects
 from tversky_keras.evaluation import lesion_metrics
 from tversky_keras.inference import lesion_probability, predict_volume
@@ -102,13 +101,6 @@ def two_fold_split(subject_ids, seed=0):
     return [([i for i in ids if i not in test], test) for test in tests]
 
 
-def write_json(data, path):
-    """Write JSON to a temporary name beside ``path``, then rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 @dataclasses.dataclass
 class Experiment:
     """One grid of cells on one data set with one profile and one seed."""
@@ -175,10 +167,9 @@ class Experiment:
             brain = volume.brain
             flair = volume.image[..., list(config.modalities).index("FLAIR")] \
                 if "FLAIR" in config.modalities else volume.image[..., -1]
-            tmp = cell / "test" / f".{subject_id}.tmp.npz"
-            np.savez_compressed(tmp, probability=prob.astype(np.float16), label=label,
-                                brain=brain, flair=flair.astype(np.float16))
-            os.replace(tmp, cell / "test" / f"{subject_id}.npz")
+            with atomic_path(cell / "test" / f"{subject_id}.npz") as temporary:
+                np.savez_compressed(temporary, probability=prob.astype(np.float16), label=label,
+                                    brain=brain, flair=flair.astype(np.float16))
             scores = lesion_metrics(label, prob, threshold=0.5, mask=brain)
             scores["lesion_density"] = float(label[brain].mean())
             per_subject[subject_id] = scores

@@ -15,7 +15,6 @@ Writes into ``figures/<experiment>/``:
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reproduce.experiment import FOLDS, ROWS, row_name  # noqa: E402
+from tversky_keras.atomic import atomic_path  # noqa: E402
 from tversky_keras.evaluation import precision_recall_curve  # noqa: E402
 from tversky_keras.training import log_dataframe  # noqa: E402
 
@@ -62,10 +62,11 @@ def _density_extremes(cells):
 
 
 def _save(fig, path):
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -27,7 +27,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
-                                  Experiment, row_name, write_json)
+                                  Experiment, row_name)
+from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
 from tversky_keras.training import MIXED_PRECISION, log_dataframe  # noqa: E402
 
@@ -218,9 +219,7 @@ def write_outputs(table, folder):
             + per_fold_table(table) + "\n")
     for name, content in (("table1.md", text), ("table1.csv", table_csv(table)),
                           ("table1.json", json.dumps(table, indent=2, sort_keys=True) + "\n")):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, folder / name)
+        write_text(folder / name, content)
     return text
 
 

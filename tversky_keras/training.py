@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from tversky_keras import losses as losses_lib
+from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras import metrics as metrics_lib
 from tversky_keras.data import MODALITIES, load_subject
 from tversky_keras.models import unet3d
@@ -202,17 +203,8 @@ def load_volumes(subjects, config):
 
 def save_model_atomically(model, path):
     """Save to a temporary name beside ``path``, then rename: never a half file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomically(data, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        model.save(temporary)
 
 
 def _read_log(path):
@@ -275,12 +267,10 @@ class RunRecorder(keras.callbacks.Callback):
 
 def _write_csv_atomically(rows, path):
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _resumed_epoch(backup_dir):
@@ -304,7 +294,7 @@ def _check_config(run_dir, config):
                 f"{path}: this run folder holds a run with other settings "
                 f"({', '.join(changed)}); use a new output folder or delete it")
     else:
-        _write_json_atomically(config.to_json(), path)
+        write_json(config.to_json(), path)
 
 
 def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()):
@@ -401,7 +391,7 @@ def _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed, ext
         "n_train": len(train_volumes),
         "n_val": len(val_volumes),
     }
-    _write_json_atomically(summary, run_dir / "summary.json")
+    write_json(summary, run_dir / "summary.json")
     if verbose:
         print(f"trained {config.epochs} epochs in {summary['seconds_this_session']} s; "
               f"best {monitor} {recorder.best:.4f} at epoch {recorder.best_epoch + 1}; "

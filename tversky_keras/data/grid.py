@@ -8,8 +8,6 @@ original scan in any viewer.
 """
 
 import math
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
+
+from tversky_keras.atomic import atomic_path
 
 _CANONICAL = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 
@@ -214,10 +214,5 @@ def save_nifti_like(array, geometry, path, dtype):
     header = geometry.header.copy()
     header.set_data_dtype(dtype)
     image = nib.Nifti1Image(np.asarray(array, dtype=dtype), geometry.affine, header)
-    # nibabel picks compression from the name, so the temporary name keeps the suffix.
-    temporary = path.with_name(f".{path.name[: -len(suffix)]}.{uuid.uuid4().hex}.tmp{suffix}")
-    try:
+    with atomic_path(path) as temporary:  # keeps .nii.gz: nibabel compresses by name
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -18,9 +18,7 @@ so the same loaders read both.
 import functools
 import importlib.resources
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, optimize
 
+from tversky_keras.atomic import atomic_path, write_text
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.normalize import zscore_in_brain
 from tversky_keras.data.subjects import MASK_NAME
@@ -508,27 +507,13 @@ def _remove_phantom(out_dir, manifest):
             (out_dir / subject).rmdir()
 
 
-def _write_atomically(folder, name, write):
-    """``write(temp_path)`` then rename, so a reader never sees a half file."""
-    # Same folder (os.replace is atomic only within a file system); same
-    # suffixes (nibabel picks the format from them).
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.",
-                                    suffix="".join(Path(name).suffixes))
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, folder / name)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def _save_nifti(folder, name, array, affine):
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=4)  # 4 = MNI152
     image.set_sform(affine, code=4)
-    _write_atomically(folder, f"{name}.nii.gz", lambda path: nib.save(image, path))
+    with atomic_path(folder / f"{name}.nii.gz") as temporary:
+        nib.save(image, temporary)
 
 
 def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=True):
@@ -571,6 +556,5 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
         if progress:
             print(f"phantom {index + 1}/{n_subjects}: {folder.name}, lesion load "
                   f"{subject.lesion.sum() * spacing**3:.0f} mm^3", file=sys.stderr, flush=True)
-    _write_atomically(out_dir, "phantom.json",
-                      lambda path: Path(path).write_text(json.dumps(manifest, indent=1)))
+    write_text(out_dir / "phantom.json", json.dumps(manifest, indent=1))
     return folders
