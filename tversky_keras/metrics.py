@@ -105,11 +105,10 @@ class LesionConfusionMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         truth, score, weight = _lesion_voxels(y_true, y_pred, self.class_id, sample_weight)
         predicted = score >= self.threshold
-        everything = ops.ones_like(truth)
-        tp, positives, flagged, total = (
-            _total(selected, weight)
-            for selected in (ops.logical_and(truth, predicted), truth, predicted, everything)
+        tp, positives, flagged = (
+            _total(selected, weight) for selected in (ops.logical_and(truth, predicted), truth, predicted)
         )
+        total = ops.cast(ops.shape(truth)[0], "float64") if weight is None else ops.sum(weight)
         self.true_positives.assign_add(tp)
         self.false_positives.assign_add(flagged - tp)
         self.true_negatives.assign_add(total - positives - flagged + tp)

@@ -26,8 +26,8 @@ import keras
 import numpy as np
 
 from tversky_keras import losses as losses_lib
-from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras import metrics as metrics_lib
+from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import MODALITIES, load_subject
 from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
