@@ -58,12 +58,8 @@ def gpu_names():
     if backend == "tensorflow":
         import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")
-        for gpu in gpus:
-            # Leave memory to PyTorch: TensorFlow would otherwise reserve all of it.
-            tf.config.experimental.set_memory_growth(gpu, True)
         return [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                for g in gpus]
+                for g in tf.config.list_physical_devices("GPU")]
     if backend == "jax":
         import jax
 
@@ -77,6 +73,13 @@ def gpu_names():
 
 def require_gpu():
     """The GPUs' names; raises ``NoGPU`` (with what to install) when there is none."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            # Leave memory to PyTorch: TensorFlow would otherwise reserve all of it.
+            # (Only possible before TensorFlow first uses the GPU.)
+            tf.config.experimental.set_memory_growth(gpu, True)
     names = gpu_names()
     if not names:
         raise NoGPU(
