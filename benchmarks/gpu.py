@@ -136,10 +136,12 @@ def run(opts):
     step_rows(variants[:2])
     if models and device:
         add_peer_rows(add, network(models[0]), config, spatial, steps, opts, device)
-    rows += _inference_rows(opts, INFERENCE_POLICIES[0], device)
+    for row in _inference_rows(opts, INFERENCE_POLICIES[0], device):
+        add(row)
     step_rows(variants[2:])
     for policy in INFERENCE_POLICIES[1:]:
-        rows += _inference_rows(opts, policy, device)
+        for row in _inference_rows(opts, policy, device):
+            add(row)
     grid = paper_grid_steps()
     estimate = None
     if steps:
@@ -188,15 +190,12 @@ def _inference_rows(opts, policy, device):
             whole_volume=True, shape=DRY_RUN_SCAN if opts.dry_run else None,
             window=DRY_RUN_WINDOW if opts.dry_run else None)
     except Exception as error:  # noqa: BLE001
-        row = _failed(f"inference, ours {policy}", "s/scan", error)
-        _announce(row)
-        return [row]
+        return [_failed(f"inference, ours {policy}", "s/scan", error)]
     finally:
         keras.mixed_precision.set_global_policy(previous)
     for row in infer["rows"]:
         row.section = SECTION
         row.measure = f"inference {row.measure}, ours {policy}, Keras {keras.backend.backend()}"
-        _announce(row)
     return infer["rows"]
 
 
