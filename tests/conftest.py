@@ -12,6 +12,12 @@ import pytest  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mslub-mni"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def preprocessed_cache(tmp_path_factory):
+    """Preprocessed subjects go to a folder of this test session, not the user's cache."""
+    os.environ["TVERSKY_KERAS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

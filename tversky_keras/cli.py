@@ -1,4 +1,4 @@
-"""The ``tversky-keras`` command line: synth, train, predict, evaluate."""
+"""The ``tversky-keras`` command line: synth, preprocess, train, predict, evaluate."""
 
 import argparse
 import json
@@ -37,6 +37,18 @@ def build_parser():
     synth.add_argument("--seed", type=int, default=0, help="random seed (0)")
     synth.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (2.0)")
 
+    preprocess = sub.add_parser(
+        "preprocess", help="decode, resample and normalise a data set once, into the cache",
+        description="Preprocess every subject into the cache that train reads (train does this "
+                    "on its own; run this to do it ahead of time, or on a bigger machine). "
+                    "Give the same --modalities, --spacing and --depth as to train.")
+    preprocess.add_argument("--data", required=True, type=Path,
+                            help="data folder or manifest CSV (any layout discover_subjects reads)")
+    preprocess.add_argument("--out", type=Path, default=None,
+                            help="cache folder (default: $TVERSKY_KERAS_CACHE/preprocessed or "
+                                 "~/.cache/tversky-keras/preprocessed)")
+    _add_grid_options(preprocess)
+
     train = sub.add_parser("train", help="train a U-Net with the Tversky loss",
                            description="Train a 3D U-Net; rerunning the same command resumes "
                                        "an interrupted run.")
@@ -53,10 +65,9 @@ def build_parser():
     train.add_argument("--val", default="1",
                        help="validation subjects: a count taken from the end of the sorted "
                             "list, or comma-separated ids (default 1; 0 for none)")
-    train.add_argument("--modalities", type=_modalities, default=("T1W", "T2W", "FLAIR"),
-                       help="input channels in order (T1W,T2W,FLAIR)")
-    train.add_argument("--spacing", type=float, default=None,
-                       help="resample to this isotropic voxel size in mm (default: keep)")
+    _add_grid_options(train)
+    train.add_argument("--cache", type=Path, default=None,
+                       help="where subjects are preprocessed to (default: as for preprocess)")
     train.add_argument("--patch", type=_triple, default=None,
                        help="train on random patches of this size (default: whole volumes)")
     train.add_argument("--foreground-ratio", type=float, default=0.0,
@@ -66,7 +77,6 @@ def build_parser():
     train.add_argument("--steps", type=int, default=10, help="steps per epoch (10)")
     train.add_argument("--batch-size", type=int, default=1)
     train.add_argument("--base-filters", type=int, default=16)
-    train.add_argument("--depth", type=int, default=4, help="number of poolings (4)")
     train.add_argument("--normalization", choices=["batch", "instance", "group"], default=None)
     train.add_argument("--dropout", type=float, default=0.0)
     train.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (1e-4)")
@@ -107,6 +117,17 @@ def build_parser():
     return parser
 
 
+def _add_grid_options(parser):
+    """The options that decide the network's voxel grid, shared by preprocess and train."""
+    parser.add_argument("--modalities", type=_modalities, default=("T1W", "T2W", "FLAIR"),
+                        help="input channels in order (T1W,T2W,FLAIR)")
+    parser.add_argument("--spacing", type=float, default=None,
+                        help="resample to this isotropic voxel size in mm (default: keep)")
+    parser.add_argument("--depth", type=int, default=4,
+                        help="number of poolings of the U-Net (4); the grid is padded to a "
+                             "multiple of 2^depth")
+
+
 def _split_validation(subjects, val):
     if "," in val or not val.isdigit():
         ids = {v.strip() for v in val.split(",") if v.strip()}
@@ -128,6 +149,21 @@ def run_synth(args):
     print(f"wrote {len(folders)} subjects to {args.out}")
 
 
+def run_preprocess(args):
+    from tversky_keras.data import discover_subjects
+    from tversky_keras.data.cache import default_cache_dir, preprocess
+
+    subjects = discover_subjects(args.data, modalities=args.modalities)
+    out = args.out or default_cache_dir()
+
+    def progress(done, total, subject_id):
+        print(f"[{done}/{total}] {subject_id}", flush=True)
+
+    volumes = preprocess(subjects, out, progress=progress, modalities=args.modalities,
+                         target_spacing=args.spacing, multiple_of=2 ** args.depth)
+    print(f"{len(volumes)} subjects preprocessed in {out}")
+
+
 def run_train(args):
     from tversky_keras.data import discover_subjects
     from tversky_keras.training import TrainConfig, train
@@ -144,7 +180,8 @@ def run_train(args):
         tensorboard=args.tensorboard)
     subjects = discover_subjects(args.data, modalities=config.modalities)
     train_subjects, val_subjects = _split_validation(subjects, args.val)
-    train(config, train_subjects, val_subjects, args.out, verbose=0 if args.quiet else 1)
+    train(config, train_subjects, val_subjects, args.out, verbose=0 if args.quiet else 1,
+          cache_dir=args.cache)
 
 
 def _subject_for_predict(args):
@@ -192,7 +229,7 @@ def run_evaluate(args):
     print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
 
 
-COMMANDS = {"synth": run_synth, "train": run_train, "predict": run_predict,
+COMMANDS = {"synth": run_synth, "preprocess": run_preprocess, "train": run_train, "predict": run_predict,
             "evaluate": run_evaluate}
 
 

@@ -16,9 +16,11 @@ finished epoch, and returns at once for a finished one.
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import numpy as np
 from tversky_keras import losses as losses_lib
 from tversky_keras import metrics as metrics_lib
 from tversky_keras.atomic import atomic_path, write_json
-from tversky_keras.data import MODALITIES, load_subject
+from tversky_keras.data import MODALITIES
+from tversky_keras.data.cache import preprocess
 from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
 
@@ -153,37 +156,88 @@ def resolve_acceleration(config):
     return policy, jit
 
 
+class WorkerLost(RuntimeError):
+    """Another worker of a multi-worker run stopped or cannot be reached."""
+
+
+def cluster_task():
+    """This process' place in a ``TF_CONFIG`` cluster: ``(type, index, n_workers, is_chief)``.
+
+    ``None`` without ``TF_CONFIG``. The chief is the ``chief`` task, or worker
+    0 when the cluster has none; ``n_workers`` counts chief and workers.
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task") or {}
+    if not task:
+        return None
+    cluster = tf_config.get("cluster") or {}
+    n_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    index = int(task.get("index", 0))
+    is_chief = task.get("type") == "chief" or (
+        "chief" not in cluster and task.get("type") == "worker" and index == 0)
+    return task.get("type"), index, n_workers, is_chief
+
+
+def _nest_safe(strategy_class):
+    """``strategy_class`` whose ``reduce`` takes nested values and scalars with ``axis=0``.
+
+    Keras 3's TensorFlow trainer calls ``strategy.reduce("MEAN", (x, y))`` on
+    a whole batch before training, and ``reduce("MEAN", scalar, axis=0)`` on
+    each step's logs; under ``MultiWorkerMirroredStrategy`` both raise
+    (keras-team/keras#20585). Reducing leaf by leaf, a scalar across replicas,
+    is what both calls mean.
+    """
+
+    import tensorflow as tf
+
+    class NestSafe(strategy_class):
+        def reduce(self, reduce_op, value, axis=None):
+            def leaf(v):
+                rank = len(self.experimental_local_results(v)[0].shape)
+                return super(NestSafe, self).reduce(reduce_op, v, axis if rank else None)
+
+            return tf.nest.map_structure(leaf, value)
+
+    NestSafe.__name__ = NestSafe.__qualname__ = strategy_class.__name__
+    return NestSafe
+
+
+@functools.cache
 def distribution_strategy():
     """Every local GPU through MirroredStrategy; several machines via TF_CONFIG.
 
     With ``TF_CONFIG`` set (see the README's multi-worker section) the run uses
     ``MultiWorkerMirroredStrategy``; with more than one local GPU,
-    ``MirroredStrategy``; else the default strategy.
+    ``MirroredStrategy``; else the default strategy. Made once per process:
+    collective operations must be configured before TensorFlow runs any op,
+    so ``train`` calls this first.
     """
     import tensorflow as tf
 
     if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return _nest_safe(tf.distribute.MultiWorkerMirroredStrategy)()
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"TF_CONFIG is set, but TensorFlow had already run operations in this "
+                f"process ({error}); start multi-worker training in a fresh process") from error
     if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
+        return _nest_safe(tf.distribute.MirroredStrategy)()
     return tf.distribute.get_strategy()
 
 
 def writer_dir(run_dir):
     """Where this process writes: the run folder, or a scratch folder on non-chief workers.
 
-    Under ``MultiWorkerMirroredStrategy`` every worker must save (the saves are
-    collective operations), but only the chief (worker 0 when the cluster has
-    no ``chief`` task) may write the real files.
+    Under ``MultiWorkerMirroredStrategy`` every worker runs the same callbacks,
+    but only the chief may write the run folder; the others write their logs
+    and models to ``RUN_DIR/.<type><index>`` (the final weights there let a
+    user check that the workers agree) and never touch the chief's files.
     """
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task") or {}
-    if not task:
+    task = cluster_task()
+    if task is None or task[3]:
         return Path(run_dir)
-    has_chief = "chief" in (tf_config.get("cluster") or {})
-    is_chief = task.get("type") == "chief" or (
-        not has_chief and task.get("type") == "worker" and int(task.get("index", 0)) == 0)
-    return Path(run_dir) if is_chief else Path(run_dir) / f".{task['type']}{task['index']}"
+    return Path(run_dir) / f".{task[0]}{task[1]}"
 
 
 def build_model(config):
@@ -195,10 +249,15 @@ def build_model(config):
                           multiple_of=2 ** config.depth)
 
 
-def load_volumes(subjects, config):
-    """Decode, resample and normalise subjects once, on the network's grid."""
-    return [load_subject(s, modalities=config.modalities, target_spacing=config.spacing,
-                         multiple_of=2 ** config.depth) for s in subjects]
+def load_volumes(subjects, config, cache_dir=None):
+    """The subjects on the network's grid, preprocessed once into the cache.
+
+    Returns ``CachedVolume``s (``tversky_keras.data.cache``): decoded,
+    resampled and normalised on first use, read through memory maps after.
+    ``cache_dir`` defaults to ``tversky_keras.data.cache.default_cache_dir()``.
+    """
+    return preprocess(subjects, cache_dir, modalities=config.modalities,
+                      target_spacing=config.spacing, multiple_of=2 ** config.depth)
 
 
 def save_model_atomically(model, path):
@@ -297,7 +356,7 @@ def _check_config(run_dir, config):
         write_json(config.to_json(), path)
 
 
-def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()):
+def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=(), cache_dir=None):
     """Train (or resume, or skip a finished) run and return its summary dict.
 
     Args:
@@ -308,17 +367,22 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
         run_dir: the run folder (created).
         verbose: Keras' progress bar level (0 silent, 1 bar, 2 a line an epoch).
         callbacks: extra Keras callbacks (e.g. a progress display).
+        cache_dir: where subjects are preprocessed to (``load_volumes``).
 
     Returns:
         The summary written to ``RUN_DIR/summary.json``.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
+        WorkerLost: another worker of a multi-worker run stopped.
         ValueError: ``run_dir`` holds a run with other settings.
     """
-    run_dir = writer_dir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_config(run_dir, config)
+    strategy = distribution_strategy()  # before any other TensorFlow op
+    run_dir = Path(run_dir)
+    own_dir = writer_dir(run_dir)
+    own_dir.mkdir(parents=True, exist_ok=True)
+    _check_config(own_dir, config)
+    # Every worker asks the chief's folder whether the run is finished.
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
@@ -329,46 +393,94 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
     if mixed:
         keras.mixed_precision.set_global_policy(mixed)
     try:
-        return _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed,
-                    list(callbacks))
+        return _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbose,
+                    jit, mixed, list(callbacks), cache_dir)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed, extra_callbacks):
-    train_volumes = load_volumes(train_subjects, config)
-    val_volumes = load_volumes(val_subjects, config)
-    backup_dir = run_dir / "backup"
-    start_epoch = _resumed_epoch(backup_dir)
+class _RestoreOnly(keras.callbacks.BackupAndRestore):
+    """Restores the chief's backup on a non-chief worker, and never writes or deletes it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+def _datasets(config, strategy, train_volumes, val_volumes, start_epoch):
+    """The training stream and the validation set, sharded per worker under TF_CONFIG.
+
+    Sharding policy: the seeded training stream is dealt out by example,
+    example ``k`` to worker ``k % n_workers``, each worker taking
+    ``batch_size / n_workers`` examples per step, so together the workers see
+    the examples a single process would, in other batches. Every worker
+    evaluates the whole validation set: each volume is then counted once per
+    worker, which leaves every validation metric unchanged (they are ratios of
+    pooled counts), and no worker waits at the end of a shorter shard.
+    """
     from tversky_keras.data.pipeline import make_dataset
 
     # A resumed run draws fresh patches instead of replaying the first epochs'.
-    train_ds = make_dataset(train_volumes, patch_size=config.patch_size,
-                            batch_size=config.batch_size, foreground_ratio=config.foreground_ratio,
-                            flips=config.flips, seed=config.seed + 7919 * start_epoch)
-    val_ds = (make_dataset(val_volumes, batch_size=1, shuffle=False, repeat=False)
-              if val_volumes else None)
+    stream = dict(patch_size=config.patch_size, foreground_ratio=config.foreground_ratio,
+                  flips=config.flips, seed=config.seed + 7919 * start_epoch)
+    val = dict(batch_size=1, shuffle=False, repeat=False)
+    task = cluster_task()
+    if task is None:
+        train_ds = make_dataset(train_volumes, batch_size=config.batch_size, **stream)
+        return train_ds, make_dataset(val_volumes, **val) if val_volumes else None
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch-size {config.batch_size} is the global batch: it must be a "
+                         f"multiple of the {replicas} replicas of the cluster")
 
-    strategy = distribution_strategy()
+    def train_fn(context):
+        return make_dataset(train_volumes, batch_size=context.get_per_replica_batch_size(
+            config.batch_size), shard=(context.input_pipeline_id, context.num_input_pipelines),
+            **stream)
+
+    train_ds = strategy.distribute_datasets_from_function(train_fn)
+    val_ds = (strategy.distribute_datasets_from_function(
+        lambda context: make_dataset(val_volumes, **val)) if val_volumes else None)
+    return train_ds, val_ds
+
+
+def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbose, jit, mixed,
+         extra_callbacks, cache_dir):
+    train_volumes = load_volumes(train_subjects, config, cache_dir)
+    val_volumes = load_volumes(val_subjects, config, cache_dir)
+    backup_dir = run_dir / "backup"
+    start_epoch = _resumed_epoch(backup_dir)
+    train_ds, val_ds = _datasets(config, strategy, train_volumes, val_volumes, start_epoch)
+
     with strategy.scope():
         model = build_model(config)
         model.compile(optimizer=paper_optimizer(config), loss=make_loss(config),
                       metrics=make_metrics(), jit_compile=jit)
 
     monitor = config.monitor if val_ds is not None else config.monitor.removeprefix("val_")
-    recorder = RunRecorder(run_dir, monitor, start_epoch)
+    recorder = RunRecorder(own_dir, monitor, start_epoch)
     # The recorder goes first: a kill between the two leaves the log ahead of
     # the backup, and the repeated epoch's row is then replaced, never lost.
-    callbacks = [recorder,
-                 keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True)]
+    # Only the chief writes the backup; every worker resumes from it.
+    backup = keras.callbacks.BackupAndRestore if own_dir == run_dir else _RestoreOnly
+    callbacks = [recorder, backup(str(backup_dir), double_checkpoint=True)]
     if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+        callbacks.append(keras.callbacks.TensorBoard(str(own_dir / "tensorboard")))
     callbacks += extra_callbacks
 
     started = time.perf_counter()
-    # shuffle=False: the dataset shuffles itself (seeded); Keras cannot shuffle a tf.data stream.
-    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
-              validation_data=val_ds, callbacks=callbacks, verbose=verbose)
+    try:
+        # shuffle=False: the dataset shuffles itself (seeded); Keras cannot shuffle tf.data.
+        model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+                  shuffle=False, validation_data=val_ds, callbacks=callbacks, verbose=verbose)
+    except Exception as error:
+        _raise_if_worker_lost(error, own_dir)
+        raise
     if recorder.diverged_at is not None:
         batch, value = recorder.diverged_at
         raise TrainingDiverged(
@@ -390,13 +502,34 @@ def _fit(config, train_subjects, val_subjects, run_dir, verbose, jit, mixed, ext
         "jit_compile": jit,
         "n_train": len(train_volumes),
         "n_val": len(val_volumes),
+        "replicas": strategy.num_replicas_in_sync,
     }
-    write_json(summary, run_dir / "summary.json")
+    write_json(summary, own_dir / "summary.json")
     if verbose:
         print(f"trained {config.epochs} epochs in {summary['seconds_this_session']} s; "
               f"best {monitor} {recorder.best:.4f} at epoch {recorder.best_epoch + 1}; "
-              f"model: {run_dir / 'model.keras'}")
+              f"model: {own_dir / 'model.keras'}")
     return summary
+
+
+def _raise_if_worker_lost(error, own_dir):
+    """A ``WorkerLost`` in place of TensorFlow's error when a multi-worker peer went away."""
+    import tensorflow as tf
+
+    lost = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+            tf.errors.InternalError, tf.errors.CancelledError)
+    if cluster_task() is None or not isinstance(error, lost):
+        return
+    text = str(error)
+    unhealthy = re.search(r"unhealthy[^:]*:\s*(/job:\S+)", text)
+    refused = re.search(r"(ipv4:\S+|\S+:\d+): Failed to connect[^\n]*", text)
+    cause = (f"{unhealthy.group(1)} stopped sending heartbeats" if unhealthy
+             else f"cannot connect to {refused.group(1)}" if refused
+             else text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__)
+    raise WorkerLost(
+        f"{own_dir}: training stopped because another worker stopped or cannot be reached "
+        f"({cause}). Start every worker again with the same command to resume "
+        f"from the last finished epoch.") from error
 
 
 def log_dataframe(run_dir):

@@ -1,15 +1,21 @@
 """tf.data pipelines of whole volumes or random patches, with one-hot labels.
 
-All decoding and normalisation happened once in ``load_subject``; the pipeline
-holds the arrays in memory as one zero-padded tensor and cuts examples out of it
-with TensorFlow ops only. No Python runs per example, so the examples are made
-in parallel, outside the GIL, well ahead of a 3D network's training step (see
-``benchmarks/bench_pipeline.py``), and nothing is left blocking at exit as a
-Python generator feeding tf.data can be.
+The pipeline keeps no volume of its own. Each example is read when it is made,
+from the volumes' arrays: in-memory ``Volume`` arrays, or the memory maps of a
+preprocessed ``CachedVolume`` (``tversky_keras.data.cache``), from which a
+patch reads only its own bytes. What the pipeline holds is a few numbers per
+volume, so its memory does not grow with the number of subjects, and the graph
+holds no data (TensorFlow graphs stop at 2 GB). The examples are made in
+parallel by tf.data and prefetched; ``benchmarks/bench_pipeline.py`` measures
+that they are made several times faster than a training step eats them.
 """
+
+import functools
 
 import numpy as np
 import tensorflow as tf
+
+from tversky_keras.data.grid import crop_or_pad
 
 
 def make_dataset(
@@ -23,6 +29,7 @@ def make_dataset(
     repeat=True,
     seed=0,
     patches_per_volume=1,
+    shard=(0, 1),
 ):
     """Batches of ``(image, one-hot label)`` for training or evaluation.
 
@@ -42,7 +49,7 @@ def make_dataset(
     validation set; train on the repeated stream with ``steps_per_epoch``.
 
     Args:
-        volumes: sequence of ``Volume`` with labels.
+        volumes: sequence of ``Volume`` or ``CachedVolume`` with labels.
         patch_size: spatial patch size (an int for a cube, or three ints), or
             ``None`` for whole volumes.
         batch_size: examples per batch; the last batch of a finite dataset may
@@ -54,52 +61,54 @@ def make_dataset(
             (image and label alike).
         shuffle: visit the volumes in a random order in each pass.
         repeat: repeat passes forever.
-        seed: seed of all random choices.
+        seed: seed of all random choices, a non-negative integer.
         patches_per_volume: patches cut from each volume per pass; only with
             ``patch_size``.
+        shard: ``(index, count)``: this stream keeps examples ``k`` with
+            ``k % count == index`` of the stream described above, so ``count``
+            workers given indices ``0 .. count-1`` see disjoint examples that
+            together make the whole stream.
 
     Returns:
         ``tf.data.Dataset`` of ``(image, label)``: float32 ``(B, X, Y, Z, C)`` and
         float32 one-hot ``(B, X, Y, Z, n_classes)``.
     """
     volumes = list(volumes)
-    patch_size = _check_options(
-        volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume
-    )
-    per_pass = len(volumes) * patches_per_volume
-    make_example = (
-        _whole_volume_maker(volumes)
-        if patch_size is None
-        else _patch_maker(volumes, patch_size, foreground_ratio)
-    )
-    volume_ids = tf.repeat(tf.range(len(volumes), dtype=tf.int64), patches_per_volume)
+    patch_size = _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio,
+                                patches_per_volume, seed, shard)
+    sampler = _Sampler(volumes, patch_size, foreground_ratio, flips, shuffle, seed,
+                       patches_per_volume)
+    shapes = {v.shape for v in volumes}
+    spatial = patch_size or (next(iter(shapes)) if len(shapes) == 1 else (None,) * 3)
+    channels = volumes[0].channels
 
     def example(k):
-        pass_index, position = k // per_pass, k % per_pass
-        # Negative seeds for the passes' orders, non-negative ones for the examples.
-        pass_seed = tf.stack([seed, -1 - pass_index])
-        order = (
-            tf.random.experimental.stateless_shuffle(volume_ids, seed=pass_seed)
-            if shuffle
-            else volume_ids
-        )
-        # Five uniform numbers per example: lesion-or-brain, centre, three flips.
-        # float64 so that a draw can reach every one of a million brain voxels.
-        draws = tf.random.stateless_uniform([5], seed=tf.stack([seed, k]), dtype=tf.float64)
-        image, label = make_example(order[position], draws)
-        if flips:
-            image, label = _flipped(image, label, draws[2:] < 0.5)
+        image, label = tf.numpy_function(sampler.example, [k], (tf.float32, tf.uint8),
+                                         stateful=False)
+        image.set_shape((*spatial, channels))
+        label.set_shape(spatial)
         return image, tf.one_hot(label, n_classes, dtype=tf.float32)
 
-    indices = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(per_pass)
+    indices = (tf.data.Dataset.counter() if repeat
+               else tf.data.Dataset.range(sampler.per_pass))
+    index, count = shard
+    if count > 1:
+        indices = indices.shard(count, index)
     dataset = indices.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # The stream is sharded above, by example; tf.distribute must not shard it again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def _check_options(
-    volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume
+    volumes, patch_size, batch_size, n_classes, foreground_ratio, patches_per_volume, seed, shard
 ):
-    """ValueError naming the first bad option; returns ``patch_size`` as a tuple or ``None``."""
+    """ValueError naming the first bad option; returns ``patch_size`` as a tuple or ``None``.
+
+    Reads only what a volume knows without reading its arrays (a cached
+    volume's manifest), so checking hundreds of cached subjects is quick.
+    """
     if not volumes:
         raise ValueError("volumes is empty")
     if batch_size < 1 or n_classes < 2 or patches_per_volume < 1:
@@ -110,25 +119,30 @@ def _check_options(
         )
     if not 0.0 <= foreground_ratio <= 1.0:
         raise ValueError(f"foreground_ratio must lie in [0, 1], got {foreground_ratio}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
     for volume in volumes:
-        if volume.label is None:
+        if volume.label_max is None:
             raise ValueError(f"volume {volume.id} has no label")
-        sizes = (volume.image.shape[:3], volume.label.shape, np.shape(volume.brain))
-        if volume.image.ndim != 4 or len(set(sizes)) > 1:
+        sizes = (volume.shape, tuple(volume.label.shape), tuple(np.shape(volume.brain)))
+        if volume.channels is None or len(set(sizes)) > 1:
             raise ValueError(
                 f"volume {volume.id}: image {volume.image.shape}, label {volume.label.shape} and "
                 f"brain {np.shape(volume.brain)} do not match"
             )
-        if volume.label.max() >= n_classes:
+        if volume.label_max >= n_classes:
             raise ValueError(
-                f"volume {volume.id} has label {volume.label.max()}, beyond n_classes={n_classes}"
+                f"volume {volume.id} has label {volume.label_max}, beyond n_classes={n_classes}"
             )
-    if len({v.image.shape[3] for v in volumes}) > 1:
+    if len({v.channels for v in volumes}) > 1:
         raise ValueError("volumes have different numbers of channels")
     if patch_size is None:
         if foreground_ratio or patches_per_volume != 1:
             raise ValueError("foreground_ratio and patches_per_volume need a patch_size")
-        shapes = {v.id: v.image.shape[:3] for v in volumes}
+        shapes = {v.id: v.shape for v in volumes}
         if batch_size > 1 and len(set(shapes.values())) > 1:
             raise ValueError(
                 f"whole volumes batched by {batch_size} must share one shape (pad them, "
@@ -138,87 +152,63 @@ def _check_options(
     patch_size = tuple(int(n) for n in np.broadcast_to(patch_size, 3))
     if min(patch_size) < 1:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
+    for volume in volumes:
+        if not volume.count("brain"):
+            raise ValueError(f"volume {volume.id} has no brain voxels to centre patches on")
     return patch_size
 
 
-def _stacked(volumes, before=(0, 0, 0), after=(0, 0, 0)):
-    """All images, labels and shapes as tensors ``(N, X, Y, Z, C)``, ``(N, X, Y, Z)``, ``(N, 3)``.
+class _Sampler:
+    """Example ``k`` of the stream, made with NumPy from ``k`` and the seed alone.
 
-    Each volume sits after ``before`` voxels of zero margin; the tensors extend
-    ``after`` voxels past the largest volume.
+    Random numbers come from NumPy generators seeded with ``(seed, 0, pass)``
+    for a pass's order of volumes and ``(seed, 1, k)`` for example ``k``'s
+    draws, so any thread may make any example in any order.
     """
-    spatial = np.max([v.image.shape[:3] for v in volumes], axis=0) + before + after
-    images = np.zeros((len(volumes), *spatial, volumes[0].image.shape[3]), np.float32)
-    labels = np.zeros((len(volumes), *spatial), np.uint8)
-    for i, volume in enumerate(volumes):
-        window = tuple(slice(b, b + n) for b, n in zip(before, volume.label.shape))
-        images[(i, *window)] = volume.image
-        labels[(i, *window)] = volume.label
-    shapes = tf.constant([v.label.shape for v in volumes], tf.int64)
-    return tf.constant(images), tf.constant(labels), shapes
 
+    def __init__(self, volumes, patch_size, foreground_ratio, flips, shuffle, seed,
+                 patches_per_volume):
+        self.volumes = volumes
+        self.patch_size = patch_size
+        self.foreground_ratio = foreground_ratio
+        self.flips = flips
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.volume_ids = np.repeat(np.arange(len(volumes)), patches_per_volume)
+        self.per_pass = len(self.volume_ids)
+        # Counts are read once: a cached volume's come from its manifest.
+        self.counts = [{kind: v.count(kind) for kind in ("brain", "lesion")} for v in volumes] \
+            if patch_size else None
 
-def _whole_volume_maker(volumes):
-    images, labels, shapes = _stacked(volumes)
-    same_shape = len({v.label.shape for v in volumes}) == 1
-    static_shape = volumes[0].label.shape if same_shape else (None, None, None)
+    @functools.lru_cache(maxsize=4)
+    def _order(self, pass_index):
+        if not self.shuffle:
+            return self.volume_ids
+        return np.random.default_rng((self.seed, 0, pass_index)).permutation(self.volume_ids)
 
-    def make(i, draws):
-        del draws  # a whole volume involves no random choice
-        size = shapes[i]
-        image = tf.slice(images, tf.stack([i, 0, 0, 0, 0]), tf.stack([1, *tf.unstack(size), -1]))[0]
-        label = tf.slice(labels, tf.stack([i, 0, 0, 0]), tf.stack([1, *tf.unstack(size)]))[0]
-        image.set_shape((*static_shape, volumes[0].image.shape[3]))
-        label.set_shape(static_shape)
-        return image, label
+    def example(self, k):
+        k = int(k)
+        pass_index, position = divmod(k, self.per_pass)
+        i = self._order(pass_index)[position]
+        # Five uniform numbers per example: lesion-or-brain, centre, three flips.
+        draws = np.random.default_rng((self.seed, 1, k)).random(5)
+        volume = self.volumes[i]
+        if self.patch_size is None:
+            image, label = np.asarray(volume.image), np.asarray(volume.label)
+        else:
+            image, label = self._patch(volume, self.counts[i], draws)
+        if self.flips:
+            axes = tuple(int(a) for a in np.flatnonzero(draws[2:] < 0.5))
+            image, label = np.flip(image, axes), np.flip(label, axes)
+        return (np.ascontiguousarray(image, np.float32), np.ascontiguousarray(label, np.uint8))
 
-    return make
-
-
-def _voxel_table(masks):
-    """Flat indices of every mask's true voxels, concatenated, with each mask's row range.
-
-    int32 flat indices take 4 bytes per voxel: a million-voxel brain costs 4 MB.
-    """
-    indices = [np.flatnonzero(mask).astype(np.int32) for mask in masks]
-    splits = np.cumsum([0] + [len(i) for i in indices])
-    return tf.constant(np.concatenate(indices)), tf.constant(splits, tf.int64)
-
-
-def _patch_maker(volumes, patch_size, foreground_ratio):
-    for volume in volumes:
-        if not volume.brain.any():
-            raise ValueError(f"volume {volume.id} has no brain voxels to centre patches on")
-    half = np.asarray(patch_size) // 2
-    # With ``half`` voxels of margin before each volume, the patch centred on
-    # voxel c starts at c in the padded tensor: every patch is a plain slice.
-    images, labels, shapes = _stacked(volumes, before=half, after=np.asarray(patch_size) - half)
-    brain_voxels, brain_splits = _voxel_table(v.brain for v in volumes)
-    lesion_voxels, lesion_splits = _voxel_table(v.label > 0 for v in volumes)
-
-    def make(i, draws):
-        n_lesion = lesion_splits[i + 1] - lesion_splits[i]
-        on_lesion = tf.logical_and(n_lesion > 0, draws[0] < foreground_ratio)
-        voxels, splits = tf.cond(
-            on_lesion, lambda: (lesion_voxels, lesion_splits), lambda: (brain_voxels, brain_splits)
-        )
-        count = splits[i + 1] - splits[i]
-        drawn = tf.cast(draws[1] * tf.cast(count, tf.float64), tf.int64)
-        row = splits[i] + tf.minimum(drawn, count - 1)
-        x, y, z = tf.unstack(tf.unravel_index(tf.cast(voxels[row], tf.int64), shapes[i]))
-        image = tf.slice(images, tf.stack([i, x, y, z, 0]), (1, *patch_size, -1))[0]
-        label = tf.slice(labels, tf.stack([i, x, y, z]), (1, *patch_size))[0]
-        return image, label
-
-    return make
-
-
-def _flipped(image, label, flip):
-    """``image`` and ``label`` mirrored along the spatial axes where ``flip`` is true."""
-    for axis in range(3):
-        image, label = tf.cond(
-            flip[axis],
-            lambda: (tf.reverse(image, [axis]), tf.reverse(label, [axis])),
-            lambda: (image, label),
-        )
-    return image, label
+    def _patch(self, volume, counts, draws):
+        on_lesion = counts["lesion"] > 0 and draws[0] < self.foreground_ratio
+        kind = "lesion" if on_lesion else "brain"
+        row = min(int(draws[1] * counts[kind]), counts[kind] - 1)
+        centre = np.unravel_index(int(volume.voxels(kind)[row]), volume.shape)
+        # The patch centred on voxel c starts at c - size // 2: the same windows
+        # as a volume padded by size // 2 before and size - size // 2 after.
+        start = [int(c) - s // 2 for c, s in zip(centre, self.patch_size)]
+        return (crop_or_pad(volume.image, start, self.patch_size),
+                crop_or_pad(volume.label, start, self.patch_size))

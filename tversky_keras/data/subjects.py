@@ -2,6 +2,7 @@
 
 import csv
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,34 @@ class Volume:
     brain: np.ndarray
     geometry: Geometry
     modalities: tuple
+
+    @property
+    def shape(self):
+        """The spatial shape of the grid."""
+        return tuple(self.image.shape[:3])
+
+    @property
+    def channels(self):
+        return self.image.shape[3] if self.image.ndim == 4 else None
+
+    @cached_property
+    def label_max(self):
+        """The largest label value, or ``None`` without a label."""
+        return None if self.label is None or not self.label.size else int(self.label.max())
+
+    @cached_property
+    def _voxel_tables(self):
+        lesion = np.zeros(0, bool) if self.label is None else np.asarray(self.label) > 0
+        return {kind: np.flatnonzero(mask).astype(np.int32)
+                for kind, mask in (("brain", np.asarray(self.brain, bool)), ("lesion", lesion))}
+
+    def count(self, kind):
+        """The number of ``"brain"`` or ``"lesion"`` voxels."""
+        return len(self.voxels(kind))
+
+    def voxels(self, kind):
+        """Flat (C-order) indices of the ``"brain"`` or ``"lesion"`` voxels, int32."""
+        return self._voxel_tables[kind]
 
 
 def discover_subjects(root, modalities=MODALITIES, require_mask=True):

@@ -1,0 +1,112 @@
+"""Two real worker processes of ``tversky-keras train`` under MultiWorkerMirroredStrategy.
+
+The commands are the README's multi-machine recipe, on 127.0.0.1 with free
+ports, on a tiny phantom.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tversky_keras  # noqa: F401  (registers the package's objects for load_model)
+from tversky_keras.data import synthesize_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["--val", "0", "--patch", "16", "--batch-size", "2", "--base-filters", "2",
+         "--depth", "2", "--steps", "3", "--pool-batch", "--quiet"]
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    synthesize_dataset(root, n_subjects=4, seed=0, spacing=4.0)
+    return root
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(data, out, epochs):
+    """Both workers of a two-worker cluster, started at once; returns the Popen objects."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        command = [sys.executable, "-m", "tversky_keras", "train", "--data", str(data),
+                   "--out", str(out), "--epochs", str(epochs), *TRAIN]
+        workers.append(subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TF_CONFIG": tf_config, "CUDA_VISIBLE_DEVICES": ""}))
+    return workers
+
+
+def finish(workers, timeout=TIMEOUT):
+    """Each worker's (exit code, output); kills them all if any outlives ``timeout``."""
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for worker in workers:
+            output, _ = worker.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append((worker.returncode, output))
+    finally:
+        for worker in workers:
+            worker.kill()
+    return results
+
+
+def weights(path):
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(phantom, tmp_path):
+    run = tmp_path / "run"
+    results = finish(start_workers(phantom, run, epochs=2))
+    for code, output in results:
+        assert code == 0, output[-3000:]
+        assert "Traceback" not in output
+    assert (run / "model.keras").is_file() and (run / "last.keras").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["steps"] == 6
+    # The other worker kept its copies in its own scratch folder, nowhere else.
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".worker1"]
+    chief, other = weights(run / "last.keras"), weights(run / ".worker1" / "last.keras")
+    assert len(chief) == len(other) > 0
+    for a, b in zip(chief, other):
+        np.testing.assert_array_equal(a, b)
+    # The metrics are reduced across workers: both logged the same numbers.
+    assert (run / "log.csv").read_text() == (run / ".worker1" / "log.csv").read_text()
+
+
+def test_a_killed_worker_stops_the_other_with_a_clear_error(phantom, tmp_path):
+    run = tmp_path / "run"
+    chief, other = start_workers(phantom, run, epochs=10_000)
+    deadline = time.monotonic() + TIMEOUT
+    while not (run / "log.csv").is_file():  # the cluster is training
+        assert chief.poll() is None and time.monotonic() < deadline, chief.communicate()[0]
+        time.sleep(0.2)
+    other.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    (code, output), _ = finish([chief, other], timeout=120)
+    waited = time.monotonic() - killed
+    assert code == 1, output[-3000:]
+    assert "another worker stopped or cannot be reached" in output
+    assert "/job:worker/replica:0/task:1 stopped sending heartbeats" in output
+    assert "Traceback" not in output
+    assert waited < 60  # TensorFlow's coordination service notices in about 10 s

@@ -1,0 +1,286 @@
+"""Subjects preprocessed once to disk, then read through memory maps.
+
+Decoding a NIfTI file, reorienting, resampling and z-scoring it costs seconds
+per 1-mm subject and holds every array in memory; training on hundreds of
+subjects that way does not fit in a workstation. ``preprocess`` does that work
+once per subject and keeps the result as plain ``.npy`` files (as nnU-Net keeps
+its preprocessed cases), which ``CachedVolume`` opens as memory maps whenever
+an array is asked for, so a patch reads only its own bytes and the memory a
+data set needs does not grow with its number of subjects::
+
+    CACHE/<subject>-<key>/volume.json         id, modalities, shape, counts, geometry
+    CACHE/<subject>-<key>/image.npy           float32 (X, Y, Z, C)
+    CACHE/<subject>-<key>/label.npy           uint8 (X, Y, Z), absent without a mask
+    CACHE/<subject>-<key>/brain.npy           bool (X, Y, Z)
+    CACHE/<subject>-<key>/brain_voxels.npy    int32 flat indices of the brain voxels
+    CACHE/<subject>-<key>/lesion_voxels.npy   int32 flat indices of the lesion voxels
+
+``<key>`` hashes the preprocessing settings, this module's format version and
+the identity of every source file (resolved path, size, modification time), so
+a changed file or setting gives a new entry and a stale one is never read. An
+entry is written into a temporary sibling folder and renamed into place, so a
+killed run leaves no half entry, and processes preprocessing the same subject
+at once (workers of one training, cells of one grid) keep whichever finished
+first.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tversky_keras.data.errors import DataError
+from tversky_keras.data.grid import Geometry, GridMapping
+from tversky_keras.data.io import MODALITIES, check_modalities
+from tversky_keras.data.subjects import Volume, load_subject
+
+# Bump when what an entry holds, or how it is computed, changes.
+CACHE_FORMAT = 1
+_MANIFEST = "volume.json"
+_HEADERS = {"Nifti1Header": nib.Nifti1Header, "Nifti2Header": nib.Nifti2Header}
+
+
+def default_cache_dir():
+    """Where preprocessed subjects go unless told otherwise.
+
+    ``$TVERSKY_KERAS_CACHE/preprocessed`` if that variable is set, else
+    ``$XDG_CACHE_HOME/tversky-keras/preprocessed`` (``~/.cache`` by default).
+    """
+    root = os.environ.get("TVERSKY_KERAS_CACHE")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tversky-keras"
+    return Path(root) / "preprocessed"
+
+
+def _file_identity(role, path):
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise DataError(path, f"cannot read the {role} file ({error.strerror})") from error
+    return [role, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def cache_key(subject, settings):
+    """A hex digest of the format, the settings and every source file's identity."""
+    files = [_file_identity(m, p) for m, p in sorted(subject.images.items())]
+    for role in ("mask", "brainmask"):
+        if getattr(subject, role) is not None:
+            files.append(_file_identity(role, getattr(subject, role)))
+    content = {"format": CACHE_FORMAT, "id": subject.id, "settings": settings, "files": files}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _settings(modalities, target_spacing, target_shape, multiple_of, normalize):
+    return {
+        "modalities": list(check_modalities(modalities)),
+        "target_spacing": target_spacing,
+        "target_shape": None if target_shape is None else [int(n) for n in target_shape],
+        "multiple_of": multiple_of,
+        "normalize": bool(normalize),
+    }
+
+
+def entry_folder(cache_dir, subject, settings):
+    safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", subject.id)[:80]
+    return Path(cache_dir) / f"{safe_id}-{cache_key(subject, settings)}"
+
+
+def cached_subject(
+    subject,
+    cache_dir=None,
+    modalities=MODALITIES,
+    target_spacing=None,
+    target_shape=None,
+    multiple_of=None,
+    normalize=True,
+):
+    """``load_subject``'s result, from the cache, preprocessed into it first if absent.
+
+    Args:
+        subject: a ``Subject``.
+        cache_dir: the cache folder (``default_cache_dir()`` when ``None``).
+        modalities, target_spacing, target_shape, multiple_of, normalize: as
+            for ``load_subject``; they are part of the entry's key.
+
+    Returns:
+        a ``CachedVolume``.
+
+    Raises:
+        DataError: as ``load_subject`` for bad input, or the cache folder
+            cannot be written.
+    """
+    settings = _settings(modalities, target_spacing, target_shape, multiple_of, normalize)
+    folder = entry_folder(default_cache_dir() if cache_dir is None else cache_dir, subject,
+                          settings)
+    if not (folder / _MANIFEST).is_file():
+        volume = load_subject(subject, modalities=settings["modalities"],
+                              target_spacing=target_spacing, target_shape=target_shape,
+                              multiple_of=multiple_of, normalize=normalize)
+        _write_entry(volume, folder, settings)
+    return CachedVolume(folder)
+
+
+def preprocess(subjects, cache_dir=None, progress=None, **settings):
+    """Every subject through ``cached_subject``, one at a time; returns their ``CachedVolume``s.
+
+    Args:
+        subjects: ``Subject`` list.
+        cache_dir: the cache folder (``default_cache_dir()`` when ``None``).
+        progress: optional callable ``progress(done, total, subject_id)``.
+        **settings: ``modalities``, ``target_spacing``, ``target_shape``,
+            ``multiple_of``, ``normalize`` as for ``load_subject``.
+    """
+    volumes = []
+    for done, subject in enumerate(subjects, 1):
+        volumes.append(cached_subject(subject, cache_dir, **settings))
+        if progress is not None:
+            progress(done, len(subjects), subject.id)
+    return volumes
+
+
+def _geometry_json(geometry):
+    header = geometry.header
+    return {
+        "affine": geometry.affine.tolist(),
+        "header_class": type(header).__name__,
+        "header": base64.b64encode(header.binaryblock).decode("ascii"),
+        "shape": list(geometry.shape),
+        "orientation": geometry.orientation.tolist(),
+        "spacing": list(geometry.spacing),
+        "grid": {k: list(getattr(geometry.grid, k))
+                 for k in ("source_shape", "resampled_shape", "offset", "shape")},
+    }
+
+
+def _geometry_from_json(data):
+    header = _HEADERS[data["header_class"]](binaryblock=base64.b64decode(data["header"]))
+    grid = GridMapping(**{k: tuple(v) for k, v in data["grid"].items()})
+    return Geometry(np.array(data["affine"]), header, tuple(data["shape"]),
+                    np.array(data["orientation"]), tuple(data["spacing"]), grid)
+
+
+def _write_entry(volume, folder, settings):
+    """Write ``volume`` as a cache entry at ``folder``, atomically (a renamed sibling folder)."""
+    if type(volume.geometry.header).__name__ not in _HEADERS:
+        raise DataError(volume.id, f"cannot cache a {type(volume.geometry.header).__name__}")
+    temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temporary.mkdir(parents=True)
+        np.save(temporary / "image.npy", np.ascontiguousarray(volume.image, np.float32))
+        np.save(temporary / "brain.npy", np.asarray(volume.brain, bool))
+        np.save(temporary / "brain_voxels.npy", volume.voxels("brain"))
+        np.save(temporary / "lesion_voxels.npy", volume.voxels("lesion"))
+        if volume.label is not None:
+            np.save(temporary / "label.npy", np.asarray(volume.label, np.uint8))
+        manifest = {
+            "format": CACHE_FORMAT, "id": volume.id, "modalities": list(volume.modalities),
+            "shape": list(volume.shape), "channels": volume.channels,
+            "has_label": volume.label is not None, "label_max": volume.label_max,
+            "n_brain": volume.count("brain"), "n_lesion": volume.count("lesion"),
+            "settings": settings, "geometry": _geometry_json(volume.geometry),
+        }
+        (temporary / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+        try:
+            os.rename(temporary, folder)
+        except OSError:
+            # Another process wrote the same entry first: the same content, keep theirs.
+            if not (folder / _MANIFEST).is_file():
+                raise
+    except OSError as error:
+        raise DataError(folder.parent, f"cannot write the preprocessed cache ({error})") from error
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+@dataclass(frozen=True, eq=False)
+class CachedVolume:
+    """A preprocessed subject on disk, with the interface of ``Volume``.
+
+    ``image``, ``label`` and ``brain`` open a fresh read-only memory map on each
+    access: nothing is read until it is sliced, and nothing stays mapped once
+    the caller drops the array.
+    """
+
+    folder: Path
+
+    @cached_property
+    def _manifest(self):
+        path = Path(self.folder) / _MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise DataError(path, f"unreadable cache entry ({error}); delete the folder") from error
+        if manifest.get("format") != CACHE_FORMAT:
+            raise DataError(path, f"cache format {manifest.get('format')}, expected "
+                                  f"{CACHE_FORMAT}; delete the folder")
+        return manifest
+
+    def _array(self, name):
+        path = Path(self.folder) / f"{name}.npy"
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise DataError(path, f"unreadable cache file ({error}); delete {self.folder}") \
+                from error
+
+    @property
+    def id(self):
+        return self._manifest["id"]
+
+    @property
+    def modalities(self):
+        return tuple(self._manifest["modalities"])
+
+    @property
+    def shape(self):
+        """The spatial shape of the grid."""
+        return tuple(self._manifest["shape"])
+
+    @property
+    def channels(self):
+        return self._manifest["channels"]
+
+    @property
+    def label_max(self):
+        """The largest label value, or ``None`` without a label."""
+        return self._manifest["label_max"]
+
+    @cached_property
+    def geometry(self):
+        return _geometry_from_json(self._manifest["geometry"])
+
+    @property
+    def image(self):
+        return self._array("image")
+
+    @property
+    def label(self):
+        return self._array("label") if self._manifest["has_label"] else None
+
+    @property
+    def brain(self):
+        return self._array("brain")
+
+    def count(self, kind):
+        """The number of ``"brain"`` or ``"lesion"`` voxels."""
+        return self._manifest[f"n_{kind}"]
+
+    def voxels(self, kind):
+        """Flat indices of the ``"brain"`` or ``"lesion"`` voxels (a memory map)."""
+        return self._array(f"{kind}_voxels")
+
+    def load(self):
+        """This subject as an in-memory ``Volume``."""
+        label = self.label
+        return Volume(self.id, np.array(self.image), None if label is None else np.array(label),
+                      np.array(self.brain), self.geometry, self.modalities)
