@@ -1,10 +1,13 @@
 """Reading scans and making training examples: files -> subjects -> volumes -> tf.data.
 
 ``discover_subjects`` finds the files, ``load_subject`` reads, checks, normalises
-and puts one subject on the network grid, ``make_dataset`` serves batches, and
-``from_grid`` / ``save_nifti_like`` take a prediction back to the scan.
+and puts one subject on the network grid, ``preprocess`` does that once per
+subject into an on-disk cache read through memory maps, ``make_dataset``
+serves batches, and ``from_grid`` / ``save_nifti_like`` take a prediction back
+to the scan.
 """
 
+from tversky_keras.data.cache import CachedVolume, cached_subject, default_cache_dir, preprocess
 from tversky_keras.data.errors import DataError
 from tversky_keras.data.grid import (
     Geometry,
@@ -28,18 +31,22 @@ from tversky_keras.data.subjects import (
 
 __all__ = [
     "MODALITIES",
+    "CachedVolume",
     "DataError",
     "Geometry",
     "GridMapping",
     "Subject",
     "Volume",
+    "cached_subject",
     "crop_or_pad",
+    "default_cache_dir",
     "discover_subjects",
     "from_grid",
     "lesion_loads",
     "load_subject",
     "make_dataset",
     "pad_to_multiple",
+    "preprocess",
     "read_mask",
     "read_nifti",
     "save_nifti_like",

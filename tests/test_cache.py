@@ -1,0 +1,168 @@
+"""The preprocessed cache: same arrays as load_subject, keyed by settings and files, atomic."""
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tiny_data import write_tiny_subjects
+from tversky_keras.cli import main
+from tversky_keras.data import DataError, discover_subjects, from_grid, load_subject, make_dataset
+from tversky_keras.data.cache import CachedVolume, cached_subject, default_cache_dir, preprocess
+from tversky_keras.data.cache import _write_entry as write_entry
+
+GRID = dict(target_spacing=3.0, multiple_of=4)
+
+
+@pytest.fixture
+def subjects(tmp_path):
+    write_tiny_subjects(tmp_path / "data", n=2)
+    return discover_subjects(tmp_path / "data")
+
+
+def entries(cache):
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_a_cached_subject_holds_exactly_what_load_subject_returns(subjects, tmp_path):
+    cached = cached_subject(subjects[0], tmp_path / "cache", **GRID)
+    loaded = load_subject(subjects[0], **GRID)
+    assert isinstance(cached, CachedVolume) and cached.id == loaded.id == "sub00"
+    np.testing.assert_array_equal(cached.image, loaded.image)
+    np.testing.assert_array_equal(cached.label, loaded.label)
+    np.testing.assert_array_equal(cached.brain, loaded.brain)
+    assert cached.image.dtype == np.float32 and cached.label.dtype == np.uint8
+    assert cached.shape == loaded.shape and cached.channels == 3
+    assert cached.modalities == loaded.modalities and cached.label_max == loaded.label_max
+    for kind in ("brain", "lesion"):
+        np.testing.assert_array_equal(cached.voxels(kind), loaded.voxels(kind))
+        assert cached.count(kind) == loaded.count(kind) > 0
+    # The geometry survives the trip: a prediction goes back to the scan as before.
+    probability = np.random.default_rng(0).random(loaded.shape).astype(np.float32)
+    np.testing.assert_array_equal(from_grid(probability, cached.geometry),
+                                  from_grid(probability, loaded.geometry))
+    np.testing.assert_array_equal(cached.geometry.affine, loaded.geometry.affine)
+    assert cached.geometry.header.binaryblock == loaded.geometry.header.binaryblock
+    # Arrays are memory maps, opened anew on each access, read-only.
+    assert isinstance(cached.image, np.memmap) and not cached.image.flags.writeable
+
+
+def test_a_second_call_reads_the_entry_without_rewriting_it(subjects, tmp_path):
+    cache = tmp_path / "cache"
+    first = cached_subject(subjects[0], cache, **GRID)
+    stamp = (first.folder / "image.npy").stat().st_mtime_ns
+    second = cached_subject(subjects[0], cache, **GRID)
+    assert second.folder == first.folder and len(entries(cache)) == 1
+    assert (second.folder / "image.npy").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("change", ["spacing", "multiple", "modalities", "normalize"])
+def test_other_settings_make_another_entry(subjects, tmp_path, change):
+    cache = tmp_path / "cache"
+    first = cached_subject(subjects[0], cache, **GRID)
+    settings = {"spacing": dict(target_spacing=2.0, multiple_of=4),
+                "multiple": dict(target_spacing=3.0, multiple_of=8),
+                "modalities": dict(GRID, modalities=("FLAIR", "T1W")),
+                "normalize": dict(GRID, normalize=False)}[change]
+    other = cached_subject(subjects[0], cache, **settings)
+    assert other.folder != first.folder and len(entries(cache)) == 2
+    np.testing.assert_array_equal(other.image, load_subject(subjects[0], **settings).image)
+
+
+def test_a_changed_source_file_is_preprocessed_again_never_served_stale(subjects, tmp_path):
+    cache = tmp_path / "cache"
+    before = cached_subject(subjects[0], cache, **GRID)
+    flair = subjects[0].images["FLAIR"]
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 3.0 + 1.0, image.affine), flair)
+    after = cached_subject(subjects[0], cache, **GRID)
+    assert after.folder != before.folder
+    np.testing.assert_array_equal(after.image, load_subject(subjects[0], **GRID).image)
+    # Touching a file (same bytes, new time) also counts as a change.
+    stat = flair.stat()
+    os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert cached_subject(subjects[0], cache, **GRID).folder not in (before.folder, after.folder)
+
+
+def test_bad_input_raises_the_data_error_and_leaves_no_entry(subjects, tmp_path):
+    cache = tmp_path / "cache"
+    subjects[0].images["T2W"].write_bytes(b"not a nifti file")
+    with pytest.raises(DataError, match="T2W.nii.gz: cannot read the NIfTI file"):
+        cached_subject(subjects[0], cache, **GRID)
+    assert entries(cache) == []
+
+
+def test_an_entry_appears_whole_or_not_at_all(subjects, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    saved = []
+
+    def failing_save(path, array):
+        saved.append(path)
+        if len(saved) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(path, array)
+
+    real_save = np.save
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(DataError, match="cannot write the preprocessed cache.*No space left"):
+        cached_subject(subjects[0], cache, **GRID)
+    assert entries(cache) == []  # neither the entry nor its temporary folder
+    monkeypatch.setattr(np, "save", real_save)
+    assert cached_subject(subjects[0], cache, **GRID).count("brain") > 0
+
+
+def test_a_racing_writer_keeps_the_entry_that_landed_first(subjects, tmp_path):
+    cache = tmp_path / "cache"
+    winner = cached_subject(subjects[0], cache, **GRID)
+    stamp = (winner.folder / "volume.json").stat().st_mtime_ns
+    # A second process that found no entry a moment ago finishes writing the same one.
+    write_entry(load_subject(subjects[0], **GRID), winner.folder, settings={})
+    assert entries(cache) == [winner.folder.name]
+    assert (winner.folder / "volume.json").stat().st_mtime_ns == stamp
+    assert CachedVolume(winner.folder).count("brain") == winner.count("brain")
+
+
+def test_a_damaged_entry_names_the_folder_to_delete(subjects, tmp_path):
+    cached = cached_subject(subjects[0], tmp_path / "cache", **GRID)
+    (cached.folder / "volume.json").write_text("{")
+    with pytest.raises(DataError, match="unreadable cache entry.*delete the folder"):
+        CachedVolume(cached.folder).shape
+
+
+def test_make_dataset_gives_the_same_batches_from_the_cache_as_from_memory(subjects, tmp_path):
+    cached = preprocess(subjects, tmp_path / "cache", **GRID)
+    in_memory = [load_subject(s, **GRID) for s in subjects]
+    for options in (dict(patch_size=6, batch_size=3, foreground_ratio=0.5, flips=True),
+                    dict(batch_size=1, flips=True)):
+        a = [(x.numpy(), y.numpy()) for x, y in make_dataset(cached, seed=2, **options).take(3)]
+        b = [(x.numpy(), y.numpy()) for x, y in make_dataset(in_memory, seed=2, **options).take(3)]
+        for (xa, ya), (xb, yb) in zip(a, b):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TVERSKY_KERAS_CACHE", str(tmp_path / "tk"))
+    assert default_cache_dir() == tmp_path / "tk" / "preprocessed"
+    monkeypatch.delenv("TVERSKY_KERAS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "tversky-keras" / "preprocessed"
+
+
+def test_preprocess_command_fills_the_cache_that_train_then_reads(tmp_path, capsys):
+    write_tiny_subjects(tmp_path / "data", n=3)
+    cache = tmp_path / "cache"
+    assert main(["preprocess", "--data", str(tmp_path / "data"), "--out", str(cache),
+                 "--depth", "2"]) == 0
+    assert "3 subjects preprocessed" in capsys.readouterr().out
+    before = {name: (cache / name / "volume.json").stat().st_mtime_ns for name in entries(cache)}
+    assert len(before) == 3
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                 "--cache", str(cache), "--depth", "2", "--base-filters", "2", "--patch", "8",
+                 "--batch-size", "2", "--epochs", "1", "--steps", "2", "--quiet"]) == 0
+    after = {name: (cache / name / "volume.json").stat().st_mtime_ns for name in entries(cache)}
+    assert after == before  # train found every subject in the cache and wrote none again
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_train"] == 2 and summary["n_val"] == 1
