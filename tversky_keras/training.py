@@ -179,24 +179,25 @@ def cluster_task():
 
 
 def _nest_safe(strategy_class):
-    """``strategy_class`` whose ``reduce`` takes nested values and scalars with ``axis=0``.
+    """``strategy_class`` whose ``reduce`` accepts what Keras 3's trainer gives it.
 
-    Keras 3's TensorFlow trainer calls ``strategy.reduce("MEAN", (x, y))`` on
-    a whole batch before training, and ``reduce("MEAN", scalar, axis=0)`` on
-    each step's logs; under ``MultiWorkerMirroredStrategy`` both raise
-    (keras-team/keras#20585). Reducing leaf by leaf, a scalar across replicas,
-    is what both calls mean.
+    Under ``MultiWorkerMirroredStrategy`` Keras 3's TensorFlow trainer fails
+    twice (keras-team/keras#20585): before training it calls
+    ``strategy.reduce("MEAN", (x, y))`` on a whole batch, only to learn the
+    data's shapes, and on every step ``reduce("MEAN", scalar, axis=0)`` on the
+    logs; the strategy rejects both. Here a nested value (that batch) gives
+    this worker's own tensors, with no communication, and a scalar is reduced
+    across the replicas, which is what ``axis=0`` asks of a per-replica scalar.
     """
-
     import tensorflow as tf
 
     class NestSafe(strategy_class):
         def reduce(self, reduce_op, value, axis=None):
-            def leaf(v):
-                rank = len(self.experimental_local_results(v)[0].shape)
-                return super(NestSafe, self).reduce(reduce_op, v, axis if rank else None)
-
-            return tf.nest.map_structure(leaf, value)
+            if tf.nest.is_nested(value):
+                return tf.nest.map_structure(
+                    lambda v: self.experimental_local_results(v)[0], value)
+            rank = len(self.experimental_local_results(value)[0].shape)
+            return super().reduce(reduce_op, value, axis if rank else None)
 
     NestSafe.__name__ = NestSafe.__qualname__ = strategy_class.__name__
     return NestSafe
