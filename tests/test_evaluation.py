@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tversky_keras.evaluation import average_precision, lesion_metrics, precision_recall_curve
+from tversky_keras.evaluation import (average_precision, best_threshold_dsc, lesion_metrics,
+                                      precision_recall_curve)
 
 # Case A, threshold 0.5: predicted = [1, 1, 0, 1, 0, 0, 0, 0]
 #   TP = 2 (voxels 0, 1), FP = 1 (voxel 3), FN = 1 (voxel 2), TN = 4.
@@ -245,3 +246,41 @@ def test_mask_restricts_voxel_metrics_and_keeps_lesions_3d():
     assert pooled["tp"] == 2 * tp and pooled["n_true_lesions"] == 4
     with pytest.raises(ValueError, match="mask"):
         lesion_metrics(truth, prob, mask=inside[:3])
+
+
+def brute_force_threshold_dsc(truth, value):
+    """Every distinct intensity as the threshold, scored with lesion_metrics' DSC."""
+    best = (1.0 if not truth.any() else 0.0, float("inf"))
+    for t in np.unique(value):
+        called = value >= t
+        tp = np.count_nonzero(called & truth)
+        dsc = 2 * tp / (called.sum() + truth.sum())
+        if dsc > best[0]:
+            best = (dsc, float(t))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_threshold_dsc_equals_trying_every_threshold(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.random((6, 7, 5)) < 0.15
+    # Lesions brighter on average, with ties (rounded values) and overlap.
+    value = np.round(rng.normal(size=truth.shape) + 1.5 * truth, 1)
+    dsc, threshold = best_threshold_dsc(truth, value)
+    expected = brute_force_threshold_dsc(truth, value)
+    assert dsc == pytest.approx(expected[0], abs=1e-12) and threshold == expected[1]
+
+
+def test_best_threshold_dsc_hand_worked_pools_volumes_and_respects_the_region():
+    # Values 5,4,3,2,1 with truth 1,0,1,0,0: t=5 gives 2/3, t=3 gives 4/5, t=4 gives 2/4.
+    truth, value = np.array([1, 0, 1, 0, 0]), np.array([5.0, 4, 3, 2, 1])
+    assert best_threshold_dsc(truth, value) == (pytest.approx(0.8), 3.0)
+    # Outside the region the bright false positive does not exist: t=3 gives 1.0.
+    region = np.array([1, 0, 1, 1, 1], bool)
+    assert best_threshold_dsc(truth, value, mask=region) == (pytest.approx(1.0), 3.0)
+    # Pooled over two volumes, one threshold serves both.
+    dsc, _ = best_threshold_dsc([truth, truth], [value, value])
+    assert dsc == pytest.approx(0.8)
+    assert best_threshold_dsc(np.zeros(4), np.arange(4.0)) == (1.0, float("inf"))
+    with pytest.raises(ValueError, match="binary"):
+        best_threshold_dsc(np.array([0, 2]), np.array([0.0, 1.0]))

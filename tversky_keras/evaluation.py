@@ -120,6 +120,58 @@ def lesion_metrics(y_true, y_prob, threshold=0.5, connectivity=None, return_curv
     return result
 
 
+def best_threshold_dsc(y_true, intensity, mask=None):
+    """The best DSC that one intensity threshold reaches, and that threshold: an oracle.
+
+    Voxels with ``intensity >= t`` are called lesion; ``t`` is chosen with the
+    answer known, among all distinct intensities (and "call nothing"), so no
+    method that uses a single threshold on this image can do better on it. On
+    FLAIR it is the usual sanity baseline for MS lesion segmentation.
+
+    Args:
+        y_true: binary lesion mask, or a list of masks (pooled: one threshold
+            for all volumes).
+        intensity: real array of the same shape (e.g. a brain z-scored FLAIR),
+            or a list matching ``y_true``.
+        mask: optional region (e.g. the brain), an array or a list; voxels
+            outside it are never called lesion and their truth is ignored.
+
+    Returns:
+        ``(dsc, threshold)``; with no lesion voxels, ``(1.0, inf)`` (calling
+        nothing is then exact), as ``lesion_metrics`` scores an empty case.
+    """
+    trues = y_true if isinstance(y_true, (list, tuple)) else [y_true]
+    values = intensity if isinstance(intensity, (list, tuple)) else [intensity]
+    masks = mask if isinstance(mask, (list, tuple)) else [mask] * len(trues)
+    if not len(trues) == len(values) == len(masks):
+        raise ValueError(f"{len(trues)} masks, {len(values)} intensity volumes and "
+                         f"{len(masks)} regions: give one of each per volume")
+    truth_parts, value_parts = [], []
+    for i, (truth, value, region) in enumerate(zip(trues, values, masks)):
+        truth, value = np.asarray(truth), np.asarray(value, np.float64)
+        if truth.shape != value.shape or (region is not None and np.shape(region) != truth.shape):
+            raise ValueError(f"volume {i}: mask {truth.shape}, intensity {value.shape} and "
+                             f"region {np.shape(region)} differ")
+        if not np.isin(truth, (0, 1)).all():
+            raise ValueError(f"volume {i}: y_true must be binary (0 or 1)")
+        inside = np.ones(truth.shape, bool) if region is None else np.asarray(region, bool)
+        truth_parts.append(truth[inside] != 0)
+        value_parts.append(value[inside])
+    truth, value = np.concatenate(truth_parts), np.concatenate(value_parts)
+    if not np.isfinite(value).all():
+        raise ValueError("intensity holds NaN or infinite values")
+    n_true = int(truth.sum())
+    if n_true == 0:
+        return 1.0, float("inf")
+    order = np.argsort(-value, kind="stable")
+    value, true_positives = value[order], np.cumsum(truth[order])
+    # A threshold at a value calls every voxel at least that bright: the last of a tie.
+    last = np.flatnonzero(np.append(value[1:] != value[:-1], True))
+    dsc = 2 * true_positives[last] / (last + 1 + n_true)
+    best = int(np.argmax(dsc))
+    return float(dsc[best]), float(value[last[best]])
+
+
 def average_precision(y_true, y_prob):
     """Step-wise average precision of lesion probabilities, pooled over voxels.
 
