@@ -195,3 +195,60 @@ def test_mixed_precision_on_trains_in_bfloat16_on_a_cpu(subjects, tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert model.output.dtype == "float32"  # probabilities stay float32
+
+
+class FirstWeights(keras.callbacks.Callback):
+    """The model's weights when training begins."""
+
+    def on_train_begin(self, logs=None):
+        self.weights = self.model.get_weights()
+
+
+def test_init_starts_from_a_saved_models_weights(finished_run, subjects, tmp_path):
+    run_dir, config, _ = finished_run
+    source = keras.saving.load_model(run_dir / "last.keras").get_weights()
+    seen = FirstWeights()
+    tuned = TrainConfig(**{**config.to_json(), "epochs": 1, "init": str(run_dir / "last.keras")})
+    train(tuned, subjects[:2], [], tmp_path / "tuned", verbose=0, callbacks=[seen])
+    assert len(seen.weights) == len(source)
+    for a, b in zip(seen.weights, source):
+        np.testing.assert_array_equal(a, b)
+    # Without --init the same seed starts elsewhere: the copy above is not a coincidence.
+    fresh = FirstWeights()
+    train(TrainConfig(**{**tuned.to_json(), "init": None}), subjects[:2], [], tmp_path / "fresh",
+          verbose=0, callbacks=[fresh])
+    assert any(not np.array_equal(a, b) for a, b in zip(fresh.weights, source))
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"base_filters": 4}, "architecture differs.*base-filters"),
+    ({"depth": 3}, "architecture differs"),
+    ({"modalities": ["FLAIR", "T2W", "T1W"]}, "trained on modalities T1W, T2W, FLAIR"),
+])
+def test_init_refuses_another_architecture(finished_run, subjects, tmp_path, change, problem):
+    run_dir, config, _ = finished_run
+    other = TrainConfig(**{**config.to_json(), "epochs": 1, "init": str(run_dir / "last.keras"),
+                           **change})
+    with pytest.raises(ValueError, match=problem):
+        train(other, subjects[:2], [], tmp_path, verbose=0)
+
+
+def test_init_from_a_missing_or_foreign_file_is_a_clear_error(finished_run, subjects, tmp_path):
+    _, config, _ = finished_run
+    (tmp_path / "notes.keras").write_text("not a model")
+    for path, problem in ((tmp_path / "absent.keras", "no such model file"),
+                          (tmp_path / "notes.keras", "cannot load the model")):
+        run = TrainConfig(**{**config.to_json(), "init": str(path)})
+        with pytest.raises(ValueError, match=problem):
+            train(run, subjects[:2], [], tmp_path / path.stem, verbose=0)
+
+
+def test_a_rejected_setting_leaves_no_config_that_refuses_the_corrected_command(
+        finished_run, subjects, tmp_path):
+    _, config, _ = finished_run
+    wrong = TrainConfig(**{**config.to_json(), "init": str(tmp_path / "typo.keras")})
+    with pytest.raises(ValueError, match="no such model file"):
+        train(wrong, subjects[:2], [], tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run" / "config.json").exists()
+    corrected = TrainConfig(**{**config.to_json(), "epochs": 1})
+    assert train(corrected, subjects[:2], [], tmp_path / "run", verbose=0)["epochs"] == 1

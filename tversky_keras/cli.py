@@ -80,6 +80,9 @@ def build_parser():
     train.add_argument("--normalization", choices=["batch", "instance", "group"], default=None)
     train.add_argument("--dropout", type=float, default=0.0)
     train.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (1e-4)")
+    train.add_argument("--init", type=Path, default=None,
+                       help="start from the weights of this saved .keras model (fine-tuning; "
+                            "same architecture and modalities)")
     train.add_argument("--monitor", default="val_dice",
                        help="validation metric that picks model.keras (val_dice)")
     train.add_argument("--seed", type=int, default=0)
@@ -177,7 +180,7 @@ def run_train(args):
         dropout=args.dropout, learning_rate=args.lr, foreground_ratio=args.foreground_ratio,
         flips=args.flips, monitor=args.monitor, seed=args.seed,
         mixed_precision=args.mixed_precision, jit_compile=args.xla,
-        tensorboard=args.tensorboard)
+        tensorboard=args.tensorboard, init=None if args.init is None else str(args.init))
     subjects = discover_subjects(args.data, modalities=config.modalities)
     train_subjects, val_subjects = _split_validation(subjects, args.val)
     train(config, train_subjects, val_subjects, args.out, verbose=0 if args.quiet else 1,

@@ -33,7 +33,7 @@ from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import MODALITIES
 from tversky_keras.data.cache import preprocess
 from tversky_keras.models import unet3d
-from tversky_keras.scan_spec import with_scan_spec
+from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
 MONITORS = ("val_dice", "val_f2", "val_prauc", "val_sensitivity", "val_loss")
 # auto: float16 on a GPU, float32 on a CPU; on: float16 on a GPU, bfloat16 on a CPU.
@@ -52,7 +52,8 @@ class TrainConfig:
     steps, whole volumes, no class balancing, no augmentation. ``pool_batch``
     computes one Tversky index over the whole batch (MONAI's ``batch=True``),
     so patches without lesions still teach the network through their false
-    positives.
+    positives. ``init`` names a saved ``.keras`` model of the same
+    architecture whose weights the run starts from (fine-tuning).
     """
 
     alpha: float = 0.5
@@ -81,6 +82,7 @@ class TrainConfig:
     mixed_precision: str = "auto"
     jit_compile: str = "auto"
     tensorboard: bool = False
+    init: str | None = None
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -343,7 +345,12 @@ def _resumed_epoch(backup_dir):
 
 
 def _check_config(run_dir, config):
-    """Refuse to resume a run folder that holds a different configuration."""
+    """Refuse to resume a run folder that holds a different configuration.
+
+    ``config.json`` itself is written by ``_fit`` only once the run is set
+    up (data read, model built): a setting rejected on the way leaves no
+    record that would then refuse the corrected command.
+    """
     path = Path(run_dir) / "config.json"
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -353,8 +360,6 @@ def _check_config(run_dir, config):
             raise ValueError(
                 f"{path}: this run folder holds a run with other settings "
                 f"({', '.join(changed)}); use a new output folder or delete it")
-    else:
-        write_json(config.to_json(), path)
 
 
 def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=(), cache_dir=None):
@@ -398,6 +403,40 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
                     jit, mixed, list(callbacks), cache_dir)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def initialise_from(model, config):
+    """Copy the weights of the saved model ``config.init`` into ``model``.
+
+    Weights only: the optimizer starts afresh. The saved model must have the
+    same modalities and every weight the same shape, in the same order.
+
+    Raises:
+        ValueError: the file is missing or unreadable, or the architectures differ.
+    """
+    path = Path(config.init)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file to initialise from (--init)")
+    try:
+        source = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a damaged or foreign file
+        raise ValueError(f"{path}: cannot load the model to initialise from ({error})") from error
+    spec = scan_spec(source)
+    if spec and tuple(spec["modalities"]) != tuple(config.modalities):
+        raise ValueError(f"{path}: trained on modalities {', '.join(spec['modalities'])}, this "
+                         f"run uses {', '.join(config.modalities)}")
+    theirs, ours = source.weights, model.weights
+    for index, (a, b) in enumerate(zip(theirs, ours)):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(
+                f"{path}: its architecture differs from this run's (weight {index}, {a.path}: "
+                f"{tuple(a.shape)} vs {tuple(b.shape)}); give the --base-filters, --depth and "
+                f"--normalization it was trained with")
+    if len(theirs) != len(ours):
+        raise ValueError(f"{path}: its architecture differs from this run's ({len(theirs)} vs "
+                         f"{len(ours)} weights); give the --base-filters, --depth and "
+                         f"--normalization it was trained with")
+    model.set_weights(source.get_weights())
 
 
 class _RestoreOnly(keras.callbacks.BackupAndRestore):
@@ -460,6 +499,8 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
 
     with strategy.scope():
         model = build_model(config)
+        if config.init:
+            initialise_from(model, config)
         model.compile(optimizer=paper_optimizer(config), loss=make_loss(config),
                       metrics=make_metrics(), jit_compile=jit)
 
@@ -474,6 +515,8 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
         callbacks.append(keras.callbacks.TensorBoard(str(own_dir / "tensorboard")))
     callbacks += extra_callbacks
 
+    if not (own_dir / "config.json").is_file():
+        write_json(config.to_json(), own_dir / "config.json")
     started = time.perf_counter()
     try:
         # shuffle=False: the dataset shuffles itself (seeded); Keras cannot shuffle tf.data.
