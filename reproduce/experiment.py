@@ -7,11 +7,13 @@ Layout (nnU-Net style, navigable without docs)::
     results/<experiment>/<row>/fold<k>/test/<id>.npz   test probabilities, truth, FLAIR
     results/<experiment>/<row>/fold<k>/metrics.json    per-subject test metrics
     results/<experiment>/<row>/fold<k>/done.json       written last: the cell is finished
+    results/<experiment>/<row>/fold<k>/claim.<g>.json  while a process runs the cell
 
 A cell with ``done.json`` is skipped on a rerun; any other cell is (re)started,
 and its training resumes from its last finished epoch. Cells share nothing but
 the read-only data, so they can run in parallel on several machines that
-share ``results/``.
+share ``results/``: a process claims a cell (``tversky_keras.claims``) before
+running it, so that no cell runs twice.
 """
 
 import dataclasses
@@ -147,14 +149,27 @@ class Experiment:
             pool_batch=p.pool_batch, mixed_precision=self.mixed_precision,
             monitor="val_dice", seed=self.seed)
 
-    def run_cell(self, alpha, beta, fold, callbacks=()):
-        """Train one cell, segment its test fold, write metrics and ``done.json``."""
+    def run_cell(self, alpha, beta, fold, callbacks=(), claim=None):
+        """Train one cell, segment its test fold, write metrics and ``done.json``.
+
+        Args:
+            alpha, beta, fold: the cell.
+            callbacks: extra Keras callbacks for the training.
+            claim: the ``tversky_keras.claims.Claim`` held on the cell's folder,
+                if any; the test fold is segmented and ``done.json`` written
+                only while it is still held, and ``done.json`` records its owner.
+
+        Raises:
+            tversky_keras.claims.ClaimLost: another process took the claim over.
+        """
         cell = self.cell_dir(alpha, beta, fold)
         started = time.perf_counter()
         config = self.train_config(alpha, beta, fold)
         train_ids, test_ids = self.split[fold]
         train(config, [self.subjects[i] for i in train_ids], [], cell / "run", verbose=0,
               callbacks=callbacks)
+        if claim is not None:
+            claim.ensure_held()
         # The paper trains for a fixed budget: the test uses the last model,
         # never one picked on the test fold.
         model = keras.saving.load_model(cell / "run" / "last.keras")
@@ -174,5 +189,9 @@ class Experiment:
             scores["lesion_density"] = float(label[brain].mean())
             per_subject[subject_id] = scores
         write_json(per_subject, cell / "metrics.json")
-        write_json({"seconds": round(time.perf_counter() - started, 1),
-                     "test": test_ids, "train": train_ids}, cell / "done.json")
+        done = {"seconds": round(time.perf_counter() - started, 1),
+                "test": test_ids, "train": train_ids}
+        if claim is not None:
+            claim.ensure_held()
+            done["claim"] = claim.owner
+        write_json(done, cell / "done.json")

@@ -9,6 +9,11 @@ subjects and segments the other half at probability 0.5. Finished cells are
 skipped on a rerun; the table is assembled from whatever cells exist, and says
 which are missing. Results go to ``results/<experiment>/`` and the figures to
 ``figures/<experiment>/``.
+
+Several processes, on one machine or on several that share ``results/``, can
+run the same command at once: each claims a cell before running it, runs
+every cell it can claim, waits for the cells the others hold, and then
+assembles the whole table.
 """
 
 import argparse
@@ -17,8 +22,10 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +36,7 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
                                   Experiment, row_name)
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.claims import ClaimLost, current_holder, try_claim  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
 from tversky_keras.training import MIXED_PRECISION, log_dataframe  # noqa: E402
 
@@ -38,16 +46,47 @@ LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificit
 
 
 def phantom_data(profile, cache=DEFAULT_CACHE):
-    """The embedded default data set, generated on first use into the cache."""
+    """The embedded default data set, generated on first use into the cache.
+
+    It is generated into a temporary sibling folder and renamed into place,
+    so processes that start at once on an empty cache never write into one
+    folder: the first rename wins and the others discard their (identical)
+    copies.
+    """
     from tversky_keras.data.phantom import synthesize_dataset
 
     folder = Path(cache) / f"phantom-{profile.phantom_subjects}x{profile.phantom_spacing:g}mm-seed0"
-    if not (folder / "phantom.json").is_file():
-        print(f"generating the synthetic MS phantom ({profile.phantom_subjects} subjects at "
-              f"{profile.phantom_spacing:g} mm) into {folder} ...", flush=True)
-        synthesize_dataset(folder, n_subjects=profile.phantom_subjects, seed=0,
+    if (folder / "phantom.json").is_file():
+        return folder
+    print(f"generating the synthetic MS phantom ({profile.phantom_subjects} subjects at "
+          f"{profile.phantom_spacing:g} mm) into {folder} ...", flush=True)
+    temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        synthesize_dataset(temporary, n_subjects=profile.phantom_subjects, seed=0,
                            spacing=profile.phantom_spacing)
+        _rename_into_place(temporary, folder)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     return folder
+
+
+def _rename_into_place(temporary, folder):
+    """Rename ``temporary`` to ``folder`` unless another process put a phantom there first."""
+    for _ in range(2):
+        try:
+            os.rename(temporary, folder)
+            return
+        except OSError:
+            if (folder / "phantom.json").is_file():
+                return
+        # An incomplete folder left by an interrupted run of an older version.
+        aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.incomplete")
+        try:
+            os.rename(folder, aside)
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
+    raise SystemExit(f"could not put the phantom into place at {folder}")
 
 
 class GridProgress(keras.callbacks.Callback):
@@ -72,19 +111,80 @@ class GridProgress(keras.callbacks.Callback):
               f"~{left / 60:.1f} min left", flush=True)
 
 
-def run_grid(experiment, cells):
-    """Run the selected cells that are not finished, with a progress display."""
-    todo = [c for c in cells if not experiment.is_done(*c)]
+def cell_name(cell):
+    """(0.3, 0.7, 1) -> 'a0.3_b0.7/fold1', as ``--cells`` and the table name cells."""
+    alpha, beta, fold = cell
+    return f"{row_name(alpha, beta)}/fold{fold}"
+
+
+def unfinished(experiment, cells):
+    return [cell for cell in cells if not experiment.is_done(*cell)]
+
+
+def run_grid(experiment, cells, wait=True, poll=10.0):
+    """Run the selected cells that are not finished, sharing them with other processes.
+
+    Each unfinished cell is claimed (``tversky_keras.claims``) before it runs,
+    so processes pointed at the same results folder never run a cell twice.
+    With ``wait``, this process then waits for the cells that other processes
+    hold, looking every ``poll`` seconds and taking over a claim whose holder
+    stopped heart-beating, until every selected cell is finished.
+    """
     for cell in cells:
-        if cell not in todo:
-            print(f"skip {row_name(*cell[:2])} fold{cell[2]}: finished", flush=True)
-    epochs_per_cell = experiment.profile.epochs
-    progress = GridProgress(total_epochs=len(todo) * epochs_per_cell)
-    for index, (alpha, beta, fold) in enumerate(todo, 1):
-        progress.label = f"[cell {index}/{len(todo)} {row_name(alpha, beta)} fold{fold}]"
+        if experiment.is_done(*cell):
+            print(f"skip {cell_name(cell)}: finished", flush=True)
+    progress = GridProgress(total_epochs=0)
+    reported = None
+    while True:
+        for cell in unfinished(experiment, cells):
+            run_cell_if_claimed(experiment, cell, cells, progress)
+        holders = {cell: current_holder(experiment.cell_dir(*cell))
+                   for cell in unfinished(experiment, cells)}
+        if not holders:
+            return
+        if not wait:
+            print(f"not waiting for {_held_cells(holders)}", flush=True)
+            return
+        tokens = {cell: holder and holder.owner.get("token") for cell, holder in holders.items()}
+        if tokens != reported:
+            print(f"waiting for {_held_cells(holders)}", flush=True)
+            reported = tokens
+        time.sleep(poll)
+
+
+def run_cell_if_claimed(experiment, cell, cells, progress):
+    """Run ``cell`` if this process can claim it and nobody finished it meanwhile."""
+    folder = experiment.cell_dir(*cell)
+    before = current_holder(folder)
+    claim = try_claim(folder)
+    if claim is None:
+        return
+    with claim:
+        left = unfinished(experiment, cells)
+        if cell not in left:            # finished by another process since we looked
+            return
+        if before is not None and before.stale:
+            print(f"{cell_name(cell)}: taking over from {before.describe()}", flush=True)
+        alpha, beta, fold = cell
+        progress.label = (f"[cell {len(cells) - len(left) + 1}/{len(cells)} "
+                          f"{row_name(alpha, beta)} fold{fold}]")
+        # The estimate counts the cells other processes run, too.
+        progress.total_epochs = progress.done_epochs + len(left) * experiment.profile.epochs
         started = time.perf_counter()
-        experiment.run_cell(alpha, beta, fold, callbacks=[progress])
+        try:
+            experiment.run_cell(alpha, beta, fold, callbacks=[progress], claim=claim)
+        except ClaimLost as lost:
+            print(f"{progress.label} stopped: {lost}", flush=True)
+            return
         print(f"{progress.label} done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _held_cells(holders):
+    """'2 cells other processes hold: a0.5_b0.5/fold0 (pid 1 on host x since ...), ...'"""
+    described = [f"{cell_name(cell)} ({holder.describe() if holder else 'just released'})"
+                 for cell, holder in holders.items()]
+    count = f"{len(holders)} cell{'s' if len(holders) > 1 else ''}"
+    return f"{count} other processes hold: {', '.join(described)}"
 
 
 def _load_cell_arrays(experiment, alpha, beta, fold):
@@ -274,6 +374,11 @@ def build_parser():
                         help="figures folder (figures/)")
     parser.add_argument("--cells", default=None,
                         help="run only these cells, e.g. a0.5_b0.5/fold0,a0.3_b0.7")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="do not wait for the cells other processes run on the same "
+                             "results folder: assemble what is finished and stop")
+    parser.add_argument("--poll", type=float, default=10.0,
+                        help="seconds between looks at the cells other processes run (10)")
     parser.add_argument("--seeds", type=int, default=1, help="repeat the grid with N seeds")
     parser.add_argument("--oversample", type=float, default=0.0,
                         help="fraction of lesion-centred patches (0: none, as the paper)")
@@ -291,7 +396,10 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.poll <= 0:
+        parser.error(f"--poll must be positive, got {args.poll:g}")
     profile = PROFILES[args.profile]
     if args.spacing is not None:
         profile = dataclasses.replace(profile, spacing=args.spacing)
@@ -314,7 +422,8 @@ def main(argv=None):
                                 mixed_precision=args.mixed_precision)
         experiment.root.mkdir(parents=True, exist_ok=True)
         write_json(experiment.describe(), experiment.root / "experiment.json")
-        run_grid(experiment, parse_cells(args.cells) or experiment.cells())
+        run_grid(experiment, parse_cells(args.cells) or experiment.cells(),
+                 wait=not args.no_wait, poll=args.poll)
         table = assemble(experiment)
         text = write_outputs(table, experiment.root)
         print(f"\n{name}\n\n{text}")
@@ -327,7 +436,7 @@ def main(argv=None):
     if args.seeds > 1:
         summary = seed_summary(tables)
         text = seed_markdown(summary)
-        (args.results / f"{base}-seeds.md").write_text(text + "\n")
+        write_text(args.results / f"{base}-seeds.md", text + "\n")
         write_json(summary, args.results / f"{base}-seeds.json")
         print(f"\nover {args.seeds} seeds (mean ± std of the pooled metrics)\n\n{text}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -2,12 +2,20 @@
 
 import csv
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reproduce import table1
+from tversky_keras import claims
 from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, two_fold_split
 
 
@@ -27,6 +35,52 @@ def test_two_fold_split_is_disjoint_covering_and_deterministic(n):
 def test_two_fold_split_needs_two_subjects():
     with pytest.raises(ValueError, match="at least 2"):
         two_fold_split(["only"])
+
+
+def fake_phantom(barrier=None):
+    """A stand-in for synthesize_dataset that writes one file and the manifest."""
+    def synthesize_dataset(out_dir, **settings):
+        out_dir.mkdir(parents=True)
+        (out_dir / "synth00").mkdir()
+        (out_dir / "synth00" / "FLAIR.nii.gz").write_text(threading.current_thread().name)
+        if barrier is not None:
+            barrier.wait(timeout=30)     # all have generated before any renames
+        (out_dir / "phantom.json").write_text(json.dumps(settings))
+    return synthesize_dataset
+
+
+def test_processes_starting_on_an_empty_cache_end_with_one_whole_phantom(tmp_path, monkeypatch):
+    from tversky_keras.data import phantom
+
+    monkeypatch.setattr(phantom, "synthesize_dataset", fake_phantom(threading.Barrier(4)))
+    profile = table1.PROFILES["smoke"]
+    folders = []
+
+    def generate():
+        folders.append(table1.phantom_data(profile, tmp_path))
+
+    threads = [threading.Thread(target=generate, name=f"generator{i}") for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert folders == [tmp_path / "phantom-4x4mm-seed0"] * 4
+    assert [p.name for p in tmp_path.iterdir()] == ["phantom-4x4mm-seed0"]   # losers discarded
+    assert (folders[0] / "phantom.json").is_file()
+    assert (folders[0] / "synth00" / "FLAIR.nii.gz").read_text().startswith("generator")
+
+
+def test_an_incomplete_phantom_folder_is_replaced(tmp_path, monkeypatch):
+    from tversky_keras.data import phantom
+
+    monkeypatch.setattr(phantom, "synthesize_dataset", fake_phantom())
+    incomplete = tmp_path / "phantom-4x4mm-seed0" / "synth00"
+    incomplete.mkdir(parents=True)
+    (incomplete / "T1W.nii.gz").write_text("interrupted")
+    folder = table1.phantom_data(table1.PROFILES["smoke"], tmp_path)
+    assert sorted(p.name for p in (folder / "synth00").iterdir()) == ["FLAIR.nii.gz"]
+    assert (folder / "phantom.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["phantom-4x4mm-seed0"]
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +159,128 @@ def test_segmentation_figures_show_spread_out_lesion_slices():
     assert lesion_slices(label, 3) == [10, 20, 30]
     assert lesion_slices(label, 1) == [10]
     assert lesion_slices(np.zeros((4, 4, 40), np.uint8), 3) == [20]
+
+
+REPO = Path(__file__).resolve().parents[1]
+CELL_DONE = re.compile(r"^\[cell \d+/10 (\S+) (fold\d)\] done in", re.MULTILINE)
+
+
+def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path):
+    root, _ = smoke_run
+    command = [sys.executable, "-m", "reproduce.table1", "--profile", "smoke",
+               "--results", str(tmp_path / "results"), "--figures", str(tmp_path / "figures"),
+               "--cache", str(root / "cache"), "--no-figures", "--poll", "0.2"]
+    env = {**os.environ, claims.HEARTBEAT_ENV: "0.5", claims.STALE_AFTER_ENV: "60"}
+    processes = [subprocess.Popen(command, cwd=REPO, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for _ in range(2)]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+        assert "Missing cells" not in output          # each assembled the whole table
+    ran = [{"/".join(m) for m in CELL_DONE.findall(output)} for output in outputs]
+    assert ran[0] and ran[1] and not ran[0] & ran[1]
+    folder = tmp_path / "results" / "phantom-smoke"
+    assert ran[0] | ran[1] == {f"{r}/fold{f}" for r in ("a0.5_b0.5", "a0.4_b0.6", "a0.3_b0.7",
+                                                        "a0.2_b0.8", "a0.1_b0.9") for f in (0, 1)}
+    for process, cells in zip(processes, ran):
+        for cell in cells:
+            assert json.loads((folder / cell / "done.json").read_text())["claim"]["pid"] == \
+                process.pid
+    assert list(folder.glob("*/fold*/claim.*.json")) == []
+    # Training is bit-reproducible on this CPU (same data, seed and settings in
+    # any process), so the shared grid's table is the single process' one.
+    reference = root / "results" / "phantom-smoke" / "table1.json"
+    assert (folder / "table1.json").read_text() == reference.read_text()
+
+
+@pytest.fixture
+def grid_missing_one_cell(smoke_run, tmp_path):
+    """A copy of the finished smoke grid whose a0.3_b0.7/fold1 never finished."""
+    root, _ = smoke_run
+    results = tmp_path / "results"
+    shutil.copytree(root / "results" / "phantom-smoke", results / "phantom-smoke")
+    cell = results / "phantom-smoke" / "a0.3_b0.7" / "fold1"
+    shutil.rmtree(cell)
+    cell.mkdir()
+    args = ["--profile", "smoke", "--results", str(results), "--cache", str(root / "cache"),
+            "--no-figures"]
+    return cell, args
+
+
+def plant_foreign_claim(cell, age):
+    path = cell / "claim.0.json"
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 4242, "token": "f" * 32,
+                                "started": time.time() - age}))
+    os.utime(path, (time.time() - age,) * 2)
+
+
+def test_no_wait_leaves_a_cell_another_process_holds_and_names_it(grid_missing_one_cell,
+                                                                   capsys):
+    cell, args = grid_missing_one_cell
+    plant_foreign_claim(cell, age=5)
+    assert table1.main(args + ["--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^not waiting for 1 cell other processes hold: a0\.3_b0\.7/fold1 "
+                     r"\(pid 4242 on host elsewhere since .*, last heartbeat 5 s ago\)$",
+                     out, re.MULTILINE)
+    assert "Missing cells (not in the table): a0.3_b0.7/fold1" in out
+    assert not (cell / "done.json").exists() and not (cell / "run").exists()
+
+
+def test_a_process_waits_for_a_cell_another_one_runs_and_then_assembles_it(
+        smoke_run, grid_missing_one_cell, monkeypatch, capsys):
+    root, _ = smoke_run
+    cell, args = grid_missing_one_cell
+    holder = claims.try_claim(cell)
+    waits = []
+
+    def the_other_process_finishes_meanwhile(seconds):
+        waits.append(seconds)
+        shutil.copytree(root / "results" / "phantom-smoke" / "a0.3_b0.7" / "fold1", cell,
+                        dirs_exist_ok=True)
+        holder.release()
+
+    monkeypatch.setattr(table1.time, "sleep", the_other_process_finishes_meanwhile)
+    assert table1.main(args + ["--poll", "7"]) == 0
+    out = capsys.readouterr().out
+    assert waits == [7.0]
+    assert re.search(r"^waiting for 1 cell other processes hold: a0\.3_b0\.7/fold1 "
+                     rf"\(pid {os.getpid()} on host .* since .*, last heartbeat 0 s ago\)$",
+                     out, re.MULTILINE)
+    assert "] done in" not in out and "Missing cells" not in out
+
+
+def test_a_cell_whose_holder_went_stale_is_taken_over_and_run(grid_missing_one_cell, capsys):
+    cell, args = grid_missing_one_cell
+    plant_foreign_claim(cell, age=1000)
+    assert table1.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^a0\.3_b0\.7/fold1: taking over from pid 4242 on host elsewhere .*, "
+                     r"stale$", out, re.MULTILINE)
+    assert out.count("skip ") == 9 and out.count("] done in") == 1
+    assert json.loads((cell / "done.json").read_text())["claim"]["pid"] == os.getpid()
+    assert "Missing cells" not in out and list(cell.glob("claim.*")) == []
+
+
+def test_a_lost_claim_leaves_the_cell_unfinished_with_one_line(grid_missing_one_cell,
+                                                               monkeypatch, capsys):
+    cell, args = grid_missing_one_cell
+
+    def taken_over_while_running(self, alpha, beta, fold, callbacks=(), claim=None):
+        os.utime(claim.path, (time.time() - 1000,) * 2)       # this process hung
+        rival = claims.try_claim(cell)                         # another took it over
+        claim.ensure_held()
+        rival.release()
+
+    monkeypatch.setattr(table1.Experiment, "run_cell", taken_over_while_running)
+    assert table1.main(args + ["--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\[cell 10/10 a0\.3_b0\.7 fold1\] stopped: .*fold1: the claim was "
+                     rf"taken over by pid {os.getpid()} on host ", out, re.MULTILINE)
+    assert not (cell / "done.json").exists()
