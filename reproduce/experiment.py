@@ -113,6 +113,7 @@ class Experiment:
     seed: int = 0
     foreground_ratio: float = 0.0
     mixed_precision: str = "auto"  # TrainConfig.mixed_precision
+    cache_dir: Path | None = None  # where subjects are preprocessed (None: the package default)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -167,7 +168,7 @@ class Experiment:
         config = self.train_config(alpha, beta, fold)
         train_ids, test_ids = self.split[fold]
         train(config, [self.subjects[i] for i in train_ids], [], cell / "run", verbose=0,
-              callbacks=callbacks)
+              callbacks=callbacks, cache_dir=self.cache_dir)
         if claim is not None:
             claim.ensure_held()
         # The paper trains for a fixed budget: the test uses the last model,
@@ -176,7 +177,7 @@ class Experiment:
         (cell / "test").mkdir(exist_ok=True)
         per_subject = {}
         for subject_id in test_ids:
-            volume = load_volumes([self.subjects[subject_id]], config)[0]
+            volume = load_volumes([self.subjects[subject_id]], config, self.cache_dir)[0]
             prob = lesion_probability(predict_volume(model, volume.image))
             label = volume.label.astype(np.uint8)
             brain = volume.brain

@@ -36,11 +36,14 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
                                   Experiment, row_name)
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.data.cache import default_cache_dir  # noqa: E402
 from tversky_keras.claims import ClaimLost, current_holder, try_claim  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
 from tversky_keras.training import MIXED_PRECISION, log_dataframe  # noqa: E402
 
-DEFAULT_CACHE = Path(os.environ.get("TVERSKY_KERAS_CACHE", Path.home() / ".cache" / "tversky-keras"))
+# The package's cache root ($TVERSKY_KERAS_CACHE, else ~/.cache/tversky-keras): the
+# phantom is generated there, and subjects are preprocessed to its preprocessed/.
+DEFAULT_CACHE = default_cache_dir().parent
 LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificity",
           "f2": "F2", "apr": "APR"}
 
@@ -391,7 +394,8 @@ def build_parser():
     parser.add_argument("--name", default=None, help="experiment name (default: data-profile)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help="where the phantom is generated")
+                        help="where the phantom is generated, and subjects preprocessed to "
+                             "(CACHE/preprocessed)")
     return parser
 
 
@@ -419,7 +423,8 @@ def main(argv=None):
         name = base if seed == 0 else f"{base}-seed{seed}"
         experiment = Experiment(args.results / name, data, profile, seed=seed,
                                 foreground_ratio=args.oversample,
-                                mixed_precision=args.mixed_precision)
+                                mixed_precision=args.mixed_precision,
+                                cache_dir=args.cache / "preprocessed")
         experiment.root.mkdir(parents=True, exist_ok=True)
         write_json(experiment.describe(), experiment.root / "experiment.json")
         run_grid(experiment, parse_cells(args.cells) or experiment.cells(),
