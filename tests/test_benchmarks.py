@@ -170,3 +170,40 @@ def test_training_and_inference_modules_load_the_pipeline_only_when_asked():
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "tversky_keras.data.pipeline"]
+
+
+def test_scale_sets_are_subjects_at_spacing():
+    from benchmarks.bench_scale import parse_sets
+
+    assert parse_sets("8@2,500@4") == [(8, 2.0), (500, 4.0)]
+    with pytest.raises(ValueError, match="SUBJECTS@SPACING"):
+        parse_sets("96")
+
+
+def test_scale_copies_are_new_subjects_with_their_own_cache_entries(tmp_path):
+    """Hard-linked copies: subject i is original i % n, and every copy has its own cache key."""
+    from benchmarks.bench_scale import replicate
+    from tversky_keras.data import discover_subjects
+    from tversky_keras.data.cache import cache_key
+
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for scan in ("T1W", "T2W", "FLAIR", "consensus_gt"):
+            (tmp_path / "src" / name / f"{scan}.nii.gz").write_text(name + scan)
+    subjects = discover_subjects(replicate(tmp_path / "src", tmp_path / "set", 5))
+    assert [s.id for s in subjects] == ["a-000", "a-001", "a-002", "b-000", "b-001"]
+    assert subjects[2].images["FLAIR"].read_text() == "aFLAIR"
+    assert len({cache_key(s, {}) for s in subjects}) == 5
+
+
+def test_scale_reads_the_child_peak_and_samples_its_memory(tmp_path):
+    import sys
+
+    from benchmarks.bench_scale import run_child
+
+    code = "import time; b = b'x' * (300 << 20); time.sleep(0.6)"
+    result = run_child([sys.executable, "-c", code], tmp_path / "log")
+    assert result["peak_rss_mib"] >= 300
+    assert max(rss for _, rss in result["rss_samples"]) >= 300
+    with pytest.raises(RuntimeError, match="exited 3"):
+        run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log")
