@@ -1,65 +1,61 @@
 """Does the model ever wait for ``make_dataset``? Pipeline rate next to the training step's.
 
-    python -m benchmarks.bench_pipeline [--data DIR] [--batches N] [--steps N]
+    python -m benchmarks.bench_pipeline [--data DIR | --phantom N] [--batches N] [--steps N]
 
-Volumes: the real MSLUB patients resampled to 2 mm (``load_subject(...,
-target_spacing=2.0, multiple_of=8)``: 96x112x96x3), or random volumes of that
-shape when ``--data`` holds no subjects. For 64^3 patches in batches of 2 and for
-whole volumes in batches of 1, it prints the rate of the pipeline read alone,
-the rate a training step of ``unet3d(base_filters=8, depth=3)`` with Adam and
-``TverskyLoss`` consumes on a fixed batch, the ratio of the two, and the step
-rate when the model trains on the pipeline itself (equal to the fixed-batch rate
-when the model never waits).
+Subjects: the real MSLUB patients (``--data``, by default the shared copy), or
+N subjects of the quick profile's 2-mm phantom (``--phantom N``, written to a
+temporary folder; also used when ``--data`` holds no subjects). They are
+preprocessed into a temporary cache on the 2-mm grid (``preprocess(...,
+target_spacing=2.0, multiple_of=8)``) and the pipeline reads every example
+from that cache, as training does. The cache's files were just written, so
+they are in the page cache, as they are for a training whose cache fits in
+memory.
+
+For 32^3 patches in batches of 4 (the quick profile), 64^3 patches in batches
+of 2 and whole volumes in batches of 1, it prints the rate of the pipeline
+read alone, the rate at which a training step of the quick profile's network
+(``unet3d(base_filters=8, depth=3)``, compiled as training compiles it)
+consumes a fixed batch, the ratio of the two, and the step rate when the model
+trains on the pipeline itself (equal to the fixed-batch rate when the model
+never waits).
 """
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from tversky_keras.data import (  # noqa: E402
     DataError,
-    Volume,
     discover_subjects,
-    load_subject,
     make_dataset,
+    preprocess,
+    synthesize_dataset,
 )
-from tversky_keras.losses import TverskyLoss  # noqa: E402
-from tversky_keras.models import unet3d  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mslub-mni"
-GRID_SHAPE = (96, 112, 96)
+SPACING_MM, MULTIPLE_OF = 2.0, 8
 
 
-def real_volumes(root):
-    """The subjects under ``root`` on the 2-mm grid, and the seconds it took per subject."""
-    subjects = discover_subjects(root)
+def phantom_subjects(folder, count):
+    """``count`` subjects of the quick profile's phantom, written under ``folder``."""
+    from reproduce.experiment import PROFILES
+
+    synthesize_dataset(folder, n_subjects=count, spacing=PROFILES["quick"].phantom_spacing,
+                       progress=False)
+    return discover_subjects(folder)
+
+
+def cached(subjects, cache_dir):
+    """The subjects preprocessed into ``cache_dir`` on the 2-mm grid, and the seconds per subject."""
     start = time.perf_counter()
-    volumes = [load_subject(s, target_spacing=2.0, multiple_of=8) for s in subjects]
+    volumes = preprocess(subjects, cache_dir, target_spacing=SPACING_MM, multiple_of=MULTIPLE_OF)
     return volumes, (time.perf_counter() - start) / len(volumes)
-
-
-def random_volumes(n=2, seed=0):
-    """Stand-ins for 2-mm brains: a brain box of noise holding 0.5% lesion voxels."""
-    rng = np.random.default_rng(seed)
-    brain = np.zeros(GRID_SHAPE, bool)
-    brain[8:-8, 8:-8, 8:-8] = True
-    return [
-        Volume(
-            f"random{i}",
-            np.where(brain[..., None], rng.standard_normal((*GRID_SHAPE, 3)), 0).astype(np.float32),
-            (brain & (rng.random(GRID_SHAPE) < 0.005)).astype(np.uint8),
-            brain,
-            None,
-            ("T1W", "T2W", "FLAIR"),
-        )
-        for i in range(n)
-    ]
 
 
 def seconds_per_batch(batches, n, warmup=2):
@@ -84,46 +80,70 @@ def repeat_forever(batch):
         yield batch
 
 
-def compare(name, unit, dataset, examples_per_batch, model, batches, steps):
+def compare(dataset, examples_per_batch, model, batches, steps):
+    """Examples/s of ``dataset`` read alone and eaten by ``model``'s training step, and steps/s.
+
+    Returns:
+        dict: ``pipeline`` and ``model`` (examples/s), ``ratio`` (pipeline /
+        model), ``fixed_steps`` (steps/s on one fixed batch) and ``fed_steps``
+        (steps/s trained on the dataset itself).
+    """
     read_s = seconds_per_batch(iter(dataset), batches)
     fixed = next(iter(dataset))
     step_s = seconds_per_batch(training_steps(model, repeat_forever(fixed)), steps, warmup=1)
     fed_s = seconds_per_batch(training_steps(model, iter(dataset)), steps, warmup=1)
-    pipeline_rate, model_rate = examples_per_batch / read_s, examples_per_batch / step_s
-    print(
-        f"| {name} | {pipeline_rate:9.1f} {unit}/s | {model_rate:7.2f} {unit}/s | "
-        f"{pipeline_rate / model_rate:7.0f}x | {1 / step_s:6.3f} | {1 / fed_s:6.3f} |"
-    )
+    pipeline, eaten = examples_per_batch / read_s, examples_per_batch / step_s
+    return {"pipeline": pipeline, "model": eaten, "ratio": pipeline / eaten,
+            "fixed_steps": 1 / step_s, "fed_steps": 1 / fed_s}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=SHARED_DATA,
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, default=SHARED_DATA,
                         help="data folder (any layout discover_subjects reads)")
+    source.add_argument("--phantom", type=int, metavar="N",
+                        help="N subjects of the quick profile's 2-mm phantom instead")
     parser.add_argument("--batches", type=int, default=100,
                         help="batches read to time the pipeline")
-    parser.add_argument("--steps", type=int, default=3, help="training steps timed per setting")
+    parser.add_argument("--steps", type=int, default=10, help="training steps timed per setting")
     opts = parser.parse_args(argv)
 
-    try:
-        volumes, load_s = real_volumes(opts.data)
-        print(f"{len(volumes)} subjects of {opts.data}, "
-              f"load_subject at 2 mm: {load_s:.2f} s per subject")
-    except DataError as error:
-        volumes = random_volumes()
-        print(f"random volumes ({error})")
-    print(f"grid {volumes[0].image.shape}, {os.cpu_count()} CPUs, keras {keras.__version__}\n")
+    from benchmarks.workload import compiled_model, profile_config
 
-    model = unet3d(input_shape=(None, None, None, 3), base_filters=8, depth=3)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=TverskyLoss(alpha=0.3, beta=0.7))
-    print("| input | pipeline alone | training step eats | ratio "
-          "| steps/s, fixed batch | steps/s, fed by pipeline |")
-    print("|---|---|---|---|---|---|")
-    patches = make_dataset(volumes, patch_size=64, batch_size=2, foreground_ratio=0.33, flips=True)
-    compare("64^3 patches, batch 2", "patches", patches, 2, model, opts.batches, opts.steps)
-    whole = make_dataset(volumes, batch_size=1, flips=True)
-    compare(f"whole {'x'.join(map(str, GRID_SHAPE))}, batch 1", "volumes", whole, 1, model,
-            max(4, opts.batches // 5), opts.steps)
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline-") as work:
+        if opts.phantom is None:
+            try:
+                subjects, origin = discover_subjects(opts.data), str(opts.data)
+            except DataError as error:
+                print(f"no subjects ({error}); the phantom instead")
+                opts.phantom = 2
+        if opts.phantom is not None:
+            subjects = phantom_subjects(Path(work) / "phantom", opts.phantom)
+            origin = "the quick profile's phantom"
+        volumes, preprocess_s = cached(subjects, Path(work) / "cache")
+        shapes = sorted({v.shape for v in volumes})
+        print(f"{len(volumes)} subjects of {origin}, preprocessed at {SPACING_MM:g} mm into a "
+              f"cache: {preprocess_s:.2f} s per subject; grid {' '.join(map(str, shapes))}, "
+              f"{os.cpu_count()} CPUs, keras {keras.__version__}\n")
+
+        model = compiled_model(profile_config("quick"))
+        settings = [
+            ("32^3 patches, batch 4 (quick profile)", "patches", 4,
+             dict(patch_size=32, batch_size=4), opts.batches),
+            ("64^3 patches, batch 2", "patches", 2,
+             dict(patch_size=64, batch_size=2, foreground_ratio=0.33, flips=True), opts.batches),
+            ("whole volumes, batch 1", "volumes", 1, dict(batch_size=1, flips=True),
+             max(4, opts.batches // 5)),
+        ]
+        print("| input | pipeline alone | training step eats | ratio "
+              "| steps/s, fixed batch | steps/s, fed by pipeline |")
+        print("|---|---|---|---|---|---|")
+        for name, unit, per_batch, options, batches in settings:
+            r = compare(make_dataset(volumes, **options), per_batch, model, batches, opts.steps)
+            print(f"| {name} | {r['pipeline']:,.1f} {unit}/s | {r['model']:.2f} {unit}/s | "
+                  f"{r['ratio']:,.0f}x | {r['fixed_steps']:.3f} | {r['fed_steps']:.3f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """What the benchmarks run: the reproduction's profiles, models compiled as in training, data."""
 
 import math
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from reproduce.experiment import FOLDS, PROFILES, ROWS, two_fold_split
-from tversky_keras.data import MODALITIES
-from tversky_keras.data.subjects import Volume
+from tversky_keras.data import MODALITIES, discover_subjects, preprocess
+from tversky_keras.data.subjects import MASK_NAME, Volume
 from tversky_keras.training import TrainConfig, build_model, make_loss, make_metrics, paper_optimizer
 
 MNI_1MM = (182, 218, 182)  # a whole brain at 1 mm (MNI152)
@@ -59,6 +61,27 @@ def synthetic_volumes(count, shape, lesion_fraction=0.005, seed=0):
         volumes.append(Volume(id=f"synthetic{index}", image=image, label=label, brain=brain,
                               geometry=None, modalities=MODALITIES))
     return volumes
+
+
+def cached_volumes(volumes, folder):
+    """``volumes`` written as NIfTI subjects under ``folder`` and preprocessed into its cache.
+
+    Training reads its examples from the preprocessed cache (memory maps), so
+    the benchmarks of the pipeline read from it too. The files stay in
+    ``folder``; the returned volumes read them on every access.
+
+    Returns:
+        list of ``CachedVolume``, in ``volumes``' order of ids.
+    """
+    scans = Path(folder) / "scans"
+    for volume in volumes:
+        subject = scans / volume.id
+        subject.mkdir(parents=True, exist_ok=True)
+        for channel, modality in enumerate(volume.modalities):
+            nib.save(nib.Nifti1Image(volume.image[..., channel], np.eye(4)),
+                     subject / f"{modality}.nii")
+        nib.save(nib.Nifti1Image(volume.label, np.eye(4)), subject / f"{MASK_NAME}.nii")
+    return preprocess(discover_subjects(scans), Path(folder) / "preprocessed")
 
 
 def paper_grid_steps():
