@@ -44,6 +44,9 @@ from tversky_keras.training import MIXED_PRECISION, log_dataframe  # noqa: E402
 # The package's cache root ($TVERSKY_KERAS_CACHE, else ~/.cache/tversky-keras): the
 # phantom is generated there, and subjects are preprocessed to its preprocessed/.
 DEFAULT_CACHE = default_cache_dir().parent
+# A cell whose network calls no test voxel lesion, or whose training ended at a
+# Tversky loss this high, has collapsed to predicting background everywhere.
+COLLAPSED_LOSS = 0.99
 LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificity",
           "f2": "F2", "apr": "APR"}
 
@@ -213,8 +216,12 @@ def assemble(experiment):
             arrays = list(_load_cell_arrays(experiment, alpha, beta, fold))
             fold_scores = lesion_metrics([a[1] for a in arrays], [a[2] for a in arrays],
                                          threshold=0.5, mask=[a[3] for a in arrays])
+            final_loss = _final_loss(experiment, alpha, beta, fold)
+            called = int(sum(np.count_nonzero(a[2] >= 0.5) for a in arrays))
             per_fold[fold] = {**{m: fold_scores[m] for m in METRICS},
-                              "final_training_loss": _final_loss(experiment, alpha, beta, fold)}
+                              "final_training_loss": final_loss,
+                              "predicted_lesion_voxels": called,
+                              "collapsed": called == 0 or final_loss >= COLLAPSED_LOSS}
             truths += [a[1] for a in arrays]
             probs += [a[2] for a in arrays]
             brains += [a[3] for a in arrays]
@@ -223,6 +230,7 @@ def assemble(experiment):
             per_subject.update(cell_metrics)
         pooled = lesion_metrics(truths, probs, threshold=0.5, mask=brains)
         row = {"alpha": alpha, "beta": beta, "folds": folds,
+               "collapsed_folds": [f for f in folds if per_fold[f]["collapsed"]],
                "pooled": {m: pooled[m] for m in METRICS},
                "per_subject_mean": {}, "per_subject_std": {},
                "lesion_tpr": pooled["lesion_tpr"], "lesion_fpr": pooled["lesion_fpr"],
@@ -233,7 +241,10 @@ def assemble(experiment):
             row["per_subject_mean"][m] = float(np.nanmean(values))
             row["per_subject_std"][m] = float(np.nanstd(values))
         rows.append(row)
-    return {"experiment": experiment.describe(), "rows": rows, "missing_cells": missing}
+    collapsed = [f"{row_name(r['alpha'], r['beta'])}/fold{f}" for r in rows
+                 for f in r.get("collapsed_folds", [])]
+    return {"experiment": experiment.describe(), "rows": rows, "missing_cells": missing,
+            "collapsed_cells": collapsed}
 
 
 def _final_loss(experiment, alpha, beta, fold):
@@ -243,14 +254,16 @@ def _final_loss(experiment, alpha, beta, fold):
 
 def per_fold_table(table):
     """Each fold's own test metrics and final training loss: where a row's number comes from."""
-    head = ["penalties", "fold"] + [LABELS[m] for m in METRICS] + ["final training loss"]
+    head = ["penalties", "fold"] + [LABELS[m] for m in METRICS] + \
+        ["final training loss", "collapsed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table["rows"]:
         for fold, scores in sorted(row.get("per_fold", {}).items()):
             lines.append("| " + " | ".join(
                 [f"a={row['alpha']:g}, b={row['beta']:g}", str(fold)] +
                 [_pct(scores[m]) for m in METRICS] +
-                [f"{scores['final_training_loss']:.3f}"]) + " |")
+                [f"{scores['final_training_loss']:.3f}",
+                 "**yes**" if scores["collapsed"] else "no"]) + " |")
     return "\n".join(lines)
 
 
@@ -273,6 +286,11 @@ def markdown_table(table):
     if table["missing_cells"]:
         lines.append("")
         lines.append(f"Missing cells (not in the table): {', '.join(table['missing_cells'])}")
+    if table["collapsed_cells"]:
+        lines.append("")
+        lines.append(f"**Collapsed cells** (no test voxel called lesion, or a final training "
+                     f"loss >= {COLLAPSED_LOSS}), included above: "
+                     f"{', '.join(table['collapsed_cells'])}")
     return "\n".join(lines)
 
 
@@ -299,7 +317,8 @@ def table_csv(table):
     writer = csv.writer(out)
     writer.writerow(["alpha", "beta", "folds"] + [f"{m}_pooled" for m in METRICS] +
                     [f"{m}_subject_mean" for m in METRICS] + [f"{m}_subject_std" for m in METRICS] +
-                    ["lesion_tpr", "lesion_fpr"] + [f"{m}_paper" for m in METRICS])
+                    ["lesion_tpr", "lesion_fpr"] + [f"{m}_paper" for m in METRICS] +
+                    ["collapsed_folds"])
     for row in table["rows"]:
         if not row.get("folds"):
             writer.writerow([row["alpha"], row["beta"], ""])
@@ -309,7 +328,8 @@ def table_csv(table):
                         [row["per_subject_mean"][m] for m in METRICS] +
                         [row["per_subject_std"][m] for m in METRICS] +
                         [row["lesion_tpr"], row["lesion_fpr"]] +
-                        [row_paper(row, m) / 100 for m in METRICS])
+                        [row_paper(row, m) / 100 for m in METRICS] +
+                        [" ".join(map(str, row["collapsed_folds"]))])
     return out.getvalue()
 
 
@@ -332,19 +352,25 @@ def seed_summary(tables):
     for index, (alpha, beta) in enumerate(ROWS):
         values = {m: [t["rows"][index]["pooled"][m] for t in tables
                       if t["rows"][index].get("folds")] for m in METRICS}
+        collapsed = sum(len(t["rows"][index].get("collapsed_folds", [])) for t in tables)
         rows.append({"alpha": alpha, "beta": beta, "n_seeds": len(values["dsc"]),
+                     "collapsed_cells": collapsed,
                      "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
                      "std": {m: float(np.std(v)) if v else None for m, v in values.items()}})
     return rows
 
 
 def seed_markdown(rows):
-    head = ["penalties", "seeds"] + [LABELS[m] for m in METRICS]
+    head = ["penalties", "seeds", "collapsed cells"] + [LABELS[m] for m in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         lines.append("| " + " | ".join(
-            [f"a={row['alpha']:g}, b={row['beta']:g}", str(row["n_seeds"])] +
+            [f"a={row['alpha']:g}, b={row['beta']:g}", str(row["n_seeds"]),
+             str(row["collapsed_cells"])] +
             [f"{_pct(row['mean'][m])} ± {_pct(row['std'][m])}" for m in METRICS]) + " |")
+    total = sum(row["collapsed_cells"] for row in rows)
+    cells = sum(row["n_seeds"] * 2 for row in rows)
+    lines += ["", f"Collapsed cells: {total} of {cells}."]
     return "\n".join(lines)
 
 

@@ -148,6 +148,40 @@ def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path)
     assert "Missing cells" in table1.markdown_table(table)
 
 
+def test_collapsed_cells_are_flagged_in_every_table(smoke_run, tmp_path):
+    root, _ = smoke_run
+    copy = tmp_path / "phantom-smoke"
+    shutil.copytree(root / "results" / "phantom-smoke", copy)
+    # Fold 1 of the Dice row now calls nothing: its network collapsed to background.
+    for path in (copy / "a0.5_b0.5" / "fold1" / "test").glob("*.npz"):
+        with np.load(path) as data:
+            arrays = dict(data)
+        arrays["probability"] = np.zeros_like(arrays["probability"])
+        np.savez_compressed(path, **arrays)
+    experiment = table1.Experiment(copy, root / "cache" / "phantom-4x4mm-seed0",
+                                   table1.PROFILES["smoke"])
+    table = table1.assemble(experiment)
+    for row in table["rows"]:
+        for fold, scores in row["per_fold"].items():
+            # The definition, checked independently on every cell.
+            expected = (scores["predicted_lesion_voxels"] == 0
+                        or scores["final_training_loss"] >= 0.99)
+            assert scores["collapsed"] == expected
+    dice = table["rows"][0]
+    assert dice["per_fold"][1]["collapsed"] and 1 in dice["collapsed_folds"]
+    assert "a0.5_b0.5/fold1" in table["collapsed_cells"]
+    assert "a0.5_b0.5/fold1" in table1.markdown_table(table).split("Collapsed cells")[1]
+    assert "**yes**" in table1.per_fold_table(table)
+    with_flag = [r for r in csv.DictReader(table1.table_csv(table).splitlines())
+                 if r["collapsed_folds"]]
+    assert with_flag[0]["alpha"] == "0.5" and "1" in with_flag[0]["collapsed_folds"].split()
+    summary = table1.seed_summary([table, table])
+    assert summary[0]["collapsed_cells"] >= 2  # the same collapsed fold in both "seeds"
+    text = table1.seed_markdown(summary)
+    total = sum(r["collapsed_cells"] for r in summary)
+    assert f"Collapsed cells: {total} of 20." in text
+
+
 def test_segmentation_figures_show_spread_out_lesion_slices():
     from reproduce.figures import lesion_slices
 
