@@ -235,6 +235,49 @@ def _ventricle_distance_mm():
     return ndimage.distance_transform_edt(~ventricles, sampling=spacing).astype(np.float32)
 
 
+def mni152_tissue(affine, shape):
+    """The template the phantom is drawn from, sampled on any grid in MNI space.
+
+    Real scans registered to MNI space and phantom subjects can then be
+    compared region by region with the same masks.
+
+    Args:
+        affine: the grid's 4x4 voxel-to-MNI-millimetre affine.
+        shape: the grid's 3D shape.
+
+    Returns:
+        dict of float32 arrays of ``shape``: ``CSF``, ``GM``, ``WM``
+        probabilities (smoothed to the grid's voxel size), ``brain_depth_mm``
+        (distance to the template brain's surface, 0 outside) and
+        ``ventricle_distance_mm`` (distance to its lateral ventricles).
+    """
+    brain, gm, wm, template_affine = _template_1mm()
+    spacing = float(np.mean(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    to_template = np.linalg.inv(template_affine) @ np.asarray(affine, dtype=float)
+    points = (to_template[:3, :3] @ ijk + to_template[:3, 3:]).astype(np.float32)
+    to_coarse = (points - _grid(_VENTRICLE_GRID_MM)[1][:, None]) / _VENTRICLE_GRID_MM
+    sigma = max(spacing - 1.0, 0.0) / 2
+
+    def sample(volume, coordinates, **kwargs):
+        return ndimage.map_coordinates(volume, coordinates, order=1, **kwargs).reshape(shape)
+
+    probability = {name: sample(ndimage.gaussian_filter(volume, sigma), points)
+                   for name, volume in (("brain", brain), ("GM", gm), ("WM", wm))}
+    inside = probability.pop("brain")
+    probability["CSF"] = np.clip(inside - probability["GM"] - probability["WM"], 0.0, 1.0)
+    return {**{name: probability[name] for name in ("CSF", "GM", "WM")},
+            "brain_depth_mm": sample(_brain_depth_mm(), to_coarse),
+            "ventricle_distance_mm": sample(_ventricle_distance_mm(), to_coarse, mode="nearest")}
+
+
+@functools.lru_cache(maxsize=1)
+def _brain_depth_mm():
+    """Distance (mm) to the template brain's surface, on the 2 mm grid."""
+    brain = _resample_template(_template_1mm()[0], _VENTRICLE_GRID_MM) > 0.5
+    return ndimage.distance_transform_edt(brain, sampling=_VENTRICLE_GRID_MM).astype(np.float32)
+
+
 # --- random fields and anatomy ------------------------------------------------
 
 def _smooth_field(rng, shape, spacing, length_mm):
