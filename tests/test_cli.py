@@ -87,3 +87,19 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path):
     ours = [line for line in result.stderr.splitlines() if line.startswith("tversky-keras")]
     assert len(ours) == 1 and "missing.nii.gz" in ours[0]
     assert "Traceback" not in result.stderr
+
+
+def test_commands_print_no_tensorflow_start_up_lines_unless_asked(tmp_path):
+    """No absl banner, oneDNN note or cuInit error on the terminal; TF_CPP_MIN_LOG_LEVEL=0 shows them."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "tversky_keras", "synth", "--out", str(tmp_path / "p"),
+               "--subjects", "1", "--spacing", "6"]
+    quiet = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, check=True)
+    for noise in ("absl", "I0000", "E0000", "cuInit", "oneDNN", "cuda"):
+        assert noise not in quiet.stderr
+    lines = quiet.stderr.splitlines()  # only the phantom's own progress line
+    assert len(lines) == 1 and lines[0].startswith("phantom 1/1: synth00, lesion load")
+    assert quiet.stdout.strip().splitlines()[-1] == f"wrote 1 subjects to {tmp_path / 'p'}"
+    loud = subprocess.run([sys.executable, "-c", "import tversky_keras"], cwd=ROOT,
+                          capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert loud.returncode == 0 and "absl" in loud.stderr

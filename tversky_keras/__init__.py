@@ -4,6 +4,44 @@ Importing the package registers its losses, metrics and layers with Keras, so
 ``keras.saving.load_model(path)`` restores models saved with them.
 """
 
+import os
+import sys
+
 __version__ = "0.1.0"
+
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow without its C++ start-up lines on the terminal.
+
+    TensorFlow's native libraries print an absl banner, oneDNN and CUDA-probe
+    notes, and on a machine without a GPU a ``failed call to cuInit`` error,
+    before ``TF_CPP_MIN_LOG_LEVEL`` can silence them. Unless the user asked
+    for TensorFlow's log (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1), the import and the
+    device probe run with the process' standard error pointed at
+    ``/dev/null``; Python errors still propagate, and after the import
+    TensorFlow's warnings and errors print as usual.
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow" or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow as tf
+            except ImportError:
+                return  # no TensorFlow: Keras says so when it loads
+            tf.config.list_physical_devices("GPU")  # the CUDA probe, once
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+_import_tensorflow_quietly()
 
 from tversky_keras import losses, metrics, models, scan_spec  # noqa: E402,F401  (registration)
