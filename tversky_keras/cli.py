@@ -109,6 +109,12 @@ def build_parser():
                          help="sliding-window size (default: the whole volume at once)")
     predict.add_argument("--overlap", type=float, default=0.5, help="window overlap (0.5)")
     predict.add_argument("--batch-size", type=int, default=1, help="windows per batch")
+    predict.add_argument("--modalities", type=_modalities, default=None,
+                         help="only for a model saved without its input contract (not by "
+                              "tversky-keras train): its input channels, in order")
+    predict.add_argument("--spacing", type=float, default=None,
+                         help="only for such a model: the voxel size in mm it expects "
+                              "(default: the scan's own)")
 
     evaluate = sub.add_parser("evaluate", help="lesion metrics of a prediction as JSON",
                               description="Voxel-wise and lesion-wise metrics of a probability "
@@ -204,27 +210,44 @@ def run_predict(args):
     import keras
 
     import tversky_keras  # noqa: F401  (registers the package's objects)
-    from tversky_keras.inference import segment_subject, write_segmentation
+    from tversky_keras.inference import check_threshold, segment_subject, write_segmentation
+    from tversky_keras.scan_spec import scan_spec
 
+    check_threshold(args.threshold)
+    if not 0 <= args.overlap < 1 or args.batch_size < 1:
+        raise ValueError(f"--overlap must lie in [0, 1) and --batch-size be at least 1, got "
+                         f"{args.overlap:g} and {args.batch_size}")
+    if args.spacing is not None and args.spacing <= 0:
+        raise ValueError(f"--spacing {args.spacing:g}: a voxel size must be positive")
     subject = _subject_for_predict(args)
     if not args.model.is_file():
         raise FileNotFoundError(f"{args.model}: no such model file")
     model = keras.saving.load_model(args.model)
+    spec = scan_spec(model)
+    if spec and (args.modalities or args.spacing):
+        raise ValueError(f"{args.model} records its modalities and voxel size; --modalities "
+                         f"and --spacing are only for models without them")
     probability, geometry = segment_subject(model, subject, window=args.window,
-                                            overlap=args.overlap, batch_size=args.batch_size)
-    prob_path, mask_path = write_segmentation(probability, geometry, args.out, args.threshold)
+                                            overlap=args.overlap, batch_size=args.batch_size,
+                                            modalities=args.modalities, spacing=args.spacing)
+    about = {"model": str(args.model.resolve()),
+             "inputs": {m: str(Path(p).resolve()) for m, p in subject.images.items()}}
+    prob_path, mask_path = write_segmentation(probability, geometry, args.out, args.threshold,
+                                              about=about)
     print(f"wrote {prob_path} and {mask_path}")
 
 
 def run_evaluate(args):
-    from tversky_keras.data.io import read_mask, read_nifti
+    from tversky_keras.data.grid import check_same_grid
+    from tversky_keras.data.io import binary_mask, read_nifti
     from tversky_keras.evaluation import lesion_metrics
+    from tversky_keras.inference import check_threshold
 
-    truth = read_mask(args.truth)
-    prediction, _ = read_nifti(args.prediction)
-    if prediction.shape != truth.shape:
-        raise ValueError(f"{args.prediction}: shape {prediction.shape} differs from the "
-                         f"truth's {truth.shape} ({args.truth})")
+    check_threshold(args.threshold)
+    truth_data, truth_image = read_nifti(args.truth)
+    truth = binary_mask(truth_data, args.truth)
+    prediction, prediction_image = read_nifti(args.prediction)
+    check_same_grid(args.prediction, prediction_image, args.truth, truth_image)
     if prediction.min() < 0 or prediction.max() > 1:
         raise ValueError(f"{args.prediction}: values outside [0, 1]; expected a probability "
                          f"map or a binary mask")
@@ -232,8 +255,8 @@ def run_evaluate(args):
     print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
 
 
-COMMANDS = {"synth": run_synth, "preprocess": run_preprocess, "train": run_train, "predict": run_predict,
-            "evaluate": run_evaluate}
+COMMANDS = {"synth": run_synth, "preprocess": run_preprocess, "train": run_train,
+            "predict": run_predict, "evaluate": run_evaluate}
 
 
 def main(argv=None):

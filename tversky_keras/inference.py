@@ -6,14 +6,40 @@ recompiles. Overlapping windows are blended with a Gaussian importance map,
 as in nnU-Net and MONAI, so window borders leave no seams.
 """
 
+import shutil
+import uuid
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tversky_keras.atomic import write_json
 from tversky_keras.data import load_subject, pad_to_multiple, save_nifti_like
 from tversky_keras.data.grid import from_grid
 from tversky_keras.scan_spec import check_modalities, scan_spec
+
+SEGMENTATION_FILES = ("probability.nii.gz", "mask.nii.gz")
+MANIFEST = "segmentation.json"
+
+
+def input_multiple(model):
+    """The number every spatial input size must be a multiple of.
+
+    The model's ScanSpec records it; a model built by hand (``unet3d`` without
+    ``with_scan_spec``) gets ``2 ** n`` for its ``n`` MaxPooling3D layers, so
+    a volume is padded to a size its skip connections can concatenate.
+    """
+    spec = scan_spec(model)
+    if spec:
+        return spec["multiple_of"]
+    return 2 ** _poolings(model)
+
+
+def _poolings(layer):
+    count = 0
+    for sub in getattr(layer, "layers", ()):
+        count += isinstance(sub, keras.layers.MaxPooling3D) + _poolings(sub)
+    return count
 
 
 def gaussian_importance(window, sigma_scale=0.125):
@@ -57,8 +83,8 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         overlap: fraction of a window shared with its neighbour, in [0, 1).
         blend: ``"gaussian"`` or ``"constant"`` weighting of overlapping windows.
         batch_size: windows per model call.
-        multiple_of: the spatial multiple the model needs; read from the
-            model's ScanSpec when ``None`` (1 if it has none).
+        multiple_of: the spatial multiple the model needs; ``input_multiple``
+            of the model when ``None``.
 
     Returns:
         float32 array ``(X, Y, Z, n_classes)``.
@@ -71,8 +97,7 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend={blend!r}: choose gaussian or constant")
     if multiple_of is None:
-        spec = scan_spec(model)
-        multiple_of = spec["multiple_of"] if spec else 1
+        multiple_of = input_multiple(model)
     shape = image.shape[:3]
     if window is None:
         padded = _pad_to(image, pad_to_multiple(shape, multiple_of))
@@ -115,28 +140,41 @@ def lesion_probability(probs):
     return probs[..., 1] if probs.shape[-1] > 1 else probs[..., 0]
 
 
-def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1):
+def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, modalities=None,
+                    spacing=None):
     """Lesion probability of a subject in the scan's own voxel grid.
 
     The subject is read and normalised as in training, on the grid recorded in
-    the model's ScanSpec, predicted, and mapped back to the geometry of its
-    first modality.
+    the model's ScanSpec (modalities, voxel size, size multiple), predicted,
+    and mapped back to the geometry of its first modality. A model without a
+    ScanSpec (built by hand) needs ``modalities``, in the order it was trained
+    on; ``spacing`` then resamples the scan (default: kept), and the size
+    multiple comes from its architecture (``input_multiple``).
 
     Returns:
         ``(probability, geometry)``: float32 array in the scan's grid and the
         geometry to write it with.
+
+    Raises:
+        ValueError: the subject lacks a modality the model needs, or a model
+            without a ScanSpec was given no ``modalities``.
     """
     spec = scan_spec(model)
-    modalities = spec["modalities"] if spec else list(subject.images)
+    if spec:
+        modalities, spacing = spec["modalities"], spec["spacing"]
+    elif modalities is None:
+        raise ValueError(
+            "this model records no input contract (it was not saved by tversky-keras train): "
+            "give its modalities in the order it was trained on (--modalities T1W,T2W,FLAIR)")
+    modalities = list(modalities)
     missing = [m for m in modalities if m not in subject.images]
     if missing:
         raise ValueError(
             f"the model expects modalities {', '.join(modalities)} (in that order) but "
             f"subject {subject.id} has no {', '.join(missing)}")
     check_modalities(model, modalities, source=f"subject {subject.id}")
-    volume = load_subject(subject, modalities=modalities,
-                          target_spacing=spec["spacing"] if spec else None,
-                          multiple_of=spec["multiple_of"] if spec else None)
+    volume = load_subject(subject, modalities=modalities, target_spacing=spacing,
+                          multiple_of=input_multiple(model))
     probs = predict_volume(model, volume.image, window=window, overlap=overlap,
                            batch_size=batch_size)
     lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
@@ -144,11 +182,55 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1):
     return native.astype(np.float32), volume.geometry
 
 
-def write_segmentation(probability, geometry, out_dir, threshold=0.5):
-    """Write ``probability.nii.gz`` (float32) and ``mask.nii.gz`` (uint8) atomically."""
+def check_threshold(threshold):
+    """``threshold`` as a float, or a ValueError: a mask threshold must lie in (0, 1]."""
+    threshold = float(threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold {threshold:g}: must lie in (0, 1] (0 would call every "
+                         f"voxel lesion, above 1 none)")
+    return threshold
+
+
+def write_segmentation(probability, geometry, out_dir, threshold=0.5, about=None):
+    """Write ``probability.nii.gz`` (float32), ``mask.nii.gz`` (uint8) and ``segmentation.json``.
+
+    The two images are published as a pair: both are written in full under
+    temporary names first; then the manifest and the old pair are removed,
+    the new pair is renamed into place, and the manifest, written last, says
+    the pair is complete. A kill at any moment leaves the old pair, the new
+    pair, or an incomplete set without a manifest, never a new probability
+    map beside an old mask; leftover temporary files are removed by the next
+    write.
+
+    Args:
+        probability: float array in the scan's grid (``segment_subject``).
+        geometry: the scan's ``Geometry``.
+        out_dir: the output folder (created).
+        threshold: the mask threshold, in (0, 1].
+        about: optional dict recorded in the manifest (model, inputs).
+
+    Returns:
+        ``(probability_path, mask_path)``.
+    """
+    threshold = check_threshold(threshold)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prob_path, mask_path = out_dir / "probability.nii.gz", out_dir / "mask.nii.gz"
-    save_nifti_like(probability, geometry, prob_path, np.float32)
-    save_nifti_like((probability >= threshold).astype(np.uint8), geometry, mask_path, np.uint8)
-    return prob_path, mask_path
+    for leftover in out_dir.glob(".segmentation-*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = out_dir / f".segmentation-{uuid.uuid4().hex}.tmp"
+    staging.mkdir()
+    try:
+        prob_name, mask_name = SEGMENTATION_FILES
+        save_nifti_like(probability, geometry, staging / prob_name, np.float32)
+        save_nifti_like((probability >= threshold).astype(np.uint8), geometry,
+                        staging / mask_name, np.uint8)
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        for name in (mask_name, prob_name):
+            (out_dir / name).unlink(missing_ok=True)
+        for name in (prob_name, mask_name):
+            (staging / name).replace(out_dir / name)
+        write_json({"files": list(SEGMENTATION_FILES), "threshold": threshold,
+                    **(about or {})}, out_dir / MANIFEST)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / prob_name, out_dir / mask_name

@@ -78,6 +78,40 @@ class Geometry:
         return cls(image.affine.copy(), image.header.copy(), shape, orientation, spacing, grid)
 
 
+def canonical_affine(image):
+    """The voxel-to-world affine of ``image``'s data in canonical (RAS+) voxel order.
+
+    ``read_nifti`` returns arrays in that order: two arrays it read lie on the
+    same grid exactly when their shapes and these affines agree.
+    """
+    shape = tuple(int(n) for n in image.shape[:3])
+    return image.affine @ inv_ornt_aff(io_orientation(image.affine), shape)
+
+
+def check_same_grid(path_a, image_a, path_b, image_b, tolerance=1e-3):
+    """ValueError naming both files unless their scans share shape, voxel size and position.
+
+    Args:
+        tolerance: largest difference allowed between affine entries (mm).
+    """
+    affine_a, affine_b = canonical_affine(image_a), canonical_affine(image_b)
+    shape_a = tuple(int(image_a.shape[i]) for i in np.argsort(io_orientation(image_a.affine)[:, 0]))
+    shape_b = tuple(int(image_b.shape[i]) for i in np.argsort(io_orientation(image_b.affine)[:, 0]))
+    if shape_a != shape_b:
+        raise ValueError(f"{path_a} has shape {shape_a} but {path_b} has {shape_b} "
+                         f"(in RAS voxel order): they are not on one voxel grid")
+    spacing_a = np.linalg.norm(affine_a[:3, :3], axis=0)
+    spacing_b = np.linalg.norm(affine_b[:3, :3], axis=0)
+    if not np.allclose(spacing_a, spacing_b, atol=tolerance):
+        raise ValueError(f"{path_a} has voxels of {np.round(spacing_a, 4).tolist()} mm but "
+                         f"{path_b} of {np.round(spacing_b, 4).tolist()} mm")
+    if not np.allclose(affine_a, affine_b, atol=tolerance):
+        shift = np.round(affine_a[:3, 3] - affine_b[:3, 3], 3).tolist()
+        raise ValueError(f"{path_a} and {path_b} are not aligned: their affines differ "
+                         f"(origin shift {shift} mm of the first from the second, or a "
+                         f"rotation):\n{affine_a}\nvs\n{affine_b}")
+
+
 def pad_to_multiple(shape, multiple):
     """``shape`` with every size rounded up to a multiple of ``multiple``.
 
