@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def test_other_settings_in_the_same_folder_are_refused(finished_run, subjects):
 def test_saved_model_records_the_scan_it_expects(finished_run):
     run_dir, config, _ = finished_run
     model = keras.saving.load_model(run_dir / "model.keras")
-    assert scan_spec(model) == {"modalities": list(config.modalities), "spacing": None,
+    # No --spacing: the model records the scans' own voxel size (the tiny subjects' 2 mm).
+    assert scan_spec(model) == {"modalities": list(config.modalities), "spacing": 2.0,
                                 "multiple_of": 4}
     assert model.loss.alpha == config.alpha and model.loss.beta == config.beta
 
@@ -252,3 +254,37 @@ def test_a_rejected_setting_leaves_no_config_that_refuses_the_corrected_command(
     assert not (tmp_path / "run" / "config.json").exists()
     corrected = TrainConfig(**{**config.to_json(), "epochs": 1})
     assert train(corrected, subjects[:2], [], tmp_path / "run", verbose=0)["epochs"] == 1
+
+
+@pytest.mark.parametrize("option, problem", [
+    (["--spacing", "-2"], "spacing must be positive"),
+    (["--spacing", "0"], "spacing must be positive"),
+    (["--lr", "-1"], "learning_rate must be positive"),
+    (["--alpha", "-1"], "alpha and beta must be >= 0"),
+    (["--patch", "18", "--depth", "2"], "multiple of 2\\^depth = 4"),
+    (["--patch", "100000"], "at most 512"),
+    (["--foreground-ratio", "1.5", "--patch", "16"], "foreground_ratio must lie in"),
+    (["--dropout", "1"], "dropout must lie in"),
+    (["--seed", "-1"], "seed a non-negative integer"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(subjects, tmp_path, capsys,
+                                                            option, problem):
+    from tversky_keras.cli import main
+
+    data = Path(subjects[0].images["FLAIR"]).parents[1]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *option]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and re.search(problem, error[0])
+    assert not (tmp_path / "run").exists()
+
+
+def test_subjects_of_different_voxel_sizes_need_a_spacing(tmp_path):
+    write_tiny_subjects(tmp_path / "a", n=2)
+    write_tiny_subjects(tmp_path / "b", n=1, affine=np.diag([1.0, 1.0, 3.0, 1.0]))
+    other = discover_subjects(tmp_path / "b")[0]
+    subjects = discover_subjects(tmp_path / "a") + [
+        other.__class__(id="other", images=other.images, mask=other.mask)]
+    with pytest.raises(ValueError, match="different voxel sizes.*other: \\[1.0, 1.0, 3.0\\]"):
+        train(TrainConfig(epochs=1, **TINY), subjects, [], tmp_path / "run", verbose=0)
+    train(TrainConfig(epochs=1, spacing=3.0, **TINY), subjects, [], tmp_path / "run3", verbose=0)
+    assert scan_spec(keras.saving.load_model(tmp_path / "run3" / "last.keras"))["spacing"] == 3.0

@@ -12,14 +12,24 @@ import keras
 SPEC_LAYER_NAME = "scan_spec"
 
 
+def _spacing(spacing):
+    """``None``, a float (isotropic), or a list of three floats."""
+    if spacing is None:
+        return None
+    values = [float(v) for v in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
+    if len(values) not in (1, 3) or min(values) <= 0:
+        raise ValueError(f"ScanSpec: spacing must be one or three positive sizes, got {spacing}")
+    return values[0] if len(set(values)) == 1 else values
+
+
 @keras.saving.register_keras_serializable(package="tversky_keras")
 class ScanSpec(keras.layers.Layer):
     """Identity layer whose configuration describes the expected input scan.
 
     Args:
         modalities: the input channels in order, e.g. ``["T1W", "T2W", "FLAIR"]``.
-        spacing: isotropic voxel size in mm the model was trained at, or
-            ``None`` for the scans' own grid.
+        spacing: voxel size in mm the model was trained at (one number, or
+            three for anisotropic voxels), or ``None`` for the scans' own grid.
         multiple_of: every spatial size fed to the model must be a multiple of it
             (``2 ** depth`` for the U-Net).
     """
@@ -28,7 +38,7 @@ class ScanSpec(keras.layers.Layer):
         kwargs.setdefault("name", SPEC_LAYER_NAME)
         super().__init__(**kwargs)
         self.modalities = list(modalities)
-        self.spacing = None if spacing is None else float(spacing)
+        self.spacing = _spacing(spacing)
         self.multiple_of = int(multiple_of)
 
     def build(self, input_shape):

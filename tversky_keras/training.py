@@ -31,10 +31,13 @@ from tversky_keras import losses as losses_lib
 from tversky_keras import metrics as metrics_lib
 from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import MODALITIES
+from tversky_keras.data.io import check_modalities
 from tversky_keras.data.cache import preprocess
-from tversky_keras.models import unet3d
+from tversky_keras.models import NORMALIZATIONS, unet3d
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
+# A side of a training patch; past it a batch no longer fits any machine's memory.
+MAX_PATCH = 512
 MONITORS = ("val_dice", "val_f2", "val_prauc", "val_sensitivity", "val_loss")
 # auto: float16 on a GPU, float32 on a CPU; on: float16 on a GPU, bfloat16 on a CPU.
 MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
@@ -97,6 +100,39 @@ class TrainConfig:
             raise ValueError(f"jit_compile={self.jit_compile!r}: choose auto, on or off")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
             raise ValueError("epochs, steps_per_epoch and batch_size must be at least 1")
+        self._check_values()
+
+    def _check_values(self):
+        """ValueError naming the first setting out of range, before anything is written."""
+        check_modalities(self.modalities)
+        make_loss(self)  # the loss checks alpha, beta, gamma and smooth itself
+        positive = {"learning_rate": self.learning_rate, "lr_decay_steps": self.lr_decay_steps,
+                    "base_filters": self.base_filters, "depth": self.depth}
+        if self.spacing is not None:
+            positive["spacing"] = self.spacing
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f"lr_decay_rate must lie in (0, 1], got {self.lr_decay_rate}")
+        if not 0 <= self.foreground_ratio <= 1:
+            raise ValueError(f"foreground_ratio must lie in [0, 1], got {self.foreground_ratio}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.ce_weight < 0 or self.seed < 0 or int(self.seed) != self.seed:
+            raise ValueError(f"ce_weight must be >= 0 and seed a non-negative integer, got "
+                             f"ce_weight={self.ce_weight}, seed={self.seed}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got "
+                             f"{self.normalization!r}")
+        if self.patch_size is not None:
+            multiple = 2 ** self.depth
+            if len(self.patch_size) != 3 or any(p % multiple or not 0 < p <= MAX_PATCH
+                                                for p in self.patch_size):
+                raise ValueError(
+                    f"patch_size {self.patch_size}: each size must be a multiple of "
+                    f"2^depth = {multiple} (the U-Net pools {self.depth} times) and at most "
+                    f"{MAX_PATCH}")
 
     def to_json(self):
         return {k: list(v) if isinstance(v, tuple) else v
@@ -243,13 +279,38 @@ def writer_dir(run_dir):
     return Path(run_dir) / f".{task[0]}{task[1]}"
 
 
-def build_model(config):
-    """The configured U-Net behind a ScanSpec recording modalities and grid."""
+def build_model(config, spacing=None):
+    """The configured U-Net behind a ScanSpec recording modalities and grid.
+
+    Args:
+        spacing: the voxel size the model is trained at (``config.spacing``
+            when ``None``): ``train`` passes the data's own when the scans are
+            not resampled, so every saved model carries its resolution.
+    """
     network = unet3d(input_shape=(None, None, None, len(config.modalities)), n_classes=2,
                      base_filters=config.base_filters, depth=config.depth,
                      normalization=config.normalization, dropout=config.dropout)
-    return with_scan_spec(network, config.modalities, spacing=config.spacing,
+    return with_scan_spec(network, config.modalities,
+                          spacing=config.spacing if spacing is None else spacing,
                           multiple_of=2 ** config.depth)
+
+
+def data_spacing(volumes, tolerance=1e-3):
+    """The voxel size all ``volumes`` were read at, per axis, or a ValueError naming them.
+
+    Without ``--spacing`` the scans keep their own grids; a model trained on
+    them must record that grid, which only exists if they share it.
+    """
+    spacings = {v.id: np.round(np.asarray(v.geometry.spacing, float), 6) for v in volumes}
+    first = next(iter(spacings.values()))
+    different = {i: s.tolist() for i, s in spacings.items()
+                 if not np.allclose(s, first, atol=tolerance)}
+    if different:
+        raise ValueError(
+            f"the training subjects have different voxel sizes ({next(iter(spacings))}: "
+            f"{first.tolist()} mm; {', '.join(f'{i}: {s} mm' for i, s in different.items())}); "
+            f"give --spacing to resample them to one")
+    return first.tolist()
 
 
 def load_volumes(subjects, config, cache_dir=None):
@@ -497,8 +558,9 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
     start_epoch = _resumed_epoch(backup_dir)
     train_ds, val_ds = _datasets(config, strategy, train_volumes, val_volumes, start_epoch)
 
+    spacing = None if config.spacing is not None else data_spacing(train_volumes + val_volumes)
     with strategy.scope():
-        model = build_model(config)
+        model = build_model(config, spacing)
         if config.init:
             initialise_from(model, config)
         model.compile(optimizer=paper_optimizer(config), loss=make_loss(config),

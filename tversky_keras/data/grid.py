@@ -178,6 +178,8 @@ def to_grid(array, spacing, target_spacing=None, target_shape=None, multiple_of=
     """
     if target_shape is not None and multiple_of is not None:
         raise ValueError("give target_shape or multiple_of, not both")
+    if target_spacing is not None and not np.all(np.asarray(target_spacing, float) > 0):
+        raise ValueError(f"target_spacing must be positive, got {target_spacing}")
     source_shape = tuple(array.shape[:3])
     if target_spacing is None:
         resampled_shape = source_shape
