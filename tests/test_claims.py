@@ -211,3 +211,28 @@ def test_timings_come_from_arguments_then_the_environment_then_defaults(monkeypa
 def test_timings_that_would_lose_a_live_claim_are_refused(heartbeat, stale_after):
     with pytest.raises(ValueError, match="stale_after >= 2 x heartbeat"):
         timings(heartbeat, stale_after)
+
+
+def test_a_claim_whose_owner_died_on_this_host_is_stale_at_once(tmp_path):
+    """A kill -9 and a rerun on the same machine need not wait out the stale limit."""
+    code = ("import importlib.util, sys, time\n"
+            "spec = importlib.util.spec_from_file_location('claims', sys.argv[1])\n"
+            "claims = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(claims)\n"
+            "claim = claims.try_claim(sys.argv[2])\n"
+            "print(claim.path, flush=True)\n"
+            "time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, CLAIMS_FILE, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # the child holds the claim
+        holder = current_holder(tmp_path)
+        assert holder.owner["pid"] == child.pid and not holder.stale
+        assert try_claim(tmp_path, heartbeat=1, stale_after=600) is None
+    finally:
+        child.kill()
+        child.wait()
+    assert current_holder(tmp_path, stale_after=600).stale
+    claim = try_claim(tmp_path, heartbeat=1, stale_after=600)
+    assert claim is not None and claim.generation == 1
+    claim.release()

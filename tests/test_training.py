@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +49,10 @@ def finished_run(subjects, tmp_path_factory):
 def test_run_folder_holds_models_log_config_and_summary(finished_run):
     run_dir, config, summary = finished_run
     assert (run_dir / "model.keras").is_file() and (run_dir / "last.keras").is_file()
-    assert json.loads((run_dir / "config.json").read_text()) == config.to_json()
+    saved = json.loads((run_dir / "config.json").read_text())
+    data = saved.pop("data")
+    assert saved == config.to_json()
+    assert sorted(data["train"]) == ["sub00", "sub01"] and sorted(data["val"]) == ["sub02"]
     rows = read_log(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"loss", "val_dice", "val_sensitivity", "val_f2", "val_prauc", "lr"} <= set(rows[0])
@@ -288,3 +292,39 @@ def test_subjects_of_different_voxel_sizes_need_a_spacing(tmp_path):
         train(TrainConfig(epochs=1, **TINY), subjects, [], tmp_path / "run", verbose=0)
     train(TrainConfig(epochs=1, spacing=3.0, **TINY), subjects, [], tmp_path / "run3", verbose=0)
     assert scan_spec(keras.saving.load_model(tmp_path / "run3" / "last.keras"))["spacing"] == 3.0
+
+
+def test_other_data_or_another_split_in_the_same_folder_are_refused(finished_run, subjects):
+    run_dir, config, _ = finished_run
+    with pytest.raises(ValueError, match="training subjects removed: sub01"):
+        train(config, subjects[:1], subjects[2:], run_dir, verbose=0)
+    with pytest.raises(ValueError, match="training subjects added: sub02.*validation subjects "
+                                         "removed: sub02"):
+        train(config, subjects, [], run_dir, verbose=0)
+
+
+def test_a_changed_source_file_is_named(subjects, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(Path(subjects[0].images["FLAIR"]).parents[1], data)
+    copies = discover_subjects(data)
+    config = TrainConfig(epochs=1, **TINY)
+    train(config, copies[:2], [], tmp_path / "run", verbose=0)
+    stat = copies[1].images["T2W"].stat()
+    os.utime(copies[1].images["T2W"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="training subjects files changed: sub01"):
+        train(config, copies[:2], [], tmp_path / "run", verbose=0)
+
+
+def test_a_second_process_on_a_busy_run_folder_gets_a_clear_error(subjects, tmp_path):
+    from tversky_keras.claims import try_claim
+    from tversky_keras.training import RunFolderBusy
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with try_claim(run_dir):  # another training process holds the folder
+        with pytest.raises(RunFolderBusy, match="another training process holds this run "
+                                                "folder \\(pid \\d+ on host"):
+            train(TrainConfig(epochs=1, **TINY), subjects[:2], [], run_dir, verbose=0)
+    assert not (run_dir / "config.json").exists()
+    train(TrainConfig(epochs=1, **TINY), subjects[:2], [], run_dir, verbose=0)
+    assert not list(run_dir.glob("claim.*"))  # released at the end

@@ -132,6 +132,28 @@ def _read_owner(path):
         return {}
 
 
+def _owner_died(owner):
+    """True when the claim's owner ran on this host and its process no longer exists.
+
+    Such a claim is stale at once (a ``kill -9`` followed by a rerun on the same
+    machine need not wait out ``stale_after``); an owner on another host is
+    judged by its heartbeat alone.
+    """
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _is_stale(path, age, stale_after):
+    return age > stale_after or _owner_died(_read_owner(path))
+
+
 def current_holder(folder, stale_after=None):
     """Who holds the claim on ``folder``: a ``Holder`` (possibly stale), or None if nobody."""
     stale_after = _setting(stale_after, STALE_AFTER_ENV, DEFAULT_STALE_AFTER)
@@ -142,7 +164,8 @@ def current_holder(folder, stale_after=None):
     age = _heartbeat_age(claims[generation])
     if age is None:       # released while we looked
         return None
-    return Holder(generation, _read_owner(claims[generation]), age, age > stale_after)
+    return Holder(generation, _read_owner(claims[generation]), age,
+                  _is_stale(claims[generation], age, stale_after))
 
 
 def try_claim(folder, heartbeat=None, stale_after=None):
@@ -168,7 +191,7 @@ def try_claim(folder, heartbeat=None, stale_after=None):
     if claims:
         top = max(claims)
         age = _heartbeat_age(claims[top])
-        if age is None or age <= stale_after:
+        if age is None or not _is_stale(claims[top], age, stale_after):
             return None
         generation = top + 1
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
@@ -207,8 +230,8 @@ def _alone(folder, generation, stale_after):
     others = {g: p for g, p in _claim_files(folder).items() if g != generation}
     if any(g > generation for g in others):
         return False
-    ages = [_heartbeat_age(p) for p in others.values()]
-    if any(age is not None and age <= stale_after for age in ages):
+    ages = {p: _heartbeat_age(p) for p in others.values()}
+    if any(age is not None and not _is_stale(p, age, stale_after) for p, age in ages.items()):
         return False
     for path in others.values():       # tells a revived stale owner that it lost
         path.unlink(missing_ok=True)

@@ -32,7 +32,8 @@ from tversky_keras import metrics as metrics_lib
 from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import MODALITIES
 from tversky_keras.data.io import check_modalities
-from tversky_keras.data.cache import preprocess
+from tversky_keras.claims import current_holder, try_claim
+from tversky_keras.data.cache import cache_key, preprocess
 from tversky_keras.models import NORMALIZATIONS, unet3d
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
@@ -405,8 +406,38 @@ def _resumed_epoch(backup_dir):
         return 0
 
 
-def _check_config(run_dir, config):
-    """Refuse to resume a run folder that holds a different configuration.
+def run_record(config, train_subjects, val_subjects):
+    """What ``config.json`` holds: every setting, and the data the run trains and validates on.
+
+    Each subject is recorded by id and a digest of its source files' identity
+    (resolved path, size, modification time; ``tversky_keras.data.cache``), so a
+    run folder can tell another data set, another split or a changed file.
+    """
+    def digests(subjects):
+        return {s.id: cache_key(s, settings={}) for s in subjects}
+
+    return {**config.to_json(),
+            "data": {"train": digests(train_subjects), "val": digests(val_subjects)}}
+
+
+def _differences(saved, wanted):
+    """Names of what differs between two run records, data down to subjects."""
+    changed = [k for k in sorted(set(saved) | set(wanted))
+               if k != "data" and saved.get(k) != wanted.get(k)]
+    for part, label in (("train", "training subjects"), ("val", "validation subjects")):
+        before = (saved.get("data") or {}).get(part, {})
+        after = wanted["data"][part]
+        added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+        edited = sorted(i for i in set(before) & set(after) if before[i] != after[i])
+        for words, ids in (("added", added), ("removed", removed), ("files changed", edited)):
+            if ids:
+                changed.append(f"{label} {words}: {', '.join(ids[:5])}"
+                               + (f" and {len(ids) - 5} more" if len(ids) > 5 else ""))
+    return changed
+
+
+def _check_config(run_dir, record):
+    """Refuse to resume a run folder that holds other settings or other data.
 
     ``config.json`` itself is written by ``_fit`` only once the run is set
     up (data read, model built): a setting rejected on the way leaves no
@@ -415,12 +446,15 @@ def _check_config(run_dir, config):
     path = Path(run_dir) / "config.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved != config.to_json():
-            changed = sorted(k for k in set(saved) | set(config.to_json())
-                             if saved.get(k) != config.to_json().get(k))
+        changed = _differences(saved, record)
+        if changed:
             raise ValueError(
-                f"{path}: this run folder holds a run with other settings "
-                f"({', '.join(changed)}); use a new output folder or delete it")
+                f"{path}: this run folder holds a run with other settings or data "
+                f"({'; '.join(changed)}); use a new output folder or delete it")
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is training in the same run folder."""
 
 
 def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=(), cache_dir=None):
@@ -442,28 +476,38 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
         WorkerLost: another worker of a multi-worker run stopped.
-        ValueError: ``run_dir`` holds a run with other settings.
+        ValueError: ``run_dir`` holds a run with other settings or data.
+        RunFolderBusy: another process is training in ``run_dir``.
     """
     strategy = distribution_strategy()  # before any other TensorFlow op
     run_dir = Path(run_dir)
     own_dir = writer_dir(run_dir)
     own_dir.mkdir(parents=True, exist_ok=True)
-    _check_config(own_dir, config)
-    # Every worker asks the chief's folder whether the run is finished.
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
+    record = run_record(config, train_subjects, val_subjects)
+    claim = try_claim(own_dir)
+    if claim is None:
+        holder = current_holder(own_dir)
+        raise RunFolderBusy(
+            f"{own_dir}: another training process holds this run folder "
+            f"({holder.describe() if holder else 'it is starting'}); wait for it to end, or "
+            f"give another output folder")
+    with claim:
+        _check_config(own_dir, record)
+        # Every worker asks the chief's folder whether the run is finished.
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            return json.loads(summary_path.read_text())
 
-    keras.utils.set_random_seed(config.seed)
-    mixed, jit = resolve_acceleration(config)
-    previous_policy = keras.mixed_precision.global_policy()
-    if mixed:
-        keras.mixed_precision.set_global_policy(mixed)
-    try:
-        return _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbose,
-                    jit, mixed, list(callbacks), cache_dir)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        keras.utils.set_random_seed(config.seed)
+        mixed, jit = resolve_acceleration(config)
+        previous_policy = keras.mixed_precision.global_policy()
+        if mixed:
+            keras.mixed_precision.set_global_policy(mixed)
+        try:
+            return _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy,
+                        verbose, jit, mixed, list(callbacks), cache_dir, record)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def initialise_from(model, config):
@@ -551,7 +595,7 @@ def _datasets(config, strategy, train_volumes, val_volumes, start_epoch):
 
 
 def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbose, jit, mixed,
-         extra_callbacks, cache_dir):
+         extra_callbacks, cache_dir, record):
     train_volumes = load_volumes(train_subjects, config, cache_dir)
     val_volumes = load_volumes(val_subjects, config, cache_dir)
     backup_dir = run_dir / "backup"
@@ -578,7 +622,7 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
     callbacks += extra_callbacks
 
     if not (own_dir / "config.json").is_file():
-        write_json(config.to_json(), own_dir / "config.json")
+        write_json(record, own_dir / "config.json")
     started = time.perf_counter()
     try:
         # shuffle=False: the dataset shuffles itself (seeded); Keras cannot shuffle tf.data.
