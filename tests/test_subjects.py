@@ -305,3 +305,22 @@ def test_real_patient_round_trips_to_its_own_voxels(patient07_flair, mslub_root)
     np.testing.assert_array_equal(from_grid(volume.label, volume.geometry, order=0), stored)
     brain = volume.image[..., 0][volume.brain]
     assert abs(brain.mean()) < 0.05 and 0.9 < brain.std() < 1.1
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("zero FLAIR", "FLAIR.nii.gz: the FLAIR scan is constant \\(0\\) inside the brain"),
+    ("constant T1W", "T1W.nii.gz: the T1W scan is constant \\(7\\) inside the brain"),
+    ("empty brain mask", "brainmask.nii.gz: no brain voxels"),
+])
+def test_an_empty_or_constant_scan_is_refused_not_normalised(tmp_path, rng, case, problem):
+    folder = tmp_path / "s1"
+    images, _ = write_subject(folder, rng)
+    if case == "zero FLAIR":
+        write(folder / "FLAIR.nii.gz", np.zeros(SHAPE, np.float32))
+        write(folder / "brainmask.nii.gz", (images["T1W"] != 0).astype(np.uint8))
+    elif case == "constant T1W":
+        write(folder / "T1W.nii.gz", np.where(images["T1W"] != 0, 7.0, 0).astype(np.float32))
+    else:
+        write(folder / "brainmask.nii.gz", np.zeros(SHAPE, np.uint8))
+    with pytest.raises(DataError, match=problem):
+        load_subject(subject_from_folder(folder))

@@ -284,6 +284,15 @@ def load_subject(
         brain = read_aligned_mask(subject.brainmask).astype(bool)
     else:
         brain = np.logical_or.reduce([c != 0 for c in channels])
+    if not brain.any():
+        raise DataError(subject.brainmask or reference_path,
+                        "no brain voxels: the brain mask is empty, or every scan is all 0")
+    for modality, channel in zip(modalities, channels):
+        inside = channel[brain]
+        if inside.min() == inside.max():
+            raise DataError(subject.images[modality],
+                            f"the {modality} scan is constant ({inside.min():g}) inside the "
+                            f"brain: an empty or failed acquisition")
     if normalize:
         channels = [zscore_in_brain(c, brain) for c in channels]
 
