@@ -143,13 +143,68 @@ def test_label_forms_give_the_same_loss(rng):
 
 
 @pytest.mark.parametrize("cls", [TverskyLoss, TverskyCrossEntropyLoss])
-def test_sigmoid_channel_equals_two_class_softmax(rng, cls):
+@pytest.mark.parametrize("include_background", [False, True])
+def test_sigmoid_channel_counts_only_its_own_class(rng, cls, include_background):
+    """One sigmoid channel is the lesion class alone, background option or not (MONAI's way)."""
     truth = (rng.random((2, 4, 4, 4)) < 0.2).astype("float32")
     lesion = rng.random((2, 4, 4, 4, 1)).astype("float32")
-    loss = cls(alpha=0.2, beta=0.8, include_background=True)
-    expected = float(loss(truth.astype("int32"), two_class(lesion[..., 0])))
+    loss = cls(alpha=0.2, beta=0.8, include_background=include_background)
+    two_classes = cls(alpha=0.2, beta=0.8, include_background=False)
+    expected = float(two_classes(truth.astype("int32"), two_class(lesion[..., 0])))
     assert float(loss(truth, lesion)) == pytest.approx(expected, rel=1e-6)
     assert float(loss(truth[..., None], lesion)) == pytest.approx(expected, rel=1e-6)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def softmax_channels(x):
+    e = np.exp(np.asarray(x, np.float64))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# MONAI 1.x's own TverskyLoss cases (tests/losses/test_tversky_loss.py), each
+# the input after MONAI's activation, moved from channel-first (B, C, *spatial)
+# to our channel-last; smooth_nr = smooth_dr = our smooth. Left out: MONAI's
+# soft_label=True and smooth_nr != smooth_dr (options we do not have), the
+# "sum"/"none" reductions over channels, and the tanh/log-softmax activations.
+SIGMOID_2X2 = sigmoid([[[[1.0, -1.0], [-1.0, 1.0]]]])
+TARGET_2X2 = [[[[1.0, 0.0], [1.0, 1.0]]]]
+LOGITS_2X3 = [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
+LABELS_2X3 = [[[1.0, 0.0, 0.0]], [[1.0, 1.0, 0.0]]]
+MONAI_CASES = [
+    # (our options, MONAI input (B, C, ...), MONAI target (B, C, ...)), MONAI's value
+    (dict(include_background=True, smooth=1e-6), SIGMOID_2X2, TARGET_2X2, 0.307576),
+    (dict(include_background=True, smooth=1e-4),
+     sigmoid([[[[1.0, -1.0], [-1.0, 1.0]]], [[[1.0, -1.0], [-1.0, 1.0]]]]),
+     [[[[1.0, 1.0], [1.0, 1.0]]], [[[1.0, 0.0], [1.0, 0.0]]]], 0.416657),
+    (dict(include_background=True, smooth=1e-4),
+     [[[[0.3, 0.4], [0.7, 0.9]]], [[[1.0, 0.1], [0.5, 0.3]]]],
+     [[[[0.3, 0.4], [0.7, 0.9]]], [[[1.0, 0.1], [0.5, 0.3]]]], 0.307773),
+    (dict(include_background=False, smooth=0.0),
+     [[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]],
+     [[[0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]]], 0.0),
+    (dict(include_background=True, smooth=1e-4), sigmoid(LOGITS_2X3), LABELS_2X3, 0.435050),
+    (dict(include_background=True, smooth=1e-5, batch=True), sigmoid(LOGITS_2X3), LABELS_2X3,
+     0.422979),
+    (dict(include_background=True, smooth=1e-4), softmax_channels(LOGITS_2X3), LABELS_2X3,
+     0.383713),
+    (dict(include_background=True, smooth=1e-6, alpha=0.3, beta=0.7), SIGMOID_2X2, TARGET_2X2,
+     0.3589),
+    (dict(include_background=True, smooth=1e-6, alpha=0.7, beta=0.3), SIGMOID_2X2, TARGET_2X2,
+     0.247366),
+]
+
+
+@pytest.mark.parametrize("options, monai_input, monai_target, expected", MONAI_CASES)
+def test_monai_test_cases_give_monais_values(options, monai_input, monai_target, expected):
+    pred = np.moveaxis(np.asarray(monai_input, np.float32), 1, -1)
+    target = np.moveaxis(np.asarray(monai_target, np.float32), 1, -1)
+    if target.shape[-1] == 1 and pred.shape[-1] > 1:  # MONAI's to_onehot_y: class labels
+        target = target[..., 0].astype("int32")
+    value = float(TverskyLoss(**{"alpha": 0.5, "beta": 0.5, **options})(target, pred))
+    assert value == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -9,7 +9,9 @@ softmax over `C >= 2` classes or a single sigmoid channel (`C == 1`). `y_true`
 is one-hot `(B, *spatial, C)` or class labels `(B, *spatial)` /
 `(B, *spatial, 1)`; with one sigmoid channel it is the binary lesion mask.
 Class 0 is background; the index is averaged over the foreground classes
-`1..C-1` (a sigmoid channel counts as class 1).
+`1..C-1`, or over all classes with `include_background=True`. A single sigmoid
+channel is the one class counted either way, as MONAI counts the channel it
+is given.
 
 Reference:
     Salehi, Erdogmus, Gholipour. "Tversky loss function for image segmentation
@@ -114,8 +116,11 @@ def _check_label_values(y_true, y_pred):
 
 def _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_background):
     """Tversky index per sample and counted class, shape `(B, classes)`."""
+    # A single sigmoid channel is the one class counted, background or not
+    # (MONAI's reading: it counts the channel it is given).
+    single_channel = tuple(y_pred.shape)[-1] == 1
     truth, pred = class_maps(y_true, y_pred)
-    if not include_background:
+    if single_channel or not include_background:
         # split, not a [..., 1:] slice: the same values, but the slice's
         # gradient (a strided scatter) took ~70% of the loss's time on CPU.
         truth, pred = (ops.split(x, [1], axis=-1)[1] for x in (truth, pred))
@@ -162,7 +167,8 @@ def tversky_index(
         beta: Weight of false negatives.
         smooth: Added to numerator and denominator.
         batch: Pool the counts over the whole batch into one index.
-        include_background: Also count class 0.
+        include_background: Also count class 0 of a softmax. A single
+            sigmoid channel is always the one class counted, as in MONAI.
 
     Returns:
         float32 `(B,)`; with `batch=True` the batch index repeated `B` times.
@@ -249,7 +255,8 @@ class TverskyLoss(keras.losses.Loss):
         beta: Weight of false negatives, `>= 0`, with `alpha + beta > 0`.
         smooth: Added to numerator and denominator, `>= 0`.
         batch: Pool the counts over the batch into one index.
-        include_background: Also count class 0.
+        include_background: Also count class 0 of a softmax (a single sigmoid
+            channel is always the one class counted, as in MONAI).
         gamma: Focal exponent, `> 0`: the loss is `(1 - T) ** (1 / gamma)`.
         reduction: Keras reduction over the per-sample losses.
         name: Name of the loss.
