@@ -103,3 +103,29 @@ def test_commands_print_no_tensorflow_start_up_lines_unless_asked(tmp_path):
     loud = subprocess.run([sys.executable, "-c", "import tversky_keras"], cwd=ROOT,
                           capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert loud.returncode == 0 and "absl" in loud.stderr
+
+
+def test_train_defaults_are_train_configs_and_every_setting_is_an_option():
+    """The command line restates no default of its own, and drops no setting silently."""
+    import dataclasses
+
+    from tversky_keras.cli import NOT_ON_THE_COMMAND_LINE, build_parser, train_config
+    from tversky_keras.training import MIXED_PRECISION, TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    assert train_config(args) == TrainConfig()
+    # Every field moves when its option is given: set each to a non-default value.
+    changed = ["--alpha", "0.3", "--beta", "0.7", "--gamma", "2", "--ce-weight", "0.5",
+               "--pool-batch", "--modalities", "FLAIR", "--spacing", "2", "--patch", "32",
+               "--batch-size", "3", "--epochs", "5", "--steps", "7", "--base-filters", "4",
+               "--depth", "3", "--normalization", "batch", "--dropout", "0.1", "--lr", "3e-4",
+               "--foreground-ratio", "0.2", "--flips", "--monitor", "val_f2", "--seed", "9",
+               "--mixed-precision", "off", "--xla", "off", "--tensorboard", "--init", "m.keras"]
+    config = train_config(build_parser().parse_args(["train", "--data", "d", "--out", "o",
+                                                     *changed]))
+    moved = {f.name for f in dataclasses.fields(TrainConfig)
+             if getattr(config, f.name) != getattr(TrainConfig(), f.name)}
+    assert moved | set(NOT_ON_THE_COMMAND_LINE) == {f.name for f in dataclasses.fields(TrainConfig)}
+    choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                   if a.dest == "mixed_precision").choices
+    assert tuple(choices) == MIXED_PRECISION

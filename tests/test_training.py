@@ -107,7 +107,7 @@ def test_fresh_process_loads_the_model_and_predicts_the_same(finished_run, tmp_p
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path):
     # A loss that turns NaN from its 8th step (epoch 2) stands in for a diverging run.
     steps = keras.Variable(0.0, trainable=False)
 
@@ -116,10 +116,9 @@ def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path, monk
         nan_later = keras.ops.where(steps > 7, float("nan"), 1.0)
         return keras.ops.mean(y_pred) * nan_later
 
-    monkeypatch.setattr("tversky_keras.training.make_loss", lambda config: diverging_loss)
     config = TrainConfig(epochs=3, **{**TINY, "steps_per_epoch": 5})
     with pytest.raises(TrainingDiverged, match="loss became nan .* epoch 1"):
-        train(config, subjects[:2], [], tmp_path, verbose=0)
+        train(config, subjects[:2], [], tmp_path, verbose=0, loss=diverging_loss)
     assert [int(r["epoch"]) for r in read_log(tmp_path)] == [0]
     # Epoch 0's model is intact: it loads and predicts finite probabilities.
     model = keras.saving.load_model(tmp_path / "last.keras", compile=False)

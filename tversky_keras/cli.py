@@ -173,11 +173,15 @@ def run_preprocess(args):
     print(f"{len(volumes)} subjects preprocessed in {out}")
 
 
-def run_train(args):
-    from tversky_keras.data import discover_subjects
-    from tversky_keras.training import TrainConfig, train
+# TrainConfig fields the command line leaves at their defaults (the paper's).
+NOT_ON_THE_COMMAND_LINE = ("smooth", "lr_decay_rate", "lr_decay_steps")
 
-    config = TrainConfig(
+
+def train_config(args):
+    """The ``TrainConfig`` of parsed ``train`` arguments (checked on creation)."""
+    from tversky_keras.training import TrainConfig
+
+    return TrainConfig(
         alpha=args.alpha, beta=args.beta, gamma=args.gamma, ce_weight=args.ce_weight,
         pool_batch=args.pool_batch,
         modalities=args.modalities, spacing=args.spacing, patch_size=args.patch,
@@ -187,6 +191,13 @@ def run_train(args):
         flips=args.flips, monitor=args.monitor, seed=args.seed,
         mixed_precision=args.mixed_precision, jit_compile=args.xla,
         tensorboard=args.tensorboard, init=None if args.init is None else str(args.init))
+
+
+def run_train(args):
+    from tversky_keras.data import discover_subjects
+    from tversky_keras.training import train
+
+    config = train_config(args)
     subjects = discover_subjects(args.data, modalities=config.modalities)
     train_subjects, val_subjects = _split_validation(subjects, args.val)
     train(config, train_subjects, val_subjects, args.out, verbose=0 if args.quiet else 1,

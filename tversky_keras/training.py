@@ -457,7 +457,8 @@ class RunFolderBusy(RuntimeError):
     """Another process is training in the same run folder."""
 
 
-def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=(), cache_dir=None):
+def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=(), cache_dir=None,
+          loss=None):
     """Train (or resume, or skip a finished) run and return its summary dict.
 
     Args:
@@ -469,6 +470,8 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
         verbose: Keras' progress bar level (0 silent, 1 bar, 2 a line an epoch).
         callbacks: extra Keras callbacks (e.g. a progress display).
         cache_dir: where subjects are preprocessed to (``load_volumes``).
+        loss: a Keras loss to train with instead of ``make_loss(config)`` (the
+            one seam for another loss; ``config.json`` does not record it).
 
     Returns:
         The summary written to ``RUN_DIR/summary.json``.
@@ -505,7 +508,8 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
             keras.mixed_precision.set_global_policy(mixed)
         try:
             return _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy,
-                        verbose, jit, mixed, list(callbacks), cache_dir, record)
+                        verbose, jit, mixed, list(callbacks), cache_dir, record,
+                        loss or make_loss(config))
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -595,7 +599,7 @@ def _datasets(config, strategy, train_volumes, val_volumes, start_epoch):
 
 
 def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbose, jit, mixed,
-         extra_callbacks, cache_dir, record):
+         extra_callbacks, cache_dir, record, loss):
     train_volumes = load_volumes(train_subjects, config, cache_dir)
     val_volumes = load_volumes(val_subjects, config, cache_dir)
     backup_dir = run_dir / "backup"
@@ -607,7 +611,7 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
         model = build_model(config, spacing)
         if config.init:
             initialise_from(model, config)
-        model.compile(optimizer=paper_optimizer(config), loss=make_loss(config),
+        model.compile(optimizer=paper_optimizer(config), loss=loss,
                       metrics=make_metrics(), jit_compile=jit)
 
     monitor = config.monitor if val_ds is not None else config.monitor.removeprefix("val_")
