@@ -1,0 +1,146 @@
+"""Sim-to-real: a phantom-trained model, outputs in each scan's geometry, an independent oracle."""
+
+import json
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+
+from reproduce import sim2real
+from reproduce.experiment import PROFILES
+from tiny_data import write_tiny_subjects
+from tversky_keras.scan_spec import scan_spec
+
+KEYS = {"dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr", "threshold_dsc"}
+# Left-handed storage (x runs right to left): the outputs must come back in file order.
+LAS = np.diag([-2.0, 2.0, 2.0, 1.0])
+
+
+def make_clipping_matter(folder):
+    """A small, very bright lesion among slightly less bright non-lesion voxels.
+
+    With 8 lesion voxels at 5 and 20 others at 4 in about 2,700 brain voxels,
+    the brain's 99.5th percentile is 4: a FLAIR clipped there cannot tell the
+    lesion from the others (best DSC 16/36), the unclipped one can (DSC 1).
+    """
+    truth_image = nib.load(folder / "consensus_gt.nii.gz")
+    flair_image = nib.load(folder / "FLAIR.nii.gz")
+    truth, flair = np.asarray(truth_image.dataobj), flair_image.get_fdata().astype(np.float32)
+    lesion = np.flatnonzero(truth)[:8]
+    others = np.flatnonzero((flair != 0) & (truth == 0))[::50][:20]
+    truth = np.zeros_like(truth)
+    truth.flat[lesion] = 1
+    flair.flat[lesion], flair.flat[others] = 5.0, 4.0
+    nib.save(nib.Nifti1Image(truth, truth_image.affine), folder / "consensus_gt.nii.gz")
+    nib.save(nib.Nifti1Image(flair, flair_image.affine), folder / "FLAIR.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim2real")
+    folders = write_tiny_subjects(root / "data", n=2, affine=LAS)
+    make_clipping_matter(folders[0])
+    argv = ["--data", str(root / "data"), "--profile", "smoke", "--results",
+            str(root / "results"), "--cache", str(root / "cache")]
+    assert sim2real.main(argv) == 0
+    return root / "results" / "sim2real-smoke", folders, argv
+
+
+def read(path):
+    image = nib.load(path)
+    return np.asarray(image.dataobj), image.affine
+
+
+def oracle_by_trying_every_threshold(truth, intensity):
+    """The best DSC of ``intensity >= t`` over every value t (and calling nothing: 0)."""
+    best = 0.0
+    for t in np.unique(intensity):
+        called = intensity >= t
+        best = max(best, 2 * np.sum(called & truth) / (called.sum() + truth.sum()))
+    return best
+
+
+def test_outputs_are_in_each_scans_own_geometry(smoke_run):
+    root, folders, _ = smoke_run
+    for folder in folders:
+        flair, affine = read(folder / "FLAIR.nii.gz")
+        for name in ("probability.nii.gz", "mask.nii.gz"):
+            data, written_affine = read(root / folder.name / name)
+            assert data.shape == flair.shape
+            np.testing.assert_allclose(written_affine, affine)
+        probability, _ = read(root / folder.name / "probability.nii.gz")
+        assert probability.dtype == np.float32 and 0 <= probability.min() <= probability.max() <= 1
+
+
+def test_json_has_every_metric_and_the_settings(smoke_run):
+    root, folders, _ = smoke_run
+    result = json.loads((root / "sim2real.json").read_text())
+    assert set(result["subjects"]) == {f.name for f in folders}
+    for scores in result["subjects"].values():
+        assert KEYS <= set(scores)
+    assert (result["alpha"], result["beta"]) == (0.3, 0.7)
+    assert result["profile"]["name"] == "smoke"
+    assert result["training"]["spacing"] == PROFILES["smoke"].phantom_spacing
+    assert result["phantom"]["spacing"] == PROFILES["smoke"].phantom_spacing
+    assert "| sub00 |" in (root / "sim2real.md").read_text()
+
+
+def test_metrics_match_an_independent_computation_in_the_brain(smoke_run):
+    root, folders, _ = smoke_run
+    result = json.loads((root / "sim2real.json").read_text())
+    for folder in folders:
+        scans = [read(folder / f"{m}.nii.gz")[0] for m in ("T1W", "T2W", "FLAIR")]
+        brain = np.logical_or.reduce([scan != 0 for scan in scans])   # no brain mask
+        truth = read(folder / "consensus_gt.nii.gz")[0][brain] != 0
+        # DSC is unchanged by any increasing map of the intensity, z-scoring included.
+        expected = oracle_by_trying_every_threshold(truth, scans[2][brain])
+        scores = result["subjects"][folder.name]
+        assert scores["threshold_dsc"] == pytest.approx(expected, abs=1e-12)
+        called = read(root / folder.name / "mask.nii.gz")[0][brain] != 0
+        tp = np.sum(called & truth)
+        assert scores["dsc"] == pytest.approx(2 * tp / (called.sum() + truth.sum()))
+        assert scores["sensitivity"] == pytest.approx(tp / truth.sum())
+        assert scores["specificity"] == pytest.approx(np.sum(~called & ~truth) / np.sum(~truth))
+    # The unclipped FLAIR separates the bright lesion; the network's clipped input could not.
+    assert result["subjects"]["sub00"]["threshold_dsc"] == 1.0
+
+
+def test_the_model_resamples_scans_to_the_phantom_spacing(smoke_run):
+    root, _, _ = smoke_run
+    model = keras.saving.load_model(root / "run" / "last.keras")
+    assert scan_spec(model)["spacing"] == PROFILES["smoke"].phantom_spacing == 4.0
+    result = json.loads((root / "sim2real.json").read_text())
+    assert result["model_spacing"] == 4.0
+
+
+def test_a_rerun_skips_finished_work_and_other_settings_are_refused(smoke_run, tmp_path, capsys):
+    root, folders, argv = smoke_run
+    written = {f.name: (root / f.name / "probability.nii.gz").stat().st_mtime_ns for f in folders}
+    before = json.loads((root / "sim2real.json").read_text())
+    assert sim2real.main(argv) == 0
+    assert {f.name: (root / f.name / "probability.nii.gz").stat().st_mtime_ns
+            for f in folders} == written
+    assert capsys.readouterr().out.count("finished") == len(folders)
+    assert json.loads((root / "sim2real.json").read_text()) == before
+    other = tmp_path / "other"
+    write_tiny_subjects(other, n=1)
+    changed = list(argv)
+    changed[changed.index("--data") + 1] = str(other)
+    with pytest.raises(SystemExit, match="other settings .*data"):
+        sim2real.main(changed)
+
+
+@pytest.mark.parametrize("profile, spacing", [("quick", 2.0), ("smoke", 4.0), ("paper", 1.0)])
+def test_training_uses_the_phantom_spacing_and_every_subject(tmp_path, profile, spacing):
+    write_tiny_subjects(tmp_path, n=3)
+    config = sim2real.train_config(PROFILES[profile], 0.3, 0.7, tmp_path, n_subjects=15)
+    assert config.spacing == spacing
+    assert (config.alpha, config.beta, config.init) == (0.3, 0.7, None)
+    assert config.steps_per_epoch == (PROFILES[profile].steps_per_epoch or 15)
+
+
+def test_a_phantom_of_another_generator_version_is_refused(tmp_path):
+    (tmp_path / "phantom.json").write_text(json.dumps({"version": -1}))
+    with pytest.raises(SystemExit, match="version -1"):
+        sim2real.phantom_manifest(tmp_path)
