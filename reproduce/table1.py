@@ -39,7 +39,7 @@ from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data.cache import default_cache_dir  # noqa: E402
 from tversky_keras.claims import ClaimLost, current_holder, try_claim  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
-from tversky_keras.training import MIXED_PRECISION, log_dataframe  # noqa: E402
+from tversky_keras.training import MIXED_PRECISION, TrainingDiverged, log_dataframe  # noqa: E402
 
 # The package's cache root ($TVERSKY_KERAS_CACHE, else ~/.cache/tversky-keras): the
 # phantom is generated there, and subjects are preprocessed to its preprocessed/.
@@ -135,22 +135,28 @@ def run_grid(experiment, cells, wait=True, poll=10.0):
     With ``wait``, this process then waits for the cells that other processes
     hold, looking every ``poll`` seconds and taking over a claim whose holder
     stopped heart-beating, until every selected cell is finished.
+
+    Returns:
+        the cells that failed in this process (diverged training, bad data),
+        each reported in one line and not retried by it.
     """
     for cell in cells:
         if experiment.is_done(*cell):
             print(f"skip {cell_name(cell)}: finished", flush=True)
     progress = GridProgress(total_epochs=0)
     reported = None
+    failed = []
     while True:
         for cell in unfinished(experiment, cells):
-            run_cell_if_claimed(experiment, cell, cells, progress)
+            if cell not in failed and not run_cell_if_claimed(experiment, cell, cells, progress):
+                failed.append(cell)
         holders = {cell: current_holder(experiment.cell_dir(*cell))
-                   for cell in unfinished(experiment, cells)}
+                   for cell in unfinished(experiment, cells) if cell not in failed}
         if not holders:
-            return
+            return failed
         if not wait:
             print(f"not waiting for {_held_cells(holders)}", flush=True)
-            return
+            return failed
         tokens = {cell: holder and holder.owner.get("token") for cell, holder in holders.items()}
         if tokens != reported:
             print(f"waiting for {_held_cells(holders)}", flush=True)
@@ -159,16 +165,19 @@ def run_grid(experiment, cells, wait=True, poll=10.0):
 
 
 def run_cell_if_claimed(experiment, cell, cells, progress):
-    """Run ``cell`` if this process can claim it and nobody finished it meanwhile."""
+    """Run ``cell`` if this process can claim it and nobody finished it meanwhile.
+
+    Returns False when the cell failed (reported in one line), else True.
+    """
     folder = experiment.cell_dir(*cell)
     before = current_holder(folder)
     claim = try_claim(folder)
     if claim is None:
-        return
+        return True
     with claim:
         left = unfinished(experiment, cells)
         if cell not in left:            # finished by another process since we looked
-            return
+            return True
         if before is not None and before.stale:
             print(f"{cell_name(cell)}: taking over from {before.describe()}", flush=True)
         alpha, beta, fold = cell
@@ -181,8 +190,12 @@ def run_cell_if_claimed(experiment, cell, cells, progress):
             experiment.run_cell(alpha, beta, fold, callbacks=[progress], claim=claim)
         except ClaimLost as lost:
             print(f"{progress.label} stopped: {lost}", flush=True)
-            return
+            return True
+        except (TrainingDiverged, ValueError) as error:  # DataError is a ValueError
+            print(f"{progress.label} failed: {error}", flush=True)
+            return False
         print(f"{progress.label} done in {time.perf_counter() - started:.0f} s", flush=True)
+        return True
 
 
 def _held_cells(holders):
@@ -444,7 +457,7 @@ def main(argv=None):
     print(f"profile {profile.name}: {profile.description}")
     print(json.dumps(dataclasses.asdict(profile), default=list))
     started = time.perf_counter()
-    tables = []
+    tables, failed = [], []
     for seed in range(args.seeds):
         name = base if seed == 0 else f"{base}-seed{seed}"
         experiment = Experiment(args.results / name, data, profile, seed=seed,
@@ -453,8 +466,8 @@ def main(argv=None):
                                 cache_dir=args.cache / "preprocessed")
         experiment.root.mkdir(parents=True, exist_ok=True)
         write_json(experiment.describe(), experiment.root / "experiment.json")
-        run_grid(experiment, parse_cells(args.cells) or experiment.cells(),
-                 wait=not args.no_wait, poll=args.poll)
+        failed += run_grid(experiment, parse_cells(args.cells) or experiment.cells(),
+                           wait=not args.no_wait, poll=args.poll)
         table = assemble(experiment)
         text = write_outputs(table, experiment.root)
         print(f"\n{name}\n\n{text}")
@@ -471,6 +484,10 @@ def main(argv=None):
         write_json(summary, args.results / f"{base}-seeds.json")
         print(f"\nover {args.seeds} seeds (mean ± std of the pooled metrics)\n\n{text}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if failed:
+        print(f"{len(failed)} cells failed (see above): {', '.join(map(cell_name, failed))}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -318,3 +318,25 @@ def test_a_lost_claim_leaves_the_cell_unfinished_with_one_line(grid_missing_one_
     assert re.search(r"^\[cell 10/10 a0\.3_b0\.7 fold1\] stopped: .*fold1: the claim was "
                      rf"taken over by pid {os.getpid()} on host ", out, re.MULTILINE)
     assert not (cell / "done.json").exists()
+
+
+def test_a_failing_cell_is_one_line_the_others_finish_and_the_exit_code_says_so(
+        grid_missing_one_cell, capsys, monkeypatch):
+    from tversky_keras.training import TrainingDiverged
+
+    cell, args = grid_missing_one_cell
+    calls = []
+
+    def diverging(self, alpha, beta, fold, callbacks=(), claim=None):
+        calls.append((alpha, beta, fold))
+        raise TrainingDiverged(f"{cell}/run: the training loss became nan at batch 3")
+
+    monkeypatch.setattr(table1.Experiment, "run_cell", diverging)
+    assert table1.main(args) == 1
+    out, err = capsys.readouterr()
+    assert calls == [(0.3, 0.7, 1)]  # tried once, not retried in a loop
+    assert "a0.3_b0.7 fold1] failed:" in out and "loss became nan" in out
+    assert "1 cells failed (see above): a0.3_b0.7/fold1" in err
+    assert "Missing cells (not in the table): a0.3_b0.7/fold1" in out
+    assert "Traceback" not in out + err
+    assert not list(cell.glob("claim.*"))  # the claim was released
