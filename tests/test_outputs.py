@@ -195,3 +195,23 @@ def test_segment_subject_resamples_to_the_models_voxel_size(tmp_path, monkeypatc
     probability, geometry = inference.segment_subject(model, subject_from_folder(folder))
     assert seen == [(12, 12, 8, 3)]  # 20x24x16 at 2 mm is 10x12x8 at 4 mm, padded to 4s
     assert probability.shape == geometry.shape == (20, 24, 16)
+
+
+def test_evaluate_inside_a_brain_mask_counts_only_its_voxels(scan_pair, tmp_path, capsys):
+    truth, affine, prediction = scan_pair
+    brain = np.zeros(SHAPE, np.uint8)
+    brain[2:7, 2:8, 1:6] = 1
+    nib.save(nib.Nifti1Image(brain, affine), tmp_path / "brain.nii.gz")
+    noisy = truth.astype(np.float32)
+    noisy[0, 0, 0] = 1.0 - noisy[0, 0, 0]  # a wrong voxel outside the brain
+    command = prediction(noisy) + ["--brain", str(tmp_path / "brain.nii.gz")]
+    assert main(command) == 0
+    inside = json.loads(capsys.readouterr().out)
+    from tversky_keras.evaluation import lesion_metrics
+
+    expected = lesion_metrics(truth, noisy, mask=brain.astype(bool))
+    assert inside["tn"] + inside["fp"] + inside["tp"] + inside["fn"] == brain.sum()
+    assert inside["specificity"] == pytest.approx(expected["specificity"])
+    nib.save(nib.Nifti1Image(brain[:-1], affine), tmp_path / "brain.nii.gz")
+    assert main(command) == 1
+    assert "brain.nii.gz has shape" in capsys.readouterr().err

@@ -327,3 +327,16 @@ def test_a_second_process_on_a_busy_run_folder_gets_a_clear_error(subjects, tmp_
     assert not (run_dir / "config.json").exists()
     train(TrainConfig(epochs=1, **TINY), subjects[:2], [], run_dir, verbose=0)
     assert not list(run_dir.glob("claim.*"))  # released at the end
+
+
+def test_a_run_started_from_a_model_file_refuses_that_file_rewritten(finished_run, subjects,
+                                                                     tmp_path):
+    run_dir, config, _ = finished_run
+    init = tmp_path / "init.keras"
+    shutil.copy(run_dir / "last.keras", init)
+    tuned = TrainConfig(**{**config.to_json(), "epochs": 1, "init": str(init)})
+    train(tuned, subjects[:2], [], tmp_path / "tuned", verbose=0)
+    shutil.copy(run_dir / "model.keras", init)  # other weights, same path
+    os.utime(init, ns=(init.stat().st_atime_ns, init.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="init file \\(rewritten since the run started\\)"):
+        train(tuned, subjects[:2], [], tmp_path / "tuned", verbose=0)

@@ -123,6 +123,9 @@ def build_parser():
                           help="probability map or binary mask (NIfTI)")
     evaluate.add_argument("--truth", required=True, type=Path, help="ground-truth mask (NIfTI)")
     evaluate.add_argument("--threshold", type=float, default=0.5)
+    evaluate.add_argument("--brain", type=Path, default=None,
+                          help="count only the voxels inside this mask (e.g. the brain mask), "
+                               "so that specificity is the brain's")
     return parser
 
 
@@ -262,7 +265,12 @@ def run_evaluate(args):
     if prediction.min() < 0 or prediction.max() > 1:
         raise ValueError(f"{args.prediction}: values outside [0, 1]; expected a probability "
                          f"map or a binary mask")
-    result = lesion_metrics(truth, prediction, threshold=args.threshold)
+    brain = None
+    if args.brain is not None:
+        brain_data, brain_image = read_nifti(args.brain)
+        check_same_grid(args.brain, brain_image, args.truth, truth_image)
+        brain = binary_mask(brain_data, args.brain).astype(bool)
+    result = lesion_metrics(truth, prediction, threshold=args.threshold, mask=brain)
     print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
 
 

@@ -416,14 +416,21 @@ def run_record(config, train_subjects, val_subjects):
     def digests(subjects):
         return {s.id: cache_key(s, settings={}) for s in subjects}
 
-    return {**config.to_json(),
-            "data": {"train": digests(train_subjects), "val": digests(val_subjects)}}
+    record = {**config.to_json(),
+              "data": {"train": digests(train_subjects), "val": digests(val_subjects)}}
+    if config.init and Path(config.init).is_file():
+        # The weights a run starts from are data too: another file at the same path is refused.
+        stat = Path(config.init).stat()
+        record["init_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return record
 
 
 def _differences(saved, wanted):
     """Names of what differs between two run records, data down to subjects."""
     changed = [k for k in sorted(set(saved) | set(wanted))
                if k != "data" and saved.get(k) != wanted.get(k)]
+    changed = ["init file (rewritten since the run started)" if k == "init_file" else k
+               for k in changed]
     for part, label in (("train", "training subjects"), ("val", "validation subjects")):
         before = (saved.get("data") or {}).get(part, {})
         after = wanted["data"][part]
