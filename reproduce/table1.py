@@ -51,6 +51,15 @@ LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificit
           "f2": "F2", "apr": "APR"}
 
 
+def phantom_folder(profile, cache=DEFAULT_CACHE):
+    """Where the profile's phantom lives in the cache; the generator's version is in the name,
+    so a phantom made by another version is never reused."""
+    from tversky_keras.data.phantom import PHANTOM_VERSION
+
+    return Path(cache) / (f"phantom-v{PHANTOM_VERSION}-{profile.phantom_subjects}x"
+                          f"{profile.phantom_spacing:g}mm-seed0")
+
+
 def phantom_data(profile, cache=DEFAULT_CACHE):
     """The embedded default data set, generated on first use into the cache.
 
@@ -61,7 +70,7 @@ def phantom_data(profile, cache=DEFAULT_CACHE):
     """
     from tversky_keras.data.phantom import synthesize_dataset
 
-    folder = Path(cache) / f"phantom-{profile.phantom_subjects}x{profile.phantom_spacing:g}mm-seed0"
+    folder = phantom_folder(profile, cache)
     if (folder / "phantom.json").is_file():
         return folder
     print(f"generating the synthetic MS phantom ({profile.phantom_subjects} subjects at "

@@ -64,8 +64,9 @@ def test_processes_starting_on_an_empty_cache_end_with_one_whole_phantom(tmp_pat
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert folders == [tmp_path / "phantom-4x4mm-seed0"] * 4
-    assert [p.name for p in tmp_path.iterdir()] == ["phantom-4x4mm-seed0"]   # losers discarded
+    expected = table1.phantom_folder(table1.PROFILES["smoke"], tmp_path)
+    assert folders == [expected] * 4
+    assert [p.name for p in tmp_path.iterdir()] == [expected.name]   # losers discarded
     assert (folders[0] / "phantom.json").is_file()
     assert (folders[0] / "synth00" / "FLAIR.nii.gz").read_text().startswith("generator")
 
@@ -74,13 +75,13 @@ def test_an_incomplete_phantom_folder_is_replaced(tmp_path, monkeypatch):
     from tversky_keras.data import phantom
 
     monkeypatch.setattr(phantom, "synthesize_dataset", fake_phantom())
-    incomplete = tmp_path / "phantom-4x4mm-seed0" / "synth00"
+    incomplete = table1.phantom_folder(table1.PROFILES["smoke"], tmp_path) / "synth00"
     incomplete.mkdir(parents=True)
     (incomplete / "T1W.nii.gz").write_text("interrupted")
     folder = table1.phantom_data(table1.PROFILES["smoke"], tmp_path)
     assert sorted(p.name for p in (folder / "synth00").iterdir()) == ["FLAIR.nii.gz"]
     assert (folder / "phantom.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["phantom-4x4mm-seed0"]
+    assert [p.name for p in tmp_path.iterdir()] == [incomplete.parent.name]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,8 @@ def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path)
     shutil.copytree(root / "results" / "phantom-smoke", partial)
     shutil.rmtree(partial / "a0.3_b0.7" / "fold1")
     (partial / "a0.1_b0.9" / "fold0" / "done.json").unlink()   # an interrupted cell
-    experiment = table1.Experiment(partial, root / "cache" / "phantom-4x4mm-seed0",
+    smoke = table1.PROFILES["smoke"]
+    experiment = table1.Experiment(partial, table1.phantom_folder(smoke, root / "cache"),
                                    table1.PROFILES["smoke"])
     table = table1.assemble(experiment)
     assert table["missing_cells"] == ["a0.3_b0.7/fold1", "a0.1_b0.9/fold0"]
@@ -158,7 +160,8 @@ def test_collapsed_cells_are_flagged_in_every_table(smoke_run, tmp_path):
             arrays = dict(data)
         arrays["probability"] = np.zeros_like(arrays["probability"])
         np.savez_compressed(path, **arrays)
-    experiment = table1.Experiment(copy, root / "cache" / "phantom-4x4mm-seed0",
+    smoke = table1.PROFILES["smoke"]
+    experiment = table1.Experiment(copy, table1.phantom_folder(smoke, root / "cache"),
                                    table1.PROFILES["smoke"])
     table = table1.assemble(experiment)
     for row in table["rows"]:
