@@ -6,8 +6,10 @@ subject: lesion voxels and mm^3, lesion components (26-connectivity), the
 largest one, and the mean lesion z-score per modality after ``zscore_in_brain``,
 next to the 30 MSLUB patients' quantiles from ``lesion_stats.json`` (read from
 ``../shared/data/mslub-mni`` beside the checkout when present). Last comes a
-picture-free check of the middle axial slice of the highest-load subject: mean
-z per tissue class and where the lesions sit relative to the ventricles.
+picture-free check of the highest-load subject: mean z per tissue class and
+the lesions on its middle axial slice, and where its lesions sit (beside the
+ventricles, against the cortex, below the tentorium). How the images compare
+with real scans is ``reproduce.realism``'s job.
 
     python -m benchmarks.bench_phantom [--subjects 15] [--spacing 2.0] [--seed 0]
 """
@@ -27,8 +29,8 @@ from scipy import ndimage  # noqa: E402
 
 from tversky_keras.data.io import MODALITIES  # noqa: E402
 from tversky_keras.data.normalize import zscore_in_brain  # noqa: E402
-from tversky_keras.data.phantom import (lesion_loads, subject_seed,  # noqa: E402
-                                        synthesize_dataset, synthesize_subject)
+from tversky_keras.data.phantom import (lesion_loads, mni152_tissue,  # noqa: E402
+                                        subject_seed, synthesize_dataset, synthesize_subject)
 from tversky_keras.data.subjects import MASK_NAME  # noqa: E402
 
 STATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mslub-mni" / "lesion_stats.json"
@@ -112,6 +114,29 @@ def slice_check(subject, spacing):
     print(f"whole volume: {np.mean(subject.ventricle_distance_mm[all_lesion] < 10):.0%} of lesion "
           f"voxels within 10 mm of a ventricle; of white matter: "
           f"{np.mean(subject.ventricle_distance_mm[subject.tissue['WM'] > 0.5] < 10):.0%}")
+    print(lesion_sites(subject))
+
+
+def lesion_sites(subject):
+    """Lesions (26-connected) by where they sit, as one line."""
+    lesion = subject.lesion > 0
+    labels, count = ndimage.label(lesion, CONNECTIVITY_26)
+    index = np.arange(1, count + 1)
+    nearest_ventricle = ndimage.minimum(subject.ventricle_distance_mm, labels, index)
+    grey_beside = ndimage.maximum(ndimage.maximum_filter(subject.tissue["GM"], 3), labels, index)
+    depth = ndimage.mean(mni152_tissue(subject.affine, lesion.shape)["brain_depth_mm"],
+                         labels, index)
+    centres = np.array(ndimage.center_of_mass(lesion, labels, index)).reshape(-1, 3)
+    mni_z = (subject.affine @ np.c_[centres, np.ones(count)].T)[2]
+    periventricular = nearest_ventricle < 5.0
+    juxtacortical = ~periventricular & (grey_beside > 0.5) & (depth < 20.0)
+    infratentorial = ~periventricular & ~juxtacortical & (mni_z < -20.0)
+    return (f"{count} lesions: {periventricular.sum()} within 5 mm of a ventricle, "
+            f"{juxtacortical.sum()} against grey matter within 20 mm of the brain's surface "
+            f"(juxtacortical), "
+            f"{infratentorial.sum()} other below MNI z = -20 mm (infratentorial), "
+            f"{count - periventricular.sum() - juxtacortical.sum() - infratentorial.sum()} "
+            f"elsewhere in deep white matter")
 
 
 def main():

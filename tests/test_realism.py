@@ -37,21 +37,23 @@ def test_grid_affine_of_a_flipped_scan_resampled_to_2mm(tmp_path):
     np.testing.assert_allclose(grid @ [1, 1, 1, 1], [87.5, -123.5, -69.5, 1])
 
 
-def test_template_regions_on_a_phantom_subject_are_the_anatomy_they_name():
+def test_regions_are_the_template_s_and_leave_lesions_out():
     subject = synthesize_subject(3, 4.0, 5000.0)
     brain = subject.images["T1W"] != 0
     regions = realism.region_masks(subject.affine, brain, subject.lesion)
+    template = mni152_tissue(subject.affine, brain.shape)
     assert set(realism.REGIONS) <= set(regions)
     for name in realism.REGIONS:
         assert regions[name].any() and not (regions[name] & ~brain).any()
         if name != "lesion":   # lesions, grown by a voxel, are left out
             assert not (regions[name] & (subject.lesion > 0)).any()
     np.testing.assert_array_equal(regions["lesion"], subject.lesion > 0)
-    assert not (regions["cortex"] & ~regions["GM"]).any()
-    # Each region holds mostly the tissue it names in the subject's own (deformed) maps.
     for name in ("CSF", "GM", "WM"):
-        share = {t: subject.tissue[t][regions[name]].mean() for t in ("CSF", "GM", "WM")}
-        assert max(share, key=share.get) == name
+        assert np.all(template[name][regions[name]] > 0.5)
+    assert not (regions["cortex"] & ~regions["GM"]).any()
+    assert np.all(template["brain_depth_mm"][regions["cortex"]] < realism.CORTEX_DEPTH_MM)
+    distance = template["ventricle_distance_mm"][regions["periventricular"]]
+    assert np.all((distance > 0) & (distance <= realism.PERIVENTRICULAR_MM))
 
 
 @pytest.mark.parametrize("mni_mm, tissue, deep", [

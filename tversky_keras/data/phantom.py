@@ -1,15 +1,25 @@
 """A synthetic MS-lesion phantom: the default data set when no real scans are at hand.
 
-Each subject is the MNI152 ICBM 2009c template (shipped inside nilearn's wheel:
-grey- and white-matter probability maps and the brain mask) under a smooth
-random deformation, imaged as T1W, T2W and FLAIR by mixing tissue intensities
-with the partial volumes, then blurred, bias-modulated and given Rician noise.
-White-matter lesions are drawn as ovoids, most often beside the lateral
-ventricles, with a lesion load, lesion count and lesion sizes drawn to match the
-30 patients of the MSLUB database (Lesjak et al., Neuroinformatics 2017). Their
-contrast is set subject by subject so that, after ``zscore_in_brain``, lesions
-sit where real lesions do: about 1.3-1.5 brain standard deviations above the
-brain mean in FLAIR, 0.6-0.9 in T2W and near 0 in T1W -- not trivially bright.
+Each subject is the MNI152 ICBM 2009a template (shipped inside nilearn's wheel:
+grey- and white-matter probability maps and the brain mask), shrunk to a real
+brain's size and put under a smooth random deformation. The template's blurred
+tissue maps are made into sharp boundaries, its collapsed sulci are re-opened
+as thin CSF sheets with vessels in them, the ventricles widen with atrophy, and
+skull stripping leaves partial voxels at the brain's edge. The subject is imaged
+as T1W, T2W and FLAIR by summing tissue intensities over the partial volumes
+(with deep grey nuclei, a bright lining of the ventricles and diffusely changed
+deep white matter), then blurred, bias-modulated and given Rician noise.
+White-matter lesions are drawn as ovoids: one confluent lesion beside a
+lateral ventricle and many smaller ones, most in deep white matter near the
+ventricles, some juxtacortical and some infratentorial, with a lesion load,
+lesion count and lesion sizes drawn to match the 30 patients of the MSLUB
+database (Lesjak et al., Neuroinformatics 2017). Their contrast is set subject
+by subject so that, after ``zscore_in_brain``, lesions sit where real lesions
+do: about 1.3-1.5 brain standard deviations above the brain mean in FLAIR,
+0.6-0.9 in T2W and near 0 in T1W -- not trivially bright.
+
+The appearance is calibrated to two real MSLUB patients with intensity
+statistics only (never their lesion masks); ``reproduce.realism`` measures it.
 
 Files follow the real data's layout, ``<out>/<id>/{T1W,T2W,FLAIR,consensus_gt}.nii.gz``,
 so the same loaders read both.
@@ -31,7 +41,7 @@ from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.normalize import zscore_in_brain
 from tversky_keras.data.subjects import MASK_NAME
 
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 
 # Lesion load (mm^3) of the 30 MSLUB patients in MNI space: quantile -> value.
 _LOAD_QUANTILES = ((0.0, 316.0), (0.25, 1802.0), (0.5, 13934.5), (0.75, 28181.75), (1.0, 52190.0))
@@ -43,31 +53,94 @@ _LESION_LOG_SIGMA = 1.5
 # Mean lesion z-score after zscore_in_brain, measured on three MSLUB patients;
 # each subject draws its targets inside these ranges.
 _LESION_Z = {"T1W": (-0.10, 0.10), "T2W": (0.65, 0.90), "FLAIR": (1.30, 1.50)}
-# Pure-tissue intensities (CSF, GM, WM), white matter = 100, tuned so that the
-# brain's z-scores after zscore_in_brain resemble MSLUB patients 07 and 26
-# (phantom at 2 mm vs real): median / 99th percentile 0.16-0.21 / 1.6-1.75 vs
-# 0.23-0.30 / 1.30-1.48 in T1W, -0.34..-0.39 / 3.65-3.9 vs -0.27..-0.38 /
-# 2.8-4.0 in T2W, 0.19-0.25 / 1.5-1.8 vs 0.17-0.31 / 1.55-1.67 in FLAIR; lesions
-# then come out at 0.8 / 1.55-1.8 / 1.25-1.3 times white matter (real 0.82 /
-# 1.55-1.66 / 1.34-1.37). The template holds more grey matter than the patients,
-# so its grey-white contrast in T1W and T2W is set below theirs (GM/WM 0.82 and
-# 1.10 vs 0.70 and 1.34), and white matter still sits further from the brain
-# mean there (z 1.0 and -0.8 vs 0.75 and -0.42).
-_TISSUE_INTENSITY = {"T1W": (10.0, 82.0, 100.0),
-                     "T2W": (380.0, 110.0, 100.0),
-                     "FLAIR": (5.0, 118.0, 100.0)}
-_NOISE = 0.03            # Rician noise sigma, as a fraction of white-matter intensity
-_TEXTURE = 0.07          # tissue texture: relative amplitude
-_TEXTURE_MM = 2.5        # and Gaussian width
-_BIAS = 0.05             # residual bias field (the real scans are N4-corrected)
-_BLUR_VOXELS = 0.5       # partial-volume blur, Gaussian sigma in voxels
-_DEFORM_MM = 2.0         # displacement standard deviation per axis
-_DEFORM_LENGTH_MM = 40.0
-_GRID_MARGIN_MM = 8.0    # room for deformation and scale around the template brain
-_GRID_MULTIPLE = 8       # grid sizes divisible by 8 suit a U-Net with three poolings
-_VENTRICLE_GRID_MM = 2.0  # ventricles are found once, on a 2 mm grid
+# Where the lesions other than the confluent one go, as shares of their number:
+# deep white matter, drawn towards the ventricles (_PERIVENTRICULAR_*); white
+# matter at the cortex (juxtacortical); white matter below the tentorium
+# (cerebellum, brainstem). The sites are those of the MAGNIMS criteria
+# (Filippi et al., Lancet Neurol 2016); the shares are set by hand, most
+# lesions periventricular, not fitted to any mask.
+_LESION_SITES = {"deep": 0.72, "juxtacortical": 0.18, "infratentorial": 0.10}
 _PERIVENTRICULAR_MM = 5.0
 _PERIVENTRICULAR_WEIGHT = 30.0
+_JUXTACORTICAL_DEPTH_MM = 20.0   # white matter this close to the surface, and
+_JUXTACORTICAL_VENTRICLE_MM = 15.0  # this far from the ventricles, borders cortex
+_TENTORIUM_Z_MM = -20.0          # MNI z below which lesions are infratentorial
+
+# --- imaging: intensities, white matter = 100 -----------------------------------
+# Per modality: CSF in the ventricles, other CSF (sulci, cisterns: FLAIR
+# suppresses it less), cortical GM, deep GM, WM. The start was a 5-class
+# Gaussian mixture of (T1W, T2W, FLAIR) inside MSLUB patients 07 and 26's
+# brains at 1 mm, intensities only: WM, GM (76 / 127 / 116), CSF (12 / 290 /
+# 50), CSF-GM partial volume and brain-edge clusters. The values were then set
+# by hand so that the phantom's brain z-scores at 2 mm match the patients':
+# whole-brain quantiles, T2W and FLAIR medians per T1W z-score bin, and the
+# region medians of reproduce.realism. They are effective values, not raw
+# ratios: the real scans are z-scored at 1 mm, where dark edge voxels widen the
+# scale, and resampled after, so their CSF sits less far out in z than its raw
+# intensity suggests.
+_TISSUE_INTENSITY = {"T1W": (20.0, 25.0, 82.0, 87.0, 100.0),
+                     "T2W": (260.0, 230.0, 114.0, 106.0, 100.0),
+                     "FLAIR": (55.0, 80.0, 110.0, 104.0, 100.0)}
+_VENTRICULAR_CSF_MM = 3.0        # CSF this close to the ventricles is ventricular
+# Flowing blood in the sulcal vessels is dark in every modality (flow voids);
+# not measured (too few voxels at 2 mm), a plausible look.
+_VESSEL_INTENSITY = {"T1W": 35.0, "T2W": 30.0, "FLAIR": 30.0}
+# The tissue lining the lateral ventricles is brighter in FLAIR and T2W in
+# normal brains too (ependymal "caps and bands"): relative change at the wall,
+# fading over _RIM_MM, patchy, stronger in some subjects.
+_RIM = {"T1W": 0.0, "T2W": 0.05, "FLAIR": 0.08}
+_RIM_MM = 1.5
+# The deep white matter of MS patients is diffusely changed ("dirty-appearing"):
+# in patients 07 and 26 the template's deep white matter is about 6 % brighter in
+# T2W and 2.5 % in FLAIR than the white-matter cluster. Set lower here (4 %,
+# 1 %, and -2 % in T1W), as more makes the phantom's slow white-matter drift
+# exceed theirs; it fades over _DEEP_WHITE_MM from the ventricles.
+_DEEP_WHITE = {"T1W": -0.02, "T2W": 0.04, "FLAIR": 0.01}
+_DEEP_WHITE_MM = 15.0
+# Noise and texture: the high-pass residual of white matter (reproduce.realism's
+# "fine texture") is 0.15-0.17 / 0.13-0.16 / 0.19-0.21 brain SDs in the patients.
+_NOISE = {"T1W": 0.013, "T2W": 0.02, "FLAIR": 0.009}  # Rician sigma / WM intensity
+_TEXTURE = 0.02                  # tissue texture, relative amplitude,
+_TEXTURE_MM = 2.5                # and Gaussian width
+# Residual bias field (the real scans are N4-corrected): 20-mm white-matter
+# drift of the patients is 0.03-0.09 brain SDs, most of which the phantom's
+# anatomy and lesions already give.
+_BIAS = {"T1W": 0.01, "T2W": 0.005, "FLAIR": 0.005}
+_BIAS_MM = 60.0
+_BLUR_VOXELS = 0.65              # partial-volume blur, Gaussian sigma in voxels
+
+# --- anatomy ----------------------------------------------------------------------
+# Linear size of a subject's brain relative to MNI152's. The real scans are
+# registered to MNI space without scaling: MSLUB patients 07 and 26 span 0.88
+# of the template's extent (brain masks 1.12-1.14 L against its 1.89 L).
+_BRAIN_SCALE = (0.80, 0.90)
+# A rigid registration to MNI space leaves a brain turned and shifted by a few
+# degrees and millimetres (standard deviations per axis).
+_MISREGISTRATION_DEGREES = 4.0
+_MISREGISTRATION_MM = 3.0
+# Smooth random displacements (length mm, standard deviation mm per axis):
+# brains differ from the template at the scale of lobes and of gyri.
+_DEFORMATIONS = ((40.0, 2.5), (15.0, 1.5))
+# Sharp tissue boundaries: parenchyma where GM + WM exceeds about this (varying
+# over 30 mm), white matter where WM / (GM + WM) exceeds _WHITE_THRESHOLD (the
+# template's thick, averaged cortex would otherwise hold too much grey matter).
+_PARENCHYMA_THRESHOLD = 0.5
+_WHITE_THRESHOLD = 0.2
+# Skull stripping keeps little CSF outside the brain (_stripped_brain_1mm).
+_OUTER_CSF_THRESHOLD = 0.45
+# Sulci: collapsed in the template (see _sulcus_distance_1mm), re-opened as CSF
+# sheets of this half-width (mm, drawn per subject), varying over 25 mm.
+_SULCUS_HALF_WIDTH_MM = (0.25, 0.55)
+_SULCUS_JUMP_MM = 5.0
+_SULCUS_REACH_MM = 35
+_VESSEL_SPACING_MM = 15.0        # sulcal vessels: curves about this far apart,
+_VESSEL_RADIUS_MM = 0.6          # this thick
+_VENTRICLE_WIDENING_MM = (0.0, 1.0)  # atrophy: the ventricles' walls move out
+_DEEP_GREY_DEPTH_MM = 20.0       # deep grey nuclei: over this deep in the template,
+_DEEP_GREY_VENTRICLE_MM = 25.0   # within this of its lateral ventricles
+_GRID_MARGIN_MM = 8.0    # room for deformation and scale around the template brain
+_GRID_MULTIPLE = 8       # grid sizes divisible by 8 suit a U-Net with three poolings
+_COARSE_GRID_MM = 2.0    # ventricles and depth are found once, on a 2 mm grid
 
 
 @dataclass(frozen=True)
@@ -79,9 +152,10 @@ class SyntheticSubject:
             zero outside the brain.
         lesion: uint8 lesion mask of the same shape.
         affine: 4x4 voxel-to-MNI-millimetre affine.
-        tissue: ``CSF``, ``GM``, ``WM`` -> float32 probability maps of the
-            deformed template (zero outside the brain).
-        ventricle_distance_mm: float32 distance to the lateral ventricles.
+        tissue: ``CSF``, ``GM``, ``WM`` -> float32 share of each voxel (CSF
+            includes the sulcal vessels); they add up to the voxel's share
+            inside the brain, zero outside it.
+        ventricle_distance_mm: float32 distance (mm) to the lateral ventricles.
         lesion_load_target_mm3: the load the lesions were drawn to.
     """
 
@@ -97,8 +171,11 @@ class SyntheticSubject:
 class _Template:
     gm: np.ndarray
     wm: np.ndarray
-    brain: np.ndarray
+    stripped: np.ndarray           # the brain as skull stripping leaves it
     ventricle_distance_mm: np.ndarray
+    brain_depth_mm: np.ndarray
+    deep_grey: np.ndarray          # 0..1: how much grey matter here is a deep nucleus
+    sulcus_distance_mm: np.ndarray
     affine: np.ndarray
 
 
@@ -142,7 +219,7 @@ def _load_quantile(u):
 
 @functools.lru_cache(maxsize=1)
 def _template_1mm():
-    """Brain mask, GM and WM probabilities of MNI152 2009c at 1 mm, and its affine."""
+    """Brain mask, GM and WM probabilities of MNI152 2009a at 1 mm, and its affine."""
     folder = importlib.resources.files("nilearn") / "datasets" / "data"
     maps = {}
     for name in ("t1", "gm", "wm"):
@@ -193,19 +270,76 @@ def _resample_template(volume, spacing):
 
 @functools.lru_cache(maxsize=4)
 def _template(spacing):
-    brain, gm, wm, affine = _template_1mm()
+    _, gm, wm, affine = _template_1mm()
     _, origin = _grid(spacing)
     to_template = np.diag([spacing, spacing, spacing, 1.0])
     to_template[:3, 3] = origin
-    if spacing == _VENTRICLE_GRID_MM:
-        ventricle_distance = _ventricle_distance_mm()
-    else:
-        ventricle_distance = ndimage.map_coordinates(
-            _ventricle_distance_mm(), _grid_points(spacing, _VENTRICLE_GRID_MM),
-            order=1, mode="nearest")
+
+    def from_coarse(volume):
+        if spacing == _COARSE_GRID_MM:
+            return volume
+        return ndimage.map_coordinates(volume, _grid_points(spacing, _COARSE_GRID_MM),
+                                       order=1, mode="nearest")
+
+    # A distance map is resampled, not smoothed: smoothing would lift its zeros.
+    sulcus_distance = ndimage.map_coordinates(_sulcus_distance_1mm(), _grid_points(spacing),
+                                              order=1, mode="nearest")
+    ventricle_distance = from_coarse(_ventricle_distance_mm())
+    depth = from_coarse(_brain_depth_mm())
+    # Basal ganglia and thalamus: grey matter deep in the brain, near the ventricles.
+    deep_grey = (np.clip((depth - _DEEP_GREY_DEPTH_MM) / 5.0, 0.0, 1.0)
+                 * np.clip((_DEEP_GREY_VENTRICLE_MM - ventricle_distance) / 5.0, 0.0, 1.0))
     return _Template(gm=_resample_template(gm, spacing), wm=_resample_template(wm, spacing),
-                     brain=_resample_template(brain, spacing),
-                     ventricle_distance_mm=ventricle_distance, affine=affine @ to_template)
+                     stripped=_resample_template(_stripped_brain_1mm(), spacing),
+                     ventricle_distance_mm=ventricle_distance, brain_depth_mm=depth,
+                     deep_grey=deep_grey, sulcus_distance_mm=sulcus_distance,
+                     affine=affine @ to_template)
+
+
+@functools.lru_cache(maxsize=1)
+def _stripped_brain_1mm():
+    """The template's brain as skull stripping leaves a real one, at 1 mm.
+
+    The template's own mask holds a wide layer of CSF around the brain; skull
+    stripping keeps little of it. Grey and white matter over
+    ``_OUTER_CSF_THRESHOLD``, closed over the sulci and with the ventricles
+    filled in, and within the template's mask.
+    """
+    brain, gm, wm, _ = _template_1mm()
+    tissue = ndimage.binary_closing(gm + wm > _OUTER_CSF_THRESHOLD, iterations=3)
+    return (ndimage.binary_fill_holes(tissue) & (brain > 0)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _sulcus_distance_1mm():
+    """Distance (mm) to the template's collapsed sulci, at 1 mm.
+
+    An average of many brains keeps the folds of the cortex but averages away
+    the thin CSF between two facing banks of cortex: their grey matter fuses.
+    The sulcus runs midway between the white matter under either bank, where
+    the nearest white-matter voxel jumps from one bank to the other (by over
+    ``_SULCUS_JUMP_MM`` between neighbouring voxels; of the two voxels, the
+    one farther from white matter). Those voxels count as sulcus where they can
+    be reached from outside the brain through grey matter and CSF within
+    ``_SULCUS_REACH_MM``, which leaves out the deep grey nuclei.
+    """
+    brain, _, wm, _ = _template_1mm()
+    white = wm > 0.5
+    inside = brain > 0.5
+    distance, nearest = ndimage.distance_transform_edt(~white, return_indices=True)
+    nearest = nearest.astype(np.float32)
+    sheet = np.zeros(white.shape, bool)
+    for axis in range(3):
+        jump = np.sqrt(sum(np.diff(nearest[k], axis=axis) ** 2 for k in range(3)))
+        jump = jump > _SULCUS_JUMP_MM
+        deeper_next = np.diff(distance, axis=axis) > 0
+        first = tuple(slice(0, -1) if k == axis else slice(None) for k in range(3))
+        second = tuple(slice(1, None) if k == axis else slice(None) for k in range(3))
+        sheet[first] |= jump & ~deeper_next
+        sheet[second] |= jump & deeper_next
+    reached = ndimage.binary_dilation(~inside, iterations=_SULCUS_REACH_MM, mask=~white)
+    sheet &= inside & ~white & reached
+    return ndimage.distance_transform_edt(~sheet).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -217,7 +351,7 @@ def _ventricle_distance_mm():
     cisterns and the interhemispheric fissure, walled by grey matter, are not.
     """
     brain_1mm, gm_1mm, wm_1mm, _ = _template_1mm()
-    spacing = _VENTRICLE_GRID_MM
+    spacing = _COARSE_GRID_MM
     brain = _resample_template(brain_1mm, spacing)
     gm, wm = _resample_template(gm_1mm, spacing), _resample_template(wm_1mm, spacing)
     depth = ndimage.distance_transform_edt(brain > 0.5, sampling=spacing)
@@ -256,7 +390,7 @@ def mni152_tissue(affine, shape):
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
     to_template = np.linalg.inv(template_affine) @ np.asarray(affine, dtype=float)
     points = (to_template[:3, :3] @ ijk + to_template[:3, 3:]).astype(np.float32)
-    to_coarse = (points - _grid(_VENTRICLE_GRID_MM)[1][:, None]) / _VENTRICLE_GRID_MM
+    to_coarse = (points - _grid(_COARSE_GRID_MM)[1][:, None]) / _COARSE_GRID_MM
     sigma = max(spacing - 1.0, 0.0) / 2
 
     def sample(volume, coordinates, **kwargs):
@@ -274,8 +408,8 @@ def mni152_tissue(affine, shape):
 @functools.lru_cache(maxsize=1)
 def _brain_depth_mm():
     """Distance (mm) to the template brain's surface, on the 2 mm grid."""
-    brain = _resample_template(_template_1mm()[0], _VENTRICLE_GRID_MM) > 0.5
-    return ndimage.distance_transform_edt(brain, sampling=_VENTRICLE_GRID_MM).astype(np.float32)
+    brain = _resample_template(_template_1mm()[0], _COARSE_GRID_MM) > 0.5
+    return ndimage.distance_transform_edt(brain, sampling=_COARSE_GRID_MM).astype(np.float32)
 
 
 # --- random fields and anatomy ------------------------------------------------
@@ -289,24 +423,131 @@ def _smooth_field(rng, shape, spacing, length_mm):
     return ((field - field.mean()) / field.std()).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _Anatomy:
+    brain: np.ndarray
+    tissue: dict                   # CSF (vessels included), GM, WM fractions
+    vessels: np.ndarray            # fraction of each voxel inside a vessel
+    ventricle_band: np.ndarray     # strength of the ventricles' bright lining, ~1 at the wall
+    deep_white: np.ndarray         # strength of the deep white matter's diffuse change
+    ventricle_distance_mm: np.ndarray
+    brain_depth_mm: np.ndarray
+    infratentorial: np.ndarray     # below the tentorium, in template coordinates
+    deep_grey: np.ndarray          # 0..1: how much of the grey matter is a deep nucleus
+
+
 def _deformed_anatomy(rng, template, spacing):
-    """The template under a random global scale and smooth displacement."""
+    """A subject's anatomy: the template shrunk to a real brain's size under a
+    smooth displacement, with sharp tissue boundaries, re-opened sulci and
+    their vessels, widened ventricles and a skull-stripped edge."""
     shape = template.gm.shape
     centre = (np.array(shape) - 1) / 2
-    scale = rng.uniform(0.92, 1.05) * rng.uniform(0.97, 1.03, size=3)
-    points = np.indices(shape, dtype=np.float32)
+    scale = rng.uniform(*_BRAIN_SCALE) * rng.uniform(0.97, 1.03, size=3)
+    # Where each voxel's tissue comes from in the template: scaled, then
+    # turned and shifted as a rigid registration leaves a brain, then displaced.
+    turn = _rotation(np.radians(_MISREGISTRATION_DEGREES) * rng.standard_normal(3))
+    shift = _MISREGISTRATION_MM / spacing * rng.standard_normal(3)
+    offsets = np.indices(shape, dtype=np.float32).reshape(3, -1) - centre[:, None]
+    points = ((turn @ offsets) / scale[:, None] + (centre + shift)[:, None]).reshape(3, *shape)
+    points = points.astype(np.float32)
     for axis in range(3):
-        displacement = _DEFORM_MM / spacing * _smooth_field(rng, shape, spacing, _DEFORM_LENGTH_MM)
-        points[axis] = centre[axis] + (points[axis] - centre[axis]) / scale[axis] + displacement
+        points[axis] += sum(sd / spacing * _smooth_field(rng, shape, spacing, length)
+                            for length, sd in _DEFORMATIONS)
 
     def warp(volume, **kwargs):
         return ndimage.map_coordinates(volume, points, order=1, **kwargs)
 
-    brain = warp(template.brain) > 0.5
-    gm, wm = warp(template.gm) * brain, warp(template.wm) * brain
-    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain
-    ventricle_distance = warp(template.ventricle_distance_mm, mode="nearest")
-    return brain, {"CSF": csf, "GM": gm, "WM": wm}, ventricle_distance
+    def warp_distance(volume):
+        # Template millimetres are this subject's millimetres times its scale.
+        return warp(volume, mode="nearest") * float(np.mean(scale))
+
+    # Skull stripping cuts through voxels: the outermost ones are partly background.
+    gm, wm = warp(template.gm), warp(template.wm)
+    inside = _crisp(warp(template.stripped), 0.5, spacing)
+    brain = inside > 0
+    # The template's maps are averages, blurred across each boundary; a brain's
+    # tissues meet at sharp boundaries, which only the voxel size blurs.
+    threshold = _PARENCHYMA_THRESHOLD + 0.05 * _smooth_field(rng, shape, spacing, 30.0)
+    parenchyma = _crisp(gm + wm, threshold, spacing)
+    white = _crisp(wm / np.maximum(gm + wm, 1e-6), _WHITE_THRESHOLD, spacing)
+    sulci = _sulcal_csf(rng, warp_distance(template.sulcus_distance_mm), spacing)
+    # Atrophy widens the ventricles: their walls move out by a subject's margin.
+    widening = rng.uniform(*_VENTRICLE_WIDENING_MM)
+    ventricle_distance = warp_distance(template.ventricle_distance_mm)
+    ventricles = np.clip((widening - ventricle_distance) / spacing, 0.0, 1.0)
+    ventricle_distance = np.maximum(ventricle_distance - widening, 0.0)
+    keep = inside * (1 - sulci) * (1 - ventricles)
+    gm = parenchyma * (1 - white) * keep
+    wm = parenchyma * white * keep
+    csf = np.clip(inside - gm - wm, 0.0, 1.0)
+    vessels = _vessel_curves(rng, shape, spacing) * csf * (ventricle_distance > 0)
+    template_z_mm = template.affine[2, 2] * points[2] + template.affine[2, 3]
+    return _Anatomy(brain=brain, tissue={"CSF": csf, "GM": gm, "WM": wm}, vessels=vessels,
+                    ventricle_band=_ventricle_band(rng, ventricle_distance, spacing, _RIM_MM),
+                    deep_white=_ventricle_band(rng, ventricle_distance, spacing, _DEEP_WHITE_MM),
+                    ventricle_distance_mm=ventricle_distance,
+                    brain_depth_mm=warp_distance(template.brain_depth_mm),
+                    infratentorial=template_z_mm < _TENTORIUM_Z_MM,
+                    deep_grey=warp(template.deep_grey))
+
+
+def _rotation(angles):
+    """Rotation matrix turning by ``angles`` (radians) about the three axes in turn."""
+    matrix = np.eye(3)
+    for axis, angle in enumerate(angles):
+        a, b = [k for k in range(3) if k != axis]
+        turn = np.eye(3)
+        turn[[a, a, b, b], [a, b, a, b]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+        matrix = turn @ matrix
+    return matrix
+
+
+def _ventricle_band(rng, ventricle_distance_mm, spacing, decay_mm):
+    """A change that is strongest at the walls of the lateral ventricles and
+    fades over ``decay_mm``: patchy along the wall, and more marked in some
+    subjects than in others."""
+    patches = np.clip(1 + 0.5 * _smooth_field(rng, ventricle_distance_mm.shape, spacing, 15.0),
+                      0.0, None)
+    return (rng.uniform(0.5, 1.5) * patches
+            * np.exp(-ventricle_distance_mm / decay_mm)).astype(np.float32)
+
+
+def _crisp(probability, threshold, spacing):
+    """The share of each voxel on the high side of a sharp boundary placed at
+    ``probability == threshold``, its distance to the boundary taken as the
+    difference over the gradient."""
+    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(probability, spacing)))
+    distance = (probability - threshold) / np.maximum(gradient, 1e-6)
+    return np.clip(0.5 + distance / spacing, 0.0, 1.0).astype(np.float32)
+
+
+def _slab_fraction(distance_mm, half_width_mm, spacing):
+    """Share of a voxel (side ``spacing``) at ``distance_mm`` from the middle of
+    a slab ``2 * half_width_mm`` thick that lies inside it."""
+    distance_mm = np.abs(distance_mm)
+    inside = (np.minimum(distance_mm + spacing / 2, half_width_mm)
+              - np.maximum(distance_mm - spacing / 2, -half_width_mm))
+    return np.clip(inside / spacing, 0.0, 1.0).astype(np.float32)
+
+
+def _sulcal_csf(rng, sulcus_distance_mm, spacing):
+    """CSF fraction of the re-opened sulci: sheets of a subject's width, wider
+    in places (atrophy is patchy)."""
+    half_width = rng.uniform(*_SULCUS_HALF_WIDTH_MM) * np.clip(
+        1 + 0.35 * _smooth_field(rng, sulcus_distance_mm.shape, spacing, 25.0), 0.3, None)
+    return _slab_fraction(sulcus_distance_mm, half_width, spacing)
+
+
+def _vessel_curves(rng, shape, spacing):
+    """Fraction of each voxel inside thin random tubes: where the zero sets
+    (sheets) of two random fields cross, each sheet's distance taken as the
+    field over its gradient."""
+    tubes = np.ones(shape, np.float32)
+    for _ in range(2):
+        field = _smooth_field(rng, shape, spacing, _VESSEL_SPACING_MM)
+        gradient = np.sqrt(sum(g ** 2 for g in np.gradient(field, spacing)))
+        tubes *= _slab_fraction(field / np.maximum(gradient, 1e-6), _VESSEL_RADIUS_MM, spacing)
+    return tubes
 
 
 # --- lesions -------------------------------------------------------------------
@@ -363,19 +604,44 @@ class _Ovoid:
     severity: float
 
 
-def _lesion_ovoids(rng, volumes, wm, ventricle_distance, spacing):
+def _lesion_sites(rng, count, anatomy):
+    """Centres (voxel coordinates) of ``count`` lesions, dealt to the places of
+    ``_LESION_SITES``; a place with no white matter at this voxel size (coarse
+    grids) gives its share to deep white matter."""
+    wm, below = anatomy.tissue["WM"], anatomy.infratentorial
+    places = {
+        "deep": (wm > 0.6) & ~below,
+        "juxtacortical": (wm > 0.5) & (wm < 0.85) & ~below
+        & (anatomy.brain_depth_mm < _JUXTACORTICAL_DEPTH_MM)
+        & (anatomy.ventricle_distance_mm > _JUXTACORTICAL_VENTRICLE_MM),
+        "infratentorial": (wm > 0.6) & below,
+    }
+    places = {name: np.argwhere(where) for name, where in places.items()}
+    shares = np.array([_LESION_SITES[name] if places[name].size else 0.0 for name in places])
+    shares[0] += 1 - shares.sum()
+    kinds = rng.choice(len(places), size=count, p=shares)
+    centres = np.zeros((count, 3))
+    for kind, voxels in enumerate(places.values()):
+        chosen = kinds == kind
+        weight = np.ones(len(voxels))
+        if kind == 0:   # deep white matter: denser near the ventricles
+            weight += _PERIVENTRICULAR_WEIGHT * np.exp(
+                -anatomy.ventricle_distance_mm[tuple(voxels.T)] / _PERIVENTRICULAR_MM)
+        if chosen.any():
+            centres[chosen] = voxels[rng.choice(len(voxels), size=chosen.sum(),
+                                                p=weight / weight.sum())]
+    return centres + rng.uniform(-0.5, 0.5, size=centres.shape)
+
+
+def _lesion_ovoids(rng, volumes, anatomy, spacing):
     """Place the lesions: the first as a chain of overlapping ovoids along a
-    ventricle (confluent), the others as single ovoids in white matter, denser
-    near the ventricles."""
-    deep_wm = np.argwhere(wm > 0.6)
-    weight = 1 + _PERIVENTRICULAR_WEIGHT * np.exp(
-        -ventricle_distance[tuple(deep_wm.T)] / _PERIVENTRICULAR_MM)
-    centres = deep_wm[rng.choice(len(deep_wm), size=len(volumes) - 1, p=weight / weight.sum())]
-    centres = centres + rng.uniform(-0.5, 0.5, size=centres.shape)
+    ventricle (confluent), the others as single ovoids at ``_lesion_sites``."""
+    centres = _lesion_sites(rng, len(volumes) - 1, anatomy)
     ovoids = [_Ovoid(c, _ellipsoid_axes(rng, v, 0.3), _random_rotation(rng),
                      float(np.exp(0.25 * rng.standard_normal())))
               for c, v in zip(centres, volumes[1:])]
-    return _confluent_ovoids(rng, volumes[0], wm, ventricle_distance, spacing) + ovoids
+    return _confluent_ovoids(rng, volumes[0], anatomy.tissue["WM"],
+                             anatomy.ventricle_distance_mm, spacing) + ovoids
 
 
 def _confluent_ovoids(rng, volume_mm3, wm, ventricle_distance, spacing):
@@ -418,7 +684,7 @@ def _render_ovoids(ovoids, shape, spacing, size_factor):
     return occupancy, severity
 
 
-def _lesions(rng, load_mm3, wm, ventricle_distance, spacing):
+def _lesions(rng, load_mm3, anatomy, spacing):
     """Lesion fraction per voxel, its mask, and the lesions' severity map.
 
     Lesions live in white matter only (WM probability > 0.5). Ovoids cut by
@@ -426,7 +692,8 @@ def _lesions(rng, load_mm3, wm, ventricle_distance, spacing):
     rescaled, a few times, until the mask's volume is within 10 % of the load.
     """
     volumes = _lesion_volumes(rng, load_mm3, spacing**3)
-    ovoids = _lesion_ovoids(rng, volumes, wm, ventricle_distance, spacing)
+    ovoids = _lesion_ovoids(rng, volumes, anatomy, spacing)
+    wm = anatomy.tissue["WM"]
     in_wm = wm > 0.5
     size_factor = 1.0
     for _ in range(4):
@@ -444,17 +711,34 @@ def _lesions(rng, load_mm3, wm, ventricle_distance, spacing):
 
 # --- imaging -------------------------------------------------------------------
 
-def _tissue_image(tissue, modality, rng, texture):
-    """Partial-volume mix of the tissue intensities, and the white-matter one.
+def _tissue_image(anatomy, modality, rng, texture, spacing):
+    """Partial-volume sum of the tissue intensities, and the white-matter one.
 
     Each subject's tissue intensities vary by 1.5 %, as between scanners."""
-    csf, gm, wm = np.array(_TISSUE_INTENSITY[modality]) * (1 + 0.015 * rng.standard_normal(3))
-    total = np.maximum(tissue["CSF"] + tissue["GM"] + tissue["WM"], 1e-6)
-    image = (tissue["CSF"] * csf + tissue["GM"] * gm + tissue["WM"] * wm) / total
+    ventricular_csf, other_csf, gm, deep_gm, wm = np.array(_TISSUE_INTENSITY[modality]) * (
+        1 + 0.015 * rng.standard_normal(5))
+    tissue, vessels = anatomy.tissue, anatomy.vessels
+    csf = other_csf + (ventricular_csf - other_csf) * np.exp(
+        -anatomy.ventricle_distance_mm / _VENTRICULAR_CSF_MM)
+    grey = gm + anatomy.deep_grey * (deep_gm - gm)
+    white = wm * (1 + _DEEP_WHITE[modality] * anatomy.deep_white)
+    parenchyma = (tissue["GM"] * grey + tissue["WM"] * white) * (
+        1 + _RIM[modality] * anatomy.ventricle_band)
+    image = ((tissue["CSF"] - vessels) * csf + vessels * _VESSEL_INTENSITY[modality]
+             + parenchyma)
+    # Outside the brain, and the share of an edge voxel that skull stripping
+    # cut off. Real scans are z-scored at 1 mm and resampled after
+    # (load_subject): there, 1-mm voxels cut by the brain's edge are darker
+    # (about half as bright as tissue: the masks are soft after registration),
+    # and those outside are 0 in z, the brain's mean. A coarser voxel's cut-off
+    # share holds both, a 1-mm shell of half-dark and the rest at the mean.
+    inside = tissue["CSF"] + tissue["GM"] + tissue["WM"]
+    background = np.mean(image[inside > 0.99]) * max(1.0 - 0.5 / spacing, 0.0)
+    image = image + (1 - inside) * background
     return image * (1 + _TEXTURE * texture), wm
 
 
-def _calibrated_image(rng, modality, target_z, tissue, brain, lesion, spacing, texture):
+def _calibrated_image(rng, modality, target_z, anatomy, lesion, spacing, texture):
     """One modality whose mean lesion z-score (after zscore_in_brain) is ``target_z``.
 
     Lesions replace white matter in proportion to their fraction, with
@@ -465,12 +749,14 @@ def _calibrated_image(rng, modality, target_z, tissue, brain, lesion, spacing, t
     small to reach the target at that contrast, they stay at it rather than glow.
     """
     fraction, mask, severity = lesion
-    base, wm_intensity = _tissue_image(tissue, modality, rng, texture)
-    bias = np.exp(_BIAS * _smooth_field(rng, brain.shape, spacing, 60.0))
+    brain = anatomy.brain
+    base, wm_intensity = _tissue_image(anatomy, modality, rng, texture, spacing)
+    bias = np.exp(_BIAS[modality] * _smooth_field(rng, brain.shape, spacing, _BIAS_MM))
     c0 = ndimage.gaussian_filter(bias * ((1 - fraction) * base + fraction * wm_intensity),
                                  _BLUR_VOXELS)
     c1 = ndimage.gaussian_filter(bias * fraction * severity, _BLUR_VOXELS)
-    noise = _NOISE * wm_intensity * rng.standard_normal((2,) + brain.shape, dtype=np.float32)
+    noise = _NOISE[modality] * wm_intensity * rng.standard_normal((2,) + brain.shape,
+                                                                  dtype=np.float32)
 
     def image(c):
         return (np.hypot(c0 + c * c1 + noise[0], noise[1]) * brain).astype(np.float32)
@@ -508,17 +794,17 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None):
     rng = np.random.default_rng(seed)
     load = float(_load_quantile(rng.uniform()) if lesion_load_mm3 is None else lesion_load_mm3)
     template = _template(float(spacing))
-    brain, tissue, ventricle_distance = _deformed_anatomy(rng, template, spacing)
-    lesion = _lesions(rng, load, tissue["WM"], ventricle_distance, spacing)
-    texture = ndimage.gaussian_filter(rng.standard_normal(brain.shape, dtype=np.float32),
+    anatomy = _deformed_anatomy(rng, template, spacing)
+    lesion = _lesions(rng, load, anatomy, spacing)
+    texture = ndimage.gaussian_filter(rng.standard_normal(anatomy.brain.shape, dtype=np.float32),
                                       _TEXTURE_MM / spacing)
     texture /= texture.std()
-    images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), tissue, brain, lesion,
+    images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), anatomy, lesion,
                                    spacing, texture)
               for m in MODALITIES}
     return SyntheticSubject(images=images, lesion=lesion[1].astype(np.uint8),
-                            affine=template.affine, tissue=tissue,
-                            ventricle_distance_mm=ventricle_distance,
+                            affine=template.affine, tissue=anatomy.tissue,
+                            ventricle_distance_mm=anatomy.ventricle_distance_mm,
                             lesion_load_target_mm3=load)
 
 
@@ -529,7 +815,7 @@ def _manifest(n_subjects, seed, spacing):
             "n_subjects": n_subjects, "seed": seed, "spacing": float(spacing),
             "subjects": [f"synth{i:02d}" for i in range(n_subjects)],
             "files": [*MODALITIES, MASK_NAME],
-            "template": "MNI152 ICBM 2009c nonlinear symmetric (nilearn)"}
+            "template": "MNI152 ICBM 2009a nonlinear symmetric (nilearn)"}
 
 
 def _read_manifest(out_dir):
