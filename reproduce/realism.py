@@ -22,6 +22,10 @@ and each real one, next to the distance between the real subjects themselves
 (what "as close as two patients" means). A second table holds properties of
 the images rather than of a region: fine texture and noise, slow white-matter
 drift (bias field), and how well the template's white matter fits the image.
+A third needs no template at all, as registration errors blur the regions of
+real scans: brain z-score quantiles, the T2W and FLAIR medians of the voxels
+that T1W calls GM-like and WM-like, the share of the cortex that is CSF-bright
+in T2W (sulci), and the brain's outermost voxels (``intensity_statistics``).
 ``--baseline`` takes the JSON of an earlier run (``--json``) and adds its
 phantom numbers as a "before" column.
 
@@ -108,6 +112,35 @@ def template_fit(t1_z, regions, brain):
     return float(2 * (bright & wm).sum() / (bright.sum() + wm.sum()))
 
 
+def intensity_statistics(z, brain, lesion, affine):
+    """Brain z-score statistics of one subject (``z``: X, Y, Z, modality), outside
+    its lesions grown by a voxel.
+
+    Quantiles (10, 50, 90) per modality; the T2W and FLAIR medians of the
+    voxels that T1W calls GM-like (z between -0.5 and 0.25) and WM-like (over
+    0.6); the share of the template's cortex that is CSF-bright in T2W (z > 1,
+    sulci); and the median of the brain's outermost voxels in T1W and T2W.
+    """
+    keep = brain & ~ndimage.binary_dilation(lesion > 0)
+    values = z[keep]
+    t1 = values[:, 0]
+    stats = {}
+    for i, modality in enumerate(MODALITIES):
+        for q in (10, 50, 90):
+            stats[f"{modality} q{q}"] = float(np.percentile(values[:, i], q))
+    like = {"GM-like": (t1 > -0.5) & (t1 < 0.25), "WM-like": t1 > 0.6}
+    for name, where in like.items():
+        stats[f"T2W {name}"] = float(np.median(values[where, 1]))
+        stats[f"FLAIR {name}"] = float(np.median(values[where, 2]))
+    template = mni152_tissue(affine, brain.shape)
+    cortex = keep & (template["GM"] > 0.5) & (template["brain_depth_mm"] < CORTEX_DEPTH_MM)
+    stats["cortex T2W z > 1"] = float(np.mean(z[..., 1][cortex] > 1)) if cortex.any() else np.nan
+    edge = brain & ~ndimage.binary_erosion(brain)
+    for i, modality in enumerate(MODALITIES[:2]):
+        stats[f"{modality} edge"] = float(np.median(z[..., i][edge]))
+    return stats
+
+
 def _mad(values):
     return float(np.median(np.abs(values - np.median(values))))
 
@@ -156,15 +189,19 @@ def wasserstein(u, v, rng):
 
 def measure(data, n_subjects=4, seed=0, spacing=2.0):
     """Region statistics, Wasserstein distances and image properties, as a JSON-able dict."""
-    samples, properties = {}, {}
-    phantom = [subject_samples(z, brain, lesion, affine, spacing)
-               for _, z, brain, lesion, affine in phantom_subjects(n_subjects, seed, spacing)]
+    samples, properties, intensity = {}, {}, {}
+    phantom, phantom_intensity = [], []
+    for _, z, brain, lesion, affine in phantom_subjects(n_subjects, seed, spacing):
+        phantom.append(subject_samples(z, brain, lesion, affine, spacing))
+        phantom_intensity.append(intensity_statistics(z, brain, lesion, affine))
     samples[PHANTOM] = {m: {r: np.concatenate([s[0][m][r] for s in phantom]) for r in REGIONS}
                         for m in MODALITIES}
     properties[PHANTOM] = {m: {k: float(np.mean([s[1][m][k] for s in phantom]))
                                for k in phantom[0][1][m]} for m in MODALITIES}
+    intensity[PHANTOM] = {k: [s[k] for s in phantom_intensity] for k in phantom_intensity[0]}
     for name, z, brain, lesion, affine in real_subjects(data, spacing):
         samples[name], properties[name] = subject_samples(z, brain, lesion, affine, spacing)
+        intensity[name] = intensity_statistics(z, brain, lesion, affine)
     real = [name for name in samples if name != PHANTOM]
     rng = np.random.default_rng(0)
     regions = {m: {r: {source: summary(samples[source][m][r]) for source in samples}
@@ -176,7 +213,8 @@ def measure(data, n_subjects=4, seed=0, spacing=2.0):
                      for r in REGIONS} for m in MODALITIES}
     return {"settings": {"data": str(data), "phantom_subjects": n_subjects, "seed": seed,
                          "spacing": spacing, "real_subjects": real},
-            "regions": regions, "wasserstein": distances, "properties": properties}
+            "regions": regions, "wasserstein": distances, "properties": properties,
+            "intensity": intensity}
 
 
 def mean_tissue_distance(result, source):
@@ -227,12 +265,32 @@ def property_table(result, baseline=None):
     return "\n".join(lines)
 
 
+def intensity_table(result, baseline=None):
+    """Phantom subjects' range and each real subject's value, per statistic."""
+    real = result["settings"]["real_subjects"]
+    before = (baseline or {}).get("intensity", {}).get(PHANTOM)
+    head = (["statistic"] + (["phantom before (min, max)"] if baseline else [])
+            + ["phantom (min, max)"] + real)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def span(values):
+        return f"{min(values):.2f}, {max(values):.2f}"
+
+    for key, values in result["intensity"][PHANTOM].items():
+        row = [key]
+        if baseline:
+            row.append(span(before[key]) if before and key in before else "-")
+        row += [span(values)] + [f"{result['intensity'][name][key]:.2f}" for name in real]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def report(result, baseline=None):
     settings = result["settings"]
     lines = [f"Phantom: {settings['phantom_subjects']} subjects (seed {settings['seed']}) vs "
              f"{', '.join(settings['real_subjects'])}, at {settings['spacing']:g} mm; "
              f"brain z-scores, median [IQR].", "", region_table(result, baseline), "",
-             property_table(result, baseline), ""]
+             property_table(result, baseline), "", intensity_table(result, baseline), ""]
     for name in settings["real_subjects"]:
         line = (f"Mean W1 over modalities and tissue regions, phantom to {name}: "
                 f"{mean_tissue_distance(result, name):.3f}")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from reproduce import realism
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.normalize import zscore_in_brain
 from tversky_keras.data.phantom import (PHANTOM_VERSION, lesion_loads, mni152_tissue,
@@ -220,38 +221,14 @@ def test_loads_are_dealt_to_subjects_in_random_order():
 # --- appearance next to real scans ---------------------------------------------------
 
 def intensity_statistics(subject):
-    """Brain z-score statistics of a 2 mm subject, outside its lesions (grown by a voxel).
-
-    Quantiles per modality; T2W and FLAIR medians of the voxels that T1W calls
-    CSF-like (z < -1.5), GM-like (-0.5 to 0.25) and WM-like (> 0.6); the share
-    of the template's cortex (grey matter within 15 mm of the surface) that is
-    CSF-bright in T2W (z > 1: sulci); and the median of the brain's outermost
-    voxels.
-    """
+    """``reproduce.realism.intensity_statistics`` of a phantom subject, as its files read."""
     brain = subject.images["T1W"] != 0
     z = np.stack([zscore_in_brain(subject.images[m], brain) for m in MODALITIES], -1)
-    keep = brain & ~ndimage.binary_dilation(subject.lesion > 0)
-    values = z[keep]
-    t1 = values[:, 0]
-    stats = {}
-    for i, modality in enumerate(MODALITIES):
-        for q in (10, 50, 90):
-            stats[f"{modality} q{q}"] = np.percentile(values[:, i], q)
-    like = {"GM-like": (t1 > -0.5) & (t1 < 0.25), "WM-like": t1 > 0.6}
-    for name, where in like.items():
-        stats[f"T2W {name}"] = np.median(values[where, 1])
-        stats[f"FLAIR {name}"] = np.median(values[where, 2])
-    template = mni152_tissue(subject.affine, brain.shape)
-    cortex = keep & (template["GM"] > 0.5) & (template["brain_depth_mm"] < 15)
-    stats["cortex T2W z > 1"] = np.mean(z[..., 1][cortex] > 1)
-    edge = brain & ~ndimage.binary_erosion(brain)
-    for i, modality in enumerate(MODALITIES[:2]):
-        stats[f"{modality} edge"] = np.median(z[..., i][edge])
-    return stats
+    return realism.intensity_statistics(z, brain, subject.lesion, subject.affine)
 
 
 # (statistic, real low, real high, tolerance): the two MSLUB patients at 2 mm
-# (load_subject(..., target_spacing=2.0)), measured with intensity_statistics,
+# (load_subject(..., target_spacing=2.0)), as python -m reproduce.realism prints them,
 # and how far outside their range the phantom may fall. Phantom version 1
 # failed 9 of these 14: T1W q10, T2W q90, FLAIR q90, the GM-like and WM-like
 # rows, cortex T2W z > 1 (its cortex had few sulci but a thick CSF rim) and

@@ -93,6 +93,32 @@ def test_the_phantom_against_itself_is_at_distance_zero(phantom_as_real):
     assert realism.mean_tissue_distance(result, "synth00") == pytest.approx(0, abs=1e-5)
     for modality, properties in result["properties"]["phantom"].items():
         assert properties == pytest.approx(result["properties"]["synth00"][modality])
+    for statistic, values in result["intensity"]["phantom"].items():
+        assert values == pytest.approx([result["intensity"]["synth00"][statistic]])
+
+
+def test_intensity_statistics_of_a_hand_made_brain():
+    # A 10x10x10 brain in deep white matter (no cortex): T1W z 0 ("GM-like") in
+    # one half, 1 ("WM-like") in the other, with T2W 0.3 / -0.6 and FLAIR 0.5 /
+    # 0.0; one lesion voxel with wild values is left out with its neighbours.
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-36, -20, 20)
+    brain = np.zeros((14, 14, 14), bool)
+    brain[2:12, 2:12, 2:12] = True
+    z = np.zeros(brain.shape + (3,), np.float32)
+    z[2:12, 2:12, 7:12] = (1.0, -0.6, 0.0)
+    z[2:12, 2:12, 2:7] = (0.0, 0.3, 0.5)
+    lesion = np.zeros(brain.shape, np.uint8)
+    lesion[6, 6, 9] = 1
+    z[6, 6, 9] = (-9.0, 9.0, 9.0)
+    stats = realism.intensity_statistics(z, brain, lesion, affine)
+    assert (stats["T1W q10"], stats["T1W q90"]) == (0.0, 1.0)
+    assert (stats["T2W GM-like"], stats["T2W WM-like"]) == pytest.approx((0.3, -0.6))
+    assert (stats["FLAIR GM-like"], stats["FLAIR WM-like"]) == pytest.approx((0.5, 0.0))
+    assert np.isnan(stats["cortex T2W z > 1"])
+    # The outermost voxels: 488 of the cube's 1000, 244 in each half (a face
+    # and four rings of 36), so their median lies midway: (0.3 - 0.6) / 2.
+    assert stats["T2W edge"] == pytest.approx(-0.15)
 
 
 def test_wasserstein_of_shifted_samples_is_the_shift():
@@ -110,7 +136,7 @@ def test_command_line_prints_tables_writes_json_and_shows_a_baseline(phantom_as_
     printed = capsys.readouterr().out
     assert "| T1W | WM |" in printed and "fine texture" in printed
     saved = json.loads(out.read_text())
-    assert set(saved) == {"settings", "regions", "wasserstein", "properties"}
+    assert set(saved) == {"settings", "regions", "wasserstein", "properties", "intensity"}
     # A baseline whose phantom WM T1W median was 9.99 shows up as "phantom before".
     saved["regions"]["T1W"]["WM"]["phantom"]["median"] = 9.99
     old = tmp_path / "old.json"
