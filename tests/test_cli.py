@@ -129,3 +129,10 @@ def test_train_defaults_are_train_configs_and_every_setting_is_an_option():
     choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
                    if a.dest == "mixed_precision").choices
     assert tuple(choices) == MIXED_PRECISION
+
+
+def test_the_reproduction_prints_no_tensorflow_start_up_lines():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", "import reproduce.table1"], cwd=ROOT,
+                          capture_output=True, text=True, env=env, check=True)
+    assert done.stderr == ""
