@@ -33,7 +33,7 @@ from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import MODALITIES
 from tversky_keras.data.io import check_modalities
 from tversky_keras.claims import current_holder, try_claim
-from tversky_keras.data.cache import cache_key, preprocess
+from tversky_keras.data.cache import cache_key, file_identity, preprocess
 from tversky_keras.models import NORMALIZATIONS, unet3d
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
@@ -200,21 +200,20 @@ class WorkerLost(RuntimeError):
 
 
 def cluster_task():
-    """This process' place in a ``TF_CONFIG`` cluster: ``(type, index, n_workers, is_chief)``.
+    """This process' place in a ``TF_CONFIG`` cluster: ``(type, index, is_chief)``.
 
     ``None`` without ``TF_CONFIG``. The chief is the ``chief`` task, or worker
-    0 when the cluster has none; ``n_workers`` counts chief and workers.
+    0 when the cluster has none.
     """
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = tf_config.get("task") or {}
     if not task:
         return None
     cluster = tf_config.get("cluster") or {}
-    n_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
     index = int(task.get("index", 0))
     is_chief = task.get("type") == "chief" or (
         "chief" not in cluster and task.get("type") == "worker" and index == 0)
-    return task.get("type"), index, n_workers, is_chief
+    return task.get("type"), index, is_chief
 
 
 def _nest_safe(strategy_class):
@@ -275,7 +274,7 @@ def writer_dir(run_dir):
     user check that the workers agree) and never touch the chief's files.
     """
     task = cluster_task()
-    if task is None or task[3]:
+    if task is None or task[2]:
         return Path(run_dir)
     return Path(run_dir) / f".{task[0]}{task[1]}"
 
@@ -420,8 +419,7 @@ def run_record(config, train_subjects, val_subjects):
               "data": {"train": digests(train_subjects), "val": digests(val_subjects)}}
     if config.init and Path(config.init).is_file():
         # The weights a run starts from are data too: another file at the same path is refused.
-        stat = Path(config.init).stat()
-        record["init_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        record["init_file"] = file_identity("init", config.init)
     return record
 
 

@@ -61,7 +61,8 @@ def default_cache_dir():
     return Path(root) / "preprocessed"
 
 
-def _file_identity(role, path):
+def file_identity(role, path):
+    """``[role, resolved path, size, mtime_ns]`` of a file: what tells it changed."""
     path = Path(path)
     try:
         stat = path.stat()
@@ -72,10 +73,10 @@ def _file_identity(role, path):
 
 def cache_key(subject, settings):
     """A hex digest of the format, the settings and every source file's identity."""
-    files = [_file_identity(m, p) for m, p in sorted(subject.images.items())]
+    files = [file_identity(m, p) for m, p in sorted(subject.images.items())]
     for role in ("mask", "brainmask"):
         if getattr(subject, role) is not None:
-            files.append(_file_identity(role, getattr(subject, role)))
+            files.append(file_identity(role, getattr(subject, role)))
     content = {"format": CACHE_FORMAT, "id": subject.id, "settings": settings, "files": files}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
