@@ -51,9 +51,11 @@ def start_workers(data, out, epochs):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         command = [sys.executable, "-m", "tversky_keras", "train", "--data", str(data),
                    "--out", str(out), "--epochs", str(epochs), *TRAIN]
-        workers.append(subprocess.Popen(
+        worker = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "TF_CONFIG": tf_config, "CUDA_VISIBLE_DEVICES": ""}))
+            env={**os.environ, "TF_CONFIG": tf_config, "CUDA_VISIBLE_DEVICES": ""})
+        worker.address = cluster["worker"][index]
+        workers.append(worker)
     return workers
 
 
@@ -94,11 +96,8 @@ def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(phanto
     assert (run / "log.csv").read_text() == (run / ".worker1" / "log.csv").read_text()
 
 
-@pytest.mark.parametrize("killed, cause", [
-    (1, "/job:worker/replica:0/task:1 stopped sending heartbeats"),
-    (0, "cannot connect to ipv4:127.0.0.1:"),  # the chief hosts the coordination service
-])
-def test_a_killed_worker_stops_the_other_with_a_clear_error(phantom, tmp_path, killed, cause):
+@pytest.mark.parametrize("killed", [1, 0])  # worker 0, the chief, hosts the coordination service
+def test_a_killed_worker_stops_the_other_with_a_clear_error(phantom, tmp_path, killed):
     run = tmp_path / "run"
     workers = start_workers(phantom, run, epochs=10_000)
     deadline = time.monotonic() + TIMEOUT
@@ -112,7 +111,13 @@ def test_a_killed_worker_stops_the_other_with_a_clear_error(phantom, tmp_path, k
     waited = time.monotonic() - killed_at
     finish(workers)
     assert code == 1, output[-3000:]
-    assert "another worker stopped or cannot be reached" in output and cause in output
+    assert "another worker stopped or cannot be reached" in output
+    # Which of TensorFlow's errors comes first is a race (the coordination service's missed
+    # heartbeats, or a collective that cannot reach its peer); either way the message names
+    # the worker that went away.
+    causes = (f"/job:worker/replica:0/task:{killed} stopped sending heartbeats",
+              f"cannot connect to ipv4:{workers[killed].address}")
+    assert any(cause in output for cause in causes), output[-3000:]
     assert "Start every worker again with the same command" in output
     assert "Traceback" not in output
     assert waited < 60  # measured: about 8 s (heartbeats) and 3 s (refused connection)
