@@ -4,7 +4,8 @@ Layout (nnU-Net style, navigable without docs)::
 
     results/<experiment>/experiment.json           profile, data, split, seed
     results/<experiment>/<row>/fold<k>/run/        the training run (tversky_keras.training)
-    results/<experiment>/<row>/fold<k>/test/<id>.npz   test probabilities, truth, FLAIR
+    results/<experiment>/<row>/fold<k>/test/<id>.npz   test probabilities, truth, brain, FLAIR
+                                                   in the scan's own voxels (canonical order)
     results/<experiment>/<row>/fold<k>/metrics.json    per-subject test metrics
     results/<experiment>/<row>/fold<k>/done.json       written last: the cell is finished
     results/<experiment>/<row>/fold<k>/claim.<g>.json  while a process runs the cell
@@ -24,10 +25,10 @@ import keras
 import numpy as np
 
 from tversky_keras.atomic import atomic_path, write_json
-from tversky_keras.data import discover_subjects
+from tversky_keras.data import discover_subjects, load_subject
 from tversky_keras.evaluation import lesion_metrics
-from tversky_keras.inference import lesion_probability, predict_volume
-from tversky_keras.training import TrainConfig, load_volumes, train
+from tversky_keras.inference import segment_subject
+from tversky_keras.training import TrainConfig, train
 
 ROWS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
 FOLDS = (0, 1)
@@ -177,12 +178,16 @@ class Experiment:
         (cell / "test").mkdir(exist_ok=True)
         per_subject = {}
         for subject_id in test_ids:
-            volume = load_volumes([self.subjects[subject_id]], config, self.cache_dir)[0]
-            prob = lesion_probability(predict_volume(model, volume.image))
-            label = volume.label.astype(np.uint8)
-            brain = volume.brain
-            flair = volume.image[..., list(config.modalities).index("FLAIR")] \
-                if "FLAIR" in config.modalities else volume.image[..., -1]
+            # predict's own path (the model's recorded grid, and back to the
+            # scan's voxels), scored against the scan's own masks: the table
+            # measures what `predict` then `evaluate --brain` measure.
+            subject = self.subjects[subject_id]
+            prob, _ = segment_subject(model, subject, canonical=True)
+            scan = load_subject(subject, modalities=config.modalities)
+            label = scan.label.astype(np.uint8)
+            brain = scan.brain
+            flair = scan.image[..., list(config.modalities).index("FLAIR")] \
+                if "FLAIR" in config.modalities else scan.image[..., -1]
             with atomic_path(cell / "test" / f"{subject_id}.npz") as temporary:
                 np.savez_compressed(temporary, probability=prob.astype(np.float16), label=label,
                                     brain=brain, flair=flair.astype(np.float16))

@@ -343,3 +343,44 @@ def test_a_failing_cell_is_one_line_the_others_finish_and_the_exit_code_says_so(
     assert "Missing cells (not in the table): a0.3_b0.7/fold1" in out
     assert "Traceback" not in out + err
     assert not list(cell.glob("claim.*"))  # the claim was released
+
+
+def test_a_cell_scores_what_predict_then_evaluate_score(smoke_run, tmp_path, capsys):
+    """The table's per-subject metrics are those of `predict` + `evaluate --brain`.
+
+    The cell trains at 6 mm on the 4-mm phantom, so scoring on the network's
+    grid (as reproduce once did) would give other numbers than the scan's own.
+    """
+    import dataclasses
+
+    import nibabel as nib
+
+    from tversky_keras import cli
+
+    root, _ = smoke_run
+    profile = dataclasses.replace(table1.PROFILES["smoke"], spacing=6.0)
+    experiment = table1.Experiment(tmp_path / "exp", table1.phantom_folder(profile, root / "cache"),
+                                   profile, cache_dir=tmp_path / "preprocessed")
+    experiment.run_cell(0.5, 0.5, 0)
+    cell = experiment.cell_dir(0.5, 0.5, 0)
+    table_scores = json.loads((cell / "metrics.json").read_text())
+    subject = experiment.subjects[experiment.split[0][1][0]]
+    truth = nib.load(subject.mask)
+    brain = np.logical_or.reduce([np.asarray(nib.load(path).dataobj) != 0
+                                  for path in subject.images.values()])
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), truth.affine), tmp_path / "brain.nii.gz")
+    out = tmp_path / "predicted"
+    assert cli.main(["predict", "--model", str(cell / "run" / "last.keras"),
+                     "--input", str(subject.images["FLAIR"].parent), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--prediction", str(out / "probability.nii.gz"),
+                     "--truth", str(subject.mask), "--brain", str(tmp_path / "brain.nii.gz")]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    ours = table_scores[subject.id]
+    assert ours["tp"] + ours["fp"] > 0  # a cell that called nothing would agree trivially
+    assert [ours[k] for k in ("tp", "fp", "tn", "fn")] == \
+        [evaluated[k] for k in ("tp", "fp", "tn", "fn")]
+    for key in ("dsc", "sensitivity", "specificity", "apr"):
+        assert ours[key] == pytest.approx(evaluated[key], abs=1e-6), key
+    with np.load(cell / "test" / f"{subject.id}.npz") as arrays:
+        assert arrays["label"].shape == truth.shape  # the scan's voxels, not the 6-mm grid

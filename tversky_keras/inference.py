@@ -15,7 +15,7 @@ import numpy as np
 
 from tversky_keras.atomic import write_json
 from tversky_keras.data import load_subject, pad_to_multiple, save_nifti_like
-from tversky_keras.data.grid import from_grid
+from tversky_keras.data.grid import from_grid, grid_to_canonical
 from tversky_keras.scan_spec import check_modalities, scan_spec
 
 SEGMENTATION_FILES = ("probability.nii.gz", "mask.nii.gz")
@@ -141,7 +141,7 @@ def lesion_probability(probs):
 
 
 def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, modalities=None,
-                    spacing=None):
+                    spacing=None, canonical=False):
     """Lesion probability of a subject in the scan's own voxel grid.
 
     The subject is read and normalised as in training, on the grid recorded in
@@ -150,6 +150,12 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     ScanSpec (built by hand) needs ``modalities``, in the order it was trained
     on; ``spacing`` then resamples the scan (default: kept), and the size
     multiple comes from its architecture (``input_multiple``).
+
+    With ``canonical=True`` the probability keeps the canonical (RAS+) voxel
+    order in which ``read_nifti`` and ``load_subject`` read the scan's files
+    (same voxels, same values; axes permuted and flipped), for scoring against
+    masks read by them. ``reproduce`` scores its test folds this way, so its
+    tables measure what ``predict`` then ``evaluate`` measure.
 
     Returns:
         ``(probability, geometry)``: float32 array in the scan's grid and the
@@ -178,7 +184,8 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     probs = predict_volume(model, volume.image, window=window, overlap=overlap,
                            batch_size=batch_size)
     lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
-    native = np.clip(from_grid(lesion, volume.geometry, order=1), 0.0, 1.0)
+    back = grid_to_canonical if canonical else from_grid
+    native = np.clip(back(lesion, volume.geometry, order=1), 0.0, 1.0)
     return native.astype(np.float32), volume.geometry
 
 

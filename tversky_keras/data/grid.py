@@ -215,6 +215,16 @@ def from_grid(array, geometry, order=1):
     Returns:
         array of shape ``geometry.shape`` (plus the channel axis, if any).
     """
+    return apply_orientation(grid_to_canonical(array, geometry, order),
+                             ornt_transform(_CANONICAL, geometry.orientation))
+
+
+def grid_to_canonical(array, geometry, order=1):
+    """``from_grid`` without its last step: the scan's voxels, in canonical (RAS+) order.
+
+    The result holds the same values as ``from_grid``'s, axes permuted and
+    flipped as ``read_nifti`` reads a file, so it lines up with masks read by it.
+    """
     grid = geometry.grid
     if tuple(array.shape[:3]) != grid.shape:
         raise ValueError(f"array of shape {array.shape} is not on the grid of shape {grid.shape}")
@@ -222,7 +232,7 @@ def from_grid(array, geometry, order=1):
         array = crop_or_pad(array, [-o for o in grid.offset], grid.resampled_shape)
     if grid.resampled_shape != grid.source_shape:
         array = _resample(array, grid.source_shape, order)
-    return apply_orientation(array, ornt_transform(_CANONICAL, geometry.orientation))
+    return array
 
 
 def save_nifti_like(array, geometry, path, dtype):
