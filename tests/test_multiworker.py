@@ -116,8 +116,45 @@ def test_a_killed_worker_stops_the_other_with_a_clear_error(phantom, tmp_path, k
     # heartbeats, or a collective that cannot reach its peer); either way the message names
     # the worker that went away.
     causes = (f"/job:worker/replica:0/task:{killed} stopped sending heartbeats",
-              f"cannot connect to ipv4:{workers[killed].address}")
+              f"cannot connect to ipv4:{workers[killed].address}",
+              f"lost the connection to /job:worker/replica:0/task:{killed}")
     assert any(cause in output for cause in causes), output[-3000:]
     assert "Start every worker again with the same command" in output
     assert "Traceback" not in output
     assert waited < 60  # measured: about 8 s (heartbeats) and 3 s (refused connection)
+
+
+# TensorFlow's errors when a peer goes away, as the survivor got them in these tests
+# (abridged); which one comes first is a race.
+LOST_PEER_ERRORS = [
+    ("The following tasks are unhealthy (stopped sending heartbeats):\n"
+     "/job:worker/replica:0/task:1\nThe tasks have crashed.",
+     "/job:worker/replica:0/task:1 stopped sending heartbeats"),
+    ("Aborting RingReduce with UNAVAILABLE: failed to connect to all addresses; last error: "
+     "UNKNOWN: ipv4:127.0.0.1:38891: Failed to connect to remote host: Connection refused",
+     "cannot connect to ipv4:127.0.0.1:38891"),
+    ("{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/"
+     "replica:0/task:1/device:CPU:0}} Collective ops is aborted by: Socket closed\n"
+     "Additional GRPC error information from remote target /job:worker/replica:0/task:0 while "
+     "calling /tensorflow.WorkerService/RecvBuf:\n:UNKNOWN:Error received from peer  "
+     '{grpc_status:14, grpc_message:"Socket closed"}',
+     "lost the connection to /job:worker/replica:0/task:0: Socket closed"),
+]
+
+
+@pytest.mark.parametrize("text, cause", LOST_PEER_ERRORS)
+def test_a_lost_peer_error_names_the_peer(text, cause, monkeypatch, tmp_path):
+    import tensorflow as tf
+
+    from tversky_keras.training import WorkerLost, _raise_if_worker_lost
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+        "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(WorkerLost) as caught:
+        _raise_if_worker_lost(tf.errors.UnavailableError(None, None, text), tmp_path)
+    assert f"({cause})" in str(caught.value)
+    # Outside a cluster, or for another kind of error, nothing is translated.
+    _raise_if_worker_lost(ValueError(text), tmp_path)
+    monkeypatch.delenv("TF_CONFIG")
+    _raise_if_worker_lost(tf.errors.UnavailableError(None, None, text), tmp_path)

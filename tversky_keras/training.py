@@ -680,10 +680,15 @@ def _raise_if_worker_lost(error, own_dir):
     if cluster_task() is None or not isinstance(error, lost):
         return
     text = str(error)
+    # Which of TensorFlow's errors arrives first is a race; each names the peer its own way.
     unhealthy = re.search(r"unhealthy[^:]*:\s*(/job:\S+)", text)
     refused = re.search(r"(ipv4:\S+|\S+:\d+): Failed to connect[^\n]*", text)
+    remote = re.search(r"remote target (/job:\S+)", text)
+    reason = re.search(r'grpc_message:"([^"]*)"', text)
     cause = (f"{unhealthy.group(1)} stopped sending heartbeats" if unhealthy
              else f"cannot connect to {refused.group(1)}" if refused
+             else f"lost the connection to {remote.group(1)}"
+                  + (f": {reason.group(1)}" if reason else "") if remote
              else text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__)
     raise WorkerLost(
         f"{own_dir}: training stopped because another worker stopped or cannot be reached "
