@@ -9,7 +9,7 @@ import numpy as np
 from reproduce.experiment import FOLDS, PROFILES, ROWS, two_fold_split
 from tversky_keras.data import MODALITIES, discover_subjects, preprocess
 from tversky_keras.data.subjects import MASK_NAME, Volume
-from tversky_keras.training import TrainConfig, build_model, make_loss, make_metrics, paper_optimizer
+from tversky_keras.training import build_model, make_loss, make_metrics, paper_optimizer
 
 MNI_1MM = (182, 218, 182)  # a whole brain at 1 mm (MNI152)
 PAPER_INPUT = (128, 224, 256)  # the paper's registered volumes
@@ -19,12 +19,8 @@ N_SUBJECTS = 15  # the paper's data set
 
 
 def profile_config(name, **overrides):
-    """A ``TrainConfig`` with the network and batch of a reproduction profile."""
-    p = PROFILES[name]
-    return TrainConfig(alpha=ALPHA, beta=BETA, patch_size=p.patch_size, batch_size=p.batch_size,
-                       base_filters=p.base_filters, depth=p.depth,
-                       learning_rate=p.learning_rate, lr_decay_steps=p.lr_decay_steps,
-                       **overrides)
+    """The ``TrainConfig`` a reproduction profile trains with (``Profile.train_config``)."""
+    return PROFILES[name].train_config(N_SUBJECTS // 2, alpha=ALPHA, beta=BETA, **overrides)
 
 
 def compiled_model(config, metrics=True, jit_compile=False, steps_per_execution=1):

@@ -46,7 +46,14 @@ PAPER_TABLE1 = {
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-    """How hard the experiment works: grid, network, optimiser, budget."""
+    """How hard the experiment works: grid, network, optimiser, budget.
+
+    A profile is a set of overrides of ``TrainConfig``: every field that
+    ``TrainConfig`` also has (``TRAINING_FIELDS``, same names, same meaning)
+    replaces its default, and ``TrainConfig`` checks them when the profile is
+    defined. ``steps_per_epoch=0`` means one pass over the training subjects.
+    The other fields say what data the profile generates when none is given.
+    """
 
     name: str
     description: str
@@ -62,6 +69,29 @@ class Profile:
     phantom_subjects: int
     phantom_spacing: float
     pool_batch: bool = False
+
+    def __post_init__(self):
+        self.train_config(n_train=1)  # a bad value fails here, when the profile is defined
+
+    def overrides(self):
+        """The profile's ``TrainConfig`` settings, by ``TrainConfig``'s own names."""
+        return {name: getattr(self, name) for name in TRAINING_FIELDS}
+
+    def train_config(self, n_train, **settings):
+        """``TrainConfig``: its defaults, then this profile's overrides, then ``settings``.
+
+        Args:
+            n_train: training subjects (sets ``steps_per_epoch`` when the profile's is 0).
+            settings: more ``TrainConfig`` fields (alpha, beta, seed, ...).
+        """
+        values = self.overrides()
+        if not values["steps_per_epoch"]:
+            values["steps_per_epoch"] = -(-n_train // self.batch_size)
+        return TrainConfig(**{**values, **settings})
+
+
+TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(Profile)
+                        if f.name in {g.name for g in dataclasses.fields(TrainConfig)})
 
 
 PROFILES = {
@@ -140,15 +170,9 @@ class Experiment:
         return (self.cell_dir(alpha, beta, fold) / "done.json").is_file()
 
     def train_config(self, alpha, beta, fold):
-        p = self.profile
-        train_ids = self.split[fold][0]
-        steps = p.steps_per_epoch or -(-len(train_ids) // p.batch_size)
-        return TrainConfig(
-            alpha=alpha, beta=beta, spacing=p.spacing, patch_size=p.patch_size,
-            batch_size=p.batch_size, epochs=p.epochs, steps_per_epoch=steps,
-            base_filters=p.base_filters, depth=p.depth, learning_rate=p.learning_rate,
-            lr_decay_steps=p.lr_decay_steps, foreground_ratio=self.foreground_ratio,
-            pool_batch=p.pool_batch, mixed_precision=self.mixed_precision,
+        return self.profile.train_config(
+            len(self.split[fold][0]), alpha=alpha, beta=beta,
+            foreground_ratio=self.foreground_ratio, mixed_precision=self.mixed_precision,
             monitor="val_dice", seed=self.seed)
 
     def run_cell(self, alpha, beta, fold, callbacks=(), claim=None):

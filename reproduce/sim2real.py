@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reproduce.experiment import PROFILES, Experiment, row_name  # noqa: E402
+from reproduce.experiment import PROFILES, row_name  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
@@ -64,7 +64,7 @@ def phantom_manifest(phantom):
     return manifest
 
 
-def train_config(profile, alpha, beta, phantom, n_subjects):
+def train_config(profile, alpha, beta, n_subjects):
     """The profile's training settings, on every phantom subject at the phantom's voxel size.
 
     The spacing is recorded in the saved model's ScanSpec, so ``segment_subject``
@@ -72,12 +72,9 @@ def train_config(profile, alpha, beta, phantom, n_subjects):
     scan would be segmented as it is, with anatomy and lesions twice the size
     the quick profile's 2-mm network knows (patient26: DSC 0.34 instead of 0.61).
     """
-    # Experiment.train_config maps a profile to a TrainConfig for a fold (half the
-    # subjects); here every phantom subject trains, and nothing validates.
-    config = Experiment(Path(), phantom, profile).train_config(alpha, beta, 0)
-    return dataclasses.replace(
-        config, spacing=profile.spacing or profile.phantom_spacing,
-        steps_per_epoch=profile.steps_per_epoch or -(-n_subjects // profile.batch_size))
+    # Every phantom subject trains, and nothing validates.
+    return profile.train_config(n_subjects, alpha=alpha, beta=beta, monitor="val_dice",
+                                spacing=profile.spacing or profile.phantom_spacing)
 
 
 def check_settings(folder, settings):
@@ -197,7 +194,7 @@ def main(argv=None):
         raise SystemExit(f"{args.data}: a subject named {RUN!r} would share the run's folder")
     phantom = phantom_data(profile, args.cache)
     phantom_subjects = discover_subjects(phantom)
-    config = train_config(profile, args.alpha, args.beta, phantom, len(phantom_subjects))
+    config = train_config(profile, args.alpha, args.beta, len(phantom_subjects))
     settings = {"data": str(Path(args.data).resolve()), "profile": dataclasses.asdict(profile),
                 "alpha": args.alpha, "beta": args.beta, "threshold": THRESHOLD,
                 "phantom": phantom_manifest(phantom), "training": config.to_json()}

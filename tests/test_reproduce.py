@@ -384,3 +384,41 @@ def test_a_cell_scores_what_predict_then_evaluate_score(smoke_run, tmp_path, cap
         assert ours[key] == pytest.approx(evaluated[key], abs=1e-6), key
     with np.load(cell / "test" / f"{subject.id}.npz") as arrays:
         assert arrays["label"].shape == truth.shape  # the scan's voxels, not the 6-mm grid
+
+
+def test_profiles_are_overrides_of_train_config():
+    import dataclasses
+
+    from reproduce.experiment import PROFILES, TRAINING_FIELDS, Profile
+    from tversky_keras.training import TrainConfig
+
+    # Every profile field is a TrainConfig field of the same name, or says what data to make:
+    # a renamed field would otherwise silently stop reaching the training.
+    data_fields = {"name", "description", "phantom_subjects", "phantom_spacing"}
+    assert {f.name for f in dataclasses.fields(Profile)} == set(TRAINING_FIELDS) | data_fields
+    defaults = TrainConfig()
+    for profile in PROFILES.values():
+        config = profile.train_config(n_train=7, alpha=0.2, beta=0.8, seed=3)
+        for name in TRAINING_FIELDS:
+            expected = getattr(profile, name)
+            if name == "steps_per_epoch" and not expected:
+                expected = -(-7 // profile.batch_size)  # one pass over the training subjects
+            assert getattr(config, name) == expected, (profile.name, name)
+        assert (config.alpha, config.beta, config.seed) == (0.2, 0.8, 3)
+        untouched = {f.name for f in dataclasses.fields(TrainConfig)} - set(TRAINING_FIELDS) \
+            - {"alpha", "beta", "seed"}
+        for name in untouched:
+            assert getattr(config, name) == getattr(defaults, name), (profile.name, name)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"learning_rate": -1.0}, "learning_rate must be positive"),
+    ({"patch_size": (18, 18, 18), "depth": 2}, "multiple of 2\\^depth = 4"),
+])
+def test_a_bad_profile_fails_when_it_is_defined(override, message):
+    import dataclasses
+
+    from reproduce.experiment import PROFILES
+
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(PROFILES["smoke"], **override)

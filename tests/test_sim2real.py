@@ -132,9 +132,8 @@ def test_a_rerun_skips_finished_work_and_other_settings_are_refused(smoke_run, t
 
 
 @pytest.mark.parametrize("profile, spacing", [("quick", 2.0), ("smoke", 4.0), ("paper", 1.0)])
-def test_training_uses_the_phantom_spacing_and_every_subject(tmp_path, profile, spacing):
-    write_tiny_subjects(tmp_path, n=3)
-    config = sim2real.train_config(PROFILES[profile], 0.3, 0.7, tmp_path, n_subjects=15)
+def test_training_uses_the_phantom_spacing_and_every_subject(profile, spacing):
+    config = sim2real.train_config(PROFILES[profile], 0.3, 0.7, n_subjects=15)
     assert config.spacing == spacing
     assert (config.alpha, config.beta, config.init) == (0.3, 0.7, None)
     assert config.steps_per_epoch == (PROFILES[profile].steps_per_epoch or 15)
