@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, row_name  # noqa: E402
 from tversky_keras.atomic import atomic_path  # noqa: E402
 from tversky_keras.evaluation import precision_recall_curve  # noqa: E402
-from tversky_keras.training import log_dataframe  # noqa: E402
+from tversky_keras.run_folder import log_dataframe  # noqa: E402
 
 COLOURS = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ROWS)))
 

@@ -39,7 +39,8 @@ from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data.cache import default_cache_dir  # noqa: E402
 from tversky_keras.claims import ClaimLost, current_holder, try_claim  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
-from tversky_keras.training import MIXED_PRECISION, TrainingDiverged, log_dataframe  # noqa: E402
+from tversky_keras.run_folder import log_dataframe  # noqa: E402
+from tversky_keras.training import MIXED_PRECISION, TrainingDiverged  # noqa: E402
 
 # The package's cache root ($TVERSKY_KERAS_CACHE, else ~/.cache/tversky-keras): the
 # phantom is generated there, and subjects are preprocessed to its preprocessed/.

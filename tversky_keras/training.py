@@ -1,20 +1,10 @@
 """Train a 3D U-Net with the Tversky loss: resumable, checkpointed, logged.
 
-A run lives in one folder::
-
-    RUN_DIR/config.json     every setting of the run
-    RUN_DIR/log.csv         one row per epoch (loss, validation metrics, lr)
-    RUN_DIR/model.keras     best epoch on the monitored validation metric
-    RUN_DIR/last.keras      the last finished epoch
-    RUN_DIR/summary.json    written when the run finished
-    RUN_DIR/backup/         training state while it runs (weights, optimizer,
-                            epoch); lets an interrupted run resume
-
+A run lives in one folder (``tversky_keras.run_folder`` reads and writes it).
 Starting the same command again resumes an interrupted run from its last
 finished epoch, and returns at once for a finished one.
 """
 
-import csv
 import dataclasses
 import functools
 import json
@@ -29,12 +19,13 @@ import numpy as np
 
 from tversky_keras import losses as losses_lib
 from tversky_keras import metrics as metrics_lib
-from tversky_keras.atomic import atomic_path, write_json
+from tversky_keras.atomic import write_json
 from tversky_keras.data import MODALITIES
 from tversky_keras.data.io import check_modalities
-from tversky_keras.claims import current_holder, try_claim
-from tversky_keras.data.cache import cache_key, file_identity, preprocess
+from tversky_keras.data.cache import preprocess
 from tversky_keras.models import NORMALIZATIONS, unet3d
+from tversky_keras.run_folder import (RunFolderBusy, RunRecorder, check_run_folder,  # noqa: F401
+                                      claim_run_folder, resumed_epoch, run_record)
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
 # A side of a training patch; past it a batch no longer fits any machine's memory.
@@ -138,6 +129,11 @@ class TrainConfig:
     def to_json(self):
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in dataclasses.asdict(self).items()}
+
+    def grid(self):
+        """The preprocessing settings of the network's grid (``tversky_keras.data.preprocess``)."""
+        return {"modalities": self.modalities, "target_spacing": self.spacing,
+                "multiple_of": 2 ** self.depth}
 
 
 def make_loss(config):
@@ -313,155 +309,6 @@ def data_spacing(volumes, tolerance=1e-3):
     return first.tolist()
 
 
-def load_volumes(subjects, config, cache_dir=None):
-    """The subjects on the network's grid, preprocessed once into the cache.
-
-    Returns ``CachedVolume``s (``tversky_keras.data.cache``): decoded,
-    resampled and normalised on first use, read through memory maps after.
-    ``cache_dir`` defaults to ``tversky_keras.data.cache.default_cache_dir()``.
-    """
-    return preprocess(subjects, cache_dir, modalities=config.modalities,
-                      target_spacing=config.spacing, multiple_of=2 ** config.depth)
-
-
-def save_model_atomically(model, path):
-    """Save to a temporary name beside ``path``, then rename: never a half file."""
-    with atomic_path(path) as temporary:
-        model.save(temporary)
-
-
-def _read_log(path):
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-class RunRecorder(keras.callbacks.Callback):
-    """Log, checkpoint and guard a run, one finished epoch at a time.
-
-    Writes ``log.csv`` (rows of epochs a resumed run repeats are replaced),
-    ``last.keras`` each epoch and ``model.keras`` when the monitored validation
-    metric improves, each atomically. Stops the run on a NaN or infinite loss
-    before anything is written for that epoch.
-    """
-
-    def __init__(self, run_dir, monitor, start_epoch=0):
-        super().__init__()
-        self.run_dir = Path(run_dir)
-        self.monitor = monitor
-        self.start_epoch = start_epoch
-        self.mode_max = monitor != "val_loss"
-        self.diverged_at = None
-        self.best = None
-        self.best_epoch = None
-
-    def on_train_begin(self, logs=None):
-        rows = _read_log(self.run_dir / "log.csv")
-        self.rows = [r for r in rows if int(r["epoch"]) < self.start_epoch]
-        for row in self.rows:
-            self._consider(float(row[self.monitor]), int(row["epoch"]))
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.diverged_at = (batch, float(loss))
-            self.model.stop_training = True
-
-    def _consider(self, value, epoch):
-        better = self.best is None or (value > self.best if self.mode_max else value < self.best)
-        if math.isfinite(value) and better:
-            self.best, self.best_epoch = value, epoch
-            return True
-        return False
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.diverged_at is not None:
-            return
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        lr = self.model.optimizer.learning_rate
-        row = {"epoch": epoch, **logs, "lr": float(keras.ops.convert_to_numpy(lr))}
-        self.rows.append(row)
-        _write_csv_atomically(self.rows, self.run_dir / "log.csv")
-        save_model_atomically(self.model, self.run_dir / "last.keras")
-        if self.monitor in logs and self._consider(logs[self.monitor], epoch):
-            save_model_atomically(self.model, self.run_dir / "model.keras")
-
-
-def _write_csv_atomically(rows, path):
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _resumed_epoch(backup_dir):
-    """The epoch an interrupted run restarts at, from BackupAndRestore's record."""
-    meta = Path(backup_dir) / "training_metadata.json"
-    try:
-        return int(json.loads(meta.read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def run_record(config, train_subjects, val_subjects):
-    """What ``config.json`` holds: every setting, and the data the run trains and validates on.
-
-    Each subject is recorded by id and a digest of its source files' identity
-    (resolved path, size, modification time; ``tversky_keras.data.cache``), so a
-    run folder can tell another data set, another split or a changed file.
-    """
-    def digests(subjects):
-        return {s.id: cache_key(s, settings={}) for s in subjects}
-
-    record = {**config.to_json(),
-              "data": {"train": digests(train_subjects), "val": digests(val_subjects)}}
-    if config.init and Path(config.init).is_file():
-        # The weights a run starts from are data too: another file at the same path is refused.
-        record["init_file"] = file_identity("init", config.init)
-    return record
-
-
-def _differences(saved, wanted):
-    """Names of what differs between two run records, data down to subjects."""
-    changed = [k for k in sorted(set(saved) | set(wanted))
-               if k != "data" and saved.get(k) != wanted.get(k)]
-    changed = ["init file (rewritten since the run started)" if k == "init_file" else k
-               for k in changed]
-    for part, label in (("train", "training subjects"), ("val", "validation subjects")):
-        before = (saved.get("data") or {}).get(part, {})
-        after = wanted["data"][part]
-        added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
-        edited = sorted(i for i in set(before) & set(after) if before[i] != after[i])
-        for words, ids in (("added", added), ("removed", removed), ("files changed", edited)):
-            if ids:
-                changed.append(f"{label} {words}: {', '.join(ids[:5])}"
-                               + (f" and {len(ids) - 5} more" if len(ids) > 5 else ""))
-    return changed
-
-
-def _check_config(run_dir, record):
-    """Refuse to resume a run folder that holds other settings or other data.
-
-    ``config.json`` itself is written by ``_fit`` only once the run is set
-    up (data read, model built): a setting rejected on the way leaves no
-    record that would then refuse the corrected command.
-    """
-    path = Path(run_dir) / "config.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = _differences(saved, record)
-        if changed:
-            raise ValueError(
-                f"{path}: this run folder holds a run with other settings or data "
-                f"({'; '.join(changed)}); use a new output folder or delete it")
-
-
-class RunFolderBusy(RuntimeError):
-    """Another process is training in the same run folder."""
-
-
 def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=(), cache_dir=None,
           loss=None):
     """Train (or resume, or skip a finished) run and return its summary dict.
@@ -474,7 +321,7 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
         run_dir: the run folder (created).
         verbose: Keras' progress bar level (0 silent, 1 bar, 2 a line an epoch).
         callbacks: extra Keras callbacks (e.g. a progress display).
-        cache_dir: where subjects are preprocessed to (``load_volumes``).
+        cache_dir: where subjects are preprocessed to (``tversky_keras.data.preprocess``).
         loss: a Keras loss to train with instead of ``make_loss(config)`` (the
             one seam for another loss; ``config.json`` does not record it).
 
@@ -492,15 +339,8 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
     own_dir = writer_dir(run_dir)
     own_dir.mkdir(parents=True, exist_ok=True)
     record = run_record(config, train_subjects, val_subjects)
-    claim = try_claim(own_dir)
-    if claim is None:
-        holder = current_holder(own_dir)
-        raise RunFolderBusy(
-            f"{own_dir}: another training process holds this run folder "
-            f"({holder.describe() if holder else 'it is starting'}); wait for it to end, or "
-            f"give another output folder")
-    with claim:
-        _check_config(own_dir, record)
+    with claim_run_folder(own_dir):
+        check_run_folder(own_dir, record)
         # Every worker asks the chief's folder whether the run is finished.
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
@@ -605,10 +445,10 @@ def _datasets(config, strategy, train_volumes, val_volumes, start_epoch):
 
 def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbose, jit, mixed,
          extra_callbacks, cache_dir, record, loss):
-    train_volumes = load_volumes(train_subjects, config, cache_dir)
-    val_volumes = load_volumes(val_subjects, config, cache_dir)
+    train_volumes = preprocess(train_subjects, cache_dir, **config.grid())
+    val_volumes = preprocess(val_subjects, cache_dir, **config.grid())
     backup_dir = run_dir / "backup"
-    start_epoch = _resumed_epoch(backup_dir)
+    start_epoch = resumed_epoch(backup_dir)
     train_ds, val_ds = _datasets(config, strategy, train_volumes, val_volumes, start_epoch)
 
     spacing = None if config.spacing is not None else data_spacing(train_volumes + val_volumes)
@@ -694,11 +534,3 @@ def _raise_if_worker_lost(error, own_dir):
         f"{own_dir}: training stopped because another worker stopped or cannot be reached "
         f"({cause}). Start every worker again with the same command to resume "
         f"from the last finished epoch.") from error
-
-
-def log_dataframe(run_dir):
-    """The epoch log of a run as a dict of numpy columns (for plots)."""
-    rows = _read_log(Path(run_dir) / "log.csv")
-    if not rows:
-        return {}
-    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
