@@ -58,20 +58,23 @@ def _number(value):
 
 
 def markdown(rows):
-    lines = ["| section | measure | ours | peer | unit | speed-up ours vs peer | peer is | note |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        speedup = f"{row.speedup:.2f}x" if row.speedup is not None else ""
-        lines.append(f"| {row.section} | {row.measure} | {_number(row.ours)} | "
-                     f"{_number(row.peer)} | {row.unit} | {speedup} | {row.peer_name} | {row.note} |")
-    return "\n".join(lines)
+    from reproduce.report import markdown_table
+
+    head = ["section", "measure", "ours", "peer", "unit", "speed-up ours vs peer", "peer is",
+            "note"]
+    return markdown_table(head, (
+        [row.section, row.measure, _number(row.ours), _number(row.peer), row.unit,
+         f"{row.speedup:.2f}x" if row.speedup is not None else "", row.peer_name, row.note]
+        for row in rows))
 
 
 def loss_values_markdown(loss):
+    from reproduce.report import markdown_table
+
     lines = [f"Loss values, alpha={loss['alpha']}, beta={loss['beta']}, smooth={loss['smooth']} "
              "(Keras adds 1e-7 to its denominator instead):", "",
-             "| loss | value |", "|---|---|"]
-    lines += [f"| {name} | {value:.7f} |" for name, value in loss["values"].items()]
+             markdown_table(["loss", "value"], ([name, f"{value:.7f}"]
+                                                for name, value in loss["values"].items()))]
     lines += ["", f"Installed keras.losses.tversky: alpha weighs **{loss['keras_alpha_weighs']}** "
                   f"(alpha=1, beta=0 on TP=1, FP=2, FN=1 gives {loss['keras_probe_value']:.4f}; "
                   "2/3 if alpha weighed false positives)."]

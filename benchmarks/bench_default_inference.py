@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from reproduce.report import markdown_table  # noqa: E402
 from tversky_keras.inference import predict_volume  # noqa: E402
 from tversky_keras.training import TrainConfig, build_model  # noqa: E402
 
@@ -34,10 +35,9 @@ def main():
     whole = median_seconds(lambda: predict_volume(model, image))
     windows = median_seconds(lambda: predict_volume(model, image, window=(96, 96, 96),
                                                     overlap=0.5, batch_size=2))
-    print("| default U-Net (16 filters, depth 4), 182x218x182x3 | s/scan |")
-    print("|---|---|")
-    print(f"| whole volume, one call | {whole:.1f} |")
-    print(f"| 96^3 windows, overlap 0.5, Gaussian, batch 2 | {windows:.1f} |")
+    print(markdown_table(["default U-Net (16 filters, depth 4), 182x218x182x3", "s/scan"],
+                         [["whole volume, one call", f"{whole:.1f}"],
+                          ["96^3 windows, overlap 0.5, Gaussian, batch 2", f"{windows:.1f}"]]))
 
 
 if __name__ == "__main__":

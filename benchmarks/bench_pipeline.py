@@ -110,6 +110,7 @@ def main(argv=None):
     opts = parser.parse_args(argv)
 
     from benchmarks.workload import compiled_model, profile_config
+    from reproduce.report import markdown_head, markdown_row
 
     with tempfile.TemporaryDirectory(prefix="bench_pipeline-") as work:
         if opts.phantom is None:
@@ -136,14 +137,13 @@ def main(argv=None):
             ("whole volumes, batch 1", "volumes", 1, dict(batch_size=1, flips=True),
              max(4, opts.batches // 5)),
         ]
-        print("| input | pipeline alone | training step eats | ratio "
-              "| steps/s, fixed batch | steps/s, fed by pipeline |")
-        print("|---|---|---|---|---|---|")
+        print("\n".join(markdown_head(["input", "pipeline alone", "training step eats", "ratio",
+                                       "steps/s, fixed batch", "steps/s, fed by pipeline"])))
         for name, unit, per_batch, options, batches in settings:
             r = compare(make_dataset(volumes, **options), per_batch, model, batches, opts.steps)
-            print(f"| {name} | {r['pipeline']:,.1f} {unit}/s | {r['model']:.2f} {unit}/s | "
-                  f"{r['ratio']:,.0f}x | {r['fixed_steps']:.3f} | {r['fed_steps']:.3f} |",
-                  flush=True)
+            print(markdown_row([name, f"{r['pipeline']:,.1f} {unit}/s",
+                                f"{r['model']:.2f} {unit}/s", f"{r['ratio']:,.0f}x",
+                                f"{r['fixed_steps']:.3f}", f"{r['fed_steps']:.3f}"]), flush=True)
 
 
 if __name__ == "__main__":

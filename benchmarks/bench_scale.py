@@ -189,16 +189,16 @@ def ratio_to_smallest(results):
 
 
 def markdown(results):
-    lines = ["| subjects | spacing | peak RSS cold | ratio | peak RSS warm | ratio "
-             "| wall cold | wall warm | cache on disk |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        cold, warm = r["cold"], r["warm"]
-        lines.append(
-            f"| {r['subjects']} | {r['spacing_mm']:g} mm | {cold['peak_rss_mib']:,.0f} MiB | "
-            f"{cold['ratio']:.2f}x | {warm['peak_rss_mib']:,.0f} MiB | {warm['ratio']:.2f}x | "
-            f"{cold['wall_s']:.1f} s | {warm['wall_s']:.1f} s | {r['cache_mib']:,.1f} MiB |")
-    return "\n".join(lines)
+    from reproduce.report import markdown_table
+
+    head = ["subjects", "spacing", "peak RSS cold", "ratio", "peak RSS warm", "ratio",
+            "wall cold", "wall warm", "cache on disk"]
+    return markdown_table(head, (
+        [r["subjects"], f"{r['spacing_mm']:g} mm", f"{r['cold']['peak_rss_mib']:,.0f} MiB",
+         f"{r['cold']['ratio']:.2f}x", f"{r['warm']['peak_rss_mib']:,.0f} MiB",
+         f"{r['warm']['ratio']:.2f}x", f"{r['cold']['wall_s']:.1f} s",
+         f"{r['warm']['wall_s']:.1f} s", f"{r['cache_mib']:,.1f} MiB"]
+        for r in results))
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ running it, so that no cell runs twice.
 """
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -28,11 +29,13 @@ from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import discover_subjects, load_subject
 from tversky_keras.evaluation import lesion_metrics
 from tversky_keras.inference import segment_subject
+from tversky_keras.run_folder import log_dataframe
 from tversky_keras.training import TrainConfig, train
 
 ROWS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
 FOLDS = (0, 1)
 METRICS = ("dsc", "sensitivity", "specificity", "f2", "apr")
+TEST_ARRAYS = ("probability", "label", "brain", "flair")
 
 # Table 1 of Salehi et al. 2017 (test set, percent), from ../shared/PAPER.md.
 PAPER_TABLE1 = {
@@ -119,6 +122,54 @@ def row_name(alpha, beta):
     return f"a{alpha:g}_b{beta:g}"
 
 
+# --- the results folder's layout: the one reader (table1, figures and the cells use it) ---
+
+def cell_folder(root, alpha, beta, fold):
+    """``<root>/<row>/fold<k>``: one cell's folder."""
+    return Path(root) / row_name(alpha, beta) / f"fold{fold}"
+
+
+def is_finished(cell):
+    """A cell is finished when its ``done.json`` exists (written last)."""
+    return (Path(cell) / "done.json").is_file()
+
+
+def finished_cells(root):
+    """``{(alpha, beta): [finished cell folders]}`` for every row of the grid, in order."""
+    return {(alpha, beta): [cell for cell in (cell_folder(root, alpha, beta, f) for f in FOLDS)
+                            if is_finished(cell)]
+            for alpha, beta in ROWS}
+
+
+def cell_metrics(cell):
+    """A cell's per-subject test metrics: ``{subject id: lesion_metrics dict}``."""
+    return json.loads((Path(cell) / "metrics.json").read_text())
+
+
+def test_file(cell, subject_id):
+    """``<cell>/test/<id>.npz``: one test subject's arrays."""
+    return Path(cell) / "test" / f"{subject_id}.npz"
+
+
+def test_subjects(cell):
+    """``{subject id: test array file}`` of a cell, sorted by id."""
+    return {path.stem: path for path in sorted((Path(cell) / "test").glob("*.npz"))}
+
+
+def test_arrays(path, names=TEST_ARRAYS):
+    """One test subject's arrays from its file: probability (float32), label, brain, flair."""
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in names}
+    if "probability" in arrays:
+        arrays["probability"] = arrays["probability"].astype(np.float32)
+    return arrays
+
+
+def final_training_loss(cell):
+    """The last epoch's training loss of a cell's run."""
+    return float(log_dataframe(Path(cell) / "run")["loss"][-1])
+
+
 def two_fold_split(subject_ids, seed=0):
     """Two disjoint test folds covering every subject, fixed by ``seed``.
 
@@ -164,10 +215,10 @@ class Experiment:
         return [(alpha, beta, fold) for alpha, beta in ROWS for fold in FOLDS]
 
     def cell_dir(self, alpha, beta, fold):
-        return self.root / row_name(alpha, beta) / f"fold{fold}"
+        return cell_folder(self.root, alpha, beta, fold)
 
     def is_done(self, alpha, beta, fold):
-        return (self.cell_dir(alpha, beta, fold) / "done.json").is_file()
+        return is_finished(self.cell_dir(alpha, beta, fold))
 
     def train_config(self, alpha, beta, fold):
         return self.profile.train_config(
@@ -212,7 +263,7 @@ class Experiment:
             brain = scan.brain
             flair = scan.image[..., list(config.modalities).index("FLAIR")] \
                 if "FLAIR" in config.modalities else scan.image[..., -1]
-            with atomic_path(cell / "test" / f"{subject_id}.npz") as temporary:
+            with atomic_path(test_file(cell, subject_id)) as temporary:
                 np.savez_compressed(temporary, probability=prob.astype(np.float16), label=label,
                                     brain=brain, flair=flair.astype(np.float16))
             scores = lesion_metrics(label, prob, threshold=0.5, mask=brain)

@@ -14,7 +14,6 @@ Writes into ``figures/<experiment>/``:
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reproduce.experiment import FOLDS, ROWS, row_name  # noqa: E402
+from reproduce.experiment import (ROWS, cell_metrics, finished_cells, test_arrays,  # noqa: E402
+                                  test_subjects)
 from tversky_keras.atomic import atomic_path  # noqa: E402
 from tversky_keras.evaluation import precision_recall_curve  # noqa: E402
 from tversky_keras.run_folder import log_dataframe  # noqa: E402
@@ -31,29 +31,19 @@ from tversky_keras.run_folder import log_dataframe  # noqa: E402
 COLOURS = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(ROWS)))
 
 
-def _cells(root):
-    """Finished cells: {(alpha, beta): [cell folders]}."""
-    found = {}
-    for alpha, beta in ROWS:
-        folders = [root / row_name(alpha, beta) / f"fold{f}" for f in FOLDS]
-        found[(alpha, beta)] = [f for f in folders if (f / "done.json").is_file()]
-    return found
-
-
-def _test_arrays(cells):
-    """{subject id: npz path} over the finished folds of one row."""
-    paths = {}
+def _test_files(cells):
+    """{subject id: test array file} over the finished folds of one row."""
+    files = {}
     for cell in cells:
-        for path in sorted((cell / "test").glob("*.npz")):
-            paths[path.stem] = path
-    return paths
+        files.update(test_subjects(cell))
+    return files
 
 
 def _density_extremes(cells):
     """Test subjects with the highest and lowest (non-zero) lesion density."""
     densities = {}
     for cell in cells:
-        for subject_id, scores in json.loads((cell / "metrics.json").read_text()).items():
+        for subject_id, scores in cell_metrics(cell).items():
             densities[subject_id] = scores["lesion_density"]
     with_lesions = {k: v for k, v in densities.items() if v > 0}
     if not with_lesions:
@@ -73,13 +63,12 @@ def _save(fig, path):
 def _pr_panel(ax, cells_by_row, subject, title):
     for colour, ((alpha, beta), cells) in zip(COLOURS, cells_by_row.items()):
         truths, probs = [], []
-        for subject_id, path in _test_arrays(cells).items():
+        for subject_id, path in _test_files(cells).items():
             if subject is not None and subject_id != subject:
                 continue
-            with np.load(path) as data:
-                brain = data["brain"]
-                truths.append(data["label"][brain])
-                probs.append(data["probability"][brain].astype(np.float32))
+            arrays = test_arrays(path, ("label", "probability", "brain"))
+            truths.append(arrays["label"][arrays["brain"]])
+            probs.append(arrays["probability"][arrays["brain"]])
         if not truths or not np.concatenate(truths).any():
             continue
         precision, recall, _ = precision_recall_curve(np.concatenate(truths),
@@ -126,17 +115,16 @@ def segmentation_figure(cells_by_row, subject, title, path, n_slices=3):
     """Rows: the (alpha, beta) settings; columns: axial slices through the lesions."""
     loaded = {}
     for key, cells in cells_by_row.items():
-        npz = _test_arrays(cells).get(subject)
-        if npz is not None:
-            with np.load(npz) as data:
-                loaded[key] = {k: data[k] for k in ("label", "probability", "flair")}
+        file = _test_files(cells).get(subject)
+        if file is not None:
+            loaded[key] = test_arrays(file, ("label", "probability", "flair"))
     if not loaded:
         return None
     slices = lesion_slices(next(iter(loaded.values()))["label"], n_slices)
     fig, axes = plt.subplots(len(loaded), len(slices),
                              figsize=(3 * len(slices), 3 * len(loaded)), squeeze=False)
     for r, ((alpha, beta), arrays) in enumerate(loaded.items()):
-        mask = (arrays["probability"].astype(np.float32) >= 0.5).astype(np.uint8)
+        mask = (arrays["probability"] >= 0.5).astype(np.uint8)
         for c, z in enumerate(slices):
             ax = axes[r, c]
             ax.imshow(np.rot90(arrays["flair"][:, :, z].astype(np.float32)), cmap="gray",
@@ -173,7 +161,7 @@ def training_curves(cells_by_row, path):
 def make_figures(results, out_dir):
     """Every figure of one experiment folder; returns the written paths."""
     results, out_dir = Path(results), Path(out_dir)
-    cells_by_row = {k: v for k, v in _cells(results).items() if v}
+    cells_by_row = {k: v for k, v in finished_cells(results).items() if v}
     if not cells_by_row:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)

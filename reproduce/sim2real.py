@@ -33,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reproduce.experiment import PROFILES, row_name  # noqa: E402
+from reproduce import report  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
@@ -151,14 +152,12 @@ def markdown_table(scores):
     head = ["subject", "lesion voxels", "DSC ours", "DSC FLAIR-threshold oracle", "sensitivity",
             "specificity", "lesion TPR", "lesion FPR"]
     keys = ("dsc", "threshold_dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for subject_id, s in sorted(scores.items()):
-        lines.append("| " + " | ".join([subject_id, str(s["lesion_voxels"])] +
-                                       [f"{100 * s[k]:.2f}" for k in keys]) + " |")
+    rows = [[subject_id, s["lesion_voxels"]] + [report.percent(s[k]) for k in keys]
+            for subject_id, s in sorted(scores.items())]
     if len(scores) > 1:
-        means = [np.mean([s[k] for s in scores.values()]) for k in keys]
-        lines.append("| " + " | ".join(["mean", ""] + [f"{100 * m:.2f}" for m in means]) + " |")
-    return "\n".join(lines)
+        rows.append(["mean", ""] + [report.percent(np.mean([s[k] for s in scores.values()]))
+                                    for k in keys])
+    return report.markdown_table(head, rows)
 
 
 def build_parser():

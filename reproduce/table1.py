@@ -34,12 +34,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
-                                  Experiment, row_name)
+                                  Experiment, cell_metrics, final_training_loss, row_name,
+                                  test_arrays, test_file)
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data.cache import default_cache_dir  # noqa: E402
 from tversky_keras.claims import ClaimLost, current_holder, try_claim  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
-from tversky_keras.run_folder import log_dataframe  # noqa: E402
+from reproduce import report  # noqa: E402
 from tversky_keras.training import MIXED_PRECISION, TrainingDiverged  # noqa: E402
 
 # The package's cache root ($TVERSKY_KERAS_CACHE, else ~/.cache/tversky-keras): the
@@ -217,11 +218,10 @@ def _held_cells(holders):
 
 
 def _load_cell_arrays(experiment, alpha, beta, fold):
-    test_dir = experiment.cell_dir(alpha, beta, fold) / "test"
+    cell = experiment.cell_dir(alpha, beta, fold)
     for subject_id in experiment.split[fold][1]:
-        with np.load(test_dir / f"{subject_id}.npz") as data:
-            brain = data["brain"]
-            yield subject_id, data["label"], data["probability"].astype(np.float32), brain
+        arrays = test_arrays(test_file(cell, subject_id), ("label", "probability", "brain"))
+        yield subject_id, arrays["label"], arrays["probability"], arrays["brain"]
 
 
 def assemble(experiment):
@@ -239,7 +239,7 @@ def assemble(experiment):
             arrays = list(_load_cell_arrays(experiment, alpha, beta, fold))
             fold_scores = lesion_metrics([a[1] for a in arrays], [a[2] for a in arrays],
                                          threshold=0.5, mask=[a[3] for a in arrays])
-            final_loss = _final_loss(experiment, alpha, beta, fold)
+            final_loss = final_training_loss(experiment.cell_dir(alpha, beta, fold))
             called = int(sum(np.count_nonzero(a[2] >= 0.5) for a in arrays))
             per_fold[fold] = {**{m: fold_scores[m] for m in METRICS},
                               "final_training_loss": final_loss,
@@ -248,9 +248,7 @@ def assemble(experiment):
             truths += [a[1] for a in arrays]
             probs += [a[2] for a in arrays]
             brains += [a[3] for a in arrays]
-            cell_metrics = json.loads(
-                (experiment.cell_dir(alpha, beta, fold) / "metrics.json").read_text())
-            per_subject.update(cell_metrics)
+            per_subject.update(cell_metrics(experiment.cell_dir(alpha, beta, fold)))
         pooled = lesion_metrics(truths, probs, threshold=0.5, mask=brains)
         row = {"alpha": alpha, "beta": beta, "folds": folds,
                "collapsed_folds": [f for f in folds if per_fold[f]["collapsed"]],
@@ -270,42 +268,29 @@ def assemble(experiment):
             "collapsed_cells": collapsed}
 
 
-def _final_loss(experiment, alpha, beta, fold):
-    """The last epoch's training loss of a cell (1.0: collapsed to all-background)."""
-    return float(log_dataframe(experiment.cell_dir(alpha, beta, fold) / "run")["loss"][-1])
-
-
 def per_fold_table(table):
     """Each fold's own test metrics and final training loss: where a row's number comes from."""
     head = ["penalties", "fold"] + [LABELS[m] for m in METRICS] + \
         ["final training loss", "collapsed"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table["rows"]:
-        for fold, scores in sorted(row.get("per_fold", {}).items()):
-            lines.append("| " + " | ".join(
-                [f"a={row['alpha']:g}, b={row['beta']:g}", str(fold)] +
-                [_pct(scores[m]) for m in METRICS] +
-                [f"{scores['final_training_loss']:.3f}",
-                 "**yes**" if scores["collapsed"] else "no"]) + " |")
-    return "\n".join(lines)
-
-
-def _pct(value):
-    return "—" if value is None or value != value else f"{100 * value:.2f}"
+    return report.markdown_table(head, (
+        [f"a={row['alpha']:g}, b={row['beta']:g}", str(fold)] +
+        [report.percent(scores[m]) for m in METRICS] +
+        [f"{scores['final_training_loss']:.3f}", "**yes**" if scores["collapsed"] else "no"]
+        for row in table["rows"] for fold, scores in sorted(row.get("per_fold", {}).items())))
 
 
 def markdown_table(table):
     """Table 1 as Markdown: ours (pooled over both test folds) beside the paper's."""
     head = ["penalties"] + [f"{LABELS[m]} ours / paper" for m in METRICS] + \
         ["lesion TPR", "lesion FPR"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = report.markdown_head(head)
     for row in table["rows"]:
         cells = [f"a={row['alpha']:g}, b={row['beta']:g}"]
         for m in METRICS:
             ours = row.get("pooled", {}).get(m)
-            cells.append(f"{_pct(ours)} / {row_paper(row, m):.2f}")
-        cells += [_pct(row.get("lesion_tpr")), _pct(row.get("lesion_fpr"))]
-        lines.append("| " + " | ".join(cells) + " |")
+            cells.append(f"{report.percent(ours)} / {row_paper(row, m):.2f}")
+        cells += [report.percent(row.get("lesion_tpr")), report.percent(row.get("lesion_fpr"))]
+        lines.append(report.markdown_row(cells))
     if table["missing_cells"]:
         lines.append("")
         lines.append(f"Missing cells (not in the table): {', '.join(table['missing_cells'])}")
@@ -324,15 +309,11 @@ def row_paper(row, metric):
 def per_subject_table(table):
     """Per-subject mean ± standard deviation of each metric, in percent."""
     head = ["penalties"] + [LABELS[m] for m in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table["rows"]:
-        if not row.get("folds"):
-            continue
-        cells = [f"a={row['alpha']:g}, b={row['beta']:g}"] + [
-            f"{_pct(row['per_subject_mean'][m])} ± {_pct(row['per_subject_std'][m])}"
-            for m in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return report.markdown_table(head, (
+        [f"a={row['alpha']:g}, b={row['beta']:g}"] +
+        [f"{report.percent(row['per_subject_mean'][m])} ± {report.percent(row['per_subject_std'][m])}"
+         for m in METRICS]
+        for row in table["rows"] if row.get("folds")))
 
 
 def table_csv(table):
@@ -385,12 +366,10 @@ def seed_summary(tables):
 
 def seed_markdown(rows):
     head = ["penalties", "seeds", "collapsed cells"] + [LABELS[m] for m in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        lines.append("| " + " | ".join(
-            [f"a={row['alpha']:g}, b={row['beta']:g}", str(row["n_seeds"]),
-             str(row["collapsed_cells"])] +
-            [f"{_pct(row['mean'][m])} ± {_pct(row['std'][m])}" for m in METRICS]) + " |")
+    lines = [report.markdown_table(head, (
+        [f"a={row['alpha']:g}, b={row['beta']:g}", row["n_seeds"], row["collapsed_cells"]] +
+        [f"{report.percent(row['mean'][m])} ± {report.percent(row['std'][m])}" for m in METRICS]
+        for row in rows))]
     total = sum(row["collapsed_cells"] for row in rows)
     cells = sum(row["n_seeds"] * 2 for row in rows)
     lines += ["", f"Collapsed cells: {total} of {cells}."]
