@@ -8,33 +8,22 @@ median of three runs after a warm-up.
 """
 
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-
+from benchmarks.measure import median_seconds  # noqa: E402
+from benchmarks.workload import random_image  # noqa: E402
 from reproduce.report import markdown_table  # noqa: E402
 from tversky_keras.inference import predict_volume  # noqa: E402
 from tversky_keras.training import TrainConfig, build_model  # noqa: E402
 
 
-def median_seconds(call, repeats=3):
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def main():
     model = build_model(TrainConfig())
-    image = np.random.default_rng(0).standard_normal((182, 218, 182, 3)).astype(np.float32)
-    whole = median_seconds(lambda: predict_volume(model, image))
-    windows = median_seconds(lambda: predict_volume(model, image, window=(96, 96, 96),
-                                                    overlap=0.5, batch_size=2))
+    image = random_image((182, 218, 182))
+    whole, _ = median_seconds(lambda: predict_volume(model, image), repeats=3)
+    windows, _ = median_seconds(lambda: predict_volume(model, image, window=(96, 96, 96),
+                                                       overlap=0.5, batch_size=2), repeats=3)
     print(markdown_table(["default U-Net (16 filters, depth 4), 182x218x182x3", "s/scan"],
                          [["whole volume, one call", f"{whole:.1f}"],
                           ["96^3 windows, overlap 0.5, Gaussian, batch 2", f"{windows:.1f}"]]))

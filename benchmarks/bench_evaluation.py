@@ -5,17 +5,17 @@ pooled list of such volumes: the wall time (best of --repeats) and the peak of
 memory allocated during the call (tracemalloc, on top of the inputs) of
 ``tversky_keras.evaluation``, and of scikit-learn on the same voxels.
 
-    python benchmarks/bench_evaluation.py [--volumes 4] [--repeats 3]
+    python -m benchmarks.bench_evaluation [--volumes 4] [--repeats 3]
 """
 
 import argparse
-import time
 import tracemalloc
 
 import numpy as np
 from scipy import ndimage
 from sklearn import metrics as skm
 
+from benchmarks.measure import median_seconds
 from tversky_keras.evaluation import lesion_metrics, precision_recall_curve
 
 SHAPE = (182, 218, 182)
@@ -32,11 +32,7 @@ def synthetic_volume(rng, lesion_fraction=0.005):
 
 def measure(function, repeats):
     """(best wall time in s, peak MiB allocated during one call)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
+    _, times = median_seconds(function, repeats, warmup=0)
     tracemalloc.start()
     function()
     _, peak = tracemalloc.get_traced_memory()

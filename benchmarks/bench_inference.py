@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmarks.measure import Row, median_seconds
 from benchmarks.peers import channel_first, torch_on_cpu_like_tensorflow
-from benchmarks.workload import CHANNELS, MNI_1MM, network, profile_config
+from benchmarks.workload import CHANNELS, MNI_1MM, network, profile_config, random_image
 from tversky_keras.inference import predict_volume, window_starts
 from tversky_keras.training import build_model
 
@@ -37,7 +37,7 @@ def run(opts, profile="quick", device="cpu", peers=None, whole_volume=False, sha
     model = build_model(config)
     shape = tuple(shape or MNI_1MM)
     window = (window or opts.window,) * 3
-    image = np.random.default_rng(0).normal(size=(*shape, CHANNELS)).astype(np.float32)
+    image = random_image(shape)
 
     def ours_scan():
         return predict_volume(model, image, window=window, overlap=OVERLAP, blend="gaussian",

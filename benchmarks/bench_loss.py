@@ -15,7 +15,7 @@ from keras import losses as keras_losses
 
 from benchmarks.measure import Row, median_seconds
 from benchmarks.peers import channel_first, torch_on_cpu_like_tensorflow
-from benchmarks.workload import ALPHA, BETA, MNI_1MM
+from benchmarks.workload import ALPHA, BETA, MNI_1MM, random_lesions
 from tversky_keras.losses import TverskyLoss
 
 SECTION = "loss fwd+bwd"
@@ -46,7 +46,7 @@ def keras_alpha_weighs():
 def brain_probabilities(seed=0):
     """Softmax probabilities and one-hot truth of a 1-mm brain, ~0.5% lesion voxels."""
     rng = np.random.default_rng(seed)
-    lesion = rng.random(MNI_1MM) < 0.005
+    lesion = random_lesions(MNI_1MM, 0.005, rng)
     p = np.clip(np.where(lesion, 0.7, 0.05) + 0.1 * rng.normal(size=MNI_1MM), 0.0, 1.0)
     probabilities = np.stack([1 - p, p], axis=-1)[None].astype(np.float32)
     truth = np.eye(2, dtype=np.float32)[lesion.astype(np.int64)][None]

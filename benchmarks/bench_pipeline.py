@@ -59,13 +59,11 @@ def cached(subjects, cache_dir):
 
 
 def seconds_per_batch(batches, n, warmup=2):
-    """Seconds per item of the iterator ``batches`` after ``warmup`` items."""
-    for _ in range(warmup):
-        next(batches)
-    start = time.perf_counter()
-    for _ in range(n):
-        next(batches)
-    return (time.perf_counter() - start) / n
+    """Mean seconds per item of the iterator ``batches`` over ``n`` items after ``warmup``."""
+    from benchmarks.measure import median_seconds
+
+    _, times = median_seconds(lambda: next(batches), n, warmup=warmup)
+    return sum(times) / n
 
 
 def training_steps(model, batches):

@@ -12,10 +12,10 @@ import contextlib
 import keras
 
 from benchmarks.flops import training_flops
-from benchmarks.measure import Row, machine, median_seconds, synthetic_batch
+from benchmarks.measure import Row, machine, median_seconds
 from benchmarks.peers import channel_first, torch_on_cpu_like_tensorflow
 from benchmarks.workload import (ALPHA, BETA, CHANNELS, PAPER_INPUT, compiled_model, network,
-                                paper_grid_steps, profile_config)
+                                 paper_grid_steps, profile_config, synthetic_batch)
 
 SECTION = "training step"
 

@@ -63,19 +63,6 @@ def median_seconds(step, repeats, warmup=1, budget_s=None, min_repeats=2):
     return statistics.median(times), times
 
 
-def synthetic_batch(batch, spatial, channels=3, n_classes=2, lesion_fraction=0.01, seed=0):
-    """Normal image noise and a one-hot label with ``lesion_fraction`` lesion voxels.
-
-    Returns:
-        ``(image, label)``: float32 ``(B, X, Y, Z, C)`` and one-hot float32
-        ``(B, X, Y, Z, n_classes)``, channel-last.
-    """
-    rng = np.random.default_rng(seed)
-    image = rng.normal(size=(batch, *spatial, channels)).astype(np.float32)
-    lesion = (rng.random((batch, *spatial)) < lesion_fraction).astype(np.int64)
-    return image, np.eye(n_classes, dtype=np.float32)[lesion]
-
-
 def cpu_model():
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):

@@ -45,6 +45,31 @@ def quick_volume_shape():
                  for s in MNI_1MM)
 
 
+def random_image(shape, channels=CHANNELS, rng=0):
+    """Standard normal float32 noise ``(*shape, channels)``; ``rng`` a Generator or a seed."""
+    rng = np.random.default_rng(rng)
+    return rng.normal(size=(*shape, channels)).astype(np.float32)
+
+
+def random_lesions(shape, fraction, rng=0):
+    """A boolean mask with each voxel a lesion with probability ``fraction``."""
+    return np.random.default_rng(rng).random(shape) < fraction
+
+
+def synthetic_batch(batch, spatial, channels=CHANNELS, n_classes=2, lesion_fraction=0.01,
+                    seed=0):
+    """Normal image noise and a one-hot label with ``lesion_fraction`` lesion voxels.
+
+    Returns:
+        ``(image, label)``: float32 ``(B, X, Y, Z, C)`` and one-hot float32
+        ``(B, X, Y, Z, n_classes)``, channel-last.
+    """
+    rng = np.random.default_rng(seed)
+    image = random_image((batch, *spatial), channels, rng)
+    lesion = random_lesions((batch, *spatial), lesion_fraction, rng).astype(np.int64)
+    return image, np.eye(n_classes, dtype=np.float32)[lesion]
+
+
 def synthetic_volumes(count, shape, lesion_fraction=0.005, seed=0):
     """``Volume`` objects of noise with an ellipsoid brain and scattered lesion voxels."""
     rng = np.random.default_rng(seed)
@@ -52,8 +77,8 @@ def synthetic_volumes(count, shape, lesion_fraction=0.005, seed=0):
     brain = sum(a**2 for a in axes) < 0.8
     volumes = []
     for index in range(count):
-        image = rng.normal(size=(*shape, CHANNELS)).astype(np.float32) * brain[..., None]
-        label = (brain & (rng.random(shape) < lesion_fraction)).astype(np.uint8)
+        image = random_image(shape, CHANNELS, rng) * brain[..., None]
+        label = (brain & random_lesions(shape, lesion_fraction, rng)).astype(np.uint8)
         volumes.append(Volume(id=f"synthetic{index}", image=image, label=label, brain=brain,
                               geometry=None, modalities=MODALITIES))
     return volumes
