@@ -4,6 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tiny_data import write_nifti as write
+
 from tversky_keras.data import (
     DataError,
     Geometry,
@@ -29,11 +31,6 @@ OBLIQUE_AFFINE = np.array(
 FILE_SHAPE = (10, 8, 6)
 CANONICAL_SHAPE = (8, 10, 6)
 CANONICAL_SPACING = (1.5, 2.0, 3.0)
-
-
-def write(path, data, affine=np.eye(4)):
-    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
-    return path
 
 
 @pytest.fixture

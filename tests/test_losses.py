@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tiny_data import two_class
 from tversky_keras.losses import (
     DiceLoss,
     TverskyCrossEntropyLoss,
@@ -12,12 +13,6 @@ from tversky_keras.losses import (
     tversky_index,
     tversky_loss,
 )
-
-
-def two_class(lesion):
-    """Softmax-like `(..., 2)` prediction from lesion probabilities."""
-    lesion = np.asarray(lesion, dtype="float32")
-    return np.stack([1.0 - lesion, lesion], axis=-1)
 
 
 def volume(values, batch=1):

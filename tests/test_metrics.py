@@ -11,15 +11,11 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from tiny_data import two_class
 from tversky_keras.losses import TverskyLoss, tversky_loss
 from tversky_keras.metrics import PRAUC, DiceScore, FBetaScore, Sensitivity, Specificity
 
 METRICS = [DiceScore, Sensitivity, Specificity, FBetaScore, PRAUC]
-
-
-def two_class(lesion):
-    lesion = np.asarray(lesion, dtype="float32")
-    return np.stack([1.0 - lesion, lesion], axis=-1)
 
 
 def cube(values):

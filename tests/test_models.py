@@ -1,21 +1,13 @@
-"""The 3D U-Net: shapes, parameter count, structure, options, saving, mixed precision."""
+"""The 3D U-Net: shapes, parameter count, structure, options, mixed precision (saving and
+loading in a fresh process: tests/test_training.py)."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from collections import Counter
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-import tversky_keras
 from tversky_keras.models import check_spatial_shape, model_depth, required_multiple, unet3d
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _layer_types(model):
@@ -180,40 +172,6 @@ def test_dropout_after_each_convolution_pair(rng):
     # Off at inference (deterministic), on in training (different outputs).
     np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
     assert not np.allclose(model(x, training=True), model(x, training=False))
-
-
-_LOAD_AND_PREDICT = textwrap.dedent(
-    """
-    import json, sys
-    import keras, numpy as np
-    import tversky_keras  # registers the custom objects
-    model = keras.saving.load_model(sys.argv[1])
-    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
-    loss = model.loss.get_config() if model.loss is not None else None
-    print(json.dumps({"loss": loss}))
-    """
-)
-
-
-def test_saved_model_predicts_the_same_in_a_fresh_process(rng, tmp_path):
-    model = unet3d(base_filters=2, depth=2, normalization="group")
-    has_loss = hasattr(tversky_keras.losses, "TverskyLoss")
-    if has_loss:
-        model.compile(optimizer="adam", loss=tversky_keras.losses.TverskyLoss(alpha=0.3, beta=0.7))
-    x = rng.normal(size=(1, 8, 12, 16, 3)).astype(np.float32)  # any multiple of 4
-    np.save(tmp_path / "x.npy", x)
-    model.save(tmp_path / "model.keras")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_PREDICT, str(tmp_path / "model.keras"),
-         str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(x, verbose=0), atol=1e-6)
-    if has_loss:
-        loss = json.loads(done.stdout.strip().splitlines()[-1])["loss"]
-        assert (loss["alpha"], loss["beta"]) == (0.3, 0.7)
 
 
 @pytest.fixture

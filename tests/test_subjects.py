@@ -4,6 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tiny_data import write_nifti as write
+
 from tversky_keras.data import (
     MODALITIES,
     DataError,
@@ -16,11 +18,6 @@ from tversky_keras.data import (
 )
 
 SHAPE = (6, 8, 4)
-
-
-def write(path, data, affine=np.eye(4)):
-    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
-    return path
 
 
 def scans(rng, n_lesion_voxels=3):

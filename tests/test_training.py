@@ -93,18 +93,30 @@ def test_saved_model_records_the_scan_it_expects(finished_run):
 
 
 def test_fresh_process_loads_the_model_and_predicts_the_same(finished_run, tmp_path):
-    run_dir, _, _ = finished_run
+    """After ``import tversky_keras`` alone, a saved run's model loads with its ScanSpec,
+    loss and metrics (no ``custom_objects``) and predicts what it predicted here."""
+    run_dir, config, _ = finished_run
     x = np.random.default_rng(0).standard_normal((1, 8, 12, 8, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     expected = keras.saving.load_model(run_dir / "model.keras").predict_on_batch(x)
     code = textwrap.dedent(f"""
-        import numpy as np, keras, tversky_keras
+        import json, numpy as np, keras, tversky_keras
+        from tversky_keras.scan_spec import scan_spec
         model = keras.saving.load_model({str(run_dir / 'model.keras')!r})
         np.save({str(tmp_path / 'y.npy')!r}, model.predict_on_batch(np.load({str(tmp_path / 'x.npy')!r})))
+        y = np.eye(2, dtype="float32")[(np.load({str(tmp_path / 'x.npy')!r})[..., 0] > 1).astype(int)]
+        logs = model.evaluate(np.load({str(tmp_path / 'x.npy')!r}), y, verbose=0, return_dict=True)
+        print(json.dumps({{"loss": model.loss.get_config(), "spec": scan_spec(model),
+                          "metrics": sorted(logs)}}))
     """)
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (loaded["loss"]["alpha"], loaded["loss"]["beta"]) == (config.alpha, config.beta)
+    assert loaded["spec"]["modalities"] == list(config.modalities)
+    assert loaded["metrics"] == sorted(["loss", "dice", "sensitivity", "specificity", "f2",
+                                        "prauc"])
 
 
 def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path):

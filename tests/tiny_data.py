@@ -1,4 +1,5 @@
-"""Tiny NIfTI subjects for fast end-to-end tests (not the phantom: seconds, not minutes)."""
+"""Test helpers: tiny NIfTI subjects for fast end-to-end tests (not the phantom: seconds,
+not minutes), one NIfTI writer and the two-class form of lesion probabilities."""
 
 import nibabel as nib
 import numpy as np
@@ -38,3 +39,15 @@ def write_tiny_subjects(root, n=3, shape=(20, 24, 16), seed=0, affine=None):
         nib.save(nib.Nifti1Image(mask, affine), folder / "consensus_gt.nii.gz")
         folders.append(folder)
     return folders
+
+
+def write_nifti(path, data, affine=np.eye(4)):
+    """``data`` saved as a NIfTI file with ``affine``; returns ``path``."""
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
+    return path
+
+
+def two_class(lesion):
+    """Softmax-like ``(..., 2)`` prediction from lesion probabilities."""
+    lesion = np.asarray(lesion, dtype="float32")
+    return np.stack([1.0 - lesion, lesion], axis=-1)
