@@ -117,7 +117,7 @@ def test_evaluate_accepts_the_same_grid_stored_in_another_voxel_order(scan_pair,
 
 
 @pytest.mark.parametrize("change, problem", [
-    ("shift", "are not aligned.*origin shift \\[40.0, 0.0, 0.0\\]"),
+    ("shift", "is not aligned with .*origin shift \\[40.0, 0.0, 0.0\\]"),
     ("voxel size", "voxels of \\[1.0, 1.0, 1.0\\] mm"),
     ("shape", "has shape"),
 ])

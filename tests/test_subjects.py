@@ -257,10 +257,12 @@ def shifted(affine_shift=(0, 0, 0), shape=SHAPE):
 @pytest.mark.parametrize(
     "replaced, data_affine, problem",
     [
-        ("T2W", shifted(shape=(6, 8, 5)), r"shape \(6, 8, 5\) differs from \(6, 8, 4\) of .*T1W"),
-        ("FLAIR", shifted(affine_shift=(0, 0, 0.5)), "affine differs from that of .*T1W.nii.gz"),
-        ("consensus_gt", shifted(shape=(6, 8, 3)), r"shape \(6, 8, 3\) differs"),
-        ("consensus_gt", shifted(affine_shift=(1, 0, 0)), "affine differs"),
+        ("T2W", shifted(shape=(6, 8, 5)), r"T2W.nii.gz: has shape \(6, 8, 5\) but .*T1W.nii.gz "
+                                          r"has \(6, 8, 4\)"),
+        ("FLAIR", shifted(affine_shift=(0, 0, 0.5)),
+         r"FLAIR.nii.gz: is not aligned with .*T1W.nii.gz.*origin shift \[0.0, 0.0, 0.5\]"),
+        ("consensus_gt", shifted(shape=(6, 8, 3)), r"has shape \(6, 8, 3\) but"),
+        ("consensus_gt", shifted(affine_shift=(1, 0, 0)), "is not aligned with"),
     ],
 )
 def test_misaligned_files_raise_data_error_naming_both(subject, replaced, data_affine, problem):
@@ -276,6 +278,22 @@ def test_load_subject_without_a_requested_modality(subject):
     flair_only = Subject(subject.id, {"FLAIR": subject.images["FLAIR"]}, subject.mask)
     with pytest.raises(DataError, match="subject s1 has no T1W, T2W scan"):
         load_subject(flair_only)
+
+
+def test_one_grid_stored_in_another_axis_order_is_accepted_and_lines_up(subject):
+    """T2W stored with its first axis flipped (LAS, same voxels in the world): read in
+    canonical order it is the same array, so it is accepted, not refused as misaligned."""
+    subject, images, _ = subject
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = SHAPE[0] - 1  # voxel i of the flipped file is voxel SHAPE[0]-1-i in the world
+    write(subject.images["T2W"], images["T2W"][::-1], flip)
+    plain = load_subject(subject, normalize=False)
+    np.testing.assert_array_equal(plain.image[..., 1], images["T2W"])
+    # A shift of the flipped file is still refused.
+    flip[0, 3] += 1.0
+    write(subject.images["T2W"], images["T2W"][::-1], flip)
+    with pytest.raises(DataError, match="is not aligned with"):
+        load_subject(subject)
 
 
 def test_tiny_affine_differences_are_tolerated(subject):

@@ -107,7 +107,7 @@ def check_same_grid(path_a, image_a, path_b, image_b, tolerance=1e-3):
                          f"{path_b} of {np.round(spacing_b, 4).tolist()} mm")
     if not np.allclose(affine_a, affine_b, atol=tolerance):
         shift = np.round(affine_a[:3, 3] - affine_b[:3, 3], 3).tolist()
-        raise ValueError(f"{path_a} and {path_b} are not aligned: their affines differ "
+        raise ValueError(f"{path_a} is not aligned with {path_b}: their affines differ "
                          f"(origin shift {shift} mm of the first from the second, or a "
                          f"rotation):\n{affine_a}\nvs\n{affine_b}")
 

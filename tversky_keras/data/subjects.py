@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tversky_keras.data.errors import DataError
-from tversky_keras.data.grid import Geometry, to_grid
+from tversky_keras.data.grid import Geometry, check_same_grid, to_grid
 from tversky_keras.data.io import MODALITIES, binary_mask, check_modalities, read_nifti
 from tversky_keras.data.normalize import zscore_in_brain
 
@@ -218,17 +218,16 @@ def _subjects_from_manifest(manifest, modalities, require_mask):
 
 
 def _check_same_grid(reference, reference_image, path, image):
-    """DataError unless the scan at ``path`` has the shape and affine of ``reference``."""
-    if image.shape[:3] != reference_image.shape[:3]:
-        raise DataError(
-            path, f"shape {image.shape[:3]} differs from {reference_image.shape[:3]} of {reference}"
-        )
-    if not np.allclose(image.affine, reference_image.affine, atol=_AFFINE_TOLERANCE):
-        raise DataError(
-            path,
-            f"affine differs from that of {reference} (the scans are not on one voxel grid):\n"
-            f"{image.affine}\nvs\n{reference_image.affine}",
-        )
+    """DataError naming ``path`` unless its scan lies on ``reference``'s voxel grid.
+
+    The grid is compared as ``read_nifti`` reads it (``grid.check_same_grid``):
+    shape, voxel size and position in canonical order, so two files that store
+    one grid in different axis orders agree, and line up once read.
+    """
+    try:
+        check_same_grid(path, image, reference, reference_image, tolerance=_AFFINE_TOLERANCE)
+    except ValueError as error:
+        raise DataError(path, str(error).removeprefix(f"{path} ")) from None
 
 
 def load_subject(
