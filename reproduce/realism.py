@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from nibabel.orientations import inv_ornt_aff  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 
-from reproduce import report  # noqa: E402
+from reproduce.report import markdown_head, markdown_row  # noqa: E402
 from tversky_keras.atomic import write_json  # noqa: E402
 from tversky_keras.data import (MODALITIES, discover_subjects, lesion_loads,  # noqa: E402
                                 load_subject, synthesize_subject, zscore_in_brain)
@@ -235,7 +235,7 @@ def region_table(result, baseline=None):
     head = (["modality", "region"] + (["phantom before"] if baseline else []) + ["phantom"]
             + real + (["W1 before: " + ", ".join(real)] if baseline else [])
             + ["W1 to " + ", ".join(real)] + [f"W1 {p}" for p in pairs])
-    lines = report.markdown_head(head)
+    lines = markdown_head(head)
     for m in MODALITIES:
         for r in REGIONS:
             stat, distance = result["regions"][m][r], result["wasserstein"][m][r]
@@ -248,21 +248,21 @@ def region_table(result, baseline=None):
                                      for n in real))
             row += [", ".join(f"{distance[n]:.2f}" for n in real)]
             row += [f"{distance[p]:.2f}" for p in pairs]
-            lines.append(report.markdown_row(row))
+            lines.append(markdown_row(row))
     return "\n".join(lines)
 
 
 def property_table(result, baseline=None):
     sources = list(result["properties"])
     head = (["modality", "property"] + (["phantom before"] if baseline else []) + sources)
-    lines = report.markdown_head(head)
+    lines = markdown_head(head)
     for m in MODALITIES:
         for key in result["properties"][PHANTOM][m]:
             row = [m, key]
             if baseline:
                 row.append(f"{baseline['properties'][PHANTOM][m].get(key, np.nan):.3f}")
             row += [f"{result['properties'][s][m][key]:.3f}" for s in sources]
-            lines.append(report.markdown_row(row))
+            lines.append(markdown_row(row))
     return "\n".join(lines)
 
 
@@ -272,7 +272,7 @@ def intensity_table(result, baseline=None):
     before = (baseline or {}).get("intensity", {}).get(PHANTOM)
     head = (["statistic"] + (["phantom before (min, max)"] if baseline else [])
             + ["phantom (min, max)"] + real)
-    lines = report.markdown_head(head)
+    lines = markdown_head(head)
 
     def span(values):
         return f"{min(values):.2f}, {max(values):.2f}"
@@ -282,7 +282,7 @@ def intensity_table(result, baseline=None):
         if baseline:
             row.append(span(before[key]) if before and key in before else "-")
         row += [span(values)] + [f"{result['intensity'][name][key]:.2f}" for name in real]
-        lines.append(report.markdown_row(row))
+        lines.append(markdown_row(row))
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ from reproduce.experiment import PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.cli import finite  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
                                 zscore_in_brain)
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics  # noqa: E402
@@ -168,9 +169,9 @@ def build_parser():
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                         help="training budget: smoke (seconds), quick (default, about 3 minutes "
                              "on 2 CPU cores), paper (for a GPU)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_PENALTIES[0],
+    parser.add_argument("--alpha", type=finite, default=DEFAULT_PENALTIES[0],
                         help="weight of false positives (0.3)")
-    parser.add_argument("--beta", type=float, default=DEFAULT_PENALTIES[1],
+    parser.add_argument("--beta", type=finite, default=DEFAULT_PENALTIES[1],
                         help="weight of false negatives (0.7)")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
@@ -182,6 +183,14 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:  # bad data or settings: one line, no traceback
+        print(f"python -m reproduce.sim2real: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args):
     started = time.perf_counter()
     profile = PROFILES[args.profile]
     name = f"sim2real-{profile.name}"

@@ -37,6 +37,7 @@ from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS, 
                                   Experiment, cell_metrics, final_training_loss, row_name,
                                   test_arrays, test_file)
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.cli import finite, natural  # noqa: E402
 from tversky_keras.data.cache import default_cache_dir  # noqa: E402
 from tversky_keras.claims import ClaimLost, current_holder, try_claim  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
@@ -386,6 +387,9 @@ def parse_cells(text):
         row, _, fold = item.strip().partition("/")
         if row not in names:
             raise SystemExit(f"--cells: unknown row {row!r}; rows are {', '.join(names)}")
+        if fold and fold not in {f"fold{f}" for f in FOLDS}:
+            raise SystemExit(f"--cells: unknown fold {fold!r} in {item.strip()!r}; folds are "
+                             f"{', '.join(f'fold{f}' for f in FOLDS)}")
         folds = FOLDS if not fold else (int(fold.removeprefix("fold")),)
         chosen += [(*names[row], f) for f in folds]
     return chosen
@@ -408,12 +412,12 @@ def build_parser():
     parser.add_argument("--no-wait", action="store_true",
                         help="do not wait for the cells other processes run on the same "
                              "results folder: assemble what is finished and stop")
-    parser.add_argument("--poll", type=float, default=10.0,
+    parser.add_argument("--poll", type=finite, default=10.0,
                         help="seconds between looks at the cells other processes run (10)")
-    parser.add_argument("--seeds", type=int, default=1, help="repeat the grid with N seeds")
-    parser.add_argument("--oversample", type=float, default=0.0,
+    parser.add_argument("--seeds", type=natural, default=1, help="repeat the grid with N seeds")
+    parser.add_argument("--oversample", type=finite, default=0.0,
                         help="fraction of lesion-centred patches (0: none, as the paper)")
-    parser.add_argument("--spacing", type=float, default=None,
+    parser.add_argument("--spacing", type=finite, default=None,
                         help="resample the data to this voxel size in mm (default: the "
                              "profile's; the phantom is generated at its profile's spacing)")
     parser.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION,
@@ -432,6 +436,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.poll <= 0:
         parser.error(f"--poll must be positive, got {args.poll:g}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:  # bad data or settings: one line, no traceback
+        print(f"python -m reproduce.table1: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args):
     profile = PROFILES[args.profile]
     if args.spacing is not None:
         profile = dataclasses.replace(profile, spacing=args.spacing)

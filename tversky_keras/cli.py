@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,28 @@ def _triple(text):
     return tuple(parts)
 
 
+def finite(text):
+    """A float option that must be a finite number ('nan' and 'inf' are refused here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def natural(text):
+    """A non-negative integer option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 def _modalities(text):
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
@@ -34,8 +57,8 @@ def build_parser():
                                        "{T1W,T2W,FLAIR,consensus_gt}.nii.gz.")
     synth.add_argument("--out", required=True, type=Path, help="output folder")
     synth.add_argument("--subjects", type=int, default=15, help="number of subjects (15)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    synth.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (2.0)")
+    synth.add_argument("--seed", type=natural, default=0, help="random seed (0)")
+    synth.add_argument("--spacing", type=finite, default=2.0, help="voxel size in mm (2.0)")
 
     preprocess = sub.add_parser(
         "preprocess", help="decode, resample and normalise a data set once, into the cache",
@@ -55,10 +78,10 @@ def build_parser():
     train.add_argument("--data", required=True, type=Path,
                        help="data folder or manifest CSV (any layout discover_subjects reads)")
     train.add_argument("--out", required=True, type=Path, help="run folder")
-    train.add_argument("--alpha", type=float, default=0.5, help="weight of false positives (0.5)")
-    train.add_argument("--beta", type=float, default=0.5, help="weight of false negatives (0.5)")
-    train.add_argument("--gamma", type=float, default=1.0, help="focal Tversky exponent (1: off)")
-    train.add_argument("--ce-weight", type=float, default=0.0,
+    train.add_argument("--alpha", type=finite, default=0.5, help="weight of false positives (0.5)")
+    train.add_argument("--beta", type=finite, default=0.5, help="weight of false negatives (0.5)")
+    train.add_argument("--gamma", type=finite, default=1.0, help="focal Tversky exponent (1: off)")
+    train.add_argument("--ce-weight", type=finite, default=0.0,
                        help="add this weight x cross-entropy to the loss (0: off)")
     train.add_argument("--pool-batch", action="store_true",
                        help="one Tversky index over the whole batch instead of per sample")
@@ -70,7 +93,7 @@ def build_parser():
                        help="where subjects are preprocessed to (default: as for preprocess)")
     train.add_argument("--patch", type=_triple, default=None,
                        help="train on random patches of this size (default: whole volumes)")
-    train.add_argument("--foreground-ratio", type=float, default=0.0,
+    train.add_argument("--foreground-ratio", type=finite, default=0.0,
                        help="fraction of patches centred on lesions (0: uniform, as the paper)")
     train.add_argument("--flips", action="store_true", help="random flips")
     train.add_argument("--epochs", type=int, default=100)
@@ -78,8 +101,8 @@ def build_parser():
     train.add_argument("--batch-size", type=int, default=1)
     train.add_argument("--base-filters", type=int, default=16)
     train.add_argument("--normalization", choices=["batch", "instance", "group"], default=None)
-    train.add_argument("--dropout", type=float, default=0.0)
-    train.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (1e-4)")
+    train.add_argument("--dropout", type=finite, default=0.0)
+    train.add_argument("--lr", type=finite, default=1e-4, help="initial learning rate (1e-4)")
     train.add_argument("--init", type=Path, default=None,
                        help="start from the weights of this saved .keras model (fine-tuning; "
                             "same architecture and modalities)")
@@ -104,15 +127,15 @@ def build_parser():
         predict.add_argument(f"--{modality.lower()}", dest=modality, type=Path,
                              help=f"the {modality} file (instead of --input)")
     predict.add_argument("--out", required=True, type=Path, help="output folder")
-    predict.add_argument("--threshold", type=float, default=0.5, help="mask threshold (0.5)")
+    predict.add_argument("--threshold", type=finite, default=0.5, help="mask threshold (0.5)")
     predict.add_argument("--window", type=_triple, default=None,
                          help="sliding-window size (default: the whole volume at once)")
-    predict.add_argument("--overlap", type=float, default=0.5, help="window overlap (0.5)")
+    predict.add_argument("--overlap", type=finite, default=0.5, help="window overlap (0.5)")
     predict.add_argument("--batch-size", type=int, default=1, help="windows per batch")
     predict.add_argument("--modalities", type=_modalities, default=None,
                          help="only for a model saved without its input contract (not by "
                               "tversky-keras train): its input channels, in order")
-    predict.add_argument("--spacing", type=float, default=None,
+    predict.add_argument("--spacing", type=finite, default=None,
                          help="only for such a model: the voxel size in mm it expects "
                               "(default: the scan's own)")
 
@@ -122,7 +145,7 @@ def build_parser():
     evaluate.add_argument("--prediction", required=True, type=Path,
                           help="probability map or binary mask (NIfTI)")
     evaluate.add_argument("--truth", required=True, type=Path, help="ground-truth mask (NIfTI)")
-    evaluate.add_argument("--threshold", type=float, default=0.5)
+    evaluate.add_argument("--threshold", type=finite, default=0.5)
     evaluate.add_argument("--brain", type=Path, default=None,
                           help="count only the voxels inside this mask (e.g. the brain mask), "
                                "so that specificity is the brain's")
@@ -133,7 +156,7 @@ def _add_grid_options(parser):
     """The options that decide the network's voxel grid, shared by preprocess and train."""
     parser.add_argument("--modalities", type=_modalities, default=("T1W", "T2W", "FLAIR"),
                         help="input channels in order (T1W,T2W,FLAIR)")
-    parser.add_argument("--spacing", type=float, default=None,
+    parser.add_argument("--spacing", type=finite, default=None,
                         help="resample to this isotropic voxel size in mm (default: keep)")
     parser.add_argument("--depth", type=int, default=4,
                         help="number of poolings of the U-Net (4); the grid is padded to a "
@@ -165,14 +188,17 @@ def run_preprocess(args):
     from tversky_keras.data import discover_subjects
     from tversky_keras.data.cache import default_cache_dir, preprocess
 
+    from tversky_keras.training import TrainConfig
+
+    # The grid settings, checked as train checks them (the one schema).
+    grid = TrainConfig(modalities=args.modalities, spacing=args.spacing, depth=args.depth).grid()
     subjects = discover_subjects(args.data, modalities=args.modalities)
     out = args.out or default_cache_dir()
 
     def progress(done, total, subject_id):
         print(f"[{done}/{total}] {subject_id}", flush=True)
 
-    volumes = preprocess(subjects, out, progress=progress, modalities=args.modalities,
-                         target_spacing=args.spacing, multiple_of=2 ** args.depth)
+    volumes = preprocess(subjects, out, progress=progress, **grid)
     print(f"{len(volumes)} subjects preprocessed in {out}")
 
 
@@ -221,10 +247,8 @@ def _subject_for_predict(args):
 
 
 def run_predict(args):
-    import keras
-
-    import tversky_keras  # noqa: F401  (registers the package's objects)
-    from tversky_keras.inference import check_threshold, segment_subject, write_segmentation
+    from tversky_keras.inference import (check_threshold, load_saved_model, segment_subject,
+                                         write_segmentation)
     from tversky_keras.scan_spec import scan_spec
 
     check_threshold(args.threshold)
@@ -234,9 +258,7 @@ def run_predict(args):
     if args.spacing is not None and args.spacing <= 0:
         raise ValueError(f"--spacing {args.spacing:g}: a voxel size must be positive")
     subject = _subject_for_predict(args)
-    if not args.model.is_file():
-        raise FileNotFoundError(f"{args.model}: no such model file")
-    model = keras.saving.load_model(args.model)
+    model = load_saved_model(args.model)
     spec = scan_spec(model)
     if spec and (args.modalities or args.spacing):
         raise ValueError(f"{args.model} records its modalities and voxel size; --modalities "
@@ -270,6 +292,8 @@ def run_evaluate(args):
         brain_data, brain_image = read_nifti(args.brain)
         check_same_grid(args.brain, brain_image, args.truth, truth_image)
         brain = binary_mask(brain_data, args.brain).astype(bool)
+        if not brain.any():
+            raise ValueError(f"{args.brain}: the mask is empty: no voxel to score")
     result = lesion_metrics(truth, prediction, threshold=args.threshold, mask=brain)
     print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
 
@@ -287,5 +311,10 @@ def main(argv=None):
         return 130
     except (ValueError, OSError, RuntimeError) as error:
         print(f"tversky-keras {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except MemoryError as error:
+        print(f"tversky-keras {args.command}: error: out of memory ({error or 'no details'}); "
+              f"a smaller --window, --patch or --batch-size, or a larger --spacing, needs less",
+              file=sys.stderr)
         return 1
     return 0

@@ -19,7 +19,22 @@ from tversky_keras.data.grid import from_grid, grid_to_canonical
 from tversky_keras.scan_spec import check_modalities, scan_spec
 
 SEGMENTATION_FILES = ("probability.nii.gz", "mask.nii.gz")
+MAX_WINDOW = 512  # a side of a sliding window, as training's largest patch
 MANIFEST = "segmentation.json"
+
+
+def load_saved_model(path):
+    """A saved ``.keras`` model, or a ValueError naming the file and what is wrong with it."""
+    import tversky_keras  # noqa: F401  (registers the package's objects)
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # Keras raises many types for a damaged or foreign file
+        raise ValueError(f"{path}: not a readable Keras model ({type(error).__name__}: "
+                         f"{error})") from error
 
 
 def input_multiple(model):
@@ -105,9 +120,10 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         return probs[: shape[0], : shape[1], : shape[2]]
 
     window = tuple(int(w) for w in window)
-    bad = [w for w in window if w % multiple_of]
+    bad = [w for w in window if w % multiple_of or not 0 < w <= MAX_WINDOW]
     if len(window) != 3 or bad:
-        raise ValueError(f"window={window}: need three sizes, each a multiple of {multiple_of}")
+        raise ValueError(f"window={window}: need three sizes, each a multiple of {multiple_of} "
+                         f"and at most {MAX_WINDOW}")
     padded = _pad_to(image, window)
     steps = [max(1, int(round(w * (1 - overlap)))) for w in window]
     corners = [(i, j, k)
@@ -184,6 +200,11 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     probs = predict_volume(model, volume.image, window=window, overlap=overlap,
                            batch_size=batch_size)
     lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
+    if not np.isfinite(lesion).all():
+        raise ValueError(
+            f"subject {subject.id}: the model gave {np.count_nonzero(~np.isfinite(lesion))} "
+            f"non-finite probabilities (NaN or inf); its weights or this scan's values are not "
+            f"finite, nothing was written")
     back = grid_to_canonical if canonical else from_grid
     native = np.clip(back(lesion, volume.geometry, order=1), 0.0, 1.0)
     return native.astype(np.float32), volume.geometry

@@ -18,6 +18,7 @@ Reference:
     using 3D fully convolutional deep networks." MLMI 2017, arXiv 1706.05721.
 """
 
+import math
 import keras
 import numpy as np
 from keras import ops
@@ -230,6 +231,10 @@ def mean_cross_entropy(y_true, y_pred):
 
 
 def _validate(alpha, beta, smooth, gamma):
+    values = {"alpha": alpha, "beta": beta, "smooth": smooth, "gamma": gamma}
+    infinite = [f"{k}={v}" for k, v in values.items() if not math.isfinite(float(v))]
+    if infinite:
+        raise ValueError(f"loss settings must be finite numbers, got {', '.join(infinite)}")
     if alpha < 0 or beta < 0 or alpha + beta <= 0:
         raise ValueError(
             f"alpha and beta must be >= 0 with alpha + beta > 0, got alpha={alpha}, beta={beta}"

@@ -220,6 +220,9 @@ class PRAUC(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         truth, score, weight = _lesion_voxels(y_true, y_pred, self.class_id, sample_weight)
         bins = ops.floor(score * self.num_bins)
+        # A NaN score (a diverged network) counts in the lowest bin instead of casting to a
+        # negative index, so the run stops on its NaN loss with a message, not a crash here.
+        bins = ops.where(ops.isnan(bins), 0.0, bins)
         bins = ops.cast(ops.clip(bins, 0, self.num_bins - 1), "int32")  # score 1.0 -> top bin
         # One pass for both histograms: lesion voxels count in bins num_bins..2*num_bins-1.
         # Unweighted, the counts are integers (exact); weighted, float64 sums.

@@ -79,6 +79,15 @@ class RunRecorder(keras.callbacks.Callback):
         return False
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.diverged_at is None:
+            # A finite logged loss can hide non-finite weights (NaN inputs in a few
+            # patches): nothing non-finite is ever saved.
+            bad = [w.path for w in self.model.weights
+                   if not np.isfinite(keras.ops.convert_to_numpy(w)).all()]
+            if bad:
+                self.diverged_at = (f"end ({len(bad)} weights not finite, e.g. {bad[0]})",
+                                    float((logs or {}).get("loss", float("nan"))))
+                self.model.stop_training = True
         if self.diverged_at is not None:
             return
         logs = {k: float(v) for k, v in (logs or {}).items()}

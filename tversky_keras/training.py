@@ -30,6 +30,7 @@ from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
 # A side of a training patch; past it a batch no longer fits any machine's memory.
 MAX_PATCH = 512
+MAX_DEPTH = 9  # 2^9 = MAX_PATCH: a deeper U-Net has no grid it could pool
 MONITORS = ("val_dice", "val_f2", "val_prauc", "val_sensitivity", "val_loss")
 # auto: float16 on a GPU, float32 on a CPU; on: float16 on a GPU, bfloat16 on a CPU.
 MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
@@ -96,10 +97,18 @@ class TrainConfig:
 
     def _check_values(self):
         """ValueError naming the first setting out of range, before anything is written."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and not math.isfinite(value):
+                raise ValueError(f"{field.name} must be a finite number, got {value}")
         check_modalities(self.modalities)
         make_loss(self)  # the loss checks alpha, beta, gamma and smooth itself
         positive = {"learning_rate": self.learning_rate, "lr_decay_steps": self.lr_decay_steps,
                     "base_filters": self.base_filters, "depth": self.depth}
+        if self.depth > MAX_DEPTH:
+            raise ValueError(f"depth must be at most {MAX_DEPTH} (2^depth = {2 ** MAX_DEPTH} "
+                             f"voxels per side already exceeds any patch), got {self.depth}")
         if self.spacing is not None:
             positive["spacing"] = self.spacing
         for name, value in positive.items():
@@ -201,12 +210,32 @@ def cluster_task():
     ``None`` without ``TF_CONFIG``. The chief is the ``chief`` task, or worker
     0 when the cluster has none.
     """
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    text = os.environ.get("TF_CONFIG") or "{}"
+    try:
+        tf_config = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"the TF_CONFIG environment variable is not valid JSON ({error}): "
+                         f"{text[:200]!r}") from None
+    if not isinstance(tf_config, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object with 'cluster' and 'task', got "
+                         f"{text[:200]!r}")
     task = tf_config.get("task") or {}
     if not task:
         return None
     cluster = tf_config.get("cluster") or {}
-    index = int(task.get("index", 0))
+    if not isinstance(task, dict) or not isinstance(cluster, dict):
+        raise ValueError(f"TF_CONFIG: 'task' and 'cluster' must be JSON objects, got "
+                         f"{text[:200]!r}")
+    try:
+        index = int(task.get("index", 0))
+    except (TypeError, ValueError):
+        raise ValueError(f"TF_CONFIG: task index {task.get('index')!r} is not an integer") \
+            from None
+    members = cluster.get(task.get("type"))
+    if not isinstance(members, list) or not 0 <= index < len(members):
+        raise ValueError(
+            f"TF_CONFIG: task {task.get('type')!r} index {index} is not in the cluster "
+            f"({', '.join(f'{k}: {len(v) if isinstance(v, list) else v}' for k, v in cluster.items()) or 'empty'})")
     is_chief = task.get("type") == "chief" or (
         "chief" not in cluster and task.get("type") == "worker" and index == 0)
     return task.get("type"), index, is_chief
@@ -447,6 +476,12 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
          extra_callbacks, cache_dir, record, loss):
     train_volumes = preprocess(train_subjects, cache_dir, **config.grid())
     val_volumes = preprocess(val_subjects, cache_dir, **config.grid())
+    if train_volumes and not any(v.count("lesion") for v in train_volumes):
+        raise ValueError(
+            f"none of the {len(train_volumes)} training subjects has a lesion voxel in its "
+            f"label ({', '.join(v.id for v in train_volumes[:5])}"
+            f"{', ...' if len(train_volumes) > 5 else ''}): the loss has nothing to learn "
+            f"from; check the label files")
     backup_dir = run_dir / "backup"
     start_epoch = resumed_epoch(backup_dir)
     train_ds, val_ds = _datasets(config, strategy, train_volumes, val_volumes, start_epoch)
@@ -483,9 +518,9 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
     if recorder.diverged_at is not None:
         batch, value = recorder.diverged_at
         raise TrainingDiverged(
-            f"{run_dir}: the training loss became {value} at batch {batch} of epoch "
+            f"{run_dir}: the training diverged (loss {value}) at batch {batch} of epoch "
             f"{len(recorder.rows)}; stopped without saving that epoch. Try a lower "
-            f"learning rate, or check the input data for extreme values.")
+            f"learning rate, or check the input data for extreme or missing values.")
 
     last = recorder.rows[-1]
     summary = {

@@ -128,7 +128,7 @@ def cached_subject(
                               target_spacing=target_spacing, target_shape=target_shape,
                               multiple_of=multiple_of, normalize=normalize)
         _write_entry(volume, folder, settings)
-    return CachedVolume(folder)
+    return CachedVolume(folder).check()
 
 
 def preprocess(subjects, cache_dir=None, progress=None, **settings):
@@ -279,6 +279,25 @@ class CachedVolume:
     def voxels(self, kind):
         """Flat indices of the ``"brain"`` or ``"lesion"`` voxels (a memory map)."""
         return self._array(f"{kind}_voxels")
+
+    def check(self):
+        """This entry, or a DataError naming it if a file is missing, cut short or reshaped.
+
+        Every array is opened (its header read and its length checked against
+        the file's size), not read: a damaged entry is found before training
+        starts instead of inside the input pipeline.
+        """
+        shapes = {"image": (*self.shape, self.channels), "brain": self.shape,
+                  "brain_voxels": (self.count("brain"),),
+                  "lesion_voxels": (self.count("lesion"),)}
+        if self._manifest["has_label"]:
+            shapes["label"] = self.shape
+        for name, shape in shapes.items():
+            if tuple(self._array(name).shape) != tuple(shape):
+                raise DataError(Path(self.folder) / f"{name}.npy",
+                                f"holds shape {tuple(self._array(name).shape)}, its manifest "
+                                f"says {tuple(shape)}; delete {self.folder}")
+        return self
 
     def load(self):
         """This subject as an in-memory ``Volume``."""

@@ -18,6 +18,8 @@ from scipy import ndimage
 
 from tversky_keras.atomic import atomic_path
 
+# A grid larger than this (4 GiB per float32 channel) is a wrong voxel size, not a scan.
+MAX_GRID_VOXELS = 1024 ** 3
 _CANONICAL = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 
 
@@ -186,14 +188,21 @@ def to_grid(array, spacing, target_spacing=None, target_shape=None, multiple_of=
     else:
         factors = np.broadcast_to(spacing, 3) / np.broadcast_to(target_spacing, 3)
         resampled_shape = tuple(max(1, round(n * f)) for n, f in zip(source_shape, factors))
-    if resampled_shape != source_shape:
-        array = _resample(array, resampled_shape, order)
     if target_shape is not None:
         shape = tuple(int(n) for n in target_shape)
     elif multiple_of is not None:
         shape = pad_to_multiple(resampled_shape, multiple_of)
     else:
         shape = resampled_shape
+    for name, size in (("resampled", resampled_shape), ("padded", shape)):
+        if math.prod(size) > MAX_GRID_VOXELS:
+            raise ValueError(
+                f"the {name} grid would be {'x'.join(map(str, size))} voxels "
+                f"({source_shape} at {np.round(np.broadcast_to(spacing, 3), 4).tolist()} mm, "
+                f"resampled to {target_spacing} mm, padded to a multiple of {multiple_of}), "
+                f"more than {MAX_GRID_VOXELS:,}: check the voxel size (--spacing) and --depth")
+    if resampled_shape != source_shape:
+        array = _resample(array, resampled_shape, order)
     offset = tuple((r - n) // 2 for r, n in zip(resampled_shape, shape))
     mapping = GridMapping(source_shape, resampled_shape, offset, shape)
     if shape != resampled_shape:

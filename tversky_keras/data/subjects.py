@@ -264,6 +264,14 @@ def load_subject(
     absent = [m for m in modalities if m not in subject.images]
     if absent:
         raise DataError(None, f"subject {subject.id} has no {', '.join(absent)} scan")
+    files = {}
+    for modality in modalities:
+        files.setdefault(Path(subject.images[modality]).resolve(), []).append(modality)
+    shared = {path: names for path, names in files.items() if len(names) > 1}
+    if shared:
+        path, names = next(iter(shared.items()))
+        raise DataError(path, f"given for {' and '.join(names)} of subject {subject.id}: each "
+                              f"modality needs its own scan")
     reference_path = subject.images[modalities[0]]
     channels, reference = [], None
     for modality in modalities:
