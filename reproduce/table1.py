@@ -438,6 +438,10 @@ def main(argv=None):
         parser.error(f"--poll must be positive, got {args.poll:g}")
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name
+                                  or args.name in (".", "..")):
+        parser.error(f"--name {args.name!r}: a folder name inside --results and --figures, "
+                     f"not a path")
     try:
         return _run(args)
     except (ValueError, OSError) as error:  # bad data or settings: one line, no traceback

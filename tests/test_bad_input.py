@@ -269,3 +269,52 @@ def test_a_missing_data_folder_is_one_line(main, argv, tmp_path, capsys):
                  "--cache", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"{tmp_path / 'nosuch'}" in err and err.count("\n") == 1
+
+
+# --- from the third pass -------------------------------------------------------------------
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{bad", "TF_CONFIG environment variable is not valid JSON"),
+    (json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 5}}),
+     "index 5 is not in the cluster"),
+    (json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "abc"}}),
+     "task index 'abc' is not an integer"),
+])
+def test_tf_config_is_checked_before_tensorflow_reads_it(monkeypatch, tf_config, message):
+    from tversky_keras.training import distribution_strategy
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=message):
+        distribution_strategy.__wrapped__()  # made once per process: not the cached one
+
+
+@pytest.mark.parametrize("val, message", [
+    (",", "names no subject"),
+    ("sub00,sub01,sub02", "--val names all 3 subjects; keep at least one"),
+])
+def test_a_validation_split_that_leaves_nothing_or_names_nothing_is_refused(data, val, message):
+    with pytest.raises(ValueError, match=message):
+        cli._split_validation(discover_subjects(data), val)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/elsewhere", "a/b", ".."])
+def test_an_experiment_name_cannot_leave_the_results_folder(name, capsys):
+    with pytest.raises(SystemExit):
+        table1.main(["--name", name])
+    assert "a folder name inside --results and --figures" in capsys.readouterr().err
+
+
+def test_synth_never_writes_over_a_users_subject_files(tmp_path):
+    from tversky_keras.data.phantom import synthesize_dataset
+
+    user = tmp_path / "synth00"
+    user.mkdir()
+    (user / "FLAIR.nii.gz").write_bytes(b"the user's scan")
+    with pytest.raises(ValueError, match="holds scans and .* is no phantom folder"):
+        synthesize_dataset(tmp_path, n_subjects=1, spacing=8.0, progress=False)
+    assert (user / "FLAIR.nii.gz").read_bytes() == b"the user's scan"
+    # An interrupted phantom (its marker left, no phantom.json) is written again.
+    (tmp_path / ".phantom-incomplete").touch()
+    synthesize_dataset(tmp_path, n_subjects=1, spacing=8.0, progress=False)
+    assert (tmp_path / "phantom.json").is_file() and not (tmp_path / ".phantom-incomplete").exists()
+    assert nib.load(user / "FLAIR.nii.gz").shape[0] > 1

@@ -166,10 +166,16 @@ def _add_grid_options(parser):
 def _split_validation(subjects, val):
     if "," in val or not val.isdigit():
         ids = {v.strip() for v in val.split(",") if v.strip()}
+        if not ids:
+            raise ValueError(f"--val {val!r}: names no subject; give ids, a count, or 0 for none")
         unknown = ids - {s.id for s in subjects}
         if unknown:
             raise ValueError(f"--val: no subjects named {', '.join(sorted(unknown))}")
-        return [s for s in subjects if s.id not in ids], [s for s in subjects if s.id in ids]
+        train = [s for s in subjects if s.id not in ids]
+        if not train:
+            raise ValueError(f"--val names all {len(subjects)} subjects; keep at least one to "
+                             f"train")
+        return train, [s for s in subjects if s.id in ids]
     n = int(val)
     if n >= len(subjects):
         raise ValueError(f"--val {n}: only {len(subjects)} subjects; keep at least one to train")

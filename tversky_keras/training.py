@@ -278,7 +278,7 @@ def distribution_strategy():
     """
     import tensorflow as tf
 
-    if os.environ.get("TF_CONFIG"):
+    if os.environ.get("TF_CONFIG") and cluster_task() is not None:  # checks TF_CONFIG first
         try:
             return _nest_safe(tf.distribute.MultiWorkerMirroredStrategy)()
         except RuntimeError as error:

@@ -874,7 +874,15 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
     if old == manifest and all((f / f"{name}.nii.gz").is_file()
                                for f in folders for name in manifest["files"]):
         return folders
+    writing = out_dir / ".phantom-incomplete"  # a phantom being written, or interrupted
+    if old is None and not writing.exists():
+        # Not a phantom folder: never write over the user's own subject files.
+        taken = [f for f in folders if f.is_dir() and any(f.glob("*.nii*"))]
+        if taken:
+            raise ValueError(f"{taken[0]}: holds scans and {out_dir} is no phantom folder (no "
+                             f"phantom.json); give an empty or new --out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    writing.touch()
     _remove_phantom(out_dir, old)
     for index, (folder, load) in enumerate(zip(folders, lesion_loads(n_subjects, seed))):
         subject = synthesize_subject(subject_seed(seed, index), spacing, load)
@@ -886,4 +894,5 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
             print(f"phantom {index + 1}/{n_subjects}: {folder.name}, lesion load "
                   f"{subject.lesion.sum() * spacing**3:.0f} mm^3", file=sys.stderr, flush=True)
     write_text(out_dir / "phantom.json", json.dumps(manifest, indent=1))
+    writing.unlink(missing_ok=True)
     return folders
