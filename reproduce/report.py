@@ -1,4 +1,7 @@
-"""The one Markdown table renderer of the reproduction and the benchmarks."""
+"""The one Markdown table renderer of the reproduction and the benchmarks, and how their
+commands report bad input."""
+
+import sys
 
 
 def markdown_row(cells):
@@ -23,3 +26,13 @@ def markdown_table(head, rows):
 def percent(value):
     """A fraction as a percentage with two decimals; an em dash for a missing value."""
     return "—" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def run_or_one_line(program, run, args):
+    """``run(args)``'s exit code; bad data or settings (ValueError, OSError) print one
+    line naming ``program`` and give 1, never a traceback."""
+    try:
+        return run(args)
+    except (ValueError, OSError) as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 1

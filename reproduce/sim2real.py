@@ -183,11 +183,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, OSError) as error:  # bad data or settings: one line, no traceback
-        print(f"python -m reproduce.sim2real: error: {error}", file=sys.stderr)
-        return 1
+    return report.run_or_one_line("python -m reproduce.sim2real", _run, args)
 
 
 def _run(args):

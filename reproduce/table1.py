@@ -442,11 +442,7 @@ def main(argv=None):
                                   or args.name in (".", "..")):
         parser.error(f"--name {args.name!r}: a folder name inside --results and --figures, "
                      f"not a path")
-    try:
-        return _run(args)
-    except (ValueError, OSError) as error:  # bad data or settings: one line, no traceback
-        print(f"python -m reproduce.table1: error: {error}", file=sys.stderr)
-        return 1
+    return report.run_or_one_line("python -m reproduce.table1", _run, args)
 
 
 def _run(args):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from reproduce import sim2real, table1
-from tiny_data import write_tiny_subjects
+from tiny_data import TINY_TRAINING, write_tiny_subjects
 from tversky_keras import cli
 from tversky_keras.data import DataError, discover_subjects, load_subject, to_grid
 from tversky_keras.data.cache import cached_subject
@@ -21,8 +21,7 @@ from tversky_keras.losses import TverskyLoss
 from tversky_keras.metrics import PRAUC
 from tversky_keras.training import TrainConfig, TrainingDiverged, cluster_task, train
 
-TINY = dict(base_filters=2, depth=2, patch_size=(8, 8, 8), batch_size=2, steps_per_epoch=3,
-            learning_rate=1e-3, mixed_precision="off", jit_compile="off")
+TINY = TINY_TRAINING
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,13 @@ import keras
 import numpy as np
 import pytest
 
-from tiny_data import write_tiny_subjects
+from tiny_data import TINY_TRAINING, write_tiny_subjects
 from tversky_keras.data import discover_subjects
 from tversky_keras.scan_spec import scan_spec
 from tversky_keras.training import TrainConfig, TrainingDiverged, paper_schedule, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(base_filters=2, depth=2, patch_size=(8, 8, 8), batch_size=2, steps_per_epoch=3,
-            learning_rate=1e-3, mixed_precision="off", jit_compile="off")
+TINY = TINY_TRAINING
 
 
 @pytest.fixture(scope="module")

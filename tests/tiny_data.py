@@ -5,6 +5,10 @@ import nibabel as nib
 import numpy as np
 
 MODALITY_MEANS = {"T1W": 1.0, "T2W": 0.6, "FLAIR": 0.8}
+# TrainConfig settings of a seconds-long training run on tiny subjects.
+TINY_TRAINING = dict(base_filters=2, depth=2, patch_size=(8, 8, 8), batch_size=2,
+                     steps_per_epoch=3, learning_rate=1e-3, mixed_precision="off",
+                     jit_compile="off")
 
 
 def write_tiny_subjects(root, n=3, shape=(20, 24, 16), seed=0, affine=None):
