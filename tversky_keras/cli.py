@@ -317,6 +317,13 @@ def main(argv=None):
         return 130
     except (ValueError, OSError, RuntimeError) as error:
         print(f"tversky-keras {args.command}: error: {error}", file=sys.stderr)
+        if type(error).__name__ == "WorkerLost":
+            # After a lost peer TensorFlow's collective runtime is broken: the interpreter's
+            # teardown then prints tracebacks from its thread pools (closed connections) or
+            # waits on them. The message is out; leave without the teardown.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 1
     except MemoryError as error:
         print(f"tversky-keras {args.command}: error: out of memory ({error or 'no details'}); "
