@@ -16,14 +16,14 @@ import numpy as np
 from tversky_keras.atomic import write_json
 from tversky_keras.data import load_subject, pad_to_multiple, save_nifti_like
 from tversky_keras.data.grid import from_grid, grid_to_canonical
+from tversky_keras.models import MAX_INPUT_SIDE
 from tversky_keras.scan_spec import check_modalities, scan_spec
 
 SEGMENTATION_FILES = ("probability.nii.gz", "mask.nii.gz")
-MAX_WINDOW = 512  # a side of a sliding window, as training's largest patch
 MANIFEST = "segmentation.json"
 
 
-def load_saved_model(path):
+def load_saved_model(path, compile=True):
     """A saved ``.keras`` model, or a ValueError naming the file and what is wrong with it."""
     import tversky_keras  # noqa: F401  (registers the package's objects)
 
@@ -31,7 +31,7 @@ def load_saved_model(path):
     if not path.is_file():
         raise ValueError(f"{path}: no such model file")
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, compile=compile)
     except Exception as error:  # Keras raises many types for a damaged or foreign file
         raise ValueError(f"{path}: not a readable Keras model ({type(error).__name__}: "
                          f"{error})") from error
@@ -120,10 +120,10 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         return probs[: shape[0], : shape[1], : shape[2]]
 
     window = tuple(int(w) for w in window)
-    bad = [w for w in window if w % multiple_of or not 0 < w <= MAX_WINDOW]
+    bad = [w for w in window if w % multiple_of or not 0 < w <= MAX_INPUT_SIDE]
     if len(window) != 3 or bad:
         raise ValueError(f"window={window}: need three sizes, each a multiple of {multiple_of} "
-                         f"and at most {MAX_WINDOW}")
+                         f"and at most {MAX_INPUT_SIDE}")
     padded = _pad_to(image, window)
     steps = [max(1, int(round(w * (1 - overlap)))) for w in window]
     corners = [(i, j, k)

@@ -6,6 +6,10 @@ import numbers
 import keras
 from keras import layers
 
+# The longest side of a patch or sliding window the U-Net is fed in one piece; past it a
+# batch no longer fits any machine's memory (training's patches, predict's windows).
+MAX_INPUT_SIDE = 512
+
 NORMALIZATIONS = (None, "batch", "instance", "group")
 
 

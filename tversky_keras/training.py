@@ -23,13 +23,14 @@ from tversky_keras.atomic import write_json
 from tversky_keras.data import MODALITIES
 from tversky_keras.data.io import check_modalities
 from tversky_keras.data.cache import preprocess
-from tversky_keras.models import NORMALIZATIONS, unet3d
+from tversky_keras.inference import load_saved_model
+from tversky_keras.models import MAX_INPUT_SIDE, NORMALIZATIONS, unet3d
 from tversky_keras.run_folder import (RunFolderBusy, RunRecorder, check_run_folder,  # noqa: F401
                                       claim_run_folder, resumed_epoch, run_record)
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
-# A side of a training patch; past it a batch no longer fits any machine's memory.
-MAX_PATCH = 512
+# A side of a training patch (models.MAX_INPUT_SIDE).
+MAX_PATCH = MAX_INPUT_SIDE
 MAX_DEPTH = 9  # 2^9 = MAX_PATCH: a deeper U-Net has no grid it could pool
 MONITORS = ("val_dice", "val_f2", "val_prauc", "val_sensitivity", "val_loss")
 # auto: float16 on a GPU, float32 on a CPU; on: float16 on a GPU, bfloat16 on a CPU.
@@ -401,9 +402,9 @@ def initialise_from(model, config):
     if not path.is_file():
         raise ValueError(f"{path}: no such model file to initialise from (--init)")
     try:
-        source = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a damaged or foreign file
-        raise ValueError(f"{path}: cannot load the model to initialise from ({error})") from error
+        source = load_saved_model(path, compile=False)
+    except ValueError as error:
+        raise ValueError(f"--init: cannot load the model to initialise from: {error}") from error
     spec = scan_spec(source)
     if spec and tuple(spec["modalities"]) != tuple(config.modalities):
         raise ValueError(f"{path}: trained on modalities {', '.join(spec['modalities'])}, this "
