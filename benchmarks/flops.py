@@ -54,7 +54,8 @@ def _functional_models(model):
 
 def _layer_flops(layer, output_shape):
     in_channels, out_channels = layer.kernel.shape[-2], layer.kernel.shape[-1]
-    voxels = math.prod(output_shape[:-1])
+    spatial = output_shape[2:] if layer.data_format == "channels_first" else output_shape[1:-1]
+    voxels = output_shape[0] * math.prod(spatial)
     if isinstance(layer, layers.Conv3DTranspose):
         in_channels, out_channels = out_channels, in_channels  # kernel is (k, k, k, out, in)
         voxels //= math.prod(layer.strides)  # costs count per input voxel

@@ -66,7 +66,9 @@ def twin_of(keras_model):
 
 
 def _keras_layers(keras_model, kind):
-    return [layer for layer in keras_model.layers if type(layer).__name__ == kind]
+    """Layers of one Keras class (``UpConv3D`` counts as the ``Conv3DTranspose`` it is)."""
+    names = {"Conv3DTranspose": ("Conv3DTranspose", "UpConv3D")}.get(kind, (kind,))
+    return [layer for layer in keras_model.layers if type(layer).__name__ in names]
 
 
 def copy_keras_weights(keras_model, twin):

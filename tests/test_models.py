@@ -2,6 +2,7 @@
 loading in a fresh process: tests/test_training.py)."""
 
 from collections import Counter
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -61,7 +62,7 @@ def test_layer_structure_follows_depth(depth):
     # two 3x3x3 convolutions per contracting level, bottleneck and expanding
     # level, plus the 1x1x1 head
     assert types["Conv3D"] == 4 * depth + 3
-    assert types["MaxPooling3D"] == types["Conv3DTranspose"] == types["Concatenate"] == depth
+    assert types["MaxPooling3D"] == types["UpConv3D"] == types["Concatenate"] == depth
     assert model_depth(model) == depth
     assert required_multiple(model) == required_multiple(depth) == 2**depth
 
@@ -116,6 +117,7 @@ def test_divisible_and_unknown_sizes_pass():
         ({"input_shape": (16, 16, 3)}, r"input_shape must be channel-last \(x, y, z, channels\)"),
         ({"input_shape": (16, 16, 16, None)}, "known number of channels"),
         ({"input_shape": (16, 0, 16, 3)}, "spatial sizes must be positive integers or None"),
+        ({"data_format": "NCDHW"}, "data_format must be one of"),
     ],
 )
 def test_bad_options_raise_naming_the_option(kwargs, message):
@@ -191,3 +193,154 @@ def test_output_is_float32_under_mixed_precision(rng, mixed_float16):
     probabilities = model.predict(rng.normal(size=(1, 8, 8, 8, 3)), verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-6)
+
+
+# --- UpConv3D and the channels-first layout: the same function as Keras' Conv3DTranspose ---
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Saved by tversky-keras 0.1.0 at commit 81bfa50 (build_model with base_filters=4, depth=2,
+# spacing 2 mm; weights drawn from N(0, 0.3) with seed 0), whose decoder used
+# keras.layers.Conv3DTranspose: saved models from before UpConv3D must keep loading.
+OLD_MODEL = FIXTURES / "unet3d-0.1.0-conv3dtranspose.keras"
+
+
+def _grads(layer, x):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        # A fixed weighting, so each output voxel's gradient differs.
+        value = tf.reduce_sum(y * tf.reshape(tf.sin(tf.range(tf.size(y), dtype=y.dtype)), y.shape))
+    return y, tape.gradient(value, [x, *layer.trainable_weights])
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_upconv3d_equals_conv3d_transpose_values_and_gradients(rng, data_format):
+    import tensorflow as tf
+
+    from tversky_keras.models import UpConv3D
+
+    shape = (2, 3, 4, 5, 6) if data_format == "channels_last" else (2, 6, 3, 4, 5)
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    reference = keras.layers.Conv3DTranspose(5, 2, strides=2, data_format=data_format)
+    ours = UpConv3D(5, 2, strides=2, data_format=data_format)
+    reference.build(shape), ours.build(shape)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in reference.get_weights()]
+    reference.set_weights(weights), ours.set_weights(weights)
+    (y_ref, g_ref), (y_ours, g_ours) = _grads(reference, x), _grads(ours, x)
+    spatial = (6, 8, 10)
+    assert tuple(y_ours.shape) == ((2, *spatial, 5) if data_format == "channels_last"
+                                   else (2, 5, *spatial))
+    np.testing.assert_allclose(y_ours.numpy(), y_ref.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_ours, g_ref):  # input, kernel and bias gradients
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_upconv3d_places_each_tap_by_hand():
+    from tversky_keras.models import UpConv3D
+
+    # One input voxel, one channel, one filter: the output block is the kernel's taps.
+    layer = UpConv3D(1, 2, strides=2)
+    layer.build((1, 1, 1, 1, 1))
+    taps = np.arange(1, 9, dtype="float32").reshape(2, 2, 2, 1, 1)
+    layer.set_weights([taps, np.array([0.5], "float32")])
+    out = np.asarray(layer(np.full((1, 1, 1, 1, 1), 2.0, "float32")))
+    np.testing.assert_array_equal(out[0, ..., 0], 2.0 * taps[..., 0, 0] + 0.5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3), dict(strides=1),
+                                    dict(output_padding=1)])
+def test_upconv3d_refuses_what_it_does_not_compute(kwargs):
+    from tversky_keras.models import UpConv3D
+
+    with pytest.raises(ValueError, match="only a 2x2x2 stride-2"):
+        UpConv3D(4, **{"kernel_size": 2, "strides": 2, **kwargs})
+
+
+def _conv3d_transpose_unet(monkeypatch, **kwargs):
+    """The U-Net as it was built before UpConv3D (keras.layers.Conv3DTranspose)."""
+    import tversky_keras.models as models
+
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "UpConv3D", keras.layers.Conv3DTranspose)
+        return unet3d(**kwargs)
+
+
+@pytest.mark.parametrize("normalization", [None, "group"])
+def test_unet_outputs_equal_the_conv3d_transpose_unet(rng, monkeypatch, normalization):
+    kwargs = dict(base_filters=4, depth=2, normalization=normalization)
+    before = _conv3d_transpose_unet(monkeypatch, **kwargs)
+    assert "Conv3DTranspose" in _layer_types(before)
+    now = unet3d(**kwargs)
+    now.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in before.weights])
+    before.set_weights(now.get_weights())
+    x = rng.normal(size=(2, 8, 12, 16, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(now(x)), np.asarray(before(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", [None, "batch", "instance", "group"])
+def test_channels_first_layout_computes_the_same_function(rng, normalization):
+    last = unet3d(base_filters=8, depth=2, normalization=normalization)
+    first = unet3d(base_filters=8, depth=2, normalization=normalization,
+                   data_format="channels_first")
+    assert "Permute" in _layer_types(first) and "Permute" not in _layer_types(last)
+    assert [w.shape for w in first.weights] == [w.shape for w in last.weights]
+    last.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in last.weights])
+    first.set_weights(last.get_weights())
+    x = rng.normal(size=(2, 8, 12, 16, 3)).astype("float32")
+    out_first = np.asarray(first(x, training=True))
+    assert out_first.shape == (2, 8, 12, 16, 2)  # channel-last outside, whatever the inside
+    np.testing.assert_allclose(out_first, np.asarray(last(x, training=True)), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_channels_first_model_saves_and_loads(rng, tmp_path):
+    import tversky_keras  # noqa: F401  (registers UpConv3D)
+
+    model = unet3d(base_filters=2, depth=1, data_format="channels_first")
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in model.weights])
+    model.save(tmp_path / "first.keras")
+    loaded = keras.saving.load_model(tmp_path / "first.keras")
+    assert {type(layer).__name__ for layer in loaded.layers} >= {"UpConv3D", "Permute"}
+    assert loaded.get_layer("decoder0_upsample").data_format == "channels_first"
+    x = rng.normal(size=(1, 4, 6, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+def test_models_saved_with_conv3d_transpose_still_load_and_segment(rng):
+    from tversky_keras.inference import load_saved_model, predict_volume
+    from tversky_keras.scan_spec import scan_spec
+
+    old = load_saved_model(OLD_MODEL)
+    network = old.layers[-1]
+    assert _layer_types(network)["Conv3DTranspose"] == 2
+    assert scan_spec(old) == {"modalities": ["T1W", "T2W", "FLAIR"], "spacing": 2.0,
+                              "multiple_of": 4}
+    # Its weights are today's U-Net's, one to one, and compute the same function.
+    now = unet3d(base_filters=4, depth=2)
+    now.set_weights(network.get_weights())
+    x = rng.normal(size=(1, 12, 8, 16, 3)).astype("float32")
+    expected = np.asarray(network(x))
+    np.testing.assert_allclose(np.asarray(now(x)), expected, rtol=1e-5, atol=1e-6)
+    assert 0.05 < expected[..., 1].mean() < 0.95  # not a saturated map: the test can fail
+    # And it still segments a scan: the padded window path gives its own whole-volume map.
+    image = rng.normal(size=(10, 7, 13, 3)).astype("float32")
+    whole = predict_volume(old, image)
+    windows = predict_volume(old, image, window=(8, 8, 8), overlap=0.5)
+    assert whole.shape == windows.shape == (10, 7, 13, 2)
+    assert np.isfinite(windows).all()
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_fine_tuning_starts_from_a_conv3d_transpose_model_in_either_layout(rng, data_format):
+    from tversky_keras.inference import load_saved_model
+    from tversky_keras.training import TrainConfig, build_model, initialise_from
+
+    config = TrainConfig(base_filters=4, depth=2, spacing=2.0, init=str(OLD_MODEL),
+                         data_format=data_format)
+    model = build_model(config)
+    initialise_from(model, config)
+    x = rng.normal(size=(1, 8, 8, 12, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(load_saved_model(OLD_MODEL)(x)),
+                               rtol=1e-4, atol=1e-5)

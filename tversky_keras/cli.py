@@ -102,6 +102,12 @@ def build_parser():
     train.add_argument("--base-filters", type=int, default=16)
     train.add_argument("--normalization", choices=["batch", "instance", "group"], default=None)
     train.add_argument("--dropout", type=finite, default=0.0)
+    train.add_argument("--data-format", choices=["channels_last", "channels_first"],
+                       default="channels_last",
+                       help="layout inside the network (its input and output stay channel-last): "
+                            "channels_first runs faster on Keras' torch backend on a GPU; "
+                            "TensorFlow on a CPU compiles each channels-first convolution with XLA "
+                            "(slow): keep the default there")
     train.add_argument("--lr", type=finite, default=1e-4, help="initial learning rate (1e-4)")
     train.add_argument("--init", type=Path, default=None,
                        help="start from the weights of this saved .keras model (fine-tuning; "
@@ -222,7 +228,8 @@ def train_config(args):
         modalities=args.modalities, spacing=args.spacing, patch_size=args.patch,
         batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps,
         base_filters=args.base_filters, depth=args.depth, normalization=args.normalization,
-        dropout=args.dropout, learning_rate=args.lr, foreground_ratio=args.foreground_ratio,
+        dropout=args.dropout, data_format=args.data_format, learning_rate=args.lr,
+        foreground_ratio=args.foreground_ratio,
         flips=args.flips, monitor=args.monitor, seed=args.seed,
         mixed_precision=args.mixed_precision, jit_compile=args.xla,
         tensorboard=args.tensorboard, init=None if args.init is None else str(args.init))

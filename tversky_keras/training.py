@@ -24,7 +24,7 @@ from tversky_keras.data import MODALITIES
 from tversky_keras.data.io import check_modalities
 from tversky_keras.data.cache import preprocess
 from tversky_keras.inference import load_saved_model
-from tversky_keras.models import MAX_INPUT_SIDE, NORMALIZATIONS, unet3d
+from tversky_keras.models import DATA_FORMATS, MAX_INPUT_SIDE, NORMALIZATIONS, unet3d
 from tversky_keras.run_folder import (RunFolderBusy, RunRecorder, check_run_folder,  # noqa: F401
                                       claim_run_folder, resumed_epoch, run_record)
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
@@ -69,6 +69,7 @@ class TrainConfig:
     depth: int = 4
     normalization: str | None = None
     dropout: float = 0.0
+    data_format: str = "channels_last"
     learning_rate: float = 1e-4
     lr_decay_rate: float = 0.9
     lr_decay_steps: int = 1000
@@ -127,6 +128,9 @@ class TrainConfig:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got "
                              f"{self.normalization!r}")
+        if self.data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got "
+                             f"{self.data_format!r}")
         if self.patch_size is not None:
             multiple = 2 ** self.depth
             if len(self.patch_size) != 3 or any(p % multiple or not 0 < p <= MAX_PATCH
@@ -315,7 +319,8 @@ def build_model(config, spacing=None):
     """
     network = unet3d(input_shape=(None, None, None, len(config.modalities)), n_classes=2,
                      base_filters=config.base_filters, depth=config.depth,
-                     normalization=config.normalization, dropout=config.dropout)
+                     normalization=config.normalization, dropout=config.dropout,
+                     data_format=config.data_format)
     return with_scan_spec(network, config.modalities,
                           spacing=config.spacing if spacing is None else spacing,
                           multiple_of=2 ** config.depth)
