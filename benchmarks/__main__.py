@@ -30,6 +30,8 @@ def parse_args(argv):
                              "one), under the Keras backend KERAS_BACKEND names")
     parser.add_argument("--dry-run", action="store_true",
                         help="with --gpu: the same code at a 32^3 input on whatever device there is")
+    parser.add_argument("--max-variants", type=int, default=None,
+                        help="with --gpu: only the first N training variants of the backend")
     parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of fast steps")
     parser.add_argument("--window", type=int, default=96, help="sliding-window size (cube side)")
     opts = parser.parse_args(argv)

@@ -17,10 +17,17 @@ model and loss code can be timed where TensorFlow's GPU build is not at hand:
   ``mixed_float16``, and fp32 with ``jit_compile=False`` (op by op, no XLA);
 - ``torch``: eager PyTorch kernels, no XLA; fp32, ``mixed_bfloat16``, ``mixed_float16``.
 
+Each backend also runs the network in the ``channels_first`` layout (Keras'
+torch backend then leaves cuDNN's native layout alone) and with 0.1.0's
+decoder (``keras.layers.Conv3DTranspose`` instead of ``UpConv3D``), so one run
+shows what each change is worth on that GPU. ``python -m benchmarks.gpu_all``
+runs every installed backend in one command.
+
 ``--dry-run`` runs the same code on whatever device there is at a 32^3 input,
 to check the script before a GPU is spent on it.
 """
 
+import dataclasses
 import subprocess
 
 import keras
@@ -28,22 +35,38 @@ import keras
 from benchmarks import bench_inference
 from benchmarks.bench_training import keras_step_seconds, monai_step_seconds
 from benchmarks.measure import Row
-from benchmarks.workload import PAPER_INPUT, network, paper_grid_steps, profile_config
+from benchmarks.workload import (PAPER_INPUT, conv3d_transpose_decoder, network,
+                                 paper_grid_steps, profile_config)
 
 SECTION = "GPU"
 DRY_RUN_INPUT = (32, 32, 32)
 DRY_RUN_SCAN, DRY_RUN_WINDOW = (48, 56, 48), 32
 
+FIRST = dict(data_format="channels_first")
+OLD_DECODER = dict(decoder="Conv3DTranspose")
+# Per backend, in the order they run: the first two before the peer and the fp32 inference
+# rows, so that a run cut short has the most telling figures.
 VARIANTS = {
     "tensorflow": [("fp32", {}), ("mixed_float16", dict(policy="mixed_float16")),
+                   ("fp32, channels_first", FIRST),
+                   ("mixed_float16, channels_first", dict(policy="mixed_float16", **FIRST)),
                    ("fp32 + XLA", dict(jit_compile=True)),
-                   ("mixed_float16 + XLA", dict(policy="mixed_float16", jit_compile=True))],
+                   ("mixed_float16 + XLA", dict(policy="mixed_float16", jit_compile=True)),
+                   ("fp32, Conv3DTranspose decoder", OLD_DECODER)],
     "jax": [("fp32 + XLA", dict(jit_compile=True)),
             ("mixed_bfloat16 + XLA", dict(policy="mixed_bfloat16", jit_compile=True)),
+            ("mixed_bfloat16 + XLA, Conv3DTranspose decoder",
+             dict(policy="mixed_bfloat16", jit_compile=True, **OLD_DECODER)),
+            ("fp32 + XLA, channels_first", dict(jit_compile=True, **FIRST)),
             ("mixed_float16 + XLA", dict(policy="mixed_float16", jit_compile=True)),
             ("fp32, no XLA (jit_compile=False)", dict(jit_compile=False))],
-    "torch": [("fp32", {}), ("mixed_bfloat16", dict(policy="mixed_bfloat16")),
-              ("mixed_float16", dict(policy="mixed_float16"))],
+    "torch": [("fp32, channels_first", FIRST),
+              ("mixed_bfloat16, channels_first", dict(policy="mixed_bfloat16", **FIRST)),
+              ("fp32", {}), ("mixed_bfloat16", dict(policy="mixed_bfloat16")),
+              ("mixed_float16, channels_first", dict(policy="mixed_float16", **FIRST)),
+              ("fp32, channels_first, Conv3DTranspose decoder", dict(FIRST, **OLD_DECODER)),
+              ("fp32, channels_first + torch.compile (jit_compile=True)",
+               dict(jit_compile=True, **FIRST))],
 }
 INFERENCE_POLICIES = ("float32", "mixed_bfloat16")
 
@@ -120,9 +143,13 @@ def run(opts):
 
     def step_rows(variants):
         for name, options in variants:
+            options = dict(options)
+            built = dataclasses.replace(config, data_format=options.pop("data_format",
+                                                                        config.data_format))
             try:
-                seconds, model = keras_step_seconds(config, 1, spatial, opts.repeats,
-                                                    opts.budget_s, **options)
+                with conv3d_transpose_decoder(options.pop("decoder", None) == "Conv3DTranspose"):
+                    seconds, model = keras_step_seconds(built, 1, spatial, opts.repeats,
+                                                        opts.budget_s, **options)
             except Exception as error:  # noqa: BLE001  (one failed variant must not stop the rest)
                 add(_failed(f"training step {shape}, ours {name}", "s/step", error))
                 continue
@@ -132,7 +159,7 @@ def run(opts):
             add(Row(SECTION, f"training step {shape}, ours {name}", seconds, "s/step",
                     steps[first], f"ours {first}"))
 
-    variants = VARIANTS[backend]
+    variants = VARIANTS[backend][:getattr(opts, "max_variants", None)]
     step_rows(variants[:2])
     if models and device:
         add_peer_rows(add, network(models[0]), config, spatial, steps, opts, device)
@@ -177,8 +204,8 @@ def add_peer_rows(add, keras_network, config, spatial, steps, opts, device):
 
 
 def _failed(measure, unit, error):
-    return Row(SECTION, measure, None, unit,
-               note=f"failed: {type(error).__name__}: {str(error)[:300]}")
+    message = " ".join(str(error).split())[:300]  # one line: it goes into a table cell
+    return Row(SECTION, measure, None, unit, note=f"failed: {type(error).__name__}: {message}")
 
 
 def _inference_rows(opts, policy, device):

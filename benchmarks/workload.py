@@ -1,5 +1,6 @@
 """What the benchmarks run: the reproduction's profiles, models compiled as in training, data."""
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -30,6 +31,27 @@ def compiled_model(config, metrics=True, jit_compile=False, steps_per_execution=
                   metrics=make_metrics() if metrics else None, jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
     return model
+
+
+@contextlib.contextmanager
+def conv3d_transpose_decoder(active=True):
+    """Within it (when ``active``), ``unet3d`` builds 0.1.0's decoder: ``keras.layers.Conv3DTranspose``.
+
+    The same function and weights as ``UpConv3D``; for timing what the rewrite is worth.
+    """
+    import keras
+
+    from tversky_keras import models
+
+    if not active:
+        yield
+        return
+    saved = models.UpConv3D
+    models.UpConv3D = keras.layers.Conv3DTranspose
+    try:
+        yield
+    finally:
+        models.UpConv3D = saved
 
 
 def network(model):

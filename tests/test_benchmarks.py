@@ -1,5 +1,7 @@
 """The benchmark suite's own arithmetic: FLOP counts, peaks, the PyTorch twin, Keras' convention."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -132,8 +134,79 @@ def test_gpu_script_dry_run_pairs_rows_and_estimates_the_grid(monkeypatch):
     assert result["step_s"] == {"fp32": fp32.ours}
     grid = next(row for row in result["rows"] if row.unit == "hours")
     assert grid.ours == pytest.approx(paper_grid_steps() * fp32.ours / 3600)
+    assert "\n" not in failed.note  # TensorFlow's multi-line message fits a table cell
     scans = [row for row in result["rows"] if row.unit == "s/scan"]
-    assert len(scans) == 2 and all(row.ours > 0 for row in scans)  # windows and whole volume
+    # Windows on the device, windows through the host, the whole volume.
+    assert len(scans) == 3 and all(row.ours > 0 for row in scans)
+    assert "device_windows=False" in scans[1].measure and scans[1].peer == scans[0].ours
+
+
+def test_gpu_variants_build_what_their_names_say(monkeypatch):
+    """Layout and decoder options reach the built network (and nothing else changes)."""
+    import argparse
+
+    from benchmarks import gpu
+
+    built = []
+    monkeypatch.setattr(gpu, "keras_step_seconds", lambda config, *a, **k: (
+        built.append((config.data_format, k, _types(config))) or (1.0, None)))
+    monkeypatch.setitem(gpu.VARIANTS, "tensorflow", [
+        ("fp32", {}), ("fp32, channels_first", gpu.FIRST),
+        ("mixed, old decoder", dict(policy="mixed_float16", **gpu.OLD_DECODER))])
+    monkeypatch.setattr(gpu, "_inference_rows", lambda *a: [])
+    gpu.run(argparse.Namespace(dry_run=True, peers=False, repeats=1, budget_s=1.0))
+    assert [(fmt, k) for fmt, k, _ in built] == [
+        ("channels_last", {}), ("channels_first", {}),
+        ("channels_last", {"policy": "mixed_float16"})]
+    assert [t["UpConv3D"] for *_, t in built] == [4, 4, 0]
+    assert [t["Conv3DTranspose"] for *_, t in built] == [0, 0, 4]
+
+
+def _types(config):
+    from collections import Counter
+
+    from benchmarks.workload import network
+    from tversky_keras.training import build_model
+
+    return Counter(type(layer).__name__ for layer in network(build_model(config)).layers)
+
+
+def test_gpu_all_runs_each_backend_in_one_command_and_keeps_what_a_cut_run_printed(tmp_path):
+    """``python -m benchmarks.gpu_all --dry-run``: a child per backend, one report; a limit cuts."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "benchmarks.gpu_all", "--dry-run", "--max-variants", "1",
+               "--repeats", "1", "--backends", "tensorflow"]
+    done = subprocess.run([*command, "--out", str(tmp_path / "full")], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    results = {r["backend"]: r for r in json.loads((tmp_path / "full" / "gpu.json").read_text())}
+    tf = results["tensorflow"]
+    assert tf["status"] == "finished"
+    steps = [row for row in tf["json"]["rows"] if "Keras tensorflow, ours" in row["measure"]]
+    assert len(steps) == 1 and steps[0]["ours"] > 0  # --max-variants 1
+    report = (tmp_path / "full" / "gpu.md").read_text()
+    assert "## Keras tensorflow: finished" in report and "| GPU | training step" in report
+
+    # Two seconds is too short for TensorFlow to start: cut, nothing finished, exit 1.
+    cut = subprocess.run([*command, "--limit", "2", "--out",
+                          str(tmp_path / "cut")], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert cut.returncode == 1
+    (result,) = json.loads((tmp_path / "cut" / "gpu.json").read_text())
+    assert result["status"].startswith("cut at its limit of 2 s")
+    assert "## Keras tensorflow: cut at its limit" in (tmp_path / "cut" / "gpu.md").read_text()
+
+
+def test_gpu_all_skips_a_backend_that_is_not_installed(tmp_path, monkeypatch):
+    from benchmarks import gpu_all
+
+    monkeypatch.setattr(gpu_all, "installed", lambda backend: False)
+    assert gpu_all.main(["--backends", "torch,jax", "--out", str(tmp_path)]) == 1
+    assert "## Keras jax: not installed: skipped" in (tmp_path / "gpu.md").read_text()
 
 
 def test_only_the_tf_data_pipeline_imports_tensorflow():

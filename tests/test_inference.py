@@ -61,6 +61,48 @@ def test_sliding_window_close_to_whole_volume_with_overlap(model):
     assert np.abs(windows - whole).mean() < 0.02
 
 
+def _identity_model(channels):
+    """A 'model' whose probabilities are its input: every blend of it must return the image."""
+    inputs = keras.Input((None, None, None, channels))
+    return keras.Model(inputs, keras.layers.Identity()(inputs))
+
+
+@pytest.mark.parametrize("device_windows", [True, False])
+@pytest.mark.parametrize("window, overlap, batch_size, blend", [
+    ((8, 8, 8), 0.5, 1, "gaussian"),
+    ((8, 12, 4), 0.25, 5, "gaussian"),   # 5 does not divide the 12 windows: a padded last batch
+    ((8, 8, 8), 0.0, 2, "constant"),
+])
+def test_blending_a_model_that_returns_its_input_gives_the_input(window, overlap, batch_size,
+                                                                  blend, device_windows):
+    # Each voxel is a weighted mean of identical values, whatever the weights and overlaps:
+    # a window put in the wrong place, counted twice or missed changes the result.
+    image = np.random.default_rng(2).uniform(0, 1, (13, 21, 10, 2)).astype(np.float32)
+    out = predict_volume(_identity_model(2), image, window=window, overlap=overlap,
+                         batch_size=batch_size, blend=blend, multiple_of=4,
+                         device_windows=device_windows)
+    np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size, overlap", [(1, 0.5), (5, 0.5), (5, 0.75)])  # 36, 112 windows
+def test_device_windows_equal_the_host_loop(model, batch_size, overlap):
+    image = np.random.default_rng(3).standard_normal((20, 28, 13, 3)).astype(np.float32)
+    options = dict(window=(8, 16, 8), overlap=overlap, batch_size=batch_size)
+    host = predict_volume(model, image, device_windows=False, **options)
+    device = predict_volume(model, image, **options)
+    np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-6)
+    assert np.abs(host - 0.5).max() > 1e-3  # not a constant map: the comparison can fail
+
+
+def test_device_windows_trace_once_for_every_volume_shape(model):
+    from tversky_keras import inference
+
+    for shape in ((16, 16, 16, 3), (24, 20, 9, 3), (8, 8, 8, 3)):
+        predict_volume(model, np.zeros(shape, np.float32), window=(8, 8, 8), batch_size=2)
+    function = inference._compiled_window_loop(model, (8, 8, 8), 2, 3)
+    assert function.experimental_get_tracing_count() == 1
+
+
 def test_whole_volume_pads_sizes_that_are_not_multiples(model):
     image = np.random.default_rng(2).standard_normal((13, 18, 9, 3)).astype(np.float32)
     probs = predict_volume(model, image)

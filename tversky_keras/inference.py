@@ -3,11 +3,15 @@
 The window shape is fixed for a scan (the borders are handled by padding, not
 by smaller windows), so a compiled model never sees a new shape and XLA never
 recompiles. Overlapping windows are blended with a Gaussian importance map,
-as in nnU-Net and MONAI, so window borders leave no seams.
+as in nnU-Net and MONAI, so window borders leave no seams. By default the
+windows are cut, predicted and blended on the model's device in one compiled
+loop (``device_windows``); the volume goes there once and the blended sums
+come back once.
 """
 
 import shutil
 import uuid
+import weakref
 from pathlib import Path
 
 import keras
@@ -87,7 +91,7 @@ def _predict_whole(model, batch):
 
 
 def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", batch_size=1,
-                   multiple_of=None):
+                   multiple_of=None, device_windows=True):
     """Class probabilities for a whole image ``(X, Y, Z, C)``.
 
     Args:
@@ -100,6 +104,10 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         batch_size: windows per model call.
         multiple_of: the spatial multiple the model needs; ``input_multiple``
             of the model when ``None``.
+        device_windows: cut, predict and blend the windows in one compiled
+            loop on the model's device (``window_sums``); ``False`` moves
+            each batch of windows through the host (``predict_on_batch`` and
+            NumPy sums). Both give the same map up to float rounding.
 
     Returns:
         float32 array ``(X, Y, Z, n_classes)``.
@@ -131,8 +139,14 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
                for j in window_starts(padded.shape[1], window[1], steps[1])
                for k in window_starts(padded.shape[2], window[2], steps[2])]
     weights = gaussian_importance(window) if blend == "gaussian" else np.ones(window, np.float32)
-    total = None
     norm = np.zeros(padded.shape[:3], np.float32)
+    for i, j, k in corners:
+        norm[i:i + window[0], j:j + window[1], k:k + window[2]] += weights
+    if device_windows:
+        total = window_sums(model, padded, corners, weights, batch_size)
+        probs = total / norm[..., None]
+        return probs[: shape[0], : shape[1], : shape[2]]
+    total = None
     for b in range(0, len(corners), batch_size):
         chunk = corners[b: b + batch_size]
         batch = np.zeros((batch_size, *window, padded.shape[3]), np.float32)
@@ -146,9 +160,119 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         for (i, j, k), probs in zip(chunk, out):
             region = (slice(i, i + window[0]), slice(j, j + window[1]), slice(k, k + window[2]))
             total[region] += probs * weights[..., None]
-            norm[region] += weights
     probs = total / norm[..., None]
     return probs[: shape[0], : shape[1], : shape[2]]
+
+
+def window_sums(model, volume, corners, weights, batch_size=1):
+    """Sum over windows of ``weights * model(window)``, computed on the model's device.
+
+    One compiled loop (a ``tf.function`` on TensorFlow, ``jax.jit`` on JAX,
+    eager device tensors on torch) cuts each batch of windows out of the
+    volume, predicts it and adds the weighted probabilities into a device
+    buffer, so nothing goes back to the host per window. The window shape and
+    batch size are fixed, so the model is traced once; TensorFlow's loop also
+    takes any volume shape and number of windows without retracing (JAX
+    compiles once per volume shape).
+
+    Args:
+        model: a channel-last Keras segmentation model.
+        volume: float32 ``(X, Y, Z, C)``, every window inside it.
+        corners: the windows' ``(i, j, k)`` start voxels.
+        weights: float32 window-shaped importance map.
+        batch_size: windows per model call (the last batch is padded with
+            repeats of its last window, weighted 0).
+
+    Returns:
+        float32 ``(X, Y, Z, n_classes)`` NumPy array of the weighted sums.
+    """
+    window = tuple(int(w) for w in np.shape(weights))
+    n = len(corners)
+    batches = -(-n // batch_size)
+    padded = list(corners) + [corners[-1]] * (batches * batch_size - n)
+    starts = np.asarray(padded, np.int32).reshape(batches, batch_size, 3)
+    valid = (np.arange(batches * batch_size) < n).astype(np.float32).reshape(batches, batch_size)
+    volume = np.ascontiguousarray(volume, np.float32)
+    weights = np.asarray(weights, np.float32)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        with torch.no_grad():  # eager device tensors: the loop runs on the host, the data not
+            total = _window_loop(lambda batch: model(batch, training=False),
+                                 keras.ops.convert_to_tensor(volume), starts.tolist(),
+                                 valid.tolist(), keras.ops.convert_to_tensor(weights),
+                                 window, batch_size, model.output_shape[-1])
+        return np.asarray(keras.ops.convert_to_numpy(total), np.float32)
+    function = _compiled_window_loop(model, window, batch_size, volume.shape[-1])
+    return np.asarray(keras.ops.convert_to_numpy(function(volume, starts, valid, weights)),
+                      np.float32)
+
+
+def _window_loop(call, volume, starts, valid, weights, window, batch_size, n_classes):
+    """``window_sums``' loop in ``keras.ops`` (``starts`` indexed ``[batch][window][axis]``)."""
+    ops = keras.ops
+    channels = volume.shape[-1]
+    grid = ops.shape(volume)[:3]
+    total = ops.zeros((grid[0], grid[1], grid[2], n_classes), "float32")
+    weights = ops.expand_dims(weights, -1)
+
+    def step(b, total):
+        corner = [(starts[b][n][0], starts[b][n][1], starts[b][n][2], 0)
+                  for n in range(batch_size)]
+        batch = ops.stack([ops.slice(volume, c, (*window, channels)) for c in corner])
+        probs = ops.cast(call(batch), "float32")
+        for n, c in enumerate(corner):
+            region = ops.slice(total, c, (*window, n_classes))
+            total = ops.slice_update(total, c, region + probs[n] * (weights * valid[b][n]))
+        return total
+
+    if isinstance(starts, list):  # torch: plain Python indices, no device-to-host reads
+        for b in range(len(starts)):
+            total = step(b, total)
+        return total
+    return ops.fori_loop(0, ops.shape(starts)[0], step, total)
+
+
+_COMPILED = weakref.WeakKeyDictionary()  # model -> {(window, batch, channels): function}
+
+
+def _compiled_window_loop(model, window, batch_size, channels):
+    """The model's compiled ``_window_loop`` for one window shape (built once, then reused)."""
+    key = (window, batch_size, channels)
+    functions = _COMPILED.setdefault(model, {})
+    if key in functions:
+        return functions[key]
+    n_classes = model.output_shape[-1]
+    if keras.backend.backend() == "jax":
+        import jax
+
+        @jax.jit
+        def loop(trainable, non_trainable, volume, starts, valid, weights):
+            def call(batch):
+                return model.stateless_call(trainable, non_trainable, batch, training=False)[0]
+
+            return _window_loop(call, volume, starts, valid, weights, window, batch_size,
+                                n_classes)
+
+        def function(volume, starts, valid, weights):
+            return loop([v.value for v in model.trainable_variables],
+                        [v.value for v in model.non_trainable_variables],
+                        volume, starts, valid, weights)
+    else:
+        import tensorflow as tf
+
+        function = tf.function(
+            lambda volume, starts, valid, weights: _window_loop(
+                lambda batch: model(batch, training=False), volume, starts, valid, weights,
+                window, batch_size, n_classes),
+            input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32),
+                             tf.TensorSpec((None, batch_size, 3), tf.int32),
+                             tf.TensorSpec((None, batch_size), tf.float32),
+                             tf.TensorSpec(window, tf.float32)],
+            autograph=False)
+    functions[key] = function
+    return function
 
 
 def lesion_probability(probs):
