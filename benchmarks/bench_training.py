@@ -109,7 +109,7 @@ def step_rows(label, config, batch, spatial, opts, gemm_gflops=None):
             f"{flops / 1e9:.0f} GFLOP/step; ours {share(ours)}"
             + (f"; peer {share(peer)}" if peer else "")),
     ]
-    return rows, ours
+    return rows, ours, peer
 
 
 QUICK_VARIANTS = (("no metrics attached", dict(metrics=False)),
@@ -151,17 +151,26 @@ def run(opts):
     gemm = gemm_row(opts)
     rows = [gemm]
     quick = profile_config("quick")
-    quick_rows, quick_seconds = step_rows("quick profile", quick, quick.batch_size,
-                                          quick.patch_size, opts, gemm.ours)
+    quick_rows, quick_seconds, quick_peer = step_rows("quick profile", quick, quick.batch_size,
+                                                      quick.patch_size, opts, gemm.ours)
     rows += quick_rows
     if opts.variants:
-        rows += variant_rows("quick profile", quick, quick.batch_size, quick.patch_size,
-                             quick_seconds, QUICK_VARIANTS, opts)
+        variants = variant_rows("quick profile", quick, quick.batch_size, quick.patch_size,
+                                quick_seconds, QUICK_VARIANTS, opts)
+        rows += variants
+        if quick_peer:
+            # The peer's step computes no metrics: like for like is ours without them.
+            rows.append(Row(SECTION, "quick profile, like for like: ours without metrics vs "
+                                     "PyTorch + MONAI (whose step computes none)",
+                            next(r.ours for r in variants if r.measure.endswith("no metrics "
+                                                                                 "attached")),
+                            "s/step", quick_peer, "PyTorch + MONAI",
+                            "both: loss + Adam only"))
     paper_seconds = None
     if opts.paper_shape:
         paper = profile_config("paper")
-        paper_rows, paper_seconds = step_rows("paper input", paper, 1, PAPER_INPUT, opts,
-                                              gemm.ours)
+        paper_rows, paper_seconds, _ = step_rows("paper input", paper, 1, PAPER_INPUT, opts,
+                                                 gemm.ours)
         rows += paper_rows
         grid = paper_grid_steps()
         rows.append(Row(SECTION, f"paper grid on this CPU: {grid} steps at the paper-input step",
