@@ -13,6 +13,7 @@ does not beat that oracle has learnt less than one number would have.
 Layout (a rerun skips what is finished; other settings for the same folder are refused)::
 
     results/sim2real-<profile>/settings.json        data, profile, penalties, phantom, training
+    (``-aA_bB`` after <profile> for other penalties, ``-seedN`` for another training seed)
     results/sim2real-<profile>/run/                  the training run (tversky_keras.training)
     results/sim2real-<profile>/<subject>/probability.nii.gz, mask.nii.gz   in the scan's grid
     results/sim2real-<profile>/<subject>/metrics.json                      written last
@@ -36,7 +37,7 @@ from reproduce.experiment import PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.cli import finite  # noqa: E402
+from tversky_keras.cli import finite, natural  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
                                 zscore_in_brain)
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics  # noqa: E402
@@ -66,7 +67,7 @@ def phantom_manifest(phantom):
     return manifest
 
 
-def train_config(profile, alpha, beta, n_subjects):
+def train_config(profile, alpha, beta, n_subjects, seed=0):
     """The profile's training settings, on every phantom subject at the phantom's voxel size.
 
     The spacing is recorded in the saved model's ScanSpec, so ``segment_subject``
@@ -76,7 +77,7 @@ def train_config(profile, alpha, beta, n_subjects):
     """
     # Every phantom subject trains, and nothing validates.
     return profile.train_config(n_subjects, alpha=alpha, beta=beta, monitor="val_dice",
-                                spacing=profile.spacing or profile.phantom_spacing)
+                                spacing=profile.spacing or profile.phantom_spacing, seed=seed)
 
 
 def check_settings(folder, settings):
@@ -173,6 +174,9 @@ def build_parser():
                         help="weight of false positives (0.3)")
     parser.add_argument("--beta", type=finite, default=DEFAULT_PENALTIES[1],
                         help="weight of false negatives (0.7)")
+    parser.add_argument("--seed", type=natural, default=0,
+                        help="training seed (0): weights and patches; the phantom stays seed 0's. "
+                             "Another seed writes sim2real-<profile>[-aA_bB]-seed<N>")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -192,13 +196,15 @@ def _run(args):
     name = f"sim2real-{profile.name}"
     if (args.alpha, args.beta) != DEFAULT_PENALTIES:
         name += f"-{row_name(args.alpha, args.beta)}"
+    if args.seed:
+        name += f"-seed{args.seed}"
     root = args.results / name
     subjects = discover_subjects(args.data)
     if any(s.id == RUN for s in subjects):
         raise SystemExit(f"{args.data}: a subject named {RUN!r} would share the run's folder")
     phantom = phantom_data(profile, args.cache)
     phantom_subjects = discover_subjects(phantom)
-    config = train_config(profile, args.alpha, args.beta, len(phantom_subjects))
+    config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), args.seed)
     settings = {"data": str(Path(args.data).resolve()), "profile": dataclasses.asdict(profile),
                 "alpha": args.alpha, "beta": args.beta, "threshold": THRESHOLD,
                 "phantom": phantom_manifest(phantom), "training": config.to_json()}

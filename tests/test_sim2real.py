@@ -143,3 +143,16 @@ def test_a_phantom_of_another_generator_version_is_refused(tmp_path):
     (tmp_path / "phantom.json").write_text(json.dumps({"version": -1}))
     with pytest.raises(SystemExit, match="version -1"):
         sim2real.phantom_manifest(tmp_path)
+
+
+def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
+    folder, _, argv = smoke_run
+    assert sim2real.main([*argv, "--seed", "3"]) == 0
+    seeded = folder.parent / "sim2real-smoke-seed3"
+    settings = json.loads((seeded / "settings.json").read_text())
+    assert settings["training"]["seed"] == 3
+    assert json.loads((folder / "settings.json").read_text())["training"]["seed"] == 0
+    # Same phantom, same budget, another seed: other weights.
+    ours, theirs = (keras.saving.load_model(f / "run" / "last.keras").get_weights()
+                    for f in (folder, seeded))
+    assert any(not np.array_equal(a, b) for a, b in zip(ours, theirs))
