@@ -94,6 +94,14 @@ def test_device_windows_equal_the_host_loop(model, batch_size, overlap):
     assert np.abs(host - 0.5).max() > 1e-3  # not a constant map: the comparison can fail
 
 
+def test_a_model_without_a_known_class_count_is_blended_through_the_host():
+    image = np.random.default_rng(4).uniform(0, 1, (9, 9, 9, 2)).astype(np.float32)
+    model = _identity_model(None)  # output channels unknown until called
+    assert model.output_shape[-1] is None
+    out = predict_volume(model, image, window=(8, 8, 8), overlap=0.5, multiple_of=4)
+    np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-6)
+
+
 def test_device_windows_trace_once_for_every_volume_shape(model):
     from tversky_keras import inference
 

@@ -107,7 +107,10 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         device_windows: cut, predict and blend the windows in one compiled
             loop on the model's device (``window_sums``); ``False`` moves
             each batch of windows through the host (``predict_on_batch`` and
-            NumPy sums). Both give the same map up to float rounding.
+            NumPy sums). Both give the same map up to float rounding. On JAX
+            the device loop compiles once per volume shape (the host loop once
+            per window shape): for many scans of different sizes there,
+            ``False`` can be faster.
 
     Returns:
         float32 array ``(X, Y, Z, n_classes)``.
@@ -142,7 +145,9 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
     norm = np.zeros(padded.shape[:3], np.float32)
     for i, j, k in corners:
         norm[i:i + window[0], j:j + window[1], k:k + window[2]] += weights
-    if device_windows:
+    # The device loop sizes its buffer by the model's classes: a model that does not
+    # declare them (built by hand) goes through the host.
+    if device_windows and model.output_shape[-1] is not None:
         total = window_sums(model, padded, corners, weights, batch_size)
         probs = total / norm[..., None]
         return probs[: shape[0], : shape[1], : shape[2]]
