@@ -102,6 +102,24 @@ def test_a_model_without_a_known_class_count_is_blended_through_the_host():
     np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-6)
 
 
+def test_device_windows_let_a_model_and_its_compiled_loop_go():
+    import gc
+    import weakref
+
+    from tversky_keras import inference
+
+    refs = []
+    for seed in range(3):
+        keras.utils.set_random_seed(seed)
+        network = unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=1)
+        predict_volume(network, np.zeros((6, 6, 6, 3), np.float32), window=(4, 4, 4))
+        refs.append(weakref.ref(network))
+        del network
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 3  # nothing keeps the models alive
+    assert not any(ref() in inference._COMPILED for ref in refs)
+
+
 def test_device_windows_trace_once_for_every_volume_shape(model):
     from tversky_keras import inference
 

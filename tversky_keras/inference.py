@@ -239,7 +239,9 @@ def _window_loop(call, volume, starts, valid, weights, window, batch_size, n_cla
     return ops.fori_loop(0, ops.shape(starts)[0], step, total)
 
 
-_COMPILED = weakref.WeakKeyDictionary()  # model -> {(window, batch, channels): function}
+# model -> {(window, batch, channels): function}. The functions reach the model only
+# through a weak reference, so an entry (and its traced program) dies with its model.
+_COMPILED = weakref.WeakKeyDictionary()
 
 
 def _compiled_window_loop(model, window, batch_size, channels):
@@ -249,27 +251,28 @@ def _compiled_window_loop(model, window, batch_size, channels):
     if key in functions:
         return functions[key]
     n_classes = model.output_shape[-1]
+    owner = weakref.ref(model)
     if keras.backend.backend() == "jax":
         import jax
 
         @jax.jit
         def loop(trainable, non_trainable, volume, starts, valid, weights):
             def call(batch):
-                return model.stateless_call(trainable, non_trainable, batch, training=False)[0]
+                return owner().stateless_call(trainable, non_trainable, batch, training=False)[0]
 
             return _window_loop(call, volume, starts, valid, weights, window, batch_size,
                                 n_classes)
 
         def function(volume, starts, valid, weights):
-            return loop([v.value for v in model.trainable_variables],
-                        [v.value for v in model.non_trainable_variables],
+            return loop([v.value for v in owner().trainable_variables],
+                        [v.value for v in owner().non_trainable_variables],
                         volume, starts, valid, weights)
     else:
         import tensorflow as tf
 
         function = tf.function(
             lambda volume, starts, valid, weights: _window_loop(
-                lambda batch: model(batch, training=False), volume, starts, valid, weights,
+                lambda batch: owner()(batch, training=False), volume, starts, valid, weights,
                 window, batch_size, n_classes),
             input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32),
                              tf.TensorSpec((None, batch_size, 3), tf.int32),
