@@ -37,6 +37,10 @@ def parse_args(argv):
     opts = parser.parse_args(argv)
     if opts.dry_run and not opts.gpu:
         parser.error("--dry-run goes with --gpu")
+    for option in ("repeats", "max_variants", "window"):
+        value = getattr(opts, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     opts.sections = [s for s in opts.sections.split(",") if s]
     unknown = sorted(set(opts.sections) - set(SECTIONS))
     if unknown:

@@ -228,7 +228,7 @@ def _inference_rows(opts, policy, device):
 
 def _announce(row):
     """Print each row as soon as it is measured: a run cut short still shows what it got."""
-    ours = "failed" if row.ours is None else f"{row.ours:.4g} {row.unit}"
+    ours = "" if row.ours is None else f"{row.ours:.4g} {row.unit}"  # a failure's note says so
     peer = f" | {row.peer_name}: {row.peer:.4g} {row.unit}" if row.peer else ""
     print(f"[gpu] {row.measure}: {ours}{peer} {row.note}", flush=True)
 

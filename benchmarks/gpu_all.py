@@ -15,7 +15,9 @@ there is at a 32^3 input.
 import argparse
 import importlib.util
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 
 BACKENDS = {"torch": 0.40, "jax": 0.45, "tensorflow": 0.15}  # shares of the time limit
 ROW_PREFIX = "[gpu] "
+CHILD = ["-m", "benchmarks"]  # what each backend's child runs, before its options
 
 
 def installed(backend):
@@ -49,8 +52,15 @@ def parse_args(argv):
     unknown = sorted(set(opts.backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
-    if opts.limit <= 0:
-        parser.error("--limit must be positive")
+    if not opts.backends or len(set(opts.backends)) != len(opts.backends):
+        parser.error(f"--backends must name each backend at most once, at least one of "
+                     f"{', '.join(BACKENDS)}")
+    if not (math.isfinite(opts.limit) and opts.limit > 0):
+        parser.error(f"--limit must be a positive number of seconds, got {opts.limit}")
+    for option in ("repeats", "max_variants"):
+        value = getattr(opts, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     return opts
 
 
@@ -58,7 +68,7 @@ def run_backend(backend, opts, limit_s):
     """One child ``python -m benchmarks --gpu`` run: its result dict (``status``, rows, JSON)."""
     out = opts.out / f"gpu-{backend}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "benchmarks", "--gpu", "--json", str(out),
+    command = [sys.executable, *CHILD, "--gpu", "--json", str(out),
                "--repeats", str(opts.repeats)]
     command += ["--dry-run"] * opts.dry_run
     if opts.max_variants is not None:
@@ -72,9 +82,11 @@ def run_backend(backend, opts, limit_s):
             _relay(child, printed, started + limit_s)
             status = "finished" if child.wait() == 0 else f"failed (exit {child.returncode})"
         except TimeoutError:
-            child.kill()
-            child.wait()
             status = f"cut at its limit of {limit_s:.0f} s"
+        finally:  # also when this process is interrupted: no child keeps the GPU
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     result = {"backend": backend, "status": status, "limit_s": limit_s,
               "wall_s": time.perf_counter() - started,
               "printed_rows": [line[len(ROW_PREFIX):] for line in printed
@@ -82,6 +94,8 @@ def run_backend(backend, opts, limit_s):
               "tail": printed[-15:]}
     if out.is_file() and status == "finished":
         result["json"] = json.loads(out.read_text())
+        if not any(row["ours"] is not None for row in result["json"]["rows"]):
+            result["status"] = "finished without a single measurement (every row failed)"
     return result
 
 
@@ -129,9 +143,16 @@ def report(results):
     return "\n".join(parts)
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through run_backend, which stops its child
+
+
 def main(argv=None):
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     opts.out.mkdir(parents=True, exist_ok=True)
+    for stale in ("gpu.md", "gpu.json"):  # an old report must not pass for this run's
+        (opts.out / stale).unlink(missing_ok=True)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     deadline = time.perf_counter() + opts.limit
     results = []
     pending = [b for b in opts.backends if installed(b)]

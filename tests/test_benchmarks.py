@@ -1,5 +1,6 @@
 """The benchmark suite's own arithmetic: FLOP counts, peaks, the PyTorch twin, Keras' convention."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +174,6 @@ def _types(config):
 
 def test_gpu_all_runs_each_backend_in_one_command_and_keeps_what_a_cut_run_printed(tmp_path):
     """``python -m benchmarks.gpu_all --dry-run``: a child per backend, one report; a limit cuts."""
-    import json
     import subprocess
     import sys
 
@@ -280,3 +280,69 @@ def test_scale_reads_the_child_peak_and_samples_its_memory(tmp_path):
     assert max(rss for _, rss in result["rss_samples"]) >= 300
     with pytest.raises(RuntimeError, match="exited 3"):
         run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log")
+
+
+@pytest.mark.parametrize("argv", [["--limit", "nan"], ["--limit", "inf"], ["--limit", "0"],
+                                  ["--max-variants", "0"], ["--max-variants", "-1"],
+                                  ["--repeats", "0"], ["--backends", ","],
+                                  ["--backends", "torch,torch"], ["--backends", "cuda"]])
+def test_gpu_all_refuses_bad_options(argv, capsys):
+    from benchmarks import gpu_all
+
+    with pytest.raises(SystemExit) as stopped:
+        gpu_all.parse_args(argv)
+    assert stopped.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_gpu_all_counts_a_run_whose_every_row_failed_as_a_failure(tmp_path, monkeypatch):
+    from benchmarks import gpu_all
+
+    # A child that writes what `benchmarks --gpu` writes when every measurement failed.
+    fake = ("import json, sys; path = sys.argv[sys.argv.index('--json') + 1]; "
+            "json.dump({'rows': [{'section': 'GPU', 'measure': 'step', 'ours': None, "
+            "'unit': 's/step', 'note': 'failed: X'}], 'sections': {'gpu': {}}, "
+            "'versions': {}}, open(path, 'w'))")
+    monkeypatch.setattr(gpu_all, "CHILD", ["-c", fake])
+    (tmp_path / "gpu.md").write_text("a report from an older run")
+    assert gpu_all.main(["--backends", "tensorflow", "--out", str(tmp_path)]) == 1
+    (result,) = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["status"].startswith("finished without a single measurement")
+    assert "older run" not in (tmp_path / "gpu.md").read_text()
+
+
+def test_stopping_gpu_all_stops_its_child(tmp_path):
+    """SIGTERM to the parent alone: the child measuring on the GPU must not live on."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.gpu_all", "--dry-run", "--backends", "tensorflow",
+         "--max-variants", "1", "--repeats", "1", "--out", str(tmp_path)],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        child = _wait_for_child(parent.pid, timeout_s=120)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not Path(f"/proc/{child}").exists()  # killed and reaped by the parent
+    finally:
+        parent.kill()
+
+
+def _wait_for_child(pid, timeout_s):
+    """The pid of ``pid``'s first child process, polled from /proc until it exists."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
+                              if ":\t" in line)
+            except OSError:
+                continue
+            if fields.get("PPid", "").strip() == str(pid):
+                return int(status.parent.name)
+        time.sleep(0.05)  # polling a condition, not waiting for one to be likely
+    raise AssertionError(f"process {pid} started no child within {timeout_s} s")
