@@ -37,7 +37,7 @@ from reproduce.experiment import PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.cli import finite, natural  # noqa: E402
+from tversky_keras.cli import finite, seed  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
                                 zscore_in_brain)
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics  # noqa: E402
@@ -174,7 +174,7 @@ def build_parser():
                         help="weight of false positives (0.3)")
     parser.add_argument("--beta", type=finite, default=DEFAULT_PENALTIES[1],
                         help="weight of false negatives (0.7)")
-    parser.add_argument("--seed", type=natural, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="training seed (0): weights and patches; the phantom stays seed 0's. "
                              "Another seed writes sim2real-<profile>[-aA_bB]-seed<N>")
     parser.add_argument("--results", type=Path, default=Path("results"),

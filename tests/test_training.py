@@ -283,7 +283,6 @@ def test_a_rejected_setting_leaves_no_config_that_refuses_the_corrected_command(
     (["--patch", "100000"], "at most 512"),
     (["--foreground-ratio", "1.5", "--patch", "16"], "foreground_ratio must lie in"),
     (["--dropout", "1"], "dropout must lie in"),
-    (["--seed", "-1"], "seed a non-negative integer"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(subjects, tmp_path, capsys,
                                                             option, problem):
@@ -294,6 +293,34 @@ def test_bad_settings_are_refused_before_anything_is_written(subjects, tmp_path,
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and re.search(problem, error[0])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value, problem", [("-1", "is negative"),
+                                            ("4294967296", "above 2\\*\\*32 - 1"),
+                                            ("1.5", "not an integer")])
+def test_a_seed_out_of_range_is_refused_by_the_parser(tmp_path, capsys, value, problem):
+    from reproduce import sim2real
+    from tversky_keras.cli import main
+
+    for run in (lambda: main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                              "--seed", value]),
+                lambda: sim2real.main(["--data", str(tmp_path), "--results", str(tmp_path / "r"),
+                                       "--seed", value])):
+        with pytest.raises(SystemExit) as stopped:
+            run()
+        assert stopped.value.code == 2
+        assert re.search(f"argument --seed: .*{problem}", capsys.readouterr().err)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("settings, problem", [
+    (dict(seed=2**32), "seed must be an integer from 0 to 2\\*\\*32 - 1, got 4294967296"),
+    (dict(seed=-1), "seed must be an integer"), (dict(seed=1.5), "seed must be an integer"),
+    (dict(ce_weight=-1.0), "ce_weight must be >= 0, got ce_weight=-1.0")])
+def test_train_config_names_the_setting_out_of_range(settings, problem):
+    with pytest.raises(ValueError, match=problem):
+        TrainConfig(**settings)
+    assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
 
 
 def test_subjects_of_different_voxel_sizes_need_a_spacing(tmp_path):

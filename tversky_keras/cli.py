@@ -42,6 +42,14 @@ def natural(text):
     return value
 
 
+def seed(text):
+    """A seed option: an integer from 0 to 2**32 - 1 (NumPy's and Keras' range)."""
+    value = natural(text)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text} is above 2**32 - 1, the largest seed")
+    return value
+
+
 def _modalities(text):
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
@@ -57,7 +65,7 @@ def build_parser():
                                        "{T1W,T2W,FLAIR,consensus_gt}.nii.gz.")
     synth.add_argument("--out", required=True, type=Path, help="output folder")
     synth.add_argument("--subjects", type=int, default=15, help="number of subjects (15)")
-    synth.add_argument("--seed", type=natural, default=0, help="random seed (0)")
+    synth.add_argument("--seed", type=seed, default=0, help="random seed (0)")
     synth.add_argument("--spacing", type=finite, default=2.0, help="voxel size in mm (2.0)")
 
     preprocess = sub.add_parser(
@@ -114,7 +122,7 @@ def build_parser():
                             "same architecture and modalities)")
     train.add_argument("--monitor", default="val_dice",
                        help="validation metric that picks model.keras (val_dice)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--mixed-precision", choices=["auto", "on", "off", "float16", "bfloat16"],
                        default="auto",
                        help="16-bit compute (auto: float16 on a GPU, off on a CPU; on: float16 "

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 import re
 import time
@@ -32,6 +33,7 @@ from tversky_keras.scan_spec import scan_spec, with_scan_spec
 # A side of a training patch (models.MAX_INPUT_SIDE).
 MAX_PATCH = MAX_INPUT_SIDE
 MAX_DEPTH = 9  # 2^9 = MAX_PATCH: a deeper U-Net has no grid it could pool
+MAX_SEED = 2**32 - 1  # the largest seed NumPy and Keras accept
 MONITORS = ("val_dice", "val_f2", "val_prauc", "val_sensitivity", "val_loss")
 # auto: float16 on a GPU, float32 on a CPU; on: float16 on a GPU, bfloat16 on a CPU.
 MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
@@ -122,9 +124,8 @@ class TrainConfig:
             raise ValueError(f"foreground_ratio must lie in [0, 1], got {self.foreground_ratio}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-        if self.ce_weight < 0 or self.seed < 0 or int(self.seed) != self.seed:
-            raise ValueError(f"ce_weight must be >= 0 and seed a non-negative integer, got "
-                             f"ce_weight={self.ce_weight}, seed={self.seed}")
+        if not (isinstance(self.seed, numbers.Integral) and 0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got "
                              f"{self.normalization!r}")
