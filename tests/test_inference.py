@@ -67,6 +67,14 @@ def _identity_model(channels):
     return keras.Model(inputs, keras.layers.Identity()(inputs))
 
 
+@pytest.mark.parametrize("shape, message", [((0, 8, 8, 3), "non-empty"), ((8, 8, 8), "non-empty"),
+                                            ((8, 8, 8, 2), "takes 3 input channels, the image "
+                                                           "has 2")])
+def test_an_image_the_model_cannot_take_is_refused(model, shape, message):
+    with pytest.raises(ValueError, match=message):
+        predict_volume(model, np.zeros(shape, np.float32), window=(8, 8, 8))
+
+
 @pytest.mark.parametrize("device_windows", [True, False])
 @pytest.mark.parametrize("window, overlap, batch_size, blend", [
     ((8, 8, 8), 0.5, 1, "gaussian"),
@@ -143,6 +151,9 @@ def test_whole_volume_pads_sizes_that_are_not_multiples(model):
     ({"window": (10, 16, 16)}, "multiple of 4"),
     ({"window": (16, 16, 16), "overlap": 1.0}, "overlap"),
     ({"window": (16, 16, 16), "blend": "median"}, "blend"),
+    ({"window": (16, 16, 16), "batch_size": 0}, "batch_size=0: must be an integer >= 1"),
+    ({"window": (16, 16, 16), "batch_size": 2.0}, "batch_size=2.0: must be an integer"),
+    ({"window": (16.5, 16, 16)}, "sizes must be integers"),
 ])
 def test_bad_inference_options_are_refused(model, kwargs, message):
     with pytest.raises(ValueError, match=message):

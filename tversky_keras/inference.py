@@ -9,6 +9,7 @@ loop (``device_windows``); the volume goes there once and the blended sums
 come back once.
 """
 
+import numbers
 import shutil
 import uuid
 import weakref
@@ -116,8 +117,14 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         float32 array ``(X, Y, Z, n_classes)``.
     """
     image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 4:
-        raise ValueError(f"image must be (X, Y, Z, C); got shape {image.shape}")
+    if image.ndim != 4 or 0 in image.shape:
+        raise ValueError(f"image must be a non-empty (X, Y, Z, C) array; got shape {image.shape}")
+    channels = model.input_shape[-1]
+    if channels is not None and image.shape[-1] != channels:
+        raise ValueError(f"the model takes {channels} input channels, the image has "
+                         f"{image.shape[-1]} (shape {image.shape})")
+    if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
+        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap={overlap}: must be in [0, 1)")
     if blend not in ("gaussian", "constant"):
@@ -130,6 +137,8 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         probs = _predict_whole(model, padded[None])[0]
         return probs[: shape[0], : shape[1], : shape[2]]
 
+    if not all(isinstance(w, numbers.Integral) for w in window):
+        raise ValueError(f"window={window}: sizes must be integers")
     window = tuple(int(w) for w in window)
     bad = [w for w in window if w % multiple_of or not 0 < w <= MAX_INPUT_SIDE]
     if len(window) != 3 or bad:
