@@ -113,7 +113,8 @@ def build_parser():
     train.add_argument("--data-format", choices=["channels_last", "channels_first"],
                        default="channels_last",
                        help="layout inside the network (its input and output stay channel-last): "
-                            "channels_first runs faster on Keras' torch backend on a GPU; "
+                            "channels_first is meant for Keras' torch backend on a GPU (not yet "
+                            "measured there; on a CPU it was slower); "
                             "TensorFlow on a CPU compiles each channels-first convolution with XLA "
                             "(slow): keep the default there")
     train.add_argument("--lr", type=finite, default=1e-4, help="initial learning rate (1e-4)")
