@@ -167,9 +167,10 @@ def main(argv=None):
         results.append(run_backend(backend, opts, limit))
     order = {b: i for i, b in enumerate(opts.backends)}
     results.sort(key=lambda r: order[r["backend"]])
+    text = report(results)
     (opts.out / "gpu.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (opts.out / "gpu.md").write_text(report(results))
-    print(report(results))
+    (opts.out / "gpu.md").write_text(text)
+    print(text)
     print(f"wrote {opts.out / 'gpu.md'} and {opts.out / 'gpu.json'}")
     return 0 if any(r["status"] == "finished" for r in results) else 1
 

@@ -19,6 +19,7 @@ Reference:
 """
 
 import math
+
 import keras
 import numpy as np
 from keras import ops
