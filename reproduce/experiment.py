@@ -72,10 +72,6 @@ class Profile:
     phantom_subjects: int
     phantom_spacing: float
     pool_batch: bool = False
-    # The lesion metrics on training batches: the table's scores are computed
-    # on the test fold afterwards, and these cost ~13 % of a quick step on a
-    # CPU without changing a weight, so no profile computes them.
-    metrics: bool = False
 
     def __post_init__(self):
         self.train_config(n_train=1)  # a bad value fails here, when the profile is defined
@@ -92,8 +88,6 @@ class Profile:
             settings: more ``TrainConfig`` fields (alpha, beta, seed, ...).
         """
         values = self.overrides()
-        # Without metrics the saved best model (model.keras) follows the loss.
-        values["monitor"] = "val_dice" if self.metrics else "val_loss"
         if not values["steps_per_epoch"]:
             values["steps_per_epoch"] = -(-n_train // self.batch_size)
         return TrainConfig(**{**values, **settings})
@@ -230,7 +224,7 @@ class Experiment:
         return self.profile.train_config(
             len(self.split[fold][0]), alpha=alpha, beta=beta,
             foreground_ratio=self.foreground_ratio, mixed_precision=self.mixed_precision,
-            seed=self.seed)
+            monitor="val_dice", seed=self.seed)
 
     def run_cell(self, alpha, beta, fold, callbacks=(), claim=None):
         """Train one cell, segment its test fold, write metrics and ``done.json``.

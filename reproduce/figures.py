@@ -140,29 +140,18 @@ def segmentation_figure(cells_by_row, subject, title, path, n_slices=3):
 
 
 def training_curves(cells_by_row, path):
-    """Training loss per epoch, and training Dice where the runs computed it.
-
-    The profiles compute no metric while training (``Profile.metrics``), so
-    their figure has the loss only; a collapsed cell shows as a loss near 1.
-    """
-    logs = [(alpha, beta, cell, log_dataframe(cell / "run"))
-            for (alpha, beta), cells in cells_by_row.items() for cell in cells]
-    logs = [entry for entry in logs if entry[3]]
-    with_dice = any("dice" in log for *_, log in logs)
-    fig, axes = plt.subplots(1, 2 if with_dice else 1, figsize=(12 if with_dice else 6.5, 4.2),
-                             squeeze=False)
-    axes = axes[0]
-    colours = dict(zip(cells_by_row, COLOURS))
-    for alpha, beta, cell, log in logs:
-        style = "-" if cell.name == "fold0" else "--"
-        label = f"a={alpha:g}, b={beta:g} {cell.name}"
-        axes[0].plot(log["epoch"] + 1, log["loss"], style, color=colours[alpha, beta],
-                     label=label)
-        if with_dice and "dice" in log:
-            axes[1].plot(log["epoch"] + 1, log["dice"], style, color=colours[alpha, beta])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for colour, ((alpha, beta), cells) in zip(COLOURS, cells_by_row.items()):
+        for cell in cells:
+            log = log_dataframe(cell / "run")
+            if not log:
+                continue
+            style = "-" if cell.name == "fold0" else "--"
+            label = f"a={alpha:g}, b={beta:g} {cell.name}"
+            axes[0].plot(log["epoch"] + 1, log["loss"], style, color=colour, label=label)
+            axes[1].plot(log["epoch"] + 1, log["dice"], style, color=colour)
     axes[0].set(xlabel="epoch", ylabel="training loss (1 - Tversky index)")
-    if with_dice:
-        axes[1].set(xlabel="epoch", ylabel="training Dice (threshold 0.5)")
+    axes[1].set(xlabel="epoch", ylabel="training Dice (threshold 0.5)")
     axes[0].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(alpha=0.3)

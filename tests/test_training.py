@@ -283,7 +283,6 @@ def test_a_rejected_setting_leaves_no_config_that_refuses_the_corrected_command(
     (["--patch", "100000"], "at most 512"),
     (["--foreground-ratio", "1.5", "--patch", "16"], "foreground_ratio must lie in"),
     (["--dropout", "1"], "dropout must lie in"),
-    (["--no-metrics", "--monitor", "val_dice"], "metrics=False computes no lesion metric"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(subjects, tmp_path, capsys,
                                                             option, problem):
@@ -322,32 +321,6 @@ def test_train_config_names_the_setting_out_of_range(settings, problem):
     with pytest.raises(ValueError, match=problem):
         TrainConfig(**settings)
     assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
-
-
-def test_without_metrics_the_weights_are_the_same_and_the_loss_picks_the_model(
-        finished_run, subjects, tmp_path):
-    """metrics=False drops only the metric columns: same seed, same data, same weights."""
-    run_dir, config, summary = finished_run
-    quiet = TrainConfig(**{**config.to_json(), "metrics": False, "monitor": "val_loss"})
-    train(quiet, subjects[:2], subjects[2:], tmp_path / "quiet", verbose=0)
-    rows, with_metrics = read_log(tmp_path / "quiet"), read_log(run_dir)
-    assert set(rows[0]) == {"epoch", "loss", "val_loss", "lr"}
-    for row, other in zip(rows, with_metrics, strict=True):
-        for key in ("loss", "val_loss"):
-            assert float(row[key]) == pytest.approx(float(other[key]), rel=1e-5)
-    ours = keras.saving.load_model(tmp_path / "quiet" / "last.keras").get_weights()
-    theirs = keras.saving.load_model(run_dir / "last.keras").get_weights()
-    for a, b in zip(ours, theirs, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    summary = json.loads((tmp_path / "quiet" / "summary.json").read_text())
-    best = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))
-    assert (summary["monitor"], summary["best_epoch"]) == ("val_loss", best)
-
-
-def test_without_metrics_only_the_loss_can_be_monitored():
-    with pytest.raises(ValueError, match="metrics=False .* monitor='val_dice'.*val_loss"):
-        TrainConfig(metrics=False)
-    assert TrainConfig(metrics=False, monitor="val_loss").monitor == "val_loss"
 
 
 def test_subjects_of_different_voxel_sizes_need_a_spacing(tmp_path):

@@ -121,12 +121,8 @@ def build_parser():
     train.add_argument("--init", type=Path, default=None,
                        help="start from the weights of this saved .keras model (fine-tuning; "
                             "same architecture and modalities)")
-    train.add_argument("--monitor", default=None,
-                       help="validation metric that picks model.keras (val_dice; val_loss "
-                            "with --no-metrics)")
-    train.add_argument("--no-metrics", dest="metrics", action="store_false",
-                       help="compute no lesion metric while training (the same weights, "
-                            "faster on a CPU); model.keras is then picked on the loss")
+    train.add_argument("--monitor", default="val_dice",
+                       help="validation metric that picks model.keras (val_dice)")
     train.add_argument("--seed", type=seed, default=0)
     train.add_argument("--mixed-precision", choices=["auto", "on", "off", "float16", "bfloat16"],
                        default="auto",
@@ -243,8 +239,7 @@ def train_config(args):
         base_filters=args.base_filters, depth=args.depth, normalization=args.normalization,
         dropout=args.dropout, data_format=args.data_format, learning_rate=args.lr,
         foreground_ratio=args.foreground_ratio,
-        flips=args.flips, seed=args.seed, metrics=args.metrics,
-        monitor=args.monitor or ("val_dice" if args.metrics else "val_loss"),
+        flips=args.flips, monitor=args.monitor, seed=args.seed,
         mixed_precision=args.mixed_precision, jit_compile=args.xla,
         tensorboard=args.tensorboard, init=None if args.init is None else str(args.init))
 

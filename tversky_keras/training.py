@@ -53,10 +53,6 @@ class TrainConfig:
     so patches without lesions still teach the network through their false
     positives. ``init`` names a saved ``.keras`` model of the same
     architecture whose weights the run starts from (fine-tuning).
-    ``metrics=False`` computes no lesion metric on training or validation
-    batches (the weights are the same; ``monitor`` must then be ``val_loss``):
-    a run whose scores are computed afterwards, as the reproduction's, need
-    not pay for them.
     """
 
     alpha: float = 0.5
@@ -82,7 +78,6 @@ class TrainConfig:
     foreground_ratio: float = 0.0
     flips: bool = False
     monitor: str = "val_dice"
-    metrics: bool = True
     seed: int = 0
     mixed_precision: str = "auto"
     jit_compile: str = "auto"
@@ -95,9 +90,6 @@ class TrainConfig:
             self.patch_size = tuple(int(s) for s in self.patch_size)
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor={self.monitor!r}: choose one of {', '.join(MONITORS)}")
-        if not self.metrics and self.monitor != "val_loss":
-            raise ValueError(f"metrics=False computes no lesion metric, so monitor="
-                             f"{self.monitor!r} has nothing to follow: give monitor='val_loss'")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose "
                              f"{', '.join(MIXED_PRECISION)}")
@@ -506,9 +498,8 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
         model = build_model(config, spacing)
         if config.init:
             initialise_from(model, config)
-        # The metrics change no weight; on a CPU they cost ~13 % of a small step.
         model.compile(optimizer=paper_optimizer(config), loss=loss,
-                      metrics=make_metrics() if config.metrics else None, jit_compile=jit)
+                      metrics=make_metrics(), jit_compile=jit)
 
     monitor = config.monitor if val_ds is not None else config.monitor.removeprefix("val_")
     recorder = RunRecorder(own_dir, monitor, start_epoch)
