@@ -323,6 +323,16 @@ def test_train_config_names_the_setting_out_of_range(settings, problem):
     assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
 
 
+def test_without_validation_a_monitored_loss_keeps_its_lowest_epoch(subjects, tmp_path):
+    """--monitor val_loss with no validation set follows the training loss, lowest first."""
+    config = TrainConfig(epochs=3, monitor="val_loss", **TINY)
+    summary = train(config, subjects[:2], [], tmp_path / "run", verbose=0)
+    losses = [float(r["loss"]) for r in read_log(tmp_path / "run")]
+    assert summary["monitor"] == "loss" and len(set(losses)) == 3
+    assert summary["best_epoch"] == int(np.argmin(losses))
+    assert summary["best_value"] == pytest.approx(min(losses))
+
+
 def test_subjects_of_different_voxel_sizes_need_a_spacing(tmp_path):
     write_tiny_subjects(tmp_path / "a", n=2)
     write_tiny_subjects(tmp_path / "b", n=1, affine=np.diag([1.0, 1.0, 3.0, 1.0]))

@@ -54,7 +54,8 @@ class RunRecorder(keras.callbacks.Callback):
         self.run_dir = Path(run_dir)
         self.monitor = monitor
         self.start_epoch = start_epoch
-        self.mode_max = monitor != "val_loss"
+        # "loss" too: a run without validation follows its training metrics.
+        self.mode_max = monitor not in ("val_loss", "loss")
         self.diverged_at = None
         self.best = None
         self.best_epoch = None
