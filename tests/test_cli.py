@@ -120,7 +120,8 @@ def test_train_defaults_are_train_configs_and_every_setting_is_an_option():
                "--batch-size", "3", "--epochs", "5", "--steps", "7", "--base-filters", "4",
                "--depth", "3", "--normalization", "batch", "--dropout", "0.1",
                "--data-format", "channels_first", "--lr", "3e-4",
-               "--foreground-ratio", "0.2", "--flips", "--monitor", "val_f2", "--seed", "9",
+               "--foreground-ratio", "0.2", "--flips", "--intensity-augmentation",
+               "--monitor", "val_f2", "--seed", "9",
                "--mixed-precision", "off", "--xla", "off", "--tensorboard", "--init", "m.keras"]
     config = train_config(build_parser().parse_args(["train", "--data", "d", "--out", "o",
                                                      *changed]))

@@ -190,3 +190,74 @@ def test_bad_options_raise_value_error(options, problem):
     volumes = options.pop("volumes", [zeros()])
     with pytest.raises(ValueError, match=problem):
         make_dataset(volumes, **options)
+
+
+# --- intensity augmentation ---------------------------------------------------
+
+def only(name, value, probability=1.0):
+    """Settings in which only ``name`` happens, always, with one value."""
+    from tversky_keras.data.pipeline import AUGMENTATION
+
+    settings = {k: (0.0, r) for k, (_, r) in AUGMENTATION.items()}
+    settings[name] = (probability, (value, value))
+    return settings
+
+
+def test_augmentation_transforms_match_hand_computations(rng):
+    from tversky_keras.data.pipeline import augment_intensities
+
+    image = rng.normal(size=(12, 10, 8, 2)).astype(np.float32)
+    same = augment_intensities(image, rng, only("brightness", 1.0, probability=0.0))
+    np.testing.assert_array_equal(same, image)
+    np.testing.assert_allclose(augment_intensities(image, rng, only("brightness", 2.0)),
+                               2 * image, rtol=1e-6)
+    for c, x in enumerate(np.moveaxis(image, -1, 0)):
+        expected = np.clip((x - x.mean()) * 0.5 + x.mean(), x.min(), x.max())
+        np.testing.assert_allclose(augment_intensities(image, rng, only("contrast", 0.5))[..., c],
+                                   expected, rtol=1e-5, atol=1e-6)
+    noisy = augment_intensities(np.zeros((40, 40, 40, 1), np.float32), rng, only("noise", 0.04))
+    assert np.std(noisy) == pytest.approx(0.2, rel=0.02)
+    # Gamma keeps each channel's mean, standard deviation and order of voxels.
+    bent = augment_intensities(image, rng, only("gamma", 2.0))
+    for c in range(2):
+        x, y = image[..., c].ravel(), bent[..., c].ravel()
+        assert (y.mean(), y.std()) == pytest.approx((x.mean(), x.std()), abs=1e-4)
+        np.testing.assert_array_equal(np.argsort(x, kind="stable"), np.argsort(y, kind="stable"))
+        assert not np.allclose(x, y, atol=1e-2)
+    # Blur and low resolution pick channels with probability 1/2; a constant stays constant.
+    flat = np.full((12, 10, 8, 2), 3.0, np.float32)
+    for name, value in (("low_resolution", 0.5), ("blur", 1.0)):
+        np.testing.assert_allclose(augment_intensities(flat, rng, only(name, value)), flat,
+                                   rtol=1e-5)
+    picked = []
+    for seed in range(20):
+        halved = augment_intensities(image, np.random.default_rng(seed),
+                                     only("low_resolution", 0.5))
+        assert halved.shape == image.shape
+        picked += [not np.allclose(halved[..., c], image[..., c]) for c in range(2)]
+    assert 10 < sum(picked) < 30  # each of 40 channels with probability 1/2
+
+
+def test_augmented_stream_keeps_patches_and_labels_and_changes_some_intensities():
+    volumes = [coordinate_volume((6, 6, 6))]
+    options = dict(patch_size=4, batch_size=48, flips=True, seed=3)
+    (x, y), = batches(make_dataset(volumes, **options), 1)
+    (xa, ya), = batches(make_dataset(volumes, intensity_augmentation=True, **options), 1)
+    (xb, yb), = batches(make_dataset(volumes, intensity_augmentation=True, **options), 1)
+    np.testing.assert_array_equal(ya, y)
+    np.testing.assert_array_equal(xa, xb)  # a function of (seed, k) alone
+    changed = [not np.array_equal(a, b) for a, b in zip(xa, x)]
+    # Each transform has its probability: about 27 % of examples get none of them.
+    assert 0 < sum(changed) < len(changed)
+
+
+def test_training_passes_intensity_augmentation_to_the_stream(monkeypatch):
+    from tversky_keras import training
+    from tversky_keras.data import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "make_dataset", lambda volumes, **kw: seen.append(kw))
+    for on in (False, True):
+        config = training.TrainConfig(patch_size=(4, 4, 4), depth=2, intensity_augmentation=on)
+        training._datasets(config, None, [coordinate_volume((6, 6, 6))], [], 0)
+        assert seen[-1]["intensity_augmentation"] is on

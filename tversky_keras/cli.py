@@ -104,6 +104,9 @@ def build_parser():
     train.add_argument("--foreground-ratio", type=finite, default=0.0,
                        help="fraction of patches centred on lesions (0: uniform, as the paper)")
     train.add_argument("--flips", action="store_true", help="random flips")
+    train.add_argument("--intensity-augmentation", action="store_true",
+                       help="nnU-Net's default intensity augmentation of each training example "
+                            "(noise, blur, brightness, contrast, low resolution, gamma)")
     train.add_argument("--epochs", type=int, default=100)
     train.add_argument("--steps", type=int, default=10, help="steps per epoch (10)")
     train.add_argument("--batch-size", type=int, default=1)
@@ -239,7 +242,8 @@ def train_config(args):
         base_filters=args.base_filters, depth=args.depth, normalization=args.normalization,
         dropout=args.dropout, data_format=args.data_format, learning_rate=args.lr,
         foreground_ratio=args.foreground_ratio,
-        flips=args.flips, monitor=args.monitor, seed=args.seed,
+        flips=args.flips, intensity_augmentation=args.intensity_augmentation,
+        monitor=args.monitor, seed=args.seed,
         mixed_precision=args.mixed_precision, jit_compile=args.xla,
         tensorboard=args.tensorboard, init=None if args.init is None else str(args.init))
 

@@ -77,6 +77,7 @@ class TrainConfig:
     lr_decay_steps: int = 1000
     foreground_ratio: float = 0.0
     flips: bool = False
+    intensity_augmentation: bool = False
     monitor: str = "val_dice"
     seed: int = 0
     mixed_precision: str = "auto"
@@ -457,7 +458,8 @@ def _datasets(config, strategy, train_volumes, val_volumes, start_epoch):
 
     # A resumed run draws fresh patches instead of replaying the first epochs'.
     stream = dict(patch_size=config.patch_size, foreground_ratio=config.foreground_ratio,
-                  flips=config.flips, seed=config.seed + 7919 * start_epoch)
+                  flips=config.flips, intensity_augmentation=config.intensity_augmentation,
+                  seed=config.seed + 7919 * start_epoch)
     val = dict(batch_size=1, shuffle=False, repeat=False)
     task = cluster_task()
     if task is None:

@@ -14,8 +14,21 @@ import functools
 
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
 from tversky_keras.data.grid import crop_or_pad
+
+# Intensity augmentation, per example: nnU-Net's default transforms (Isensee
+# et al., Nat Methods 2021, its default data augmentation) with their
+# probabilities and ranges, on z-scored images: (probability, range).
+AUGMENTATION = {
+    "noise": (0.1, (0.0, 0.1)),              # Gaussian noise, variance
+    "blur": (0.2, (0.5, 1.0)),               # Gaussian blur, sigma in voxels, per channel p 0.5
+    "brightness": (0.15, (0.75, 1.25)),      # multiply
+    "contrast": (0.15, (0.75, 1.25)),        # scale about the mean, range kept
+    "low_resolution": (0.25, (0.5, 1.0)),    # zoom down (nearest) and up (cubic), per channel p 0.5
+    "gamma": (0.3, (0.7, 1.5)),              # on the rescaled range; inverted with p 0.1
+}
 
 
 def make_dataset(
@@ -30,6 +43,7 @@ def make_dataset(
     seed=0,
     patches_per_volume=1,
     shard=(0, 1),
+    intensity_augmentation=False,
 ):
     """Batches of ``(image, one-hot label)`` for training or evaluation.
 
@@ -59,6 +73,11 @@ def make_dataset(
             ``[0, 1]``; only with ``patch_size``.
         flips: mirror each example along each spatial axis with probability 1/2
             (image and label alike).
+        intensity_augmentation: change each example's intensities as
+            nnU-Net's default augmentation does (``AUGMENTATION``: noise, blur,
+            brightness, contrast, low resolution, gamma; ``augment_intensities``),
+            from its own random numbers, so the patches, flips and labels are
+            those of the stream without it.
         shuffle: visit the volumes in a random order in each pass.
         repeat: repeat passes forever.
         seed: seed of all random choices, a non-negative integer.
@@ -77,7 +96,7 @@ def make_dataset(
     patch_size = _check_options(volumes, patch_size, batch_size, n_classes, foreground_ratio,
                                 patches_per_volume, seed, shard)
     sampler = _Sampler(volumes, patch_size, foreground_ratio, flips, shuffle, seed,
-                       patches_per_volume)
+                       patches_per_volume, intensity_augmentation)
     shapes = {v.shape for v in volumes}
     spatial = patch_size or (next(iter(shapes)) if len(shapes) == 1 else (None,) * 3)
     channels = volumes[0].channels
@@ -162,12 +181,14 @@ class _Sampler:
     """Example ``k`` of the stream, made with NumPy from ``k`` and the seed alone.
 
     Random numbers come from NumPy generators seeded with ``(seed, 0, pass)``
-    for a pass's order of volumes and ``(seed, 1, k)`` for example ``k``'s
-    draws, so any thread may make any example in any order.
+    for a pass's order of volumes, ``(seed, 1, k)`` for example ``k``'s
+    draws and ``(seed, 2, k)`` for its intensity augmentation, so any thread
+    may make any example in any order.
     """
 
     def __init__(self, volumes, patch_size, foreground_ratio, flips, shuffle, seed,
-                 patches_per_volume):
+                 patches_per_volume, intensity_augmentation=False):
+        self.intensity_augmentation = intensity_augmentation
         self.volumes = volumes
         self.patch_size = patch_size
         self.foreground_ratio = foreground_ratio
@@ -200,7 +221,10 @@ class _Sampler:
         if self.flips:
             axes = tuple(int(a) for a in np.flatnonzero(draws[2:] < 0.5))
             image, label = np.flip(image, axes), np.flip(label, axes)
-        return (np.ascontiguousarray(image, np.float32), np.ascontiguousarray(label, np.uint8))
+        image = np.ascontiguousarray(image, np.float32)
+        if self.intensity_augmentation:
+            image = augment_intensities(image, np.random.default_rng((self.seed, 2, k)))
+        return image, np.ascontiguousarray(label, np.uint8)
 
     def _patch(self, volume, counts, draws):
         on_lesion = counts["lesion"] > 0 and draws[0] < self.foreground_ratio
@@ -212,3 +236,78 @@ class _Sampler:
         start = [int(c) - s // 2 for c, s in zip(centre, self.patch_size)]
         return (crop_or_pad(volume.image, start, self.patch_size),
                 crop_or_pad(volume.label, start, self.patch_size))
+
+
+def augment_intensities(image, rng, settings=None):
+    """One example's intensities changed as nnU-Net's default augmentation does.
+
+    Each transform of ``settings`` (``AUGMENTATION`` by default) happens with
+    its probability, in its order, with a value drawn from its range; blur and
+    low resolution then pick each channel with probability 1/2, the others
+    change every channel with its own value. Brightness, contrast, noise and
+    gamma act as in batchgenerators (``augment_contrast`` keeps the channel's
+    range; ``augment_gamma`` rescales the channel to [0, 1], raises it to the
+    power, and restores its mean and standard deviation, inverting the image
+    around it with probability 0.1).
+
+    Args:
+        image: float32 ``(X, Y, Z, C)``; not modified.
+        rng: ``numpy.random.Generator``.
+        settings: ``{name: (probability, (low, high))}`` for the names of
+            ``AUGMENTATION``.
+
+    Returns:
+        A new float32 array of the same shape.
+    """
+    settings = AUGMENTATION if settings is None else settings
+    image = np.array(image, np.float32)
+    channels = range(image.shape[-1])
+
+    def happens(name):
+        return rng.random() < settings[name][0]
+
+    def draw(name):
+        return rng.uniform(*settings[name][1])
+
+    if happens("noise"):
+        image += rng.normal(0.0, np.sqrt(draw("noise")), image.shape).astype(np.float32)
+    if happens("blur"):
+        for c in channels:
+            if rng.random() < 0.5:
+                image[..., c] = ndimage.gaussian_filter(image[..., c], draw("blur"))
+    if happens("brightness"):
+        for c in channels:
+            image[..., c] *= draw("brightness")
+    if happens("contrast"):
+        for c in channels:
+            x = image[..., c]
+            low, high, mean = x.min(), x.max(), x.mean()
+            image[..., c] = np.clip((x - mean) * draw("contrast") + mean, low, high)
+    if happens("low_resolution"):
+        for c in channels:
+            if rng.random() < 0.5:
+                image[..., c] = _low_resolution(image[..., c], draw("low_resolution"))
+    if happens("gamma"):
+        invert = rng.random() < 0.1
+        for c in channels:
+            image[..., c] = _gamma(image[..., c], draw("gamma"), invert)
+    return image
+
+
+def _low_resolution(x, zoom):
+    """``x`` zoomed down by ``zoom`` (nearest neighbour) and back up (cubic)."""
+    small = [max(1, int(round(n * zoom))) for n in x.shape]
+    down = ndimage.zoom(x, [s / n for s, n in zip(small, x.shape)], order=0, grid_mode=True,
+                        mode="grid-constant")
+    return ndimage.zoom(down, [n / s for s, n in zip(small, x.shape)], order=3, grid_mode=True,
+                        mode="nearest")[tuple(slice(0, n) for n in x.shape)]
+
+
+def _gamma(x, gamma, invert):
+    """batchgenerators' ``augment_gamma`` of one channel (mean and SD kept)."""
+    x = -x if invert else x
+    mean, sd = x.mean(), x.std()
+    low, span = x.min(), x.max() - x.min()
+    y = np.power((x - low) / (span + 1e-7), gamma) * (span + 1e-7) + low
+    y = (y - y.mean()) / (y.std() + 1e-8) * sd + mean
+    return -y if invert else y
