@@ -13,7 +13,8 @@ does not beat that oracle has learnt less than one number would have.
 Layout (a rerun skips what is finished; other settings for the same folder are refused)::
 
     results/sim2real-<profile>/settings.json        data, profile, penalties, phantom, training
-    (``-aA_bB`` after <profile> for other penalties, ``-seedN`` for another training seed)
+    (``-<MM>mm`` after <profile> for another phantom voxel size, ``-aA_bB`` for other
+    penalties, ``-augment`` with intensity augmentation, ``-seedN`` for another training seed)
     results/sim2real-<profile>/run/                  the training run (tversky_keras.training)
     results/sim2real-<profile>/<subject>/probability.nii.gz, mask.nii.gz   in the scan's grid
     results/sim2real-<profile>/<subject>/metrics.json                      written last
@@ -67,7 +68,7 @@ def phantom_manifest(phantom):
     return manifest
 
 
-def train_config(profile, alpha, beta, n_subjects, seed=0):
+def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentation=False):
     """The profile's training settings, on every phantom subject at the phantom's voxel size.
 
     The spacing is recorded in the saved model's ScanSpec, so ``segment_subject``
@@ -77,7 +78,8 @@ def train_config(profile, alpha, beta, n_subjects, seed=0):
     """
     # Every phantom subject trains, and nothing validates.
     return profile.train_config(n_subjects, alpha=alpha, beta=beta, monitor="val_dice",
-                                spacing=profile.spacing or profile.phantom_spacing, seed=seed)
+                                spacing=profile.spacing or profile.phantom_spacing, seed=seed,
+                                intensity_augmentation=intensity_augmentation)
 
 
 def check_settings(folder, settings):
@@ -162,6 +164,14 @@ def markdown_table(scores):
     return report.markdown_table(head, rows)
 
 
+def positive_spacing(text):
+    """A voxel size the phantom generator accepts (0.5-8 mm), for argparse."""
+    value = finite(text)
+    if not 0.5 <= value <= 8.0:
+        raise argparse.ArgumentTypeError(f"{text}: the phantom is generated at 0.5 to 8 mm")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m reproduce.sim2real",
                                      description=__doc__.split("\n\n")[0])
@@ -177,6 +187,13 @@ def build_parser():
     parser.add_argument("--seed", type=seed, default=0,
                         help="training seed (0): weights and patches; the phantom stays seed 0's. "
                              "Another seed writes sim2real-<profile>[-aA_bB]-seed<N>")
+    parser.add_argument("--phantom-spacing", type=positive_spacing, default=None, metavar="MM",
+                        help="generate the phantom at this voxel size and train on it (default: "
+                             "the profile's, 2 mm for quick); writes "
+                             "sim2real-<profile>-<MM>mm[...]")
+    parser.add_argument("--intensity-augmentation", action="store_true",
+                        help="train with nnU-Net's default intensity augmentation; writes "
+                             "sim2real-<profile>[...]-augment")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -194,8 +211,14 @@ def _run(args):
     started = time.perf_counter()
     profile = PROFILES[args.profile]
     name = f"sim2real-{profile.name}"
+    if args.phantom_spacing is not None and args.phantom_spacing != profile.phantom_spacing:
+        # The phantom and the network's grid together, as the profile has no spacing of its own.
+        profile = dataclasses.replace(profile, phantom_spacing=args.phantom_spacing)
+        name += f"-{args.phantom_spacing:g}mm"
     if (args.alpha, args.beta) != DEFAULT_PENALTIES:
         name += f"-{row_name(args.alpha, args.beta)}"
+    if args.intensity_augmentation:
+        name += "-augment"
     if args.seed:
         name += f"-seed{args.seed}"
     root = args.results / name
@@ -204,7 +227,8 @@ def _run(args):
         raise SystemExit(f"{args.data}: a subject named {RUN!r} would share the run's folder")
     phantom = phantom_data(profile, args.cache)
     phantom_subjects = discover_subjects(phantom)
-    config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), args.seed)
+    config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), args.seed,
+                          args.intensity_augmentation)
     settings = {"data": str(Path(args.data).resolve()), "profile": dataclasses.asdict(profile),
                 "alpha": args.alpha, "beta": args.beta, "threshold": THRESHOLD,
                 "phantom": phantom_manifest(phantom), "training": config.to_json()}

@@ -156,3 +156,26 @@ def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
     ours, theirs = (keras.saving.load_model(f / "run" / "last.keras").get_weights()
                     for f in (folder, seeded))
     assert any(not np.array_equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_another_phantom_spacing_and_augmentation_train_into_their_own_folder(smoke_run):
+    folder, _, argv = smoke_run
+    assert sim2real.main([*argv, "--phantom-spacing", "6", "--intensity-augmentation"]) == 0
+    other = folder.parent / "sim2real-smoke-6mm-augment"
+    settings = json.loads((other / "settings.json").read_text())
+    assert settings["training"]["intensity_augmentation"] is True
+    assert settings["training"]["spacing"] == settings["phantom"]["spacing"] == 6.0
+    model = keras.saving.load_model(other / "run" / "last.keras")
+    assert scan_spec(model)["spacing"] == 6.0
+    assert json.loads((folder / "settings.json").read_text())["training"][
+        "intensity_augmentation"] is False
+
+
+@pytest.mark.parametrize("value", ["0.4", "9", "nan"])
+def test_a_phantom_spacing_the_generator_cannot_make_is_refused(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as stopped:
+        sim2real.main(["--data", str(tmp_path), "--results", str(tmp_path / "r"),
+                       "--phantom-spacing", value])
+    assert stopped.value.code == 2
+    assert "--phantom-spacing" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
