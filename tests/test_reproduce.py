@@ -87,8 +87,9 @@ def test_an_incomplete_phantom_folder_is_replaced(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
+    # One process: the reference table the shared grids below are compared with.
     args = ["--profile", "smoke", "--results", str(root / "results"),
-            "--figures", str(root / "figures"), "--cache", str(root / "cache")]
+            "--figures", str(root / "figures"), "--cache", str(root / "cache"), "--workers", "1"]
     assert table1.main(args) == 0
     return root, args
 
@@ -206,7 +207,7 @@ def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path
     root, _ = smoke_run
     command = [sys.executable, "-m", "reproduce.table1", "--profile", "smoke",
                "--results", str(tmp_path / "results"), "--figures", str(tmp_path / "figures"),
-               "--cache", str(root / "cache"), "--no-figures", "--poll", "0.2"]
+               "--cache", str(root / "cache"), "--no-figures", "--poll", "0.2", "--workers", "1"]
     env = {**os.environ, claims.HEARTBEAT_ENV: "0.5", claims.STALE_AFTER_ENV: "60"}
     processes = [subprocess.Popen(command, cwd=REPO, env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -236,6 +237,40 @@ def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path
     assert (folder / "table1.json").read_text() == reference.read_text()
 
 
+def test_workers_split_the_grid_between_processes_and_assemble_it_once(smoke_run, tmp_path):
+    root, _ = smoke_run
+    command = [sys.executable, "-m", "reproduce.table1", "--profile", "smoke",
+               "--results", str(tmp_path / "results"), "--cache", str(root / "cache"),
+               "--no-figures", "--poll", "0.2", "--workers", "2"]
+    env = {**os.environ, claims.HEARTBEAT_ENV: "0.5", claims.STALE_AFTER_ENV: "60"}
+    done = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True,
+                          timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output[-3000:]
+    assert "2 processes share the grid, 1 CPU thread(s) each" in output
+    assert output.count("Table 1") == 1 and "Missing cells" not in output
+    helper = re.findall(r"^\[worker 2 cell \d+/10 (\S+) (fold\d)\] done in", output,
+                        re.MULTILINE)
+    lead = CELL_DONE.findall(output)
+    assert helper and lead and not set(helper) & set(lead)
+    assert len(helper) + len(lead) == 10
+    folder = tmp_path / "results" / "phantom-smoke"
+    pids = {json.loads(p.read_text())["claim"]["pid"] for p in folder.glob("*/fold*/done.json")}
+    assert len(pids) == 2 and done.returncode == 0
+    assert list(folder.glob("*/fold*/claim.*.json")) == []
+    table = json.loads((folder / "table1.json").read_text())
+    reference = json.loads((root / "results" / "phantom-smoke" / "table1.json").read_text())
+    assert table["missing_cells"] == [] and len(table["rows"]) == len(reference["rows"])
+
+
+def test_workers_are_refused_with_no_wait_and_below_one(capsys):
+    for argv in (["--no-wait", "--workers", "2"], ["--workers", "0"], ["--workers", "x"]):
+        with pytest.raises(SystemExit) as stopped:
+            table1.main(argv)
+        assert stopped.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+
+
 @pytest.fixture
 def grid_missing_one_cell(smoke_run, tmp_path):
     """A copy of the finished smoke grid whose a0.3_b0.7/fold1 never finished."""
@@ -246,7 +281,7 @@ def grid_missing_one_cell(smoke_run, tmp_path):
     shutil.rmtree(cell)
     cell.mkdir()
     args = ["--profile", "smoke", "--results", str(results), "--cache", str(root / "cache"),
-            "--no-figures"]
+            "--no-figures", "--workers", "1"]
     return cell, args
 
 
