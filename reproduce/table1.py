@@ -14,9 +14,7 @@ Several processes, on one machine or on several that share ``results/``, can
 run the same command at once: each claims a cell before running it, runs
 every cell it can claim, waits for the cells the others hold, and then
 assembles the whole table. ``--workers N`` starts N - 1 more such processes
-on this machine and splits its CPU cores between them (by default two on a
-machine without a GPU: two one-thread trainings get more out of two cores
-than one two-thread training does).
+on this machine and splits its CPU cores between them.
 """
 
 import argparse
@@ -26,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -445,10 +444,9 @@ def build_parser():
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help="where the phantom is generated, and subjects preprocessed to "
                              "(CACHE/preprocessed)")
-    parser.add_argument("--workers", type=workers_option, default="auto",
+    parser.add_argument("--workers", type=workers_option, default=1,
                         help="processes that share the grid on this machine, each with its "
-                             "share of the CPU cores (auto: 2 on a machine with no GPU and at "
-                             "least 2 cores, else 1)")
+                             "share of the CPU cores (1; on 2 cores, 2 were no faster)")
     # A process that --workers started: its number (2, 3, ...) and how many there are.
     parser.add_argument("--worker-of", nargs=2, type=natural, default=None,
                         help=argparse.SUPPRESS)
@@ -456,12 +454,10 @@ def build_parser():
 
 
 def workers_option(text):
-    """``--workers``: ``auto`` or a whole number of at least 1."""
-    if text == "auto":
-        return text
+    """``--workers``: a whole number of at least 1."""
     value = natural(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: give at least 1, or auto")
+        raise argparse.ArgumentTypeError(f"{text}: give at least 1")
     return value
 
 
@@ -471,20 +467,6 @@ def cpu_cores():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def worker_count(requested):
-    """``--workers``: as given, or (auto) 2 with no GPU and at least 2 cores, else 1.
-
-    Measured on 2 cores (quick profile's training step): one process with two
-    threads 0.104 s; one with one thread 0.175 s; two one-thread processes at
-    once 0.180 s each, that is 0.090 s per step of the grid (1.15x).
-    """
-    if requested != "auto":
-        return requested
-    import tensorflow as tf
-
-    return 1 if tf.config.list_physical_devices("GPU") or cpu_cores() < 2 else 2
 
 
 def share_the_cores(workers):
@@ -523,7 +505,7 @@ def main(argv=None):
                      f"not a path")
     if args.worker_of is not None and not 2 <= args.worker_of[0] <= args.worker_of[1]:
         parser.error("--worker-of is for the processes --workers starts")
-    if args.no_wait and args.workers not in ("auto", 1):
+    if args.no_wait and args.workers > 1:
         parser.error("--no-wait assembles what is finished at once: it runs in one process "
                      "(leave out --workers)")
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -532,8 +514,7 @@ def main(argv=None):
 
 def _run(args):
     helper = args.worker_of is not None
-    # --no-wait assembles what is finished at once: nothing of its own may still be running.
-    workers = args.worker_of[1] if helper else 1 if args.no_wait else worker_count(args.workers)
+    workers = args.worker_of[1] if helper else args.workers
     if workers > 1:
         share_the_cores(workers)
     profile = PROFILES[args.profile]
@@ -557,6 +538,8 @@ def _run(args):
     started = time.perf_counter()
     helpers = []
     finished = False
+    if workers > 1:  # `kill` stops the helpers too, through the finally below
+        signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     try:
         code = _lead(args, profile, data, base, workers, helpers, started)
         finished = True

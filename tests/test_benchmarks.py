@@ -11,6 +11,7 @@ from benchmarks.bench_loss import keras_alpha_weighs
 from benchmarks.flops import conv_forward_flops, cpu_clock_mhz, fp32_peak_flops, training_flops
 from benchmarks.measure import Row
 from benchmarks.workload import paper_grid_steps
+from processes import wait_for_child
 from tversky_keras.losses import tversky_loss
 from tversky_keras.models import unet3d
 from tversky_keras.training import TrainConfig, build_model
@@ -322,27 +323,9 @@ def test_stopping_gpu_all_stops_its_child(tmp_path):
          "--max-variants", "1", "--repeats", "1", "--out", str(tmp_path)],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        child = _wait_for_child(parent.pid, timeout_s=120)
+        child = wait_for_child(parent.pid, timeout_s=120)
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(timeout=60) == 128 + signal.SIGTERM
         assert not Path(f"/proc/{child}").exists()  # killed and reaped by the parent
     finally:
         parent.kill()
-
-
-def _wait_for_child(pid, timeout_s):
-    """The pid of ``pid``'s first child process, polled from /proc until it exists."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
-                              if ":\t" in line)
-            except OSError:
-                continue
-            if fields.get("PPid", "").strip() == str(pid):
-                return int(status.parent.name)
-        time.sleep(0.05)  # polling a condition, not waiting for one to be likely
-    raise AssertionError(f"process {pid} started no child within {timeout_s} s")
