@@ -113,14 +113,16 @@ def _rename_into_place(temporary, folder):
 class GridProgress(keras.callbacks.Callback):
     """One line per epoch: which cell, which epoch, and the time left for the grid.
 
-    ``workers`` processes share the cells left, so the time left is divided among them.
+    ``workers`` processes share the cells left, so the time left is divided among them;
+    ``worker`` (2, 3, ...) names a helper process in its lines.
     """
 
-    def __init__(self, total_epochs, done_epochs=0, workers=1):
+    def __init__(self, total_epochs, done_epochs=0, workers=1, worker=None):
         super().__init__()
         self.total_epochs = total_epochs
         self.done_epochs = done_epochs
         self.workers = workers
+        self.worker = worker
         self.started = time.perf_counter()
         self.trained_epochs = 0
         self.label = ""
@@ -168,8 +170,7 @@ def run_grid(experiment, cells, wait=True, poll=10.0, workers=1, worker=None):
     for cell in cells:
         if experiment.is_done(*cell) and worker is None:
             print(f"skip {cell_name(cell)}: finished", flush=True)
-    progress = GridProgress(total_epochs=0, workers=workers)
-    progress.worker = worker
+    progress = GridProgress(total_epochs=0, workers=workers, worker=worker)
     reported = None
     failed = []
     while True:
@@ -446,7 +447,8 @@ def build_parser():
                              "(CACHE/preprocessed)")
     parser.add_argument("--workers", type=workers_option, default=1,
                         help="processes that share the grid on this machine, each with its "
-                             "share of the CPU cores (1; on 2 cores, 2 were no faster)")
+                             "share of the CPU cores (1; on 2 cores the gain of 2 was unclear: "
+                             "see the README)")
     # A process that --workers started: its number (2, 3, ...) and how many there are.
     parser.add_argument("--worker-of", nargs=2, type=natural, default=None,
                         help=argparse.SUPPRESS)
@@ -539,7 +541,7 @@ def _run(args):
     helpers = []
     finished = False
     if workers > 1:  # `kill` stops the helpers too, through the finally below
-        signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+        handler = signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     try:
         code = _lead(args, profile, data, base, workers, helpers, started)
         finished = True
@@ -549,6 +551,8 @@ def _run(args):
             if not finished and process.poll() is None:
                 process.terminate()
             process.wait()
+        if workers > 1:
+            signal.signal(signal.SIGTERM, handler)
 
 
 def experiments(args, profile, data, base):

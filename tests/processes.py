@@ -1,7 +1,12 @@
 """Helpers for tests that start processes."""
 
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_for_child(pid, timeout_s):
@@ -18,3 +23,17 @@ def wait_for_child(pid, timeout_s):
                 return int(status.parent.name)
         time.sleep(0.05)  # polling a condition, not waiting for one to be likely
     raise AssertionError(f"process {pid} started no child within {timeout_s} s")
+
+
+def assert_sigterm_stops_the_child(module_args):
+    """``python -m MODULE ARGS`` started in the repository: once it has started a child
+    process, SIGTERM to it alone ends it with 128 + SIGTERM, its child stopped and reaped."""
+    parent = subprocess.Popen([sys.executable, "-m", *module_args], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        child = wait_for_child(parent.pid, timeout_s=120)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not Path(f"/proc/{child}").exists()
+    finally:
+        parent.kill()

@@ -11,7 +11,7 @@ from benchmarks.bench_loss import keras_alpha_weighs
 from benchmarks.flops import conv_forward_flops, cpu_clock_mhz, fp32_peak_flops, training_flops
 from benchmarks.measure import Row
 from benchmarks.workload import paper_grid_steps
-from processes import wait_for_child
+from processes import assert_sigterm_stops_the_child
 from tversky_keras.losses import tversky_loss
 from tversky_keras.models import unet3d
 from tversky_keras.training import TrainConfig, build_model
@@ -313,19 +313,6 @@ def test_gpu_all_counts_a_run_whose_every_row_failed_as_a_failure(tmp_path, monk
 
 def test_stopping_gpu_all_stops_its_child(tmp_path):
     """SIGTERM to the parent alone: the child measuring on the GPU must not live on."""
-    import signal
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.gpu_all", "--dry-run", "--backends", "tensorflow",
-         "--max-variants", "1", "--repeats", "1", "--out", str(tmp_path)],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        child = wait_for_child(parent.pid, timeout_s=120)
-        parent.send_signal(signal.SIGTERM)
-        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
-        assert not Path(f"/proc/{child}").exists()  # killed and reaped by the parent
-    finally:
-        parent.kill()
+    assert_sigterm_stops_the_child(
+        ["benchmarks.gpu_all", "--dry-run", "--backends", "tensorflow", "--max-variants", "1",
+         "--repeats", "1", "--out", str(tmp_path)])

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processes import wait_for_child
+from processes import assert_sigterm_stops_the_child
 from reproduce import table1
 from tversky_keras import claims
 from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, two_fold_split
@@ -268,17 +267,9 @@ def test_workers_split_the_grid_between_processes_and_assemble_it_once(smoke_run
 def test_stopping_the_lead_process_stops_its_helpers(smoke_run, tmp_path):
     """SIGTERM to the process the user started: the helper it started must not run on."""
     root, _ = smoke_run
-    lead = subprocess.Popen(
-        [sys.executable, "-m", "reproduce.table1", "--profile", "smoke", "--results",
-         str(tmp_path / "results"), "--cache", str(root / "cache"), "--no-figures",
-         "--workers", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        helper = wait_for_child(lead.pid, timeout_s=120)
-        lead.send_signal(signal.SIGTERM)
-        assert lead.wait(timeout=60) == 128 + signal.SIGTERM
-        assert not Path(f"/proc/{helper}").exists()  # stopped and reaped by the lead
-    finally:
-        lead.kill()
+    assert_sigterm_stops_the_child(
+        ["reproduce.table1", "--profile", "smoke", "--results", str(tmp_path / "results"),
+         "--cache", str(root / "cache"), "--no-figures", "--workers", "2"])
 
 
 def test_workers_are_refused_with_no_wait_and_below_one(capsys):
