@@ -164,11 +164,14 @@ def markdown_table(scores):
     return report.markdown_table(head, rows)
 
 
-def positive_spacing(text):
-    """A voxel size the phantom generator accepts (0.5-8 mm), for argparse."""
-    value = finite(text)
-    if not 0.5 <= value <= 8.0:
-        raise argparse.ArgumentTypeError(f"{text}: the phantom is generated at 0.5 to 8 mm")
+def phantom_voxel_size(text):
+    """A voxel size the phantom generator makes (``SPACING_RANGE_MM``), for argparse."""
+    from tversky_keras.data.phantom import SPACING_RANGE_MM
+
+    value, (low, high) = finite(text), SPACING_RANGE_MM
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text}: the phantom is generated at {low:g} to "
+                                         f"{high:g} mm")
     return value
 
 
@@ -187,7 +190,7 @@ def build_parser():
     parser.add_argument("--seed", type=seed, default=0,
                         help="training seed (0): weights and patches; the phantom stays seed 0's. "
                              "Another seed writes sim2real-<profile>[-aA_bB]-seed<N>")
-    parser.add_argument("--phantom-spacing", type=positive_spacing, default=None, metavar="MM",
+    parser.add_argument("--phantom-spacing", type=phantom_voxel_size, default=None, metavar="MM",
                         help="generate the phantom at this voxel size and train on it (default: "
                              "the profile's, 2 mm for quick); writes "
                              "sim2real-<profile>-<MM>mm[...]")

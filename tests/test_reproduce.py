@@ -88,9 +88,8 @@ def test_an_incomplete_phantom_folder_is_replaced(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
-    # One process: the reference table the shared grids below are compared with.
     args = ["--profile", "smoke", "--results", str(root / "results"),
-            "--figures", str(root / "figures"), "--cache", str(root / "cache"), "--workers", "1"]
+            "--figures", str(root / "figures"), "--cache", str(root / "cache")]
     assert table1.main(args) == 0
     return root, args
 
@@ -208,7 +207,7 @@ def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path
     root, _ = smoke_run
     command = [sys.executable, "-m", "reproduce.table1", "--profile", "smoke",
                "--results", str(tmp_path / "results"), "--figures", str(tmp_path / "figures"),
-               "--cache", str(root / "cache"), "--no-figures", "--poll", "0.2", "--workers", "1"]
+               "--cache", str(root / "cache"), "--no-figures", "--poll", "0.2"]
     env = {**os.environ, claims.HEARTBEAT_ENV: "0.5", claims.STALE_AFTER_ENV: "60"}
     processes = [subprocess.Popen(command, cwd=REPO, env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -290,7 +289,7 @@ def grid_missing_one_cell(smoke_run, tmp_path):
     shutil.rmtree(cell)
     cell.mkdir()
     args = ["--profile", "smoke", "--results", str(results), "--cache", str(root / "cache"),
-            "--no-figures", "--workers", "1"]
+            "--no-figures"]
     return cell, args
 
 

@@ -141,6 +141,7 @@ _DEEP_GREY_VENTRICLE_MM = 25.0   # within this of its lateral ventricles
 _GRID_MARGIN_MM = 8.0    # room for deformation and scale around the template brain
 _GRID_MULTIPLE = 8       # grid sizes divisible by 8 suit a U-Net with three poolings
 _COARSE_GRID_MM = 2.0    # ventricles and depth are found once, on a 2 mm grid
+SPACING_RANGE_MM = (0.5, 8.0)  # the voxel sizes the generator makes (the template is 1 mm)
 
 
 @dataclass(frozen=True)
@@ -787,8 +788,9 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None):
     Returns:
         ``SyntheticSubject``.
     """
-    if not 0.5 <= spacing <= 8.0:
-        raise ValueError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
+    low, high = SPACING_RANGE_MM
+    if not low <= spacing <= high:
+        raise ValueError(f"spacing must be between {low:g} and {high:g} mm, got {spacing}")
     if lesion_load_mm3 is not None and lesion_load_mm3 <= 0:
         raise ValueError(f"lesion_load_mm3 must be positive, got {lesion_load_mm3}")
     rng = np.random.default_rng(seed)
