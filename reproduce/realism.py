@@ -21,7 +21,10 @@ subject, and the 1-D Wasserstein distance between the phantom's distribution
 and each real one, next to the distance between the real subjects themselves
 (what "as close as two patients" means). A second table holds properties of
 the images rather than of a region: fine texture and noise, slow white-matter
-drift (bias field), and how well the template's white matter fits the image.
+drift (bias field), how well the template's white matter fits the image, and
+the white matter's tiny bright spots (voxels whose fine texture is over 3
+robust SDs) with, for FLAIR's spots, what T1W and T2W show there (dark and
+bright where a spot is lesion-like).
 A third needs no template at all, as registration errors blur the regions of
 real scans: brain z-score quantiles, the T2W and FLAIR medians of the voxels
 that T1W calls GM-like and WM-like, the share of the cortex that is CSF-bright
@@ -58,6 +61,10 @@ CORTEX_DEPTH_MM = 15.0
 PERIVENTRICULAR_MM = 5.0
 TEXTURE_SIGMA_MM = 2.0   # what a Gaussian of this width removes is "fine texture"
 DRIFT_SIGMA_MM = 20.0    # white matter smoothed this much is its slow drift
+# Tiny bright spots in white matter: fine texture over 3 robust SDs above its
+# median (a Gaussian texture has 1.3 per 1000).
+BRIGHT_SPOTS = "bright spots (fine texture > 3 robust SD, per 1000 WM-core voxels)"
+SPOT_SIGNATURE = "fine texture at FLAIR's bright spots (robust SDs)"
 MAX_SAMPLES = 200_000    # per distribution, for the Wasserstein distances
 
 
@@ -96,8 +103,28 @@ def image_properties(z, regions, brain, spacing):
     weights = ndimage.gaussian_filter(core.astype(np.float32), DRIFT_SIGMA_MM / spacing)
     drift = ndimage.gaussian_filter(np.where(core, z, 0), DRIFT_SIGMA_MM / spacing)
     drift = drift[core] / np.maximum(weights[core], 1e-6)
-    return {"fine texture (robust SD in WM core)": 1.4826 * _mad(fine[core]),
-            "WM drift (SD of WM smoothed 20 mm)": float(np.std(drift))}
+    values = fine[core]
+    spread = 1.4826 * _mad(values)
+    return {"fine texture (robust SD in WM core)": spread,
+            "WM drift (SD of WM smoothed 20 mm)": float(np.std(drift)),
+            BRIGHT_SPOTS: float(1000 * np.mean(values > np.median(values) + 3 * spread))}
+
+
+def fine_texture(z, core, spacing):
+    """Fine texture of one z-scored modality, in robust SDs from its WM-core median."""
+    fine = z - ndimage.gaussian_filter(z, TEXTURE_SIGMA_MM / spacing)
+    values = fine[core]
+    return (fine - np.median(values)) / max(1.4826 * _mad(values), 1e-6)
+
+
+def spot_signature(z, regions, spacing):
+    """Median fine texture of each modality where FLAIR's is over 3 robust SDs
+    in the WM core: lesion-like spots are dark in T1W and bright in T2W."""
+    core = regions["WM core"]
+    fine = [fine_texture(z[..., i], core, spacing) for i in range(len(MODALITIES))]
+    spots = core & (fine[MODALITIES.index("FLAIR")] > 3)
+    return {m: float(np.median(fine[i][spots])) if spots.any() else float("nan")
+            for i, m in enumerate(MODALITIES) if m != "FLAIR"}
 
 
 def template_fit(t1_z, regions, brain):
@@ -153,6 +180,8 @@ def subject_samples(z, brain, lesion, affine, spacing):
     properties = {m: image_properties(z[..., i], regions, brain, spacing)
                   for i, m in enumerate(MODALITIES)}
     properties["T1W"]["template WM fit (Dice, T1)"] = template_fit(z[..., 0], regions, brain)
+    for modality, value in spot_signature(z, regions, spacing).items():
+        properties[modality][SPOT_SIGNATURE] = value
     return values, properties
 
 
