@@ -115,11 +115,19 @@ def scan_reference(subject):
     return native(volume.label, 0).astype(bool), native(volume.brain, 0), native(flair, 1)
 
 
-def score_subject(subject, probability):
-    """Our metrics at ``THRESHOLD`` and the FLAIR-threshold oracle, inside the brain."""
+def oracle(subject):
+    """Truth and brain of a subject (``scan_reference``) and its FLAIR-threshold
+    oracle: ``(truth, brain, best DSC, its FLAIR z threshold)``."""
     truth, brain, flair = scan_reference(subject)
+    return (truth, brain) + tuple(best_threshold_dsc(truth, flair, mask=brain))
+
+
+def score_subject(subject, probability, reference=None):
+    """Our metrics at ``THRESHOLD`` and the FLAIR-threshold oracle, inside the brain.
+
+    ``reference``: the subject's ``oracle``, when already computed."""
+    truth, brain, oracle_dsc, oracle_threshold = reference or oracle(subject)
     ours = lesion_metrics(truth, probability, threshold=THRESHOLD, mask=brain)
-    oracle_dsc, oracle_threshold = best_threshold_dsc(truth, flair, mask=brain)
     return {**{m: ours[m] for m in REPORTED}, "f2": ours["f2"], "apr": ours["apr"],
             "threshold_dsc": oracle_dsc, "threshold_flair_z": oracle_threshold,
             "lesion_voxels": int(np.count_nonzero(truth & brain)),

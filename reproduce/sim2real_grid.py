@@ -1,0 +1,185 @@
+"""The Table-1 grid's own phantom-trained models, each segmenting real patients.
+
+    python -m reproduce.sim2real_grid --data ../shared/data/mslub-mni \\
+        --grid results/phantom-quick [results/phantom-quick-seed1 ...]
+
+Every finished cell of each ``reproduce.table1`` results folder holds a
+network trained on half the phantom with one (alpha, beta) setting; its last
+model (the one the table tests) segments every subject of ``--data`` in the
+subject's own grid, and is scored inside the brain as ``reproduce.sim2real``
+scores (against the same FLAIR-threshold oracle). Nothing is trained and
+nothing is chosen: the table shows, per (alpha, beta) row and real subject,
+the mean and standard deviation over all the row's models (two folds per
+seed), and how many beat the oracle. It is the paper's Table 1 read on real
+scans, by networks that never saw one.
+
+Layout (a rerun skips every model already scored)::
+
+    <out>/<grid folder name>/<row>/fold<k>/<subject>.json   one model on one subject
+    <out>/sim2real-grid.{json,md}                          every row, every subject
+
+Only the scores are written, not the probability maps (50 models on two 1-mm
+scans would be 100 maps); ``tversky-keras predict --model <cell>/run/last.keras``
+writes any one of them.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from reproduce import report  # noqa: E402
+from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
+from reproduce.sim2real import oracle, score_subject  # noqa: E402
+from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.data import discover_subjects  # noqa: E402
+from tversky_keras.inference import segment_subject  # noqa: E402
+
+MODEL = Path("run") / "last.keras"  # the model the table tests: the fixed budget's last
+SHOWN = ("dsc", "sensitivity", "specificity", "apr", "lesion_tpr", "lesion_fpr")
+
+
+def grid_models(grids):
+    """``[(grid, alpha, beta, fold, model path)]`` of every finished cell, grid by grid.
+
+    Raises:
+        ValueError: a folder is not a ``reproduce.table1`` results folder, or
+            two have the same name (their scores would share a folder).
+    """
+    names = [Path(grid).name for grid in grids]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"two grid folders are named {twice[0]!r}: their scores would mix")
+    models = []
+    for grid in map(Path, grids):
+        if not (grid / "experiment.json").is_file():
+            raise ValueError(f"{grid}: not a reproduce.table1 results folder "
+                             f"(no experiment.json)")
+        for alpha, beta in ROWS:
+            for fold in FOLDS:
+                cell = cell_folder(grid, alpha, beta, fold)
+                if is_finished(cell):
+                    models.append((grid, alpha, beta, fold, cell / MODEL))
+    if not models:
+        raise ValueError(f"no finished cell in {', '.join(map(str, grids))}")
+    return models
+
+
+def score_models(models, subjects, out):
+    """Score every model on every subject, skipping scores already written.
+
+    Returns:
+        ``{(alpha, beta): {subject id: [scores of each model]}}``.
+    """
+    references = {}
+    rows = {}
+    for index, (grid, alpha, beta, fold, path) in enumerate(models, 1):
+        folder = out / grid.name / row_name(alpha, beta) / f"fold{fold}"
+        files = {s.id: folder / f"{s.id}.json" for s in subjects}
+        if not all(f.is_file() for f in files.values()):
+            started = time.perf_counter()
+            folder.mkdir(parents=True, exist_ok=True)
+            model = keras.saving.load_model(path)
+            for subject in subjects:
+                if files[subject.id].is_file():
+                    continue
+                if subject.id not in references:
+                    references[subject.id] = oracle(subject)
+                probability, _ = segment_subject(model, subject)
+                result = score_subject(subject, probability, references[subject.id])
+                write_json({**result, "model": str(path)}, files[subject.id])
+            keras.backend.clear_session()
+            print(f"[{index}/{len(models)}] {grid.name} {row_name(alpha, beta)} fold{fold}: "
+                  + ", ".join(f"{s.id} DSC {json.loads(files[s.id].read_text())['dsc']:.3f}"
+                              for s in subjects)
+                  + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+        row = rows.setdefault((alpha, beta), {s.id: [] for s in subjects})
+        for subject in subjects:
+            row[subject.id].append(json.loads(files[subject.id].read_text()))
+    return rows
+
+
+def summarise(rows):
+    """Mean, standard deviation and count over each row's models, per subject."""
+    summary = {}
+    for (alpha, beta), by_subject in rows.items():
+        for subject_id, scores in by_subject.items():
+            entry = {"models": len(scores),
+                     "above_oracle": int(sum(s["dsc"] > s["threshold_dsc"] for s in scores)),
+                     "threshold_dsc": scores[0]["threshold_dsc"],
+                     "lesion_voxels": scores[0]["lesion_voxels"]}
+            for key in SHOWN:
+                values = np.array([s[key] for s in scores], dtype=float)
+                entry[key] = {"mean": float(np.mean(values)),
+                              "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                              "values": values.tolist()}
+            summary.setdefault(subject_id, {})[row_name(alpha, beta)] = entry
+    return summary
+
+
+def markdown(summary):
+    """One table per subject: each row's mean ± std (percent) and its models above the oracle."""
+    parts = []
+    head = ["penalties", "models", "DSC", "sensitivity", "specificity", "APR", "lesion TPR",
+            "lesion FPR", "above the oracle"]
+    for subject_id, by_row in sorted(summary.items()):
+        first = next(iter(by_row.values()))
+        parts.append(f"### {subject_id} ({first['lesion_voxels']} lesion voxels; "
+                     f"FLAIR-threshold oracle DSC {report.percent(first['threshold_dsc'])})")
+        lines = []
+        for row, entry in by_row.items():
+            cells = [f"{report.percent(entry[k]['mean'])} ± {report.percent(entry[k]['std'])}"
+                     for k in SHOWN]
+            alpha, beta = row[1:].split("_b")
+            lines.append([f"a={alpha}, b={beta}", entry["models"], *cells,
+                          f"{entry['above_oracle']} of {entry['models']}"])
+        parts.append(report.markdown_table(head, lines))
+    return "\n\n".join(parts)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m reproduce.sim2real_grid",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True,
+                        help="real subjects to segment (any layout discover_subjects reads)")
+    parser.add_argument("--grid", type=Path, nargs="+", required=True,
+                        help="reproduce.table1 results folders (e.g. results/phantom-quick "
+                             "results/phantom-quick-seed1 ...)")
+    parser.add_argument("--out", type=Path, default=Path("results") / "sim2real-grid",
+                        help="where the scores and the table go (results/sim2real-grid)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return report.run_or_one_line("python -m reproduce.sim2real_grid", _run, args)
+
+
+def _run(args):
+    started = time.perf_counter()
+    models = grid_models(args.grid)
+    subjects = discover_subjects(args.data)
+    print(f"{len(models)} finished cells in {len(args.grid)} grid folder(s), "
+          f"{len(subjects)} subjects of {args.data}", flush=True)
+    summary = summarise(score_models(models, subjects, args.out))
+    text = markdown(summary)
+    write_json({"data": str(Path(args.data).resolve()),
+                "grids": [str(Path(g).resolve()) for g in args.grid],
+                "models": [str(m[-1]) for m in models], "threshold": 0.5,
+                "subjects": summary}, args.out / "sim2real-grid.json")
+    write_text(args.out / "sim2real-grid.md",
+               "# The Table-1 grid's phantom-trained models on real subjects (percent, inside "
+               "the brain, each scan's grid; mean ± std over the models)\n\n" + text + "\n")
+    print(f"\n{text}\n\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

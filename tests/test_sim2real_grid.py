@@ -1,0 +1,102 @@
+"""The Table-1 grid's models on real subjects: every finished cell scored, honestly summed up."""
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from reproduce import sim2real_grid, table1
+from reproduce.experiment import cell_folder
+from reproduce.sim2real import scan_reference
+from tiny_data import write_tiny_subjects
+from tversky_keras.data import discover_subjects
+from tversky_keras.inference import segment_subject
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory):
+    """Two smoke grids (seeds 0 and 1) of three cells each, one cell left unfinished,
+    and two tiny "real" subjects; the command run once over both grids."""
+    root = tmp_path_factory.mktemp("grid")
+    argv = ["--profile", "smoke", "--results", str(root / "results"), "--cache",
+            str(root / "cache"), "--no-figures", "--seeds", "2",
+            "--cells", "a0.5_b0.5/fold0,a0.1_b0.9"]
+    assert table1.main(argv) == 0
+    names = ["phantom-smoke", "phantom-smoke-seed1"]
+    folders = [root / "results" / name for name in names]
+    (cell_folder(folders[1], 0.1, 0.9, 1) / "done.json").unlink()   # as if interrupted
+    write_tiny_subjects(root / "data", n=2)
+    out = root / "out"
+    command = ["--data", str(root / "data"), "--grid", *map(str, folders), "--out", str(out)]
+    assert sim2real_grid.main(command) == 0
+    return root, folders, out, command
+
+
+def test_every_finished_cell_is_scored_and_no_other(grids):
+    root, folders, out, _ = grids
+    summary = json.loads((out / "sim2real-grid.json").read_text())
+    assert len(summary["models"]) == 5   # 3 + 3 cells, one unfinished
+    for subject in ("sub00", "sub01"):
+        rows = summary["subjects"][subject]
+        assert set(rows) == {"a0.5_b0.5", "a0.1_b0.9"}
+        assert rows["a0.5_b0.5"]["models"] == 2 and rows["a0.1_b0.9"]["models"] == 3
+    assert not (out / folders[1].name / "a0.1_b0.9" / "fold1").exists()
+    assert (out / folders[1].name / "a0.1_b0.9" / "fold0" / "sub01.json").is_file()
+
+
+def test_a_model_s_score_is_an_independent_dsc_and_the_summary_its_mean(grids):
+    root, folders, out, _ = grids
+    subjects = discover_subjects(root / "data")
+    cell = cell_folder(folders[0], 0.1, 0.9, 1)
+    model = keras.saving.load_model(cell / "run" / "last.keras")
+    for subject in subjects:
+        truth, brain, _ = scan_reference(subject)
+        probability, _ = segment_subject(model, subject)
+        expected = f1_score(truth[brain], probability[brain] >= 0.5, zero_division=1.0)
+        scored = json.loads((out / folders[0].name / "a0.1_b0.9" / "fold1"
+                             / f"{subject.id}.json").read_text())
+        assert scored["dsc"] == pytest.approx(expected, abs=1e-6)
+    summary = json.loads((out / "sim2real-grid.json").read_text())["subjects"]
+    for subject in subjects:
+        files = sorted(out.glob(f"*/a0.1_b0.9/fold*/{subject.id}.json"))
+        scores = [json.loads(f.read_text()) for f in files]
+        entry = summary[subject.id]["a0.1_b0.9"]
+        dsc = [s["dsc"] for s in scores]
+        assert entry["dsc"]["mean"] == pytest.approx(np.mean(dsc))
+        assert entry["dsc"]["std"] == pytest.approx(np.std(dsc, ddof=1))
+        assert entry["above_oracle"] == sum(s["dsc"] > s["threshold_dsc"] for s in scores)
+    table = (out / "sim2real-grid.md").read_text()
+    assert "### sub00" in table and "| a=0.1, b=0.9 | 3 |" in table
+
+
+def test_a_rerun_scores_nothing_again(grids, capsys):
+    root, folders, out, command = grids
+    files = sorted(out.glob("*/*/fold*/*.json"))
+    written = {f: f.stat().st_mtime_ns for f in files}
+    assert sim2real_grid.main(command) == 0
+    assert "] phantom-smoke" not in capsys.readouterr().out   # no model loaded
+    assert {f: f.stat().st_mtime_ns for f in files} == written
+
+
+def test_bad_grid_folders_get_one_line(grids, tmp_path, capsys):
+    root, folders, _, _ = grids
+    data = str(root / "data")
+    twin = tmp_path / "elsewhere" / folders[0].name
+    shutil.copytree(folders[0], twin)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "experiment.json").write_text("{}")
+    cases = {
+        str(tmp_path): "not a reproduce.table1 results folder",
+        f"{folders[0]} {twin}": "two grid folders are named 'phantom-smoke'",
+        str(empty): "no finished cell",
+    }
+    for grid, message in cases.items():
+        code = sim2real_grid.main(["--data", data, "--grid", *grid.split(), "--out",
+                                   str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
