@@ -40,7 +40,7 @@ from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name
 from reproduce.sim2real import oracle, score_subject  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
-from tversky_keras.inference import segment_subject  # noqa: E402
+from tversky_keras.inference import load_saved_model, segment_subject  # noqa: E402
 
 MODEL = Path("run") / "last.keras"  # the model the table tests: the fixed budget's last
 SHOWN = ("dsc", "sensitivity", "specificity", "apr", "lesion_tpr", "lesion_fpr")
@@ -85,8 +85,8 @@ def score_models(models, subjects, out):
         files = {s.id: folder / f"{s.id}.json" for s in subjects}
         if not all(f.is_file() for f in files.values()):
             started = time.perf_counter()
+            model = load_saved_model(path, compile=False)
             folder.mkdir(parents=True, exist_ok=True)
-            model = keras.saving.load_model(path)
             for subject in subjects:
                 if files[subject.id].is_file():
                     continue

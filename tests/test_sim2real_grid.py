@@ -89,8 +89,13 @@ def test_bad_grid_folders_get_one_line(grids, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "experiment.json").write_text("{}")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folders[0], damaged)
+    model = cell_folder(damaged, 0.5, 0.5, 0) / "run" / "last.keras"
+    model.write_bytes(b"not a zip")
     cases = {
         str(tmp_path): "not a reproduce.table1 results folder",
+        str(damaged): f"{model}: not a readable Keras model",
         f"{folders[0]} {twin}": "two grid folders are named 'phantom-smoke'",
         str(empty): "no finished cell",
     }
