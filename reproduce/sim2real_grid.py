@@ -13,6 +13,9 @@ the mean and standard deviation over all the row's models (two folds per
 seed), and how many beat the oracle. It is the paper's Table 1 read on real
 scans, by networks that never saw one.
 
+``--mirror x`` (or ``x,y,z``) scores each model with test-time mirroring
+(``tversky-keras predict --mirror``), into ``results/sim2real-grid-mirror-x``.
+
 Layout (a rerun skips every model already scored)::
 
     <out>/<grid folder name>/<row>/fold<k>/<subject>.json   one model on one subject
@@ -38,6 +41,7 @@ import numpy as np  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
 from reproduce.sim2real import oracle, score_subject  # noqa: E402
+from tversky_keras.cli import mirror_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
 from tversky_keras.inference import load_saved_model, segment_subject  # noqa: E402
@@ -72,8 +76,19 @@ def grid_models(grids):
     return models
 
 
-def score_models(models, subjects, out):
+def read_score(path, mirror_axes):
+    """A score written earlier, refused if it was made with other mirroring."""
+    score = json.loads(path.read_text())
+    if tuple(score.get("mirror_axes", ())) != tuple(mirror_axes):
+        raise ValueError(f"{path} was scored with mirror axes {score.get('mirror_axes', [])}, "
+                         f"not {list(mirror_axes)}: use another --out")
+    return score
+
+
+def score_models(models, subjects, out, mirror_axes=()):
     """Score every model on every subject, skipping scores already written.
+
+    ``mirror_axes``: test-time mirroring (``segment_subject``).
 
     Returns:
         ``{(alpha, beta): {subject id: [scores of each model]}}``.
@@ -92,17 +107,18 @@ def score_models(models, subjects, out):
                     continue
                 if subject.id not in references:
                     references[subject.id] = oracle(subject)
-                probability, _ = segment_subject(model, subject)
+                probability, _ = segment_subject(model, subject, mirror_axes=mirror_axes)
                 result = score_subject(subject, probability, references[subject.id])
-                write_json({**result, "model": str(path)}, files[subject.id])
+                write_json({**result, "model": str(path), "mirror_axes": list(mirror_axes)},
+                           files[subject.id])
             keras.backend.clear_session()
             print(f"[{index}/{len(models)}] {grid.name} {row_name(alpha, beta)} fold{fold}: "
-                  + ", ".join(f"{s.id} DSC {json.loads(files[s.id].read_text())['dsc']:.3f}"
+                  + ", ".join(f"{s.id} DSC {read_score(files[s.id], mirror_axes)['dsc']:.3f}"
                               for s in subjects)
                   + f" ({time.perf_counter() - started:.0f} s)", flush=True)
         row = rows.setdefault((alpha, beta), {s.id: [] for s in subjects})
         for subject in subjects:
-            row[subject.id].append(json.loads(files[subject.id].read_text()))
+            row[subject.id].append(read_score(files[subject.id], mirror_axes))
     return rows
 
 
@@ -152,8 +168,12 @@ def build_parser():
     parser.add_argument("--grid", type=Path, nargs="+", required=True,
                         help="reproduce.table1 results folders (e.g. results/phantom-quick "
                              "results/phantom-quick-seed1 ...)")
-    parser.add_argument("--out", type=Path, default=Path("results") / "sim2real-grid",
-                        help="where the scores and the table go (results/sim2real-grid)")
+    parser.add_argument("--mirror", type=mirror_option, default=(),
+                        help="test-time mirroring along these axes (x, y, z; as tversky-keras "
+                             "predict --mirror); default none")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the scores and the table go (results/sim2real-grid, "
+                             "-mirror-<axes> with --mirror)")
     return parser
 
 
@@ -164,19 +184,24 @@ def main(argv=None):
 
 def _run(args):
     started = time.perf_counter()
+    out = args.out or Path("results") / ("sim2real-grid" + (
+        "-mirror-" + "".join("xyz"[a] for a in args.mirror) if args.mirror else ""))
     models = grid_models(args.grid)
     subjects = discover_subjects(args.data)
     print(f"{len(models)} finished cells in {len(args.grid)} grid folder(s), "
           f"{len(subjects)} subjects of {args.data}", flush=True)
-    summary = summarise(score_models(models, subjects, args.out))
+    summary = summarise(score_models(models, subjects, out, args.mirror))
     text = markdown(summary)
     write_json({"data": str(Path(args.data).resolve()),
                 "grids": [str(Path(g).resolve()) for g in args.grid],
                 "models": [str(m[-1]) for m in models], "threshold": 0.5,
-                "subjects": summary}, args.out / "sim2real-grid.json")
-    write_text(args.out / "sim2real-grid.md",
+                "mirror_axes": list(args.mirror), "subjects": summary},
+               out / "sim2real-grid.json")
+    write_text(out / "sim2real-grid.md",
                "# The Table-1 grid's phantom-trained models on real subjects (percent, inside "
-               "the brain, each scan's grid; mean ± std over the models)\n\n" + text + "\n")
+               "the brain, each scan's grid; mean ± std over the models"
+               + (f"; mirrored along {'/'.join('xyz'[a] for a in args.mirror)}"
+                  if args.mirror else "") + ")\n\n" + text + "\n")
     print(f"\n{text}\n\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -138,3 +138,27 @@ def test_the_reproduction_prints_no_tensorflow_start_up_lines():
     done = subprocess.run([sys.executable, "-c", "import reproduce.table1"], cwd=ROOT,
                           capture_output=True, text=True, env=env, check=True)
     assert done.stderr == ""
+
+
+def test_predict_mirror_writes_the_mirrored_average(saved_model, tmp_path, capsys):
+    from tversky_keras.data import discover_subjects
+    from tversky_keras.inference import load_saved_model, segment_subject
+
+    folder = write_tiny_subjects(tmp_path / "data", n=1)[0]
+    assert main(["predict", "--model", str(saved_model), "--input", str(folder),
+                 "--out", str(tmp_path / "out"), "--mirror", "x,z"]) == 0
+    written = nib.load(tmp_path / "out" / "probability.nii.gz").get_fdata()
+    subject = discover_subjects(tmp_path / "data")[0]
+    model = load_saved_model(saved_model)
+    expected, _ = segment_subject(model, subject, mirror_axes=(0, 2))
+    plain, _ = segment_subject(model, subject)
+    np.testing.assert_allclose(written, expected, atol=1e-6)
+    assert np.abs(written - plain).max() > 1e-4
+    about = json.loads((tmp_path / "out" / "segmentation.json").read_text())
+    assert about["mirror_axes"] == [0, 2]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", str(saved_model), "--input", str(folder),
+              "--out", str(tmp_path / "out2"), "--mirror", "x,q"])
+    assert exit_info.value.code == 2 and "distinct axes among x, y, z" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()

@@ -186,3 +186,40 @@ def test_missing_modality_names_what_the_model_expects(model, tmp_path):
     del subject.images["T2W"]
     with pytest.raises(ValueError, match="expects modalities T1W, T2W, FLAIR.*no T2W"):
         segment_subject(model, subject)
+
+
+def _direct(model, image):
+    """The model's probabilities for one image, called directly (no padding needed)."""
+    return np.asarray(keras.ops.convert_to_numpy(model(image[None], training=False)))[0]
+
+
+def test_mirroring_averages_the_prediction_of_every_flip(model):
+    # Sizes that are multiples of 4, so no padding: the expectation is the
+    # model called on the image and on its flips, each flipped back.
+    image = np.random.default_rng(1).standard_normal((16, 12, 8, 3)).astype(np.float32)
+    flips = [(), (0,), (2,), (0, 2)]
+    expected = np.mean([np.flip(_direct(model, np.flip(image, axes)), axes) if axes
+                        else _direct(model, image) for axes in flips], axis=0)
+    mirrored = predict_volume(model, image, mirror_axes=(2, 0))
+    np.testing.assert_allclose(mirrored, expected, atol=1e-6)
+    # The random network is not symmetric: mirroring changes its answer.
+    assert np.abs(mirrored - _direct(model, image)).max() > 1e-3
+    # Through the sliding windows too: the same average of windowed predictions.
+    windowed = [predict_volume(model, np.flip(image, (1,)), window=(8, 8, 8)), None]
+    windowed[1] = predict_volume(model, image, window=(8, 8, 8))
+    expected = (np.flip(windowed[0], (1,)) + windowed[1]) / 2
+    np.testing.assert_allclose(predict_volume(model, image, window=(8, 8, 8), mirror_axes=(1,)),
+                               expected, atol=1e-6)
+
+
+def test_mirroring_leaves_a_voxelwise_model_unchanged():
+    image = np.random.default_rng(2).random((8, 12, 16, 3)).astype(np.float32)
+    identity = _identity_model(3)
+    np.testing.assert_allclose(predict_volume(identity, image, mirror_axes=(0, 1, 2)), image,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("axes", [(3,), (0, 0), ("x",), (True,), None, (-1,)])
+def test_bad_mirror_axes_are_refused(model, axes):
+    with pytest.raises(ValueError, match="mirror_axes"):
+        predict_volume(model, np.zeros((8, 8, 8, 3), np.float32), mirror_axes=axes)

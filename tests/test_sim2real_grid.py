@@ -105,3 +105,11 @@ def test_bad_grid_folders_get_one_line(grids, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_scores_with_other_mirroring_are_not_mixed_in(grids, capsys):
+    root, folders, out, command = grids
+    assert sim2real_grid.main(command + ["--mirror", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "was scored with mirror axes [], not [0]: use another --out" in err
+    assert not list(out.glob("*/*/fold*/*.json.tmp*"))

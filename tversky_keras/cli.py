@@ -20,6 +20,18 @@ def _triple(text):
     return tuple(parts)
 
 
+MIRROR_AXES = {"x": 0, "y": 1, "z": 2}
+
+
+def mirror_option(text):
+    """'x' -> (0,); 'x,y,z' or 'xyz' -> (0, 1, 2): test-time mirroring axes (RAS order)."""
+    letters = [c for c in text.lower() if c not in ", "]
+    if not letters or any(c not in MIRROR_AXES for c in letters) or len(set(letters)) != len(letters):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct axes among x, y, z "
+                                         f"(e.g. x, or x,y,z)")
+    return tuple(sorted(MIRROR_AXES[c] for c in letters))
+
+
 def finite(text):
     """A float option that must be a finite number ('nan' and 'inf' are refused here)."""
     try:
@@ -150,6 +162,11 @@ def build_parser():
                          help="sliding-window size (default: the whole volume at once)")
     predict.add_argument("--overlap", type=finite, default=0.5, help="window overlap (0.5)")
     predict.add_argument("--batch-size", type=int, default=1, help="windows per batch")
+    predict.add_argument("--mirror", type=mirror_option, default=(),
+                         help="test-time mirroring, as nnU-Net: also predict the scan flipped "
+                              "along every combination of these axes of the RAS orientation "
+                              "(x: left-right, y: back-front, z: down-up) and average, e.g. x "
+                              "(2 predictions) or x,y,z (8). Default: none")
     predict.add_argument("--modalities", type=_modalities, default=None,
                          help="only for a model saved without its input contract (not by "
                               "tversky-keras train): its input channels, in order")
@@ -291,8 +308,9 @@ def run_predict(args):
                          f"and --spacing are only for models without them")
     probability, geometry = segment_subject(model, subject, window=args.window,
                                             overlap=args.overlap, batch_size=args.batch_size,
-                                            modalities=args.modalities, spacing=args.spacing)
-    about = {"model": str(args.model.resolve()),
+                                            modalities=args.modalities, spacing=args.spacing,
+                                            mirror_axes=args.mirror)
+    about = {"model": str(args.model.resolve()), "mirror_axes": list(args.mirror),
              "inputs": {m: str(Path(p).resolve()) for m, p in subject.images.items()}}
     prob_path, mask_path = write_segmentation(probability, geometry, args.out, args.threshold,
                                               about=about)

@@ -9,6 +9,7 @@ loop (``device_windows``); the volume goes there once and the blended sums
 come back once.
 """
 
+import itertools
 import numbers
 import shutil
 import uuid
@@ -91,8 +92,22 @@ def _predict_whole(model, batch):
     return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype=np.float32)
 
 
+def check_mirror_axes(mirror_axes):
+    """``mirror_axes`` as a sorted tuple of distinct spatial axes (0, 1, 2), or a ValueError."""
+    try:
+        axes = tuple(mirror_axes)
+    except TypeError:
+        raise ValueError(f"mirror_axes={mirror_axes!r}: give spatial axes, e.g. (0,) or "
+                         f"(0, 1, 2)") from None
+    if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) and 0 <= a <= 2
+               for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"mirror_axes={mirror_axes!r}: each must be a spatial axis 0, 1 or 2, "
+                         f"at most once")
+    return tuple(sorted(int(a) for a in axes))
+
+
 def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", batch_size=1,
-                   multiple_of=None, device_windows=True):
+                   multiple_of=None, device_windows=True, mirror_axes=()):
     """Class probabilities for a whole image ``(X, Y, Z, C)``.
 
     Args:
@@ -112,11 +127,27 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
             the device loop compiles once per volume shape (the host loop once
             per window shape): for many scans of different sizes there,
             ``False`` can be faster.
+        mirror_axes: test-time mirroring, as nnU-Net does: the image is also
+            predicted flipped along every combination of these spatial axes
+            (2**k predictions for k axes), each flipped back, and the
+            probabilities averaged. ``()`` (the default): one prediction.
 
     Returns:
         float32 array ``(X, Y, Z, n_classes)``.
     """
+    mirror_axes = check_mirror_axes(mirror_axes)
     image = np.asarray(image, dtype=np.float32)
+    if mirror_axes:
+        flips = [combo for k in range(len(mirror_axes) + 1)
+                 for combo in itertools.combinations(mirror_axes, k)]
+        total = None
+        for axes in flips:
+            flipped = np.flip(image, axes) if axes else image
+            probs = predict_volume(model, flipped, window, overlap, blend, batch_size,
+                                   multiple_of, device_windows)
+            probs = np.flip(probs, axes) if axes else probs
+            total = probs if total is None else total + probs
+        return (total / len(flips)).astype(np.float32)
     if image.ndim != 4 or 0 in image.shape:
         raise ValueError(f"image must be a non-empty (X, Y, Z, C) array; got shape {image.shape}")
     channels = model.input_shape[-1]
@@ -298,7 +329,7 @@ def lesion_probability(probs):
 
 
 def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, modalities=None,
-                    spacing=None, canonical=False):
+                    spacing=None, canonical=False, mirror_axes=()):
     """Lesion probability of a subject in the scan's own voxel grid.
 
     The subject is read and normalised as in training, on the grid recorded in
@@ -313,6 +344,9 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     (same voxels, same values; axes permuted and flipped), for scoring against
     masks read by them. ``reproduce`` scores its test folds this way, so its
     tables measure what ``predict`` then ``evaluate`` measure.
+
+    ``mirror_axes`` (``predict_volume``'s test-time mirroring) are axes of
+    that canonical order: 0 is left-right, 1 back-front, 2 down-up.
 
     Returns:
         ``(probability, geometry)``: float32 array in the scan's grid and the
@@ -339,7 +373,7 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     volume = load_subject(subject, modalities=modalities, target_spacing=spacing,
                           multiple_of=input_multiple(model))
     probs = predict_volume(model, volume.image, window=window, overlap=overlap,
-                           batch_size=batch_size)
+                           batch_size=batch_size, mirror_axes=mirror_axes)
     lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
     if not np.isfinite(lesion).all():
         raise ValueError(
