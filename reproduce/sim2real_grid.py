@@ -13,6 +13,9 @@ the mean and standard deviation over all the row's models (two folds per
 seed), and how many beat the oracle. It is the paper's Table 1 read on real
 scans, by networks that never saw one.
 
+``--ensemble`` also scores each row's models as one ensemble (their
+probabilities averaged, as nnU-Net predicts with its folds), written to
+``<out>/ensemble/<row>/<subject>.json``.
 ``--mirror x`` (or ``x,y,z``) scores each model with test-time mirroring
 (``tversky-keras predict --mirror``), into ``results/sim2real-grid-mirror-x``.
 
@@ -85,41 +88,73 @@ def read_score(path, mirror_axes):
     return score
 
 
-def score_models(models, subjects, out, mirror_axes=()):
+def score_models(models, subjects, out, mirror_axes=(), ensemble=False):
     """Score every model on every subject, skipping scores already written.
 
-    ``mirror_axes``: test-time mirroring (``segment_subject``).
+    ``mirror_axes``: test-time mirroring (``segment_subject``). ``ensemble``:
+    also score, per row, the average of all the row's models' probabilities
+    (``<out>/ensemble/<row>/<subject>.json``, skipped when written for the
+    same models).
 
     Returns:
-        ``{(alpha, beta): {subject id: [scores of each model]}}``.
+        ``({(alpha, beta): {subject id: [scores of each model]}},
+        {(alpha, beta): {subject id: ensemble score}})``, the second empty
+        without ``ensemble``.
     """
     references = {}
-    rows = {}
+    rows, ensembles = {}, {}
+    by_row = {}
     for index, (grid, alpha, beta, fold, path) in enumerate(models, 1):
-        folder = out / grid.name / row_name(alpha, beta) / f"fold{fold}"
-        files = {s.id: folder / f"{s.id}.json" for s in subjects}
-        if not all(f.is_file() for f in files.values()):
-            started = time.perf_counter()
-            model = load_saved_model(path, compile=False)
-            folder.mkdir(parents=True, exist_ok=True)
+        by_row.setdefault((alpha, beta), []).append((index, grid, fold, path))
+    for (alpha, beta), members in by_row.items():
+        row = row_name(alpha, beta)
+        paths = [str(path) for *_, path in members]
+        vote_files = {s.id: out / "ensemble" / row / f"{s.id}.json" for s in subjects}
+        vote_needed = ensemble and not all(
+            f.is_file() and read_score(f, mirror_axes).get("ensemble") == paths
+            for f in vote_files.values())
+        sums = {}
+        for index, grid, fold, path in members:
+            folder = out / grid.name / row / f"fold{fold}"
+            files = {s.id: folder / f"{s.id}.json" for s in subjects}
+            if vote_needed or not all(f.is_file() for f in files.values()):
+                started = time.perf_counter()
+                model = load_saved_model(path, compile=False)
+                folder.mkdir(parents=True, exist_ok=True)
+                for subject in subjects:
+                    if files[subject.id].is_file() and not vote_needed:
+                        continue
+                    if subject.id not in references:
+                        references[subject.id] = oracle(subject)
+                    probability, _ = segment_subject(model, subject, mirror_axes=mirror_axes)
+                    if vote_needed:
+                        sums[subject.id] = sums.get(subject.id, 0.0) + probability
+                    if not files[subject.id].is_file():
+                        result = score_subject(subject, probability, references[subject.id])
+                        write_json({**result, "model": str(path),
+                                    "mirror_axes": list(mirror_axes)}, files[subject.id])
+                keras.backend.clear_session()
+                print(f"[{index}/{len(models)}] {grid.name} {row} fold{fold}: "
+                      + ", ".join(f"{s.id} DSC {read_score(files[s.id], mirror_axes)['dsc']:.3f}"
+                                  for s in subjects)
+                      + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+            scores = rows.setdefault((alpha, beta), {s.id: [] for s in subjects})
             for subject in subjects:
-                if files[subject.id].is_file():
-                    continue
-                if subject.id not in references:
-                    references[subject.id] = oracle(subject)
-                probability, _ = segment_subject(model, subject, mirror_axes=mirror_axes)
-                result = score_subject(subject, probability, references[subject.id])
-                write_json({**result, "model": str(path), "mirror_axes": list(mirror_axes)},
-                           files[subject.id])
-            keras.backend.clear_session()
-            print(f"[{index}/{len(models)}] {grid.name} {row_name(alpha, beta)} fold{fold}: "
-                  + ", ".join(f"{s.id} DSC {read_score(files[s.id], mirror_axes)['dsc']:.3f}"
-                              for s in subjects)
-                  + f" ({time.perf_counter() - started:.0f} s)", flush=True)
-        row = rows.setdefault((alpha, beta), {s.id: [] for s in subjects})
-        for subject in subjects:
-            row[subject.id].append(read_score(files[subject.id], mirror_axes))
-    return rows
+                scores[subject.id].append(read_score(files[subject.id], mirror_axes))
+        if vote_needed:
+            (out / "ensemble" / row).mkdir(parents=True, exist_ok=True)
+            for subject in subjects:
+                result = score_subject(subject, sums[subject.id] / len(members),
+                                       references[subject.id])
+                write_json({**result, "ensemble": paths, "mirror_axes": list(mirror_axes)},
+                           vote_files[subject.id])
+            print(f"ensemble of {len(members)} {row} models: "
+                  + ", ".join(f"{s.id} DSC {read_score(vote_files[s.id], mirror_axes)['dsc']:.3f}"
+                              for s in subjects), flush=True)
+        if ensemble:
+            ensembles[(alpha, beta)] = {s.id: read_score(vote_files[s.id], mirror_axes)
+                                        for s in subjects}
+    return rows, ensembles
 
 
 def summarise(rows):
@@ -138,6 +173,33 @@ def summarise(rows):
                               "values": values.tolist()}
             summary.setdefault(subject_id, {})[row_name(alpha, beta)] = entry
     return summary
+
+
+def ensemble_summary(ensembles):
+    """``{subject: {row: ensemble score}}`` with how many models voted."""
+    return {subject_id: {row_name(a, b): {**by_subject[subject_id],
+                                          "models": len(by_subject[subject_id]["ensemble"])}
+                         for (a, b), by_subject in ensembles.items()}
+            for subject_id in next(iter(ensembles.values()), {})}
+
+
+def ensemble_markdown(summary):
+    """One table per subject: each row's ensemble, in percent, against the oracle."""
+    parts = []
+    head = ["penalties", "models", "DSC", "sensitivity", "specificity", "APR", "lesion TPR",
+            "lesion FPR", "above the oracle"]
+    for subject_id, by_row in sorted(summary.items()):
+        first = next(iter(by_row.values()))
+        parts.append(f"### {subject_id}: each row's models as one ensemble (FLAIR-threshold "
+                     f"oracle DSC {report.percent(first['threshold_dsc'])})")
+        lines = []
+        for row, entry in by_row.items():
+            alpha, beta = row[1:].split("_b")
+            lines.append([f"a={alpha}, b={beta}", entry["models"],
+                          *[report.percent(entry[k]) for k in SHOWN],
+                          "yes" if entry["dsc"] > entry["threshold_dsc"] else "no"])
+        parts.append(report.markdown_table(head, lines))
+    return "\n\n".join(parts)
 
 
 def markdown(summary):
@@ -171,6 +233,9 @@ def build_parser():
     parser.add_argument("--mirror", type=mirror_option, default=(),
                         help="test-time mirroring along these axes (x, y, z; as tversky-keras "
                              "predict --mirror); default none")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also score each row's models together, their probabilities "
+                             "averaged (as nnU-Net ensembles its folds)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the scores and the table go (results/sim2real-grid, "
                              "-mirror-<axes> with --mirror)")
@@ -190,13 +255,17 @@ def _run(args):
     subjects = discover_subjects(args.data)
     print(f"{len(models)} finished cells in {len(args.grid)} grid folder(s), "
           f"{len(subjects)} subjects of {args.data}", flush=True)
-    summary = summarise(score_models(models, subjects, out, args.mirror))
+    rows, ensembles = score_models(models, subjects, out, args.mirror, args.ensemble)
+    summary = summarise(rows)
     text = markdown(summary)
-    write_json({"data": str(Path(args.data).resolve()),
-                "grids": [str(Path(g).resolve()) for g in args.grid],
-                "models": [str(m[-1]) for m in models], "threshold": 0.5,
-                "mirror_axes": list(args.mirror), "subjects": summary},
-               out / "sim2real-grid.json")
+    result = {"data": str(Path(args.data).resolve()),
+              "grids": [str(Path(g).resolve()) for g in args.grid],
+              "models": [str(m[-1]) for m in models], "threshold": 0.5,
+              "mirror_axes": list(args.mirror), "subjects": summary}
+    if args.ensemble:
+        result["ensembles"] = ensemble_summary(ensembles)
+        text += "\n\n" + ensemble_markdown(result["ensembles"])
+    write_json(result, out / "sim2real-grid.json")
     write_text(out / "sim2real-grid.md",
                "# The Table-1 grid's phantom-trained models on real subjects (percent, inside "
                "the brain, each scan's grid; mean ± std over the models"

@@ -162,3 +162,32 @@ def test_predict_mirror_writes_the_mirrored_average(saved_model, tmp_path, capsy
               "--out", str(tmp_path / "out2"), "--mirror", "x,q"])
     assert exit_info.value.code == 2 and "distinct axes among x, y, z" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_predict_with_several_models_writes_their_average(saved_model, tmp_path, capsys):
+    from tversky_keras.data import discover_subjects
+    from tversky_keras.inference import load_saved_model, segment_subject
+
+    keras.utils.set_random_seed(6)
+    second = tmp_path / "second.keras"
+    with_scan_spec(unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2),
+                   ["T1W", "T2W", "FLAIR"], multiple_of=4).save(second)
+    folder = write_tiny_subjects(tmp_path / "data", n=1)[0]
+    assert main(["predict", "--model", str(saved_model), str(second), "--input", str(folder),
+                 "--out", str(tmp_path / "out")]) == 0
+    written = nib.load(tmp_path / "out" / "probability.nii.gz").get_fdata()
+    subject = discover_subjects(tmp_path / "data")[0]
+    singles = [segment_subject(load_saved_model(p), subject)[0] for p in (saved_model, second)]
+    np.testing.assert_allclose(written, (singles[0] + singles[1]) / 2, atol=1e-6)
+    about = json.loads((tmp_path / "out" / "segmentation.json").read_text())
+    assert about["ensemble"] == [str(saved_model.resolve()), str(second.resolve())]
+    # A model for another voxel size is named, and nothing is written.
+    other = tmp_path / "other.keras"
+    with_scan_spec(unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2),
+                   ["T1W", "T2W", "FLAIR"], spacing=2.0, multiple_of=4).save(other)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(saved_model), str(other), "--input", str(folder),
+                 "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert f"{other} expects another scan than {saved_model}" in err
+    assert not (tmp_path / "out2").exists()

@@ -223,3 +223,23 @@ def test_mirroring_leaves_a_voxelwise_model_unchanged():
 def test_bad_mirror_axes_are_refused(model, axes):
     with pytest.raises(ValueError, match="mirror_axes"):
         predict_volume(model, np.zeros((8, 8, 8, 3), np.float32), mirror_axes=axes)
+
+
+def test_an_ensemble_averages_its_models_probabilities(model, tmp_path):
+    keras.utils.set_random_seed(4)
+    other = with_scan_spec(unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2),
+                           ["T1W", "T2W", "FLAIR"], spacing=None, multiple_of=4)
+    write_tiny_subjects(tmp_path / "data", n=1)
+    subject = discover_subjects(tmp_path / "data")[0]
+    one, geometry = segment_subject(model, subject)
+    two, _ = segment_subject(other, subject)
+    both, both_geometry = segment_subject([model, other], subject)
+    np.testing.assert_allclose(both, (one + two) / 2, atol=1e-6)
+    assert np.abs(one - two).max() > 1e-3 and both_geometry.shape == geometry.shape
+    # Models that expect another scan cannot vote together.
+    elsewhere = with_scan_spec(unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2),
+                               ["T1W", "T2W", "FLAIR"], spacing=2.0, multiple_of=4)
+    with pytest.raises(ValueError, match="model 2 of the ensemble expects another scan"):
+        segment_subject([model, elsewhere], subject)
+    with pytest.raises(ValueError, match="no model given"):
+        segment_subject([], subject)

@@ -113,3 +113,24 @@ def test_scores_with_other_mirroring_are_not_mixed_in(grids, capsys):
     err = capsys.readouterr().err
     assert "was scored with mirror axes [], not [0]: use another --out" in err
     assert not list(out.glob("*/*/fold*/*.json.tmp*"))
+
+
+def test_each_row_as_an_ensemble_is_the_average_of_its_models(grids, capsys):
+    root, folders, out, command = grids
+    assert sim2real_grid.main(command + ["--ensemble"]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble of 2 a0.5_b0.5 models" in printed and "ensemble of 3 a0.1_b0.9" in printed
+    summary = json.loads((out / "sim2real-grid.json").read_text())["ensembles"]
+    models = [keras.saving.load_model(cell_folder(f, 0.5, 0.5, 0) / "run" / "last.keras")
+              for f in folders]
+    for subject in discover_subjects(root / "data"):
+        truth, brain, _ = scan_reference(subject)
+        average = np.mean([segment_subject(m, subject)[0] for m in models], axis=0)
+        expected = f1_score(truth[brain], average[brain] >= 0.5, zero_division=1.0)
+        entry = summary[subject.id]["a0.5_b0.5"]
+        assert entry["dsc"] == pytest.approx(expected, abs=1e-6) and entry["models"] == 2
+    assert "each row's models as one ensemble" in (out / "sim2real-grid.md").read_text()
+    # Run again: every score, the ensembles' too, is read back, no model loaded.
+    assert sim2real_grid.main(command + ["--ensemble"]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble of" not in printed and "] phantom-smoke" not in printed

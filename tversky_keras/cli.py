@@ -151,7 +151,9 @@ def build_parser():
     predict = sub.add_parser("predict", help="segment a scan with a saved model",
                              description="Write OUT/probability.nii.gz (float32) and "
                                          "OUT/mask.nii.gz (uint8) in the scan's own geometry.")
-    predict.add_argument("--model", required=True, type=Path, help="a saved .keras model")
+    predict.add_argument("--model", required=True, type=Path, nargs="+",
+                         help="a saved .keras model; several (e.g. one per fold) predict as an "
+                              "ensemble: their probabilities are averaged")
     predict.add_argument("--input", type=Path, help="a subject folder")
     for modality in ("T1W", "T2W", "FLAIR"):
         predict.add_argument(f"--{modality.lower()}", dest=modality, type=Path,
@@ -301,17 +303,25 @@ def run_predict(args):
     if args.spacing is not None and args.spacing <= 0:
         raise ValueError(f"--spacing {args.spacing:g}: a voxel size must be positive")
     subject = _subject_for_predict(args)
-    model = load_saved_model(args.model)
-    spec = scan_spec(model)
+    models = [load_saved_model(path) for path in args.model]
+    spec = scan_spec(models[0])
+    for path, other in zip(args.model[1:], models[1:]):
+        if scan_spec(other) != spec:
+            raise ValueError(f"{path} expects another scan than {args.model[0]} "
+                             f"({scan_spec(other)} vs {spec}): an ensemble must share "
+                             f"modalities, voxel size and size multiple")
     if spec and (args.modalities or args.spacing):
-        raise ValueError(f"{args.model} records its modalities and voxel size; --modalities "
+        raise ValueError(f"{args.model[0]} records its modalities and voxel size; --modalities "
                          f"and --spacing are only for models without them")
-    probability, geometry = segment_subject(model, subject, window=args.window,
-                                            overlap=args.overlap, batch_size=args.batch_size,
+    probability, geometry = segment_subject(models if len(models) > 1 else models[0], subject,
+                                            window=args.window, overlap=args.overlap,
+                                            batch_size=args.batch_size,
                                             modalities=args.modalities, spacing=args.spacing,
                                             mirror_axes=args.mirror)
-    about = {"model": str(args.model.resolve()), "mirror_axes": list(args.mirror),
+    about = {"model": str(args.model[0].resolve()), "mirror_axes": list(args.mirror),
              "inputs": {m: str(Path(p).resolve()) for m, p in subject.images.items()}}
+    if len(models) > 1:
+        about["ensemble"] = [str(path.resolve()) for path in args.model]
     prob_path, mask_path = write_segmentation(probability, geometry, args.out, args.threshold,
                                               about=about)
     print(f"wrote {prob_path} and {mask_path}")

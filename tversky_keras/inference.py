@@ -348,6 +348,10 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     ``mirror_axes`` (``predict_volume``'s test-time mirroring) are axes of
     that canonical order: 0 is left-right, 1 back-front, 2 down-up.
 
+    ``model`` may be a list of models (an ensemble, as nnU-Net predicts with
+    its folds): the scan is read once and their class probabilities are
+    averaged. They must expect the same scan (ScanSpec and size multiple).
+
     Returns:
         ``(probability, geometry)``: float32 array in the scan's grid and the
         geometry to write it with.
@@ -356,7 +360,17 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
         ValueError: the subject lacks a modality the model needs, or a model
             without a ScanSpec was given no ``modalities``.
     """
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not models:
+        raise ValueError("no model given")
+    model = models[0]
     spec = scan_spec(model)
+    for index, other in enumerate(models[1:], 2):
+        if scan_spec(other) != spec or input_multiple(other) != input_multiple(model):
+            raise ValueError(
+                f"model {index} of the ensemble expects another scan than model 1 "
+                f"({scan_spec(other) or 'no recorded contract'} vs {spec or 'none'}): an "
+                f"ensemble must share modalities, voxel size and size multiple")
     if spec:
         modalities, spacing = spec["modalities"], spec["spacing"]
     elif modalities is None:
@@ -369,11 +383,15 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
         raise ValueError(
             f"the model expects modalities {', '.join(modalities)} (in that order) but "
             f"subject {subject.id} has no {', '.join(missing)}")
-    check_modalities(model, modalities, source=f"subject {subject.id}")
+    for each in models:
+        check_modalities(each, modalities, source=f"subject {subject.id}")
     volume = load_subject(subject, modalities=modalities, target_spacing=spacing,
                           multiple_of=input_multiple(model))
-    probs = predict_volume(model, volume.image, window=window, overlap=overlap,
-                           batch_size=batch_size, mirror_axes=mirror_axes)
+    probs = 0.0
+    for each in models:  # a running sum: one map in memory, however many models
+        probs = probs + predict_volume(each, volume.image, window=window, overlap=overlap,
+                                       batch_size=batch_size, mirror_axes=mirror_axes)
+    probs = probs / len(models)
     lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
     if not np.isfinite(lesion).all():
         raise ValueError(
