@@ -183,43 +183,49 @@ def ensemble_summary(ensembles):
             for subject_id in next(iter(ensembles.values()), {})}
 
 
-def ensemble_markdown(summary):
-    """One table per subject: each row's ensemble, in percent, against the oracle."""
+HEAD = ["penalties", "models", "DSC", "sensitivity", "specificity", "APR", "lesion TPR",
+        "lesion FPR", "above the oracle"]
+
+
+def _alpha(row):
+    """alpha of a row name (``a0.3_b0.7`` -> 0.3): the table runs as the paper's, 0.5 first."""
+    return float(row[1:].split("_b")[0])
+
+
+def _tables(summary, title, cells):
+    """One table per subject (``title(subject id, an entry)`` above it), a line per row."""
     parts = []
-    head = ["penalties", "models", "DSC", "sensitivity", "specificity", "APR", "lesion TPR",
-            "lesion FPR", "above the oracle"]
     for subject_id, by_row in sorted(summary.items()):
-        first = next(iter(by_row.values()))
-        parts.append(f"### {subject_id}: each row's models as one ensemble (FLAIR-threshold "
-                     f"oracle DSC {report.percent(first['threshold_dsc'])})")
+        parts.append(title(subject_id, next(iter(by_row.values()))))
         lines = []
-        for row, entry in by_row.items():
+        for row, entry in sorted(by_row.items(), key=lambda item: -_alpha(item[0])):
             alpha, beta = row[1:].split("_b")
-            lines.append([f"a={alpha}, b={beta}", entry["models"],
-                          *[report.percent(entry[k]) for k in SHOWN],
-                          "yes" if entry["dsc"] > entry["threshold_dsc"] else "no"])
-        parts.append(report.markdown_table(head, lines))
+            lines.append([f"a={alpha}, b={beta}", entry["models"], *cells(entry)])
+        parts.append(report.markdown_table(HEAD, lines))
     return "\n\n".join(parts)
+
+
+def ensemble_markdown(summary):
+    """Each row's ensemble, in percent, against the oracle, per subject."""
+    return _tables(
+        summary,
+        lambda subject_id, entry: (f"### {subject_id}: each row's models as one ensemble "
+                                   f"(FLAIR-threshold oracle DSC "
+                                   f"{report.percent(entry['threshold_dsc'])})"),
+        lambda entry: [*[report.percent(entry[k]) for k in SHOWN],
+                       "yes" if entry["dsc"] > entry["threshold_dsc"] else "no"])
 
 
 def markdown(summary):
-    """One table per subject: each row's mean ± std (percent) and its models above the oracle."""
-    parts = []
-    head = ["penalties", "models", "DSC", "sensitivity", "specificity", "APR", "lesion TPR",
-            "lesion FPR", "above the oracle"]
-    for subject_id, by_row in sorted(summary.items()):
-        first = next(iter(by_row.values()))
-        parts.append(f"### {subject_id} ({first['lesion_voxels']} lesion voxels; "
-                     f"FLAIR-threshold oracle DSC {report.percent(first['threshold_dsc'])})")
-        lines = []
-        for row, entry in by_row.items():
-            cells = [f"{report.percent(entry[k]['mean'])} ± {report.percent(entry[k]['std'])}"
-                     for k in SHOWN]
-            alpha, beta = row[1:].split("_b")
-            lines.append([f"a={alpha}, b={beta}", entry["models"], *cells,
-                          f"{entry['above_oracle']} of {entry['models']}"])
-        parts.append(report.markdown_table(head, lines))
-    return "\n\n".join(parts)
+    """Each row's mean ± std over its models (percent) and how many beat the oracle."""
+    return _tables(
+        summary,
+        lambda subject_id, entry: (f"### {subject_id} ({entry['lesion_voxels']} lesion voxels; "
+                                   f"FLAIR-threshold oracle DSC "
+                                   f"{report.percent(entry['threshold_dsc'])})"),
+        lambda entry: [*[f"{report.percent(entry[k]['mean'])} ± "
+                         f"{report.percent(entry[k]['std'])}" for k in SHOWN],
+                       f"{entry['above_oracle']} of {entry['models']}"])
 
 
 def build_parser():
