@@ -137,17 +137,6 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
     """
     mirror_axes = check_mirror_axes(mirror_axes)
     image = np.asarray(image, dtype=np.float32)
-    if mirror_axes:
-        flips = [combo for k in range(len(mirror_axes) + 1)
-                 for combo in itertools.combinations(mirror_axes, k)]
-        total = None
-        for axes in flips:
-            flipped = np.flip(image, axes) if axes else image
-            probs = predict_volume(model, flipped, window, overlap, blend, batch_size,
-                                   multiple_of, device_windows)
-            probs = np.flip(probs, axes) if axes else probs
-            total = probs if total is None else total + probs
-        return (total / len(flips)).astype(np.float32)
     if image.ndim != 4 or 0 in image.shape:
         raise ValueError(f"image must be a non-empty (X, Y, Z, C) array; got shape {image.shape}")
     channels = model.input_shape[-1]
@@ -160,6 +149,17 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         raise ValueError(f"overlap={overlap}: must be in [0, 1)")
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend={blend!r}: choose gaussian or constant")
+    if mirror_axes:
+        flips = [combo for k in range(len(mirror_axes) + 1)
+                 for combo in itertools.combinations(mirror_axes, k)]
+        total = None
+        for axes in flips:
+            flipped = np.flip(image, axes) if axes else image
+            probs = predict_volume(model, flipped, window, overlap, blend, batch_size,
+                                   multiple_of, device_windows)
+            probs = np.flip(probs, axes) if axes else probs
+            total = probs if total is None else total + probs
+        return (total / len(flips)).astype(np.float32)
     if multiple_of is None:
         multiple_of = input_multiple(model)
     shape = image.shape[:3]
