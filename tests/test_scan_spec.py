@@ -46,3 +46,15 @@ def test_check_modalities_names_the_expected_order():
     with pytest.raises(ValueError, match="expects modalities T1W, T2W, FLAIR .* provides FLAIR, "
                                          "T2W, T1W"):
         check_modalities(model, ["FLAIR", "T2W", "T1W"], source="the scan")
+
+
+def test_a_size_the_network_cannot_take_is_named_not_a_concat_error():
+    # A None-sized U-Net fed 10 voxels along x (depth 2 needs multiples of 4)
+    # used to fail inside TensorFlow's ConcatV2 at the first skip connection.
+    network = unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2)
+    model = with_scan_spec(network, ["T1W", "T2W", "FLAIR"], multiple_of=4)
+    assert model(np.zeros((1, 8, 12, 4, 3), np.float32)).shape == (1, 8, 12, 4, 2)
+    for call in (model, model.predict_on_batch):
+        with pytest.raises(ValueError, match="spatial axis 1 of the input has size 10, not a "
+                                             "multiple of 4"):
+            call(np.zeros((1, 8, 10, 4, 3), np.float32))

@@ -50,6 +50,14 @@ class ScanSpec(keras.layers.Layer):
             )
 
     def call(self, inputs):
+        # A known size that cannot fit would otherwise fail deep inside the
+        # network (the U-Net's skip connections do not line up): name it here.
+        for axis, size in enumerate(tuple(inputs.shape)[1:4]):
+            if size is not None and size % self.multiple_of:
+                raise ValueError(
+                    f"spatial axis {axis} of the input has size {size}, not a multiple of "
+                    f"{self.multiple_of} as this model needs: pad or crop it (predict_volume, "
+                    f"segment_subject and tversky-keras predict pad for you)")
         return inputs
 
     def compute_output_shape(self, input_shape):
