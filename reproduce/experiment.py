@@ -104,7 +104,7 @@ PROFILES = {
         base_filters=2, depth=2, learning_rate=1e-3, lr_decay_steps=1000,
         phantom_subjects=4, phantom_spacing=4.0),
     "quick": Profile(
-        name="quick", description="the whole grid in about 15 minutes on a 2-core CPU: 2-mm "
+        name="quick", description="the whole grid in 10-20 minutes on a 2-core CPU: 2-mm "
                                   "phantom, 32^3 patches, a small U-Net, Adam 3e-4, 800 steps",
         spacing=None, patch_size=(32, 32, 32), batch_size=4, epochs=10, steps_per_epoch=80,
         base_filters=8, depth=3, learning_rate=3e-4, lr_decay_steps=1000,
