@@ -540,8 +540,8 @@ def _run(args):
     started = time.perf_counter()
     helpers = []
     finished = False
-    if workers > 1:  # `kill` stops the helpers too, through the finally below
-        handler = signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    if workers > 1:  # `kill` stops the helpers too
+        handler = signal.signal(signal.SIGTERM, _stop_helpers_and_exit(helpers))
     try:
         code = _lead(args, profile, data, base, workers, helpers, started)
         finished = True
@@ -553,6 +553,32 @@ def _run(args):
             process.wait()
         if workers > 1:
             signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_helpers_and_exit(helpers):
+    """A SIGTERM handler for the lead: stop and reap its helpers, then exit with
+    128 + the signal number at once.
+
+    Not by raising SystemExit: raised wherever the signal lands, it can land
+    inside TensorFlow's C++ (building a tf.data pipeline, say), which turns it
+    into a bare TypeError and an exit code of 1. A cell left half-done is
+    what ``kill -9`` leaves too: its claim names a dead process, so the next
+    run on this machine takes it over at once, and training resumes from the
+    cell's last finished epoch.
+    """
+    def handler(number, frame):
+        for process in helpers:
+            if process.poll() is None:
+                process.terminate()
+        for process in helpers:
+            process.wait()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, RuntimeError):
+                pass
+        os._exit(128 + number)
+    return handler
 
 
 def experiments(args, profile, data, base):

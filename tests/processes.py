@@ -3,37 +3,46 @@
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_for_child(pid, timeout_s):
-    """The pid of ``pid``'s first child process, polled from /proc until it exists."""
+def wait_for_child(pid, timeout_s, marker=""):
+    """The pid of ``pid``'s first child process whose command line contains ``marker``,
+    polled from /proc until it exists. A marker keeps short-lived children of
+    imports (``uname`` and the like, started before the parent's signal
+    handling is in place) from being taken for the one the test means."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for status in Path("/proc").glob("[0-9]*/status"):
             try:
                 fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
                               if ":\t" in line)
+                command = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if fields.get("PPid", "").strip() == str(pid):
+            if fields.get("PPid", "").strip() == str(pid) and marker in command:
                 return int(status.parent.name)
         time.sleep(0.05)  # polling a condition, not waiting for one to be likely
-    raise AssertionError(f"process {pid} started no child within {timeout_s} s")
+    raise AssertionError(f"process {pid} started no child {marker!r} within {timeout_s} s")
 
 
-def assert_sigterm_stops_the_child(module_args):
-    """``python -m MODULE ARGS`` started in the repository: once it has started a child
-    process, SIGTERM to it alone ends it with 128 + SIGTERM, its child stopped and reaped."""
-    parent = subprocess.Popen([sys.executable, "-m", *module_args], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        child = wait_for_child(parent.pid, timeout_s=120)
-        parent.send_signal(signal.SIGTERM)
-        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
-        assert not Path(f"/proc/{child}").exists()
-    finally:
-        parent.kill()
+def assert_sigterm_stops_the_child(module_args, marker):
+    """``python -m MODULE ARGS`` started in the repository: once it has started its child
+    process (command line containing ``marker``), SIGTERM to it alone ends it with
+    128 + SIGTERM, its child stopped and reaped."""
+    with tempfile.TemporaryFile() as log:
+        parent = subprocess.Popen([sys.executable, "-m", *module_args], cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            child = wait_for_child(parent.pid, timeout_s=120, marker=marker)
+            parent.send_signal(signal.SIGTERM)
+            code = parent.wait(timeout=60)
+            log.seek(0)
+            assert code == 128 + signal.SIGTERM, (code, log.read().decode()[-3000:])
+            assert not Path(f"/proc/{child}").exists()
+        finally:
+            parent.kill()

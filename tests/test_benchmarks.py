@@ -315,4 +315,5 @@ def test_stopping_gpu_all_stops_its_child(tmp_path):
     """SIGTERM to the parent alone: the child measuring on the GPU must not live on."""
     assert_sigterm_stops_the_child(
         ["benchmarks.gpu_all", "--dry-run", "--backends", "tensorflow", "--max-variants", "1",
-         "--repeats", "1", "--out", str(tmp_path)])
+         "--repeats", "1", "--out", str(tmp_path)],
+        marker="-m benchmarks --gpu")

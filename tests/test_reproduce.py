@@ -268,7 +268,8 @@ def test_stopping_the_lead_process_stops_its_helpers(smoke_run, tmp_path):
     root, _ = smoke_run
     assert_sigterm_stops_the_child(
         ["reproduce.table1", "--profile", "smoke", "--results", str(tmp_path / "results"),
-         "--cache", str(root / "cache"), "--no-figures", "--workers", "2"])
+         "--cache", str(root / "cache"), "--no-figures", "--workers", "2"],
+        marker="--worker-of")
 
 
 def test_workers_are_refused_with_no_wait_and_below_one(capsys):
