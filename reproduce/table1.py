@@ -547,12 +547,21 @@ def _run(args):
         finished = True
         return code
     finally:
-        for process in helpers:  # stopped early (an error, Ctrl-C): stop the helpers too
-            if not finished and process.poll() is None:
-                process.terminate()
+        if not finished:  # stopped early (an error, Ctrl-C): stop the helpers too
+            _stop_helpers(helpers)
+        for process in helpers:
             process.wait()
         if workers > 1:
             signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_helpers(helpers):
+    """Terminate the helper processes still running, and reap them all."""
+    for process in helpers:
+        if process.poll() is None:
+            process.terminate()
+    for process in helpers:
+        process.wait()
 
 
 def _stop_helpers_and_exit(helpers):
@@ -567,11 +576,7 @@ def _stop_helpers_and_exit(helpers):
     cell's last finished epoch.
     """
     def handler(number, frame):
-        for process in helpers:
-            if process.poll() is None:
-                process.terminate()
-        for process in helpers:
-            process.wait()
+        _stop_helpers(helpers)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
