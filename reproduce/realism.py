@@ -99,29 +99,29 @@ def region_masks(affine, brain, lesion):
 def image_properties(z, regions, brain, spacing):
     """Texture, drift and template fit of one z-scored modality."""
     core = regions["WM core"]
-    fine = z - ndimage.gaussian_filter(z, TEXTURE_SIGMA_MM / spacing)
+    fine, spread = fine_texture(z, core, spacing)
     weights = ndimage.gaussian_filter(core.astype(np.float32), DRIFT_SIGMA_MM / spacing)
     drift = ndimage.gaussian_filter(np.where(core, z, 0), DRIFT_SIGMA_MM / spacing)
     drift = drift[core] / np.maximum(weights[core], 1e-6)
-    values = fine[core]
-    spread = 1.4826 * _mad(values)
     return {"fine texture (robust SD in WM core)": spread,
             "WM drift (SD of WM smoothed 20 mm)": float(np.std(drift)),
-            BRIGHT_SPOTS: float(1000 * np.mean(values > np.median(values) + 3 * spread))}
+            BRIGHT_SPOTS: float(1000 * np.mean(fine[core] > 3))}
 
 
 def fine_texture(z, core, spacing):
-    """Fine texture of one z-scored modality, in robust SDs from its WM-core median."""
+    """Fine texture of one z-scored modality (what a 2-mm Gaussian removes), in robust
+    SDs from its WM-core median, and that robust SD in z-score units."""
     fine = z - ndimage.gaussian_filter(z, TEXTURE_SIGMA_MM / spacing)
     values = fine[core]
-    return (fine - np.median(values)) / max(1.4826 * _mad(values), 1e-6)
+    spread = 1.4826 * _mad(values)
+    return (fine - np.median(values)) / max(spread, 1e-6), spread
 
 
 def spot_signature(z, regions, spacing):
     """Median fine texture of each modality where FLAIR's is over 3 robust SDs
     in the WM core: lesion-like spots are dark in T1W and bright in T2W."""
     core = regions["WM core"]
-    fine = [fine_texture(z[..., i], core, spacing) for i in range(len(MODALITIES))]
+    fine = [fine_texture(z[..., i], core, spacing)[0] for i in range(len(MODALITIES))]
     spots = core & (fine[MODALITIES.index("FLAIR")] > 3)
     return {m: float(np.median(fine[i][spots])) if spots.any() else float("nan")
             for i, m in enumerate(MODALITIES) if m != "FLAIR"}
