@@ -292,8 +292,8 @@ def _subject_for_predict(args):
 
 
 def run_predict(args):
-    from tversky_keras.inference import (check_threshold, load_saved_model, segment_subject,
-                                         write_segmentation)
+    from tversky_keras.inference import (check_ensemble, check_threshold, load_saved_model,
+                                         segment_subject, write_segmentation)
     from tversky_keras.scan_spec import scan_spec
 
     check_threshold(args.threshold)
@@ -304,12 +304,8 @@ def run_predict(args):
         raise ValueError(f"--spacing {args.spacing:g}: a voxel size must be positive")
     subject = _subject_for_predict(args)
     models = [load_saved_model(path) for path in args.model]
+    check_ensemble(models, names=args.model)
     spec = scan_spec(models[0])
-    for path, other in zip(args.model[1:], models[1:]):
-        if scan_spec(other) != spec:
-            raise ValueError(f"{path} expects another scan than {args.model[0]} "
-                             f"({scan_spec(other)} vs {spec}): an ensemble must share "
-                             f"modalities, voxel size and size multiple")
     if spec and (args.modalities or args.spacing):
         raise ValueError(f"{args.model[0]} records its modalities and voxel size; --modalities "
                          f"and --spacing are only for models without them")

@@ -328,6 +328,23 @@ def lesion_probability(probs):
     return probs[..., 1] if probs.shape[-1] > 1 else probs[..., 0]
 
 
+def check_ensemble(models, names=None):
+    """Raise a ValueError unless ``models`` are at least one and all expect the
+    scan the first one does (ScanSpec and size multiple); ``names`` (e.g. their
+    files) name them in the message, else "model 1 of the ensemble", ..."""
+    if not models:
+        raise ValueError("no model given")
+    names = list(names) if names is not None else [f"model {i} of the ensemble" for i in
+                                                    range(1, len(models) + 1)]
+    spec, multiple = scan_spec(models[0]), input_multiple(models[0])
+    for name, other in zip(names[1:], models[1:]):
+        if scan_spec(other) != spec or input_multiple(other) != multiple:
+            raise ValueError(
+                f"{name} expects another scan than {names[0]} "
+                f"({scan_spec(other) or 'no recorded contract'} vs {spec or 'none'}): an "
+                f"ensemble must share modalities, voxel size and size multiple")
+
+
 def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, modalities=None,
                     spacing=None, canonical=False, mirror_axes=()):
     """Lesion probability of a subject in the scan's own voxel grid.
@@ -361,16 +378,9 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
             without a ScanSpec was given no ``modalities``.
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
-    if not models:
-        raise ValueError("no model given")
+    check_ensemble(models)
     model = models[0]
     spec = scan_spec(model)
-    for index, other in enumerate(models[1:], 2):
-        if scan_spec(other) != spec or input_multiple(other) != input_multiple(model):
-            raise ValueError(
-                f"model {index} of the ensemble expects another scan than model 1 "
-                f"({scan_spec(other) or 'no recorded contract'} vs {spec or 'none'}): an "
-                f"ensemble must share modalities, voxel size and size multiple")
     if spec:
         modalities, spacing = spec["modalities"], spec["spacing"]
     elif modalities is None:
