@@ -117,7 +117,9 @@ def score_models(models, subjects, out, mirror_axes=(), ensemble=False):
         for index, grid, fold, path in members:
             folder = out / grid.name / row / f"fold{fold}"
             files = {s.id: folder / f"{s.id}.json" for s in subjects}
-            if vote_needed or not all(f.is_file() for f in files.values()):
+            scored = {}  # this model's score of each subject, made now or read
+            run = vote_needed or not all(f.is_file() for f in files.values())
+            if run:
                 started = time.perf_counter()
                 model = load_saved_model(path, compile=False)
                 folder.mkdir(parents=True, exist_ok=True)
@@ -131,29 +133,36 @@ def score_models(models, subjects, out, mirror_axes=(), ensemble=False):
                         sums[subject.id] = sums.get(subject.id, 0.0) + probability
                     if not files[subject.id].is_file():
                         result = score_subject(subject, probability, references[subject.id])
-                        write_json({**result, "model": str(path),
-                                    "mirror_axes": list(mirror_axes)}, files[subject.id])
+                        scored[subject.id] = {**result, "model": str(path),
+                                              "mirror_axes": list(mirror_axes)}
+                        write_json(scored[subject.id], files[subject.id])
                 keras.backend.clear_session()
+            for subject_id, file in files.items():  # the scores an earlier run made
+                if subject_id not in scored:
+                    scored[subject_id] = read_score(file, mirror_axes)
+            if run:
                 print(f"[{index}/{len(models)}] {grid.name} {row} fold{fold}: "
-                      + ", ".join(f"{s.id} DSC {read_score(files[s.id], mirror_axes)['dsc']:.3f}"
-                                  for s in subjects)
+                      + ", ".join(f"{s.id} DSC {scored[s.id]['dsc']:.3f}" for s in subjects)
                       + f" ({time.perf_counter() - started:.0f} s)", flush=True)
             scores = rows.setdefault((alpha, beta), {s.id: [] for s in subjects})
             for subject in subjects:
-                scores[subject.id].append(read_score(files[subject.id], mirror_axes))
+                scores[subject.id].append(scored[subject.id])
         if vote_needed:
             (out / "ensemble" / row).mkdir(parents=True, exist_ok=True)
+            votes = {}
             for subject in subjects:
                 result = score_subject(subject, sums[subject.id] / len(members),
                                        references[subject.id])
-                write_json({**result, "ensemble": paths, "mirror_axes": list(mirror_axes)},
-                           vote_files[subject.id])
+                votes[subject.id] = {**result, "ensemble": paths,
+                                     "mirror_axes": list(mirror_axes)}
+                write_json(votes[subject.id], vote_files[subject.id])
             print(f"ensemble of {len(members)} {row} models: "
-                  + ", ".join(f"{s.id} DSC {read_score(vote_files[s.id], mirror_axes)['dsc']:.3f}"
-                              for s in subjects), flush=True)
+                  + ", ".join(f"{s.id} DSC {votes[s.id]['dsc']:.3f}" for s in subjects),
+                  flush=True)
+        elif ensemble:
+            votes = {s.id: read_score(vote_files[s.id], mirror_axes) for s in subjects}
         if ensemble:
-            ensembles[(alpha, beta)] = {s.id: read_score(vote_files[s.id], mirror_axes)
-                                        for s in subjects}
+            ensembles[(alpha, beta)] = votes
     return rows, ensembles
 
 
