@@ -2,6 +2,7 @@
 
     python -m reproduce.realism [--data ../shared/data/mslub-mni] [--subjects 4] [--spacing 2]
                                 [--seed 0] [--json OUT] [--baseline OLD.json]
+    python -m reproduce.realism --lesions [--subjects 15] [--spacing 2] [--seed 0] [--json OUT]
 
 A few phantom subjects (those ``synthesize_dataset(n_subjects=N, seed=S)``
 writes) and every real subject under ``--data`` (registered to MNI space) are
@@ -34,9 +35,16 @@ phantom numbers as a "before" column.
 
 The real subjects' lesion masks only set which voxels to leave out of the
 tissue regions and the "lesion" row; nothing here is fitted to them.
+
+``--lesions`` prints instead the lesions' geometry (``lesion_geometry``): their
+count, load, sizes and sites, for the 27 real MSLUB masks embedded in the
+package (at 1 mm, and resampled to ``--spacing`` as a pipeline would) and for
+the first subjects of phantom versions 2 (ovoids) and 3 (real masks moved with
+a deformed brain); median [IQR] over subjects. It needs no ``--data``.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -48,10 +56,11 @@ import numpy as np  # noqa: E402
 from nibabel.orientations import inv_ornt_aff  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 
-from reproduce.report import markdown_head, markdown_row  # noqa: E402
+from reproduce.report import markdown_head, markdown_row, markdown_table  # noqa: E402
 from tversky_keras.atomic import write_json  # noqa: E402
 from tversky_keras.data import (MODALITIES, discover_subjects, lesion_loads,  # noqa: E402
                                 load_subject, synthesize_subject, zscore_in_brain)
+from tversky_keras.data.lesion_atlas import lesion_mask_names, read_lesion_mask  # noqa: E402
 from tversky_keras.data.phantom import mni152_tissue, subject_seed  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mslub-mni"
@@ -66,6 +75,20 @@ DRIFT_SIGMA_MM = 20.0    # white matter smoothed this much is its slow drift
 BRIGHT_SPOTS = "bright spots (fine texture > 3 robust SD, per 1000 WM-core voxels)"
 SPOT_SIGNATURE = "fine texture at FLAIR's bright spots (robust SDs)"
 MAX_SAMPLES = 200_000    # per distribution, for the Wasserstein distances
+# Lesion sites of the MAGNIMS criteria (Filippi et al., Lancet Neurol 2016):
+# infratentorial lesions lie in the brainstem or cerebellum, periventricular
+# ones touch the lateral ventricles, juxtacortical ones the cortex; the rest
+# are deep. In that order, the first that fits: a lesion touching both the
+# ventricles and the cortex is periventricular. "Touching" is read as within
+# 3 mm of the MNI152 template's structure, which absorbs the registration of a
+# real brain (and the phantom's deformation) to the template.
+LESION_SITES = ("infratentorial", "periventricular", "juxtacortical", "deep")
+SITE_TOLERANCE_MM = 3.0
+TENTORIUM_Z_MM = -20.0   # the phantom's: lesions centred below this MNI z are infratentorial
+PHANTOM_VERSIONS = (2, 3)
+LESION_COLUMNS = (("lesions", "count"), ("load (mm^3)", "load_mm3"),
+                  ("median lesion (mm^3)", "volume_median_mm3"),
+                  ("p95 lesion (mm^3)", "volume_p95_mm3"))
 
 
 def grid_affine(volume):
@@ -334,24 +357,209 @@ def report(result, baseline=None):
     return "\n".join(lines)
 
 
+def lesion_geometry(mask, affine):
+    """Count, load, sizes and sites of the lesions of one binary mask on an MNI grid.
+
+    A lesion is a 26-connected component. Each lesion gets one site of
+    ``LESION_SITES``, the first that fits: infratentorial (its centroid below
+    MNI z = ``TENTORIUM_Z_MM``), periventricular (a voxel within
+    ``SITE_TOLERANCE_MM`` of the template's lateral ventricles), juxtacortical
+    (a voxel within ``SITE_TOLERANCE_MM`` of the template's cortex: grey
+    matter, probability over 0.5, less than ``CORTEX_DEPTH_MM`` below the
+    brain's surface), else deep.
+
+    Args:
+        mask: 3D array, non-zero where there is lesion.
+        affine: the grid's 4x4 voxel-to-MNI-millimetre affine (any voxel size).
+
+    Returns:
+        dict: ``count``; ``load_mm3``; ``volume_p25_mm3``,
+        ``volume_median_mm3``, ``volume_p75_mm3``, ``volume_p95_mm3`` (the
+        lesions' volumes, NaN without lesions); ``by_count`` and ``by_volume``:
+        site -> share of the lesions, and of the load, at that site (NaN
+        without lesions).
+    """
+    mask = np.asarray(mask) > 0
+    affine = np.asarray(affine, float)
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    voxels = np.nonzero(mask)
+    lesion_of = labels[voxels] - 1
+    volumes = np.bincount(lesion_of, minlength=count) * np.prod(voxel_size(affine))
+    z_mm = affine[2, :3] @ np.array(voxels) + affine[2, 3]
+    centroid_z = np.bincount(lesion_of, z_mm, count) / np.maximum(np.bincount(lesion_of), 1)
+
+    def touches(near):
+        return np.bincount(lesion_of, near[voxels], count) > 0
+
+    near_ventricles, near_cortex = lesion_site_maps(affine, mask.shape)
+    site = np.select([centroid_z < TENTORIUM_Z_MM, touches(near_ventricles),
+                      touches(near_cortex)], [0, 1, 2], 3)
+    quartiles = np.percentile(volumes, [25, 50, 75, 95]) if count else [np.nan] * 4
+    shares = {"by_count": {}, "by_volume": {}}
+    for index, name in enumerate(LESION_SITES):
+        shares["by_count"][name] = float(np.mean(site == index)) if count else np.nan
+        shares["by_volume"][name] = (float(volumes[site == index].sum() / volumes.sum())
+                                     if count else np.nan)
+    return {"count": int(count), "load_mm3": float(volumes.sum()),
+            **{f"volume_{q}_mm3": float(v) for q, v in zip(("p25", "median", "p75", "p95"),
+                                                            quartiles)},
+            **shares}
+
+
+def voxel_size(affine):
+    """The voxel's edge lengths in mm along the grid's axes (an affine without shear)."""
+    return np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+
+
+def lesion_site_maps(affine, shape):
+    """Where a lesion voxel makes its lesion periventricular, and where juxtacortical
+    (``lesion_geometry``), on a grid in MNI space: two read-only boolean arrays of
+    ``shape``, cached per grid."""
+    return _lesion_site_maps(np.asarray(affine, float).tobytes(), tuple(int(n) for n in shape))
+
+
+@functools.lru_cache(maxsize=4)
+def _lesion_site_maps(affine_bytes, shape):
+    affine = np.frombuffer(affine_bytes).reshape(4, 4)
+    template = mni152_tissue(affine, shape)
+    cortex = (template["GM"] > 0.5) & (template["brain_depth_mm"] < CORTEX_DEPTH_MM)
+    near_cortex = np.zeros(shape, bool)
+    if cortex.any():
+        near_cortex = (ndimage.distance_transform_edt(~cortex, sampling=voxel_size(affine))
+                       <= SITE_TOLERANCE_MM)
+    near_ventricles = template["ventricle_distance_mm"] <= SITE_TOLERANCE_MM
+    for near in (near_ventricles, near_cortex):
+        near.setflags(write=False)
+    return near_ventricles, near_cortex
+
+
+def coarsen_mask(mask, affine, spacing):
+    """A lesion mask on a coarser grid: lesion where at least half of a new voxel is.
+
+    The new grid covers the old one's field of view, its outer voxel edges on
+    the old ones' (as ``load_subject`` resamples), with ``round(n * old voxel
+    size / spacing)`` voxels along an axis of ``n``; a new voxel's lesion share
+    is the exact overlap of the old lesion voxels with it.
+
+    Args:
+        mask: 3D array, non-zero where there is lesion.
+        affine: its 4x4 voxel-to-world affine.
+        spacing: the new voxel size in mm.
+
+    Returns:
+        ``(bool array, 4x4 voxel-to-world affine of the new grid)``.
+    """
+    affine = np.asarray(affine, float)
+    share = (np.asarray(mask) > 0).astype(np.float32)
+    to_old = np.eye(4)
+    for axis, voxel_mm in enumerate(voxel_size(affine)):
+        n = share.shape[axis]
+        size = max(1, round(n * voxel_mm / spacing))
+        share = np.moveaxis(np.tensordot(_overlap(n, size), share, axes=(1, axis)), 0, axis)
+        to_old[axis, axis] = n / size
+        to_old[axis, 3] = n / size / 2 - 0.5
+    return share >= 0.5, affine @ to_old
+
+
+def _overlap(n, size):
+    """``(size, n)`` float32: the share of each of ``size`` equal new voxels, laid over
+    ``n`` old ones, that each old voxel covers."""
+    new_edges = np.arange(size + 1) * (n / size)
+    old_edges = np.arange(n + 1)
+    overlap = (np.minimum(new_edges[1:, None], old_edges[None, 1:])
+               - np.maximum(new_edges[:-1, None], old_edges[None, :-1]))
+    return (np.clip(overlap, 0, None) * (size / n)).astype(np.float32)
+
+
+def real_lesion_masks(spacing=1.0):
+    """The embedded real masks (MSLUB, MNI 1 mm) at ``spacing``: ``(name, mask, affine)``."""
+    for name in lesion_mask_names():
+        mask, affine = read_lesion_mask(name)
+        if not np.allclose(voxel_size(affine), spacing):
+            mask, affine = coarsen_mask(mask, affine, spacing)
+        yield name, mask, affine
+
+
+def phantom_lesion_masks(n_subjects, seed, spacing, version):
+    """The lesion masks of the first subjects of a phantom data set of ``version``:
+    ``(id, mask, affine)``."""
+    from tversky_keras.data.phantom import dataset_subjects
+
+    for index, subject in enumerate(dataset_subjects(n_subjects, seed, spacing, version)):
+        yield f"synth{index:02d}", subject.lesion, subject.affine
+
+
+def measure_lesions(n_subjects=15, seed=0, spacing=2.0, versions=PHANTOM_VERSIONS):
+    """``lesion_geometry`` of the real masks (at 1 mm and ``spacing``) and of
+    ``n_subjects`` phantom subjects of each version (at ``spacing``), as a JSON-able
+    dict: ``settings`` and ``lesions``: source -> subject -> geometry."""
+    sources = {}
+    for mm in sorted({1.0, float(spacing)}):
+        sources[f"real masks, {mm:g} mm"] = {name: lesion_geometry(mask, affine) for
+                                             name, mask, affine in real_lesion_masks(mm)}
+    for version in versions:
+        sources[f"phantom v{version}, {spacing:g} mm"] = {
+            name: lesion_geometry(mask, affine) for name, mask, affine
+            in phantom_lesion_masks(n_subjects, seed, spacing, version)}
+    return {"settings": {"phantom_subjects": n_subjects, "seed": seed, "spacing": spacing,
+                         "phantom_versions": list(versions)},
+            "lesions": sources}
+
+
+def _median_iqr(values, scale=1.0):
+    p25, p50, p75 = scale * np.nanpercentile(np.asarray(values, float), [25, 50, 75])
+    return f"{p50:.0f} [{p25:.0f}, {p75:.0f}]"
+
+
+def lesion_report(result):
+    """The lesion geometry of ``measure_lesions`` as a Markdown table, a row per source."""
+    head = (["source", "subjects"] + [label for label, _ in LESION_COLUMNS]
+            + [f"{site} % ({by})" for by in ("count", "volume") for site in LESION_SITES])
+    rows = []
+    for source, subjects in result["lesions"].items():
+        geometries = list(subjects.values())
+        row = [source, len(geometries)]
+        row += [_median_iqr([g[key] for g in geometries]) for _, key in LESION_COLUMNS]
+        row += [_median_iqr([g[f"by_{by}"][site] for g in geometries], 100)
+                for by in ("count", "volume") for site in LESION_SITES]
+        rows.append(row)
+    return "\n".join([
+        "Lesion geometry: median [IQR] over subjects. Lesions are 26-connected; each has the "
+        "first site that fits of " + ", ".join(LESION_SITES) + " (MAGNIMS sites on the "
+        f"MNI152 template, {SITE_TOLERANCE_MM:g} mm tolerance), as a % of the lesions "
+        "(count) and of the load (volume).", "", markdown_table(head, rows)])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="real subjects registered to MNI space")
-    parser.add_argument("--subjects", type=int, default=4, help="phantom subjects")
+    parser.add_argument("--subjects", type=int,
+                        help="phantom subjects (default: 4; with --lesions, 15 of each version)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
     parser.add_argument("--json", type=Path, help="write the numbers here")
     parser.add_argument("--baseline", type=Path,
                         help="the --json of an earlier run, shown as 'before'")
+    parser.add_argument("--lesions", action="store_true",
+                        help="only the lesion geometry of the real masks and the phantom; "
+                             "needs no --data")
     args = parser.parse_args(argv)
+    if args.subjects is None:
+        args.subjects = 15 if args.lesions else 4
     if args.subjects < 1:
         parser.error(f"--subjects must be at least 1, got {args.subjects}")
-    if not args.data.exists():
-        parser.error(f"no real data at {args.data}")
-    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    result = measure(args.data, args.subjects, args.seed, args.spacing)
-    print(report(result, baseline))
+    if args.lesions:
+        if args.baseline:
+            parser.error("--baseline goes with the intensity tables, not with --lesions")
+        result = measure_lesions(args.subjects, args.seed, args.spacing)
+        print(lesion_report(result))
+    else:
+        if not args.data.exists():
+            parser.error(f"no real data at {args.data}")
+        baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+        result = measure(args.data, args.subjects, args.seed, args.spacing)
+        print(report(result, baseline))
     if args.json:
         write_json(result, args.json)
     return 0

@@ -38,7 +38,7 @@ from reproduce.experiment import PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.cli import finite, seed  # noqa: E402
+from tversky_keras.cli import finite, mirror_option, natural, seed  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
                                 zscore_in_brain)
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics  # noqa: E402
@@ -52,19 +52,43 @@ RUN = "run"
 REPORTED = ("dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr")
 
 
-def phantom_manifest(phantom):
-    """The phantom's ``phantom.json``, refused when an older generator wrote it.
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How the phantom that trains the sim-to-real network is made.
 
-    ``phantom_data`` reuses a cached phantom whatever generator version made it,
-    so a model trained here would silently come from the old phantom.
+    ``appearance``: the phantom's look (``synthesize_subject``); ``phantom_subjects``:
+    how many subjects (``None``: the profile's). With a randomized look, every
+    subject is another draw of contrasts, bias, resolution and noise, so more
+    subjects show the network more looks for the same training budget.
     """
-    from tversky_keras.data.phantom import PHANTOM_VERSION
 
+    name: str
+    appearance: str
+    phantom_subjects: int | None
+    description: str
+
+
+RECIPES = {
+    "calibrated": Recipe("calibrated", "calibrated", None,
+                         "the profile's phantom, its look calibrated to real MSLUB scans"),
+    "randomized": Recipe("randomized", "randomized", 60,
+                         "domain randomisation: 60 subjects, each with its own contrasts, lesion "
+                         "contrast, bias field, resolution and noise"),
+}
+DEFAULT_RECIPE = "randomized"
+
+
+def phantom_manifest(phantom, version):
+    """The phantom's ``phantom.json``, refused when another generator version wrote it.
+
+    ``phantom_data`` names its folders by version, but an older generator of
+    the same version number may have filled one.
+    """
     manifest = json.loads((Path(phantom) / "phantom.json").read_text())
-    if manifest.get("version") != PHANTOM_VERSION:
-        raise SystemExit(f"{phantom} holds phantom version {manifest.get('version')}, this code "
-                         f"generates version {PHANTOM_VERSION}: delete that folder (it is "
-                         f"generated again) or give another --cache")
+    if manifest.get("version") != version:
+        raise SystemExit(f"{phantom} holds phantom version {manifest.get('version')}, not "
+                         f"{version}: delete that folder (it is generated again) or give "
+                         f"another --cache")
     return manifest
 
 
@@ -134,10 +158,11 @@ def score_subject(subject, probability, reference=None):
             "n_true_lesions": ours["n_true_lesions"], "n_pred_lesions": ours["n_pred_lesions"]}
 
 
-def segment_all(model, subjects, root, about):
+def segment_all(model, subjects, root, about, mirror_axes=()):
     """Segment and score every subject without ``metrics.json``; return all subjects' metrics.
 
-    ``about`` (the model) is recorded beside each segmentation.
+    ``about`` (the model) is recorded beside each segmentation; ``mirror_axes``:
+    test-time mirroring (``segment_subject``).
     """
     scores = {}
     for subject in subjects:
@@ -147,9 +172,10 @@ def segment_all(model, subjects, root, about):
             print(f"skip {subject.id}: finished", flush=True)
         else:
             started = time.perf_counter()
-            probability, geometry = segment_subject(model, subject)
+            probability, geometry = segment_subject(model, subject, mirror_axes=mirror_axes)
             write_segmentation(probability, geometry, folder, threshold=THRESHOLD,
-                               about={**about, "subject": subject.id})
+                               about={**about, "subject": subject.id,
+                                      "mirror_axes": list(mirror_axes)})
             result = score_subject(subject, probability)
             result["seconds"] = round(time.perf_counter() - started, 1)
             write_json(result, done)
@@ -190,21 +216,36 @@ def build_parser():
                         help="real subjects to segment (any layout discover_subjects reads)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                         help="training budget: smoke (seconds), quick (default, about 3 minutes "
-                             "on 2 CPU cores), paper (for a GPU)")
+                             "of training on 2 CPU cores), paper (for a GPU)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                        help="how the training phantom is made: "
+                             + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values())
+                             + f" (default {DEFAULT_RECIPE})")
+    parser.add_argument("--phantom-version", type=int, choices=(2, 3), default=3,
+                        help="phantom generator version (3: real patients' lesions, default; "
+                             "2: the earlier drawn ovoids)")
+    parser.add_argument("--phantom-subjects", type=natural, default=None, metavar="N",
+                        help="phantom subjects to train on (default: the recipe's, else the "
+                             "profile's)")
     parser.add_argument("--alpha", type=finite, default=DEFAULT_PENALTIES[0],
                         help="weight of false positives (0.3)")
     parser.add_argument("--beta", type=finite, default=DEFAULT_PENALTIES[1],
                         help="weight of false negatives (0.7)")
     parser.add_argument("--seed", type=seed, default=0,
                         help="training seed (0): weights and patches; the phantom stays seed 0's. "
-                             "Another seed writes sim2real-<profile>[-aA_bB]-seed<N>")
+                             "Another seed writes <name>-seed<N>")
+    parser.add_argument("--seeds", type=natural, default=1, metavar="N",
+                        help="train N networks (seeds --seed .. --seed + N - 1) and report "
+                             "each subject's mean ± std over them in <name>-seeds.{json,md}")
+    parser.add_argument("--mirror", type=mirror_option, default=(),
+                        help="test-time mirroring along these RAS axes (x = left-right), as "
+                             "tversky-keras predict --mirror; writes <name>-mirror-<axes>")
     parser.add_argument("--phantom-spacing", type=phantom_voxel_size, default=None, metavar="MM",
                         help="generate the phantom at this voxel size and train on it (default: "
-                             "the profile's, 2 mm for quick); writes "
-                             "sim2real-<profile>-<MM>mm[...]")
+                             "the profile's, 2 mm for quick); writes <name>-<MM>mm")
     parser.add_argument("--intensity-augmentation", action="store_true",
                         help="train with nnU-Net's default intensity augmentation; writes "
-                             "sim2real-<profile>[...]-augment")
+                             "<name>-augment")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -215,55 +256,149 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.seeds < 1:
+        build_parser().error(f"--seeds must be at least 1, got {args.seeds}")
     return report.run_or_one_line("python -m reproduce.sim2real", _run, args)
 
 
-def _run(args):
-    started = time.perf_counter()
-    profile = PROFILES[args.profile]
-    name = f"sim2real-{profile.name}"
-    if args.phantom_spacing is not None and args.phantom_spacing != profile.phantom_spacing:
-        # The phantom and the network's grid together, as the profile has no spacing of its own.
-        profile = dataclasses.replace(profile, phantom_spacing=args.phantom_spacing)
+def experiment_name(args, profile):
+    """``sim2real-<profile>-v<version>-<recipe>[-<N>subjects][-<MM>mm][-aA_bB][-augment]``:
+    what defines the training, so no two settings share a folder."""
+    recipe = RECIPES[args.recipe]
+    name = f"sim2real-{profile.name}-v{args.phantom_version}-{recipe.name}"
+    if args.phantom_subjects is not None and args.phantom_subjects != recipe.phantom_subjects:
+        name += f"-{args.phantom_subjects}subjects"
+    if args.phantom_spacing is not None and args.phantom_spacing != PROFILES[
+            args.profile].phantom_spacing:
         name += f"-{args.phantom_spacing:g}mm"
     if (args.alpha, args.beta) != DEFAULT_PENALTIES:
         name += f"-{row_name(args.alpha, args.beta)}"
     if args.intensity_augmentation:
         name += "-augment"
-    if args.seed:
-        name += f"-seed{args.seed}"
-    root = args.results / name
+    return name
+
+
+def mirror_suffix(mirror_axes):
+    """``-mirror-<axes>`` for test-time mirroring (its own folder), else nothing."""
+    return "-mirror-" + "".join("xyz"[axis] for axis in mirror_axes) if mirror_axes else ""
+
+
+def recipe_profile(args):
+    """The profile, with the recipe's (or --phantom-subjects') phantom and --phantom-spacing."""
+    profile = PROFILES[args.profile]
+    subjects = args.phantom_subjects or RECIPES[args.recipe].phantom_subjects
+    if subjects is not None:
+        profile = dataclasses.replace(profile, phantom_subjects=subjects)
+    if args.phantom_spacing is not None:
+        # The phantom and the network's grid together, as the profile has no spacing of its own.
+        profile = dataclasses.replace(profile, phantom_spacing=args.phantom_spacing)
+    return profile
+
+
+def _run(args):
+    started = time.perf_counter()
+    profile = recipe_profile(args)
+    trained = experiment_name(args, profile)
+    base = trained + mirror_suffix(args.mirror)
     subjects = discover_subjects(args.data)
     if any(s.id == RUN for s in subjects):
         raise SystemExit(f"{args.data}: a subject named {RUN!r} would share the run's folder")
-    phantom = phantom_data(profile, args.cache)
+    recipe = RECIPES[args.recipe]
+    phantom = phantom_data(profile, args.cache, args.phantom_version, recipe.appearance)
+    manifest = phantom_manifest(phantom, args.phantom_version)
     phantom_subjects = discover_subjects(phantom)
-    config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), args.seed,
+    runs = {}
+    for seed in range(args.seed, args.seed + args.seeds):
+        tail = "" if seed == 0 else f"-seed{seed}"
+        name = base + tail
+        # Mirroring is a way of predicting: the same seed's network, trained once.
+        runs[name] = _train_and_segment(args, profile, recipe, manifest, phantom,
+                                        phantom_subjects, subjects, seed, args.results / name,
+                                        args.results / (trained + tail) / RUN)
+        print(f"\n{name}: trained on the phantom only, tested on {args.data}\n\n"
+              f"{markdown_table(runs[name]['subjects'])}", flush=True)
+    if args.seeds > 1:
+        summary = seed_summary(runs)
+        text = seed_markdown(summary)
+        write_json(summary, args.results / f"{base}-seeds.json")
+        write_text(args.results / f"{base}-seeds.md",
+                   f"# Sim-to-real over {args.seeds} training seeds ({base}; percent, "
+                   f"mean ± std)\n\n{text}\n")
+        print(f"\n{base}: over {args.seeds} training seeds (mean ± std)\n\n{text}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subjects, subjects,
+                       seed, root, run):
+    """One training seed: train (or resume, or find finished) into ``run`` on the phantom,
+    then segment and score every subject into ``root``."""
+    config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), seed,
                           args.intensity_augmentation)
     settings = {"data": str(Path(args.data).resolve()), "profile": dataclasses.asdict(profile),
-                "alpha": args.alpha, "beta": args.beta, "threshold": THRESHOLD,
-                "phantom": phantom_manifest(phantom), "training": config.to_json()}
+                "recipe": dataclasses.asdict(recipe), "alpha": args.alpha, "beta": args.beta,
+                "threshold": THRESHOLD, "mirror_axes": list(args.mirror), "phantom": manifest,
+                "training": config.to_json()}
     settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
     check_settings(root, settings)
-    print(f"profile {profile.name}: training on {len(phantom_subjects)} phantom subjects at "
+    print(f"profile {profile.name}, recipe {recipe.name}, seed {seed}: training on "
+          f"{len(phantom_subjects)} phantom subjects (version {manifest['version']}) at "
           f"{config.spacing:g} mm, a={args.alpha:g} b={args.beta:g}", flush=True)
-    summary = train(config, phantom_subjects, [], root / RUN, verbose=2,
+    summary = train(config, phantom_subjects, [], run, verbose=2,
                     cache_dir=args.cache / "preprocessed")
     # The fixed budget's last model: nothing real is looked at to choose it.
-    model_path = root / RUN / "last.keras"
+    model_path = run / "last.keras"
     model = keras.saving.load_model(model_path)
-    scores = segment_all(model, subjects, root, about={"model": str(model_path)})
-    result = {**settings, "subjects": scores, "phantom_folder": str(phantom),
+    scores = segment_all(model, subjects, root, about={"model": str(model_path)},
+                         mirror_axes=args.mirror)
+    result = {**settings, "seed": seed, "subjects": scores, "phantom_folder": str(phantom),
               "model": str(model_path), "model_spacing": scan_spec(model)["spacing"],
               "training_summary": summary}
     write_json(result, root / "sim2real.json")
-    text = markdown_table(scores)
     write_text(root / "sim2real.md",
-               f"# Sim-to-real ({name}; percent, inside the brain, in each scan's grid)\n\n"
-               f"{text}\n")
-    print(f"\n{name}: trained on the phantom only, tested on {args.data}\n\n{text}")
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    return 0
+               f"# Sim-to-real ({root.name}; percent, inside the brain, in each scan's grid)\n\n"
+               f"{markdown_table(scores)}\n")
+    return result
+
+
+SUMMARISED = ("dsc", "sensitivity", "specificity", "f2", "apr", "lesion_tpr", "lesion_fpr")
+
+
+def seed_summary(runs):
+    """Each subject's mean and std over the seeds' runs (``{name: sim2real.json}``), with the
+    oracle (the same for every seed) and the runs it comes from."""
+    first = next(iter(runs.values()))
+    subjects = {}
+    for subject_id in first["subjects"]:
+        scores = [run["subjects"][subject_id] for run in runs.values()]
+        subjects[subject_id] = {
+            **{key: {"mean": float(np.mean([s[key] for s in scores])),
+                     "std": float(np.std([s[key] for s in scores])),
+                     "values": [float(s[key]) for s in scores]} for key in SUMMARISED},
+            "threshold_dsc": float(scores[0]["threshold_dsc"]),
+            "lesion_voxels": int(scores[0]["lesion_voxels"]),
+            "above_oracle": int(sum(s["dsc"] > s["threshold_dsc"] for s in scores))}
+    return {"runs": list(runs), "seeds": [run["seed"] for run in runs.values()],
+            "subjects": subjects}
+
+
+def seed_markdown(summary):
+    """Per subject: mean ± std over seeds of our DSC (and how many seeds beat the oracle),
+    the oracle, sensitivity, specificity, F2, APR and lesion-wise TPR / FPR."""
+    head = ["subject", "lesion voxels", "DSC ours", "seeds above oracle",
+            "DSC FLAIR-threshold oracle", "sensitivity", "specificity", "F2", "APR",
+            "lesion TPR", "lesion FPR"]
+    n = len(summary["seeds"])
+
+    def cell(value):
+        return f"{100 * value['mean']:.2f} ± {100 * value['std']:.2f}"
+
+    rows = [[subject_id, s["lesion_voxels"], cell(s["dsc"]), f"{s['above_oracle']}/{n}",
+             report.percent(s["threshold_dsc"])]
+            + [cell(s[k]) for k in ("sensitivity", "specificity", "f2", "apr", "lesion_tpr",
+                                    "lesion_fpr")]
+            for subject_id, s in sorted(summary["subjects"].items())]
+    return report.markdown_table(head, rows)
 
 
 if __name__ == "__main__":

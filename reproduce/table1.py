@@ -57,16 +57,19 @@ LABELS = {"dsc": "DSC", "sensitivity": "Sensitivity", "specificity": "Specificit
           "f2": "F2", "apr": "APR"}
 
 
-def phantom_folder(profile, cache=DEFAULT_CACHE):
-    """Where the profile's phantom lives in the cache; the generator's version is in the name,
-    so a phantom made by another version is never reused."""
+def phantom_folder(profile, cache=DEFAULT_CACHE, version=None, appearance="calibrated"):
+    """Where the profile's phantom lives in the cache; the generator's version (default:
+    the current one) and a randomized appearance are in the name, so a phantom made
+    otherwise is never reused."""
     from tversky_keras.data.phantom import PHANTOM_VERSION
 
-    return Path(cache) / (f"phantom-v{PHANTOM_VERSION}-{profile.phantom_subjects}x"
-                          f"{profile.phantom_spacing:g}mm-seed0")
+    version = PHANTOM_VERSION if version is None else version
+    suffix = "" if appearance == "calibrated" else f"-{appearance}"
+    return Path(cache) / (f"phantom-v{version}-{profile.phantom_subjects}x"
+                          f"{profile.phantom_spacing:g}mm-seed0{suffix}")
 
 
-def phantom_data(profile, cache=DEFAULT_CACHE):
+def phantom_data(profile, cache=DEFAULT_CACHE, version=None, appearance="calibrated"):
     """The embedded default data set, generated on first use into the cache.
 
     It is generated into a temporary sibling folder and renamed into place,
@@ -76,15 +79,19 @@ def phantom_data(profile, cache=DEFAULT_CACHE):
     """
     from tversky_keras.data.phantom import synthesize_dataset
 
-    folder = phantom_folder(profile, cache)
+    from tversky_keras.data.phantom import PHANTOM_VERSION
+
+    version = PHANTOM_VERSION if version is None else version
+    folder = phantom_folder(profile, cache, version, appearance)
     if (folder / "phantom.json").is_file():
         return folder
-    print(f"generating the synthetic MS phantom ({profile.phantom_subjects} subjects at "
-          f"{profile.phantom_spacing:g} mm) into {folder} ...", flush=True)
+    print(f"generating the synthetic MS phantom (version {version}, {profile.phantom_subjects} "
+          f"subjects at {profile.phantom_spacing:g} mm) into {folder} ...", flush=True)
     temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
     try:
         synthesize_dataset(temporary, n_subjects=profile.phantom_subjects, seed=0,
-                           spacing=profile.phantom_spacing)
+                           spacing=profile.phantom_spacing, version=version,
+                           appearance=appearance)
         _rename_into_place(temporary, folder)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -440,7 +447,12 @@ def build_parser():
     parser.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION,
                         help="16-bit compute, as `tversky-keras train` (auto: float16 on a GPU, "
                              "float32 on a CPU; on: bfloat16 on a CPU)")
-    parser.add_argument("--name", default=None, help="experiment name (default: data-profile)")
+    parser.add_argument("--phantom-version", type=int, choices=(2, 3), default=3,
+                        help="without --data: the phantom generator's version (3: real "
+                             "patients' lesions, the default; 2: the earlier drawn ovoids)")
+    parser.add_argument("--name", default=None,
+                        help="experiment name (default: <data folder>-<profile>, or "
+                             "phantom-v<version>-<profile>)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help="where the phantom is generated, and subjects preprocessed to "
@@ -522,8 +534,10 @@ def _run(args):
     profile = PROFILES[args.profile]
     if args.spacing is not None:
         profile = dataclasses.replace(profile, spacing=args.spacing)
-    data = args.data if args.data is not None else phantom_data(profile, args.cache)
-    base = args.name or f"{'phantom' if args.data is None else Path(args.data).name}-{profile.name}"
+    data = args.data if args.data is not None else phantom_data(profile, args.cache,
+                                                                args.phantom_version)
+    source = f"phantom-v{args.phantom_version}" if args.data is None else Path(args.data).name
+    base = args.name or f"{source}-{profile.name}"
     if args.spacing is not None:
         base += f"-{args.spacing:g}mm"
     if args.oversample:

@@ -41,7 +41,8 @@ from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.normalize import zscore_in_brain
 from tversky_keras.data.subjects import MASK_NAME
 
-PHANTOM_VERSION = 2
+PHANTOM_VERSION = 3
+PHANTOM_VERSIONS = (2, 3)
 
 # Lesion load (mm^3) of the 30 MSLUB patients in MNI space: quantile -> value.
 _LOAD_QUANTILES = ((0.0, 316.0), (0.25, 1802.0), (0.5, 13934.5), (0.75, 28181.75), (1.0, 52190.0))
@@ -157,7 +158,9 @@ class SyntheticSubject:
             includes the sulcal vessels); they add up to the voxel's share
             inside the brain, zero outside it.
         ventricle_distance_mm: float32 distance (mm) to the lateral ventricles.
-        lesion_load_target_mm3: the load the lesions were drawn to.
+        lesion_load_target_mm3: the load the lesions were drawn to (version 3:
+            the real patients' load in MNI space, before the brain's shrinkage).
+        lesion_source: version 3: whose lesions (``LesionSource.label``).
     """
 
     images: dict
@@ -166,6 +169,7 @@ class SyntheticSubject:
     tissue: dict
     ventricle_distance_mm: np.ndarray
     lesion_load_target_mm3: float
+    lesion_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -435,12 +439,17 @@ class _Anatomy:
     brain_depth_mm: np.ndarray
     infratentorial: np.ndarray     # below the tentorium, in template coordinates
     deep_grey: np.ndarray          # 0..1: how much of the grey matter is a deep nucleus
+    lesion_prior: tuple | None = None  # version 3: the real lesions (_lesion_prior), moved
 
 
-def _deformed_anatomy(rng, template, spacing):
+def _deformed_anatomy(rng, template, spacing, lesion_source=None):
     """A subject's anatomy: the template shrunk to a real brain's size under a
     smooth displacement, with sharp tissue boundaries, re-opened sulci and
-    their vessels, widened ventricles and a skull-stripped edge."""
+    their vessels, widened ventricles and a skull-stripped edge.
+
+    ``lesion_source`` (version 3: a ``LesionSource``) is sampled through the
+    same scaling, turn and displacement (``_lesion_prior``), so the real
+    lesions shrink and deform with the subject's brain."""
     shape = template.gm.shape
     centre = (np.array(shape) - 1) / 2
     scale = rng.uniform(*_BRAIN_SCALE) * rng.uniform(0.97, 1.03, size=3)
@@ -489,7 +498,9 @@ def _deformed_anatomy(rng, template, spacing):
                     ventricle_distance_mm=ventricle_distance,
                     brain_depth_mm=warp_distance(template.brain_depth_mm),
                     infratentorial=template_z_mm < _TENTORIUM_Z_MM,
-                    deep_grey=warp(template.deep_grey))
+                    deep_grey=warp(template.deep_grey),
+                    lesion_prior=None if lesion_source is None else _lesion_prior(
+                        lesion_source, points, spacing))
 
 
 def _rotation(angles):
@@ -710,14 +721,164 @@ def _lesions(rng, load_mm3, anatomy, spacing):
     return fraction, mask, severity * np.clip(patches, 0.2, None)
 
 
+# --- version 3: real lesions ----------------------------------------------------
+
+@dataclass(frozen=True)
+class LesionSource:
+    """Whose lesions a version-3 subject carries: one or two of the embedded real
+    masks (``tversky_keras.data.lesion_atlas``), each possibly mirrored left-right.
+
+    Attributes:
+        names: embedded mask names, e.g. ``("patient12",)``.
+        mirrored: one bool per name: flipped across the midsagittal plane
+            (MNI x -> -x; the template is symmetric).
+    """
+
+    names: tuple
+    mirrored: tuple
+
+    def __post_init__(self):
+        from tversky_keras.data.lesion_atlas import lesion_mask_names
+
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "mirrored", tuple(bool(m) for m in self.mirrored))
+        if not self.names or len(self.names) != len(self.mirrored):
+            raise ValueError(f"LesionSource needs one mirrored flag per mask, got "
+                             f"{self.names} and {self.mirrored}")
+        unknown = [n for n in self.names if n not in lesion_mask_names()]
+        if unknown:
+            raise ValueError(f"no embedded lesion mask {unknown[0]!r}")
+
+    @property
+    def label(self):
+        """``patient12``, ``patient12-mirrored``, ``patient03+patient20-mirrored``."""
+        return "+".join(n + ("-mirrored" if m else "") for n, m in zip(self.names, self.mirrored))
+
+
+def lesion_sources(n_subjects, seed=0):
+    """The real lesions of each subject of a version-3 data set.
+
+    Up to 27 subjects, each carries a different patient's mask: the masks,
+    sorted by lesion load, are cut into ``n_subjects`` strata of neighbouring
+    loads and one is drawn from each (so the lightest and heaviest loads the
+    paper's figures need are always there), then dealt to subjects in random
+    order. More subjects vary the real shapes without inventing any: the
+    next 27 carry every mask mirrored left-right, and the rest the union of
+    two different patients' lesions (each mirrored or not at random), kept to
+    white matter like any other.
+
+    Args:
+        n_subjects: number of subjects.
+        seed: the data set's seed (int).
+
+    Returns:
+        list of ``LesionSource``, one per subject.
+    """
+    from tversky_keras.data.lesion_atlas import lesion_mask_loads
+
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
+    rng = np.random.default_rng([seed, _LESION_SOURCE_STREAM])
+    loads = lesion_mask_loads()
+    by_load = sorted(loads, key=loads.get)
+    picked = [rng.choice(stratum) for stratum in
+              np.array_split(np.array(by_load), min(n_subjects, len(by_load)))]
+    sources = [LesionSource((str(name),), (False,)) for name in rng.permutation(picked)]
+    if n_subjects > len(by_load):
+        mirrored = rng.permutation(by_load)[:n_subjects - len(by_load)]
+        sources += [LesionSource((str(name),), (True,)) for name in mirrored]
+    while len(sources) < n_subjects:
+        first, second = rng.choice(len(by_load), size=2, replace=False)
+        sources.append(LesionSource((by_load[first], by_load[second]),
+                                    tuple(rng.uniform(size=2) < 0.5)))
+    return sources
+
+
+_LESION_SOURCE_STREAM = 3  # lesion_sources' random numbers: their own stream of the seed
+
+
+# The masks' patients were registered to MNI space rigidly, without scaling, as
+# patients 07 and 26: their brains are of the size the phantom's subjects are
+# drawn to (_BRAIN_SCALE). A mask scaled up by 1 / mean(_BRAIN_SCALE) about the
+# template brain's centre is at the template's size, where 90-100 % (median
+# 99 %) of its lesion voxels fall on the template's parenchyma (79-99 %,
+# median 95 %, unscaled); each subject's own shrinkage brings it back.
+_LESION_MASK_BRAIN_SCALE = float(np.mean(_BRAIN_SCALE))
+
+
+def _lesion_prior(source, points, spacing):
+    """How much of each voxel the source's lesions fill, at the template-grid
+    coordinates ``points`` (``_template(spacing)``'s voxels, a subject's warp).
+
+    The 1-mm masks are sampled through MNI coordinates (the masks' grid is
+    FSL's 182x218x182, the template's nilearn's 197x233x189), scaled to the
+    template's size (``_LESION_MASK_BRAIN_SCALE``): once smoothed as the
+    template is for this voxel size (the lesions' partial volume), and once
+    as they are (whether the voxel's centre is in a lesion, which is what a
+    real mask resampled to the grid keeps: nearest neighbour in ``load_subject``).
+
+    Returns:
+        ``(share, centre)``, float32 arrays of the shape of ``points[0]``.
+    """
+    from tversky_keras.data.lesion_atlas import read_lesion_mask
+
+    affine = _template(float(spacing)).affine
+    shape = points.shape[1:]
+    world = affine[:3, :3] @ points.reshape(3, -1) + affine[:3, 3:]
+    brain = np.argwhere(_template_1mm()[0] > 0)
+    middle = (_template_1mm()[3] @ np.r_[(brain.min(0) + brain.max(0)) / 2, 1.0])[:3, None]
+    world = middle + _LESION_MASK_BRAIN_SCALE * (world - middle)
+    share, centre = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for name, mirrored in zip(source.names, source.mirrored):
+        mask, mask_affine = read_lesion_mask(name)
+        # The symmetric template's midsagittal plane is MNI x = 0.
+        where = world * np.array([[-1.0], [1.0], [1.0]]) if mirrored else world
+        voxels = (np.linalg.inv(mask_affine)[:3, :3] @ where
+                  + np.linalg.inv(mask_affine)[:3, 3:]).astype(np.float32)
+        mask = mask.astype(np.float32)
+        smoothed = ndimage.gaussian_filter(mask, max(spacing - 1.0, 0.0) / 2)
+        share = np.maximum(share, ndimage.map_coordinates(smoothed, voxels, order=1)
+                           .reshape(shape))
+        centre = np.maximum(centre, ndimage.map_coordinates(mask, voxels, order=0)
+                            .reshape(shape))
+    return share, centre
+
+
+def _real_lesions(rng, anatomy, spacing):
+    """Lesion fraction per voxel, its mask, and the lesions' severity map, from
+    the real lesions the anatomy carries (``_Anatomy.lesion_prior``).
+
+    The template is an average brain, its white matter thinner than a
+    patient's: of the 27 masks' lesion voxels, 30-87 % fall on its white
+    matter (probability > 0.5) but 79-99 % on its parenchyma (grey + white).
+    So lesions keep the share of each voxel that is parenchyma, lose what
+    falls in CSF (sulci, widened ventricles), and are imaged as changed white
+    matter wherever they lie. Each lesion (26-connected) has its own severity,
+    log-normal as version 2's, patchy inside by +-20 %. The mask holds the
+    voxels whose centre lies in a lesion (as a real mask resampled to the
+    grid) and that are mostly parenchyma; the fraction, which the images
+    draw, is the lesions' partial volume.
+    """
+    share, centre = anatomy.lesion_prior
+    parenchyma = np.clip(anatomy.tissue["GM"] + anatomy.tissue["WM"], 0.0, 1.0)
+    fraction = np.clip(share, 0.0, 1.0) * parenchyma
+    mask = (centre >= 0.5) & (parenchyma >= 0.5)
+    labels, count = ndimage.label(fraction > 0.05, structure=np.ones((3, 3, 3)))
+    severity = np.exp(0.25 * rng.standard_normal(count + 1)).astype(np.float32)[labels]
+    patches = 1 + 0.2 * _smooth_field(rng, mask.shape, spacing, 6.0)
+    return fraction.astype(np.float32), mask, severity * np.clip(patches, 0.2, None)
+
+
 # --- imaging -------------------------------------------------------------------
 
-def _tissue_image(anatomy, modality, rng, texture, spacing):
+def _tissue_image(anatomy, modality, rng, texture, spacing, intensities=None):
     """Partial-volume sum of the tissue intensities, and the white-matter one.
 
-    Each subject's tissue intensities vary by 1.5 %, as between scanners."""
-    ventricular_csf, other_csf, gm, deep_gm, wm = np.array(_TISSUE_INTENSITY[modality]) * (
-        1 + 0.015 * rng.standard_normal(5))
+    Each subject's tissue intensities vary by 1.5 %, as between scanners, or
+    are ``intensities`` (``_TISSUE_INTENSITY``'s five classes) when given."""
+    if intensities is None:
+        intensities = np.array(_TISSUE_INTENSITY[modality]) * (1 + 0.015 * rng.standard_normal(5))
+    ventricular_csf, other_csf, gm, deep_gm, wm = intensities
     tissue, vessels = anatomy.tissue, anatomy.vessels
     csf = other_csf + (ventricular_csf - other_csf) * np.exp(
         -anatomy.ventricle_distance_mm / _VENTRICULAR_CSF_MM)
@@ -775,49 +936,172 @@ def _calibrated_image(rng, modality, target_z, anatomy, lesion, spacing, texture
     return image(optimize.brentq(z_error, low, high, xtol=1e-3 * wm_intensity))
 
 
-def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None):
+# --- domain randomisation (SynthSeg's idea, Billot et al., Med. Image Anal. 2023) --------
+# Instead of one calibrated look, every subject is imaged with its own draw of
+# what varies between scanners and protocols, so that a network trained on the
+# phantom cannot lean on any one look. The ranges are set from what is known
+# to vary, not fitted to any real patient:
+# - tissue contrast: each tissue's log-intensity ratio to white matter
+#   (_TISSUE_INTENSITY) scaled by a factor in _CONTRAST_SCALE, per modality and
+#   tissue: grey-white contrast differs between field strengths and between
+#   sequences of one name (MPRAGE vs SPGR T1W, 2D vs 3D FLAIR, TE/TR/TI), and
+#   FLAIR's CSF suppression is incomplete to a varying degree;
+# - lesion contrast against white matter, per modality (_LESION_RATIO): MS
+#   lesions are hyperintense in T2W and FLAIR and iso- to hypointense in T1W
+#   ("black holes" in some);
+# - a bias field (_BIAS_RANGE: none after N4 correction, 10-30 % across the
+#   brain uncorrected at 3 T), a resolution (_SLICE_MM: 3D acquisitions at about
+#   1 mm, or 2D ones with 3-6 mm slices along a random axis, as clinical FLAIR
+#   and T2W often are) and noise (_NOISE_RANGE, Rician sigma / WM: SNR 25-200).
+_CONTRAST_SCALE = (0.5, 1.5)
+_LESION_RATIO = {"T1W": (0.55, 1.05), "T2W": (1.15, 2.2), "FLAIR": (1.15, 2.0)}
+_BIAS_RANGE = (0.0, 0.15)        # SD of the log bias field
+_THIN_SLICE_MM = (0.8, 1.5)      # a 3D acquisition's voxel
+_SLICE_MM = (3.0, 6.0)           # a 2D acquisition's slice thickness
+_NOISE_RANGE = (0.005, 0.04)
+APPEARANCES = ("calibrated", "randomized")
+
+
+def _log_uniform(rng, low, high, size=None):
+    return np.exp(rng.uniform(np.log(low), np.log(high), size=size))
+
+
+def _acquisition_blur(rng, spacing):
+    """Gaussian sigmas (voxels) of an acquisition's point spread: half the
+    time a 3D one (near-isotropic voxels), half a 2D one with thick slices
+    along one random axis; FWHM = the acquired voxel, never below the grid's
+    own partial-volume blur."""
+    acquired = rng.uniform(*_THIN_SLICE_MM, size=3)
+    if rng.uniform() < 0.5:
+        acquired[rng.integers(3)] = rng.uniform(*_SLICE_MM)
+    return np.maximum(acquired / 2.355 / spacing, _BLUR_VOXELS)
+
+
+def _randomized_image(rng, modality, anatomy, lesion, spacing, texture):
+    """One modality with a random look (the ranges above): tissue and lesion
+    contrasts, bias field, resolution and noise of the subject's own draw."""
+    fraction, _, severity = lesion
+    brain = anatomy.brain
+    calibrated = np.array(_TISSUE_INTENSITY[modality])
+    scale = rng.uniform(*_CONTRAST_SCALE, size=5)
+    intensities = 100.0 * (calibrated / 100.0) ** scale
+    base, wm = _tissue_image(anatomy, modality, rng, texture, spacing, intensities)
+    ratio = _log_uniform(rng, *_LESION_RATIO[modality])
+    lesion_intensity = wm * ratio ** severity
+    bias = np.exp(rng.uniform(*_BIAS_RANGE) * _smooth_field(rng, brain.shape, spacing, _BIAS_MM))
+    clean = ndimage.gaussian_filter(
+        bias * ((1 - fraction) * base + fraction * lesion_intensity),
+        _acquisition_blur(rng, spacing))
+    sigma = _log_uniform(rng, *_NOISE_RANGE) * wm
+    noise = sigma * rng.standard_normal((2,) + brain.shape, dtype=np.float32)
+    return (np.hypot(clean + noise[0], noise[1]) * brain).astype(np.float32)
+
+
+def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_VERSION,
+                       lesion_source=None, appearance="calibrated"):
     """One synthetic MS subject: T1W, T2W, FLAIR and the lesion mask.
 
     Args:
         seed: int or ``numpy.random.SeedSequence``; the same seed gives the
             same subject.
         spacing: isotropic voxel size in mm (the template is 1 mm).
-        lesion_load_mm3: total lesion volume to draw; ``None`` draws one from
-            the real patients' distribution.
+        lesion_load_mm3: version 2: total lesion volume to draw; ``None`` draws
+            one from the real patients' distribution. Version 3 takes its load
+            from the real lesions.
+        version: 3 (default): real patients' lesions (``lesion_source``); 2:
+            the earlier phantom's drawn ovoids, reproduced exactly.
+        lesion_source: version 3: a ``LesionSource``; ``None`` draws one
+            embedded mask at random.
+        appearance: ``"calibrated"`` (tissue and lesion contrasts matched to
+            real MSLUB scans) or ``"randomized"`` (domain randomisation: the
+            subject's own draw of contrasts, bias, resolution and noise).
 
     Returns:
         ``SyntheticSubject``.
     """
+    from tversky_keras.data.lesion_atlas import lesion_mask_names, lesion_mask_loads
+
     low, high = SPACING_RANGE_MM
     if not low <= spacing <= high:
         raise ValueError(f"spacing must be between {low:g} and {high:g} mm, got {spacing}")
+    if version not in PHANTOM_VERSIONS:
+        raise ValueError(f"version must be one of {PHANTOM_VERSIONS}, got {version!r}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got "
+                         f"{appearance!r}")
     if lesion_load_mm3 is not None and lesion_load_mm3 <= 0:
         raise ValueError(f"lesion_load_mm3 must be positive, got {lesion_load_mm3}")
+    if version == 3 and lesion_load_mm3 is not None:
+        raise ValueError("version 3 takes its lesion load from real lesions: give "
+                         "lesion_source, not lesion_load_mm3")
+    if version == 2 and lesion_source is not None:
+        raise ValueError("lesion_source is for version 3; version 2 draws its lesions")
     rng = np.random.default_rng(seed)
     load = float(_load_quantile(rng.uniform()) if lesion_load_mm3 is None else lesion_load_mm3)
     template = _template(float(spacing))
-    anatomy = _deformed_anatomy(rng, template, spacing)
-    lesion = _lesions(rng, load, anatomy, spacing)
+    if version == 3:
+        if lesion_source is None:
+            lesion_source = LesionSource((str(rng.choice(lesion_mask_names())),), (False,))
+        load = float(sum(lesion_mask_loads()[name] for name in lesion_source.names))
+    anatomy = _deformed_anatomy(rng, template, spacing, lesion_source)
+    lesion = _lesions(rng, load, anatomy, spacing) if version == 2 else _real_lesions(
+        rng, anatomy, spacing)
     texture = ndimage.gaussian_filter(rng.standard_normal(anatomy.brain.shape, dtype=np.float32),
                                       _TEXTURE_MM / spacing)
     texture /= texture.std()
-    images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), anatomy, lesion,
-                                   spacing, texture)
-              for m in MODALITIES}
+    if appearance == "calibrated":
+        images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), anatomy, lesion,
+                                       spacing, texture)
+                  for m in MODALITIES}
+    else:
+        images = {m: _randomized_image(rng, m, anatomy, lesion, spacing, texture)
+                  for m in MODALITIES}
     return SyntheticSubject(images=images, lesion=lesion[1].astype(np.uint8),
                             affine=template.affine, tissue=anatomy.tissue,
                             ventricle_distance_mm=anatomy.ventricle_distance_mm,
-                            lesion_load_target_mm3=load)
+                            lesion_load_target_mm3=load,
+                            lesion_source=None if version == 2 else lesion_source.label)
 
 
 # --- the data set on disk ------------------------------------------------------
 
-def _manifest(n_subjects, seed, spacing):
-    return {"generator": "tversky_keras.data.phantom", "version": PHANTOM_VERSION,
-            "n_subjects": n_subjects, "seed": seed, "spacing": float(spacing),
-            "subjects": [f"synth{i:02d}" for i in range(n_subjects)],
-            "files": [*MODALITIES, MASK_NAME],
-            "template": "MNI152 ICBM 2009a nonlinear symmetric (nilearn)"}
+def _manifest(n_subjects, seed, spacing, version, appearance):
+    manifest = {"generator": "tversky_keras.data.phantom", "version": version,
+                "n_subjects": n_subjects, "seed": seed, "spacing": float(spacing),
+                "subjects": [f"synth{i:02d}" for i in range(n_subjects)],
+                "files": [*MODALITIES, MASK_NAME],
+                "template": "MNI152 ICBM 2009a nonlinear symmetric (nilearn)"}
+    # Version 2's calibrated manifest is kept as it was, so its folders stay valid.
+    if version != 2 or appearance != "calibrated":
+        manifest["appearance"] = appearance
+    if version == 3:
+        manifest["lesions"] = {
+            "source": "MSLUB consensus lesion masks in MNI space (Lesjak et al., "
+                      "Neuroinformatics 2017; CC-BY), embedded in tversky_keras/data/lesion_masks",
+            "subjects": [source.label for source in lesion_sources(n_subjects, seed)]}
+    return manifest
+
+
+def dataset_subjects(n_subjects, seed=0, spacing=2.0, version=PHANTOM_VERSION,
+                     appearance="calibrated"):
+    """The subjects ``synthesize_dataset`` writes with these arguments, one at a time.
+
+    Subject ``i`` is ``synthesize_subject(subject_seed(seed, i), spacing, ...)``
+    with version 2's stratified load ``lesion_loads(n_subjects, seed)[i]`` or
+    version 3's ``lesion_sources(n_subjects, seed)[i]``.
+
+    Yields:
+        ``SyntheticSubject``.
+    """
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
+    if version == 2:
+        draws = [{"lesion_load_mm3": load} for load in lesion_loads(n_subjects, seed)]
+    else:
+        draws = [{"lesion_source": source} for source in lesion_sources(n_subjects, seed)]
+    for index, draw in enumerate(draws):
+        yield synthesize_subject(subject_seed(seed, index), spacing, version=version,
+                                 appearance=appearance, **draw)
 
 
 def _read_manifest(out_dir):
@@ -847,11 +1131,15 @@ def _save_nifti(folder, name, array, affine):
         nib.save(image, temporary)
 
 
-def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=True):
+def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=True,
+                       version=PHANTOM_VERSION, appearance="calibrated"):
     """Write a synthetic data set as ``out_dir/<id>/{T1W,T2W,FLAIR,consensus_gt}.nii.gz``.
 
-    Lesion loads are stratified over the real distribution (``lesion_loads``);
-    subject ``i`` is ``synthesize_subject(subject_seed(seed, i), spacing, load_i)``.
+    The subjects are ``dataset_subjects(n_subjects, seed, spacing, version,
+    appearance)``: version 3 deals real patients' lesions (``lesion_sources``),
+    version 2 stratifies its drawn loads over the real distribution
+    (``lesion_loads``). ``phantom.json`` records the version, the appearance
+    and whose lesions each subject carries.
     Files are written atomically and ``phantom.json`` last, so its presence
     with matching parameters marks a complete data set: calling again with the
     same arguments returns at once, while other arguments first delete the
@@ -863,14 +1151,21 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
         seed: the data set's seed.
         spacing: voxel size in mm.
         progress: print one line per subject to stderr.
+        version: the generator's version (3, or 2 to reproduce the earlier phantom).
+        appearance: ``"calibrated"`` or ``"randomized"`` (``synthesize_subject``).
 
     Returns:
         list of the subjects' folders (``Path``).
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
+    if version not in PHANTOM_VERSIONS:
+        raise ValueError(f"version must be one of {PHANTOM_VERSIONS}, got {version!r}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got "
+                         f"{appearance!r}")
     out_dir = Path(out_dir)
-    manifest = _manifest(n_subjects, seed, spacing)
+    manifest = _manifest(n_subjects, seed, spacing, version, appearance)
     folders = [out_dir / name for name in manifest["subjects"]]
     old = _read_manifest(out_dir)
     if old == manifest and all((f / f"{name}.nii.gz").is_file()
@@ -886,15 +1181,17 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
     out_dir.mkdir(parents=True, exist_ok=True)
     writing.touch()
     _remove_phantom(out_dir, old)
-    for index, (folder, load) in enumerate(zip(folders, lesion_loads(n_subjects, seed))):
-        subject = synthesize_subject(subject_seed(seed, index), spacing, load)
+    subjects = dataset_subjects(n_subjects, seed, spacing, version, appearance)
+    for index, (folder, subject) in enumerate(zip(folders, subjects)):
         folder.mkdir(exist_ok=True)
         for modality, image in subject.images.items():
             _save_nifti(folder, modality, image, subject.affine)
         _save_nifti(folder, MASK_NAME, subject.lesion, subject.affine)
         if progress:
+            lesions = f", lesions of {subject.lesion_source}" if subject.lesion_source else ""
             print(f"phantom {index + 1}/{n_subjects}: {folder.name}, lesion load "
-                  f"{subject.lesion.sum() * spacing**3:.0f} mm^3", file=sys.stderr, flush=True)
+                  f"{subject.lesion.sum() * spacing**3:.0f} mm^3{lesions}", file=sys.stderr,
+                  flush=True)
     write_text(out_dir / "phantom.json", json.dumps(manifest, indent=1))
     writing.unlink(missing_ok=True)
     return folders
