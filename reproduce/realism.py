@@ -58,10 +58,10 @@ from scipy import ndimage, stats  # noqa: E402
 
 from reproduce.report import markdown_head, markdown_row, markdown_table  # noqa: E402
 from tversky_keras.atomic import write_json  # noqa: E402
-from tversky_keras.data import (MODALITIES, discover_subjects, lesion_loads,  # noqa: E402
-                                load_subject, synthesize_subject, zscore_in_brain)
+from tversky_keras.data import (MODALITIES, discover_subjects, load_subject,  # noqa: E402
+                                zscore_in_brain)
 from tversky_keras.data.lesion_atlas import lesion_mask_names, read_lesion_mask  # noqa: E402
-from tversky_keras.data.phantom import mni152_tissue, subject_seed  # noqa: E402
+from tversky_keras.data.phantom import dataset_subjects, mni152_tissue  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mslub-mni"
 PHANTOM = "phantom"
@@ -210,8 +210,7 @@ def subject_samples(z, brain, lesion, affine, spacing):
 
 def phantom_subjects(n_subjects, seed, spacing):
     """The first subjects of ``synthesize_dataset(n_subjects, seed, spacing)``, z-scored."""
-    for index, load in enumerate(lesion_loads(n_subjects, seed)):
-        subject = synthesize_subject(subject_seed(seed, index), spacing, load)
+    for index, subject in enumerate(dataset_subjects(n_subjects, seed, spacing)):
         brain = subject.images[MODALITIES[0]] != 0
         z = np.stack([zscore_in_brain(subject.images[m], brain) for m in MODALITIES], -1)
         yield f"synth{index:02d}", z, brain, subject.lesion, subject.affine
@@ -483,8 +482,6 @@ def real_lesion_masks(spacing=1.0):
 def phantom_lesion_masks(n_subjects, seed, spacing, version):
     """The lesion masks of the first subjects of a phantom data set of ``version``:
     ``(id, mask, affine)``."""
-    from tversky_keras.data.phantom import dataset_subjects
-
     for index, subject in enumerate(dataset_subjects(n_subjects, seed, spacing, version)):
         yield f"synth{index:02d}", subject.lesion, subject.affine
 

@@ -56,24 +56,26 @@ REPORTED = ("dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr")
 class Recipe:
     """How the phantom that trains the sim-to-real network is made.
 
-    ``appearance``: the phantom's look (``synthesize_subject``); ``phantom_subjects``:
-    how many subjects (``None``: the profile's). With a randomized look, every
-    subject is another draw of contrasts, bias, resolution and noise, so more
-    subjects show the network more looks for the same training budget.
+    ``appearance``: the phantom's look (``synthesize_subject``); ``subject_factor``:
+    phantom subjects per subject of the profile's phantom. With a randomized look,
+    every subject is another draw of contrasts, bias, resolution and noise, so
+    more subjects show the network more looks for the same training budget.
     """
 
     name: str
     appearance: str
-    phantom_subjects: int | None
+    subject_factor: int
     description: str
 
 
 RECIPES = {
-    "calibrated": Recipe("calibrated", "calibrated", None,
-                         "the profile's phantom, its look calibrated to real MSLUB scans"),
-    "randomized": Recipe("randomized", "randomized", 60,
-                         "domain randomisation: 60 subjects, each with its own contrasts, lesion "
-                         "contrast, bias field, resolution and noise"),
+    "calibrated": Recipe("calibrated", "calibrated", 1,
+                         "the profile's phantom (15 subjects for quick), its look calibrated to "
+                         "real MSLUB scans"),
+    "randomized": Recipe("randomized", "randomized", 4,
+                         "domain randomisation: 4 times the profile's subjects (60 for quick), "
+                         "each with its own contrasts, lesion contrast, bias field, resolution "
+                         "and noise"),
 }
 DEFAULT_RECIPE = "randomized"
 
@@ -92,7 +94,8 @@ def phantom_manifest(phantom, version):
     return manifest
 
 
-def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentation=False):
+def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentation=False,
+                 intensity_normalization="zscore"):
     """The profile's training settings, on every phantom subject at the phantom's voxel size.
 
     The spacing is recorded in the saved model's ScanSpec, so ``segment_subject``
@@ -103,7 +106,8 @@ def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentatio
     # Every phantom subject trains, and nothing validates.
     return profile.train_config(n_subjects, alpha=alpha, beta=beta, monitor="val_dice",
                                 spacing=profile.spacing or profile.phantom_spacing, seed=seed,
-                                intensity_augmentation=intensity_augmentation)
+                                intensity_augmentation=intensity_augmentation,
+                                intensity_normalization=intensity_normalization)
 
 
 def check_settings(folder, settings):
@@ -225,8 +229,8 @@ def build_parser():
                         help="phantom generator version (3: real patients' lesions, default; "
                              "2: the earlier drawn ovoids)")
     parser.add_argument("--phantom-subjects", type=natural, default=None, metavar="N",
-                        help="phantom subjects to train on (default: the recipe's, else the "
-                             "profile's)")
+                        help="phantom subjects to train on (default: the recipe's factor "
+                             "times the profile's)")
     parser.add_argument("--alpha", type=finite, default=DEFAULT_PENALTIES[0],
                         help="weight of false positives (0.3)")
     parser.add_argument("--beta", type=finite, default=DEFAULT_PENALTIES[1],
@@ -246,6 +250,11 @@ def build_parser():
     parser.add_argument("--intensity-augmentation", action="store_true",
                         help="train with nnU-Net's default intensity augmentation; writes "
                              "<name>-augment")
+    parser.add_argument("--intensity-normalization", choices=("zscore", "wm-peak"),
+                        default="zscore",
+                        help="normalise each modality by its brain z-score (default) or by its "
+                             "white-matter peak and IQR, in training and in inference alike; "
+                             "wm-peak writes <name>-wmpeak")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -266,7 +275,8 @@ def experiment_name(args, profile):
     what defines the training, so no two settings share a folder."""
     recipe = RECIPES[args.recipe]
     name = f"sim2real-{profile.name}-v{args.phantom_version}-{recipe.name}"
-    if args.phantom_subjects is not None and args.phantom_subjects != recipe.phantom_subjects:
+    if args.phantom_subjects is not None and args.phantom_subjects != (
+            recipe.subject_factor * PROFILES[args.profile].phantom_subjects):
         name += f"-{args.phantom_subjects}subjects"
     if args.phantom_spacing is not None and args.phantom_spacing != PROFILES[
             args.profile].phantom_spacing:
@@ -275,6 +285,8 @@ def experiment_name(args, profile):
         name += f"-{row_name(args.alpha, args.beta)}"
     if args.intensity_augmentation:
         name += "-augment"
+    if args.intensity_normalization != "zscore":
+        name += "-wmpeak"
     return name
 
 
@@ -286,9 +298,9 @@ def mirror_suffix(mirror_axes):
 def recipe_profile(args):
     """The profile, with the recipe's (or --phantom-subjects') phantom and --phantom-spacing."""
     profile = PROFILES[args.profile]
-    subjects = args.phantom_subjects or RECIPES[args.recipe].phantom_subjects
-    if subjects is not None:
-        profile = dataclasses.replace(profile, phantom_subjects=subjects)
+    subjects = args.phantom_subjects or RECIPES[args.recipe].subject_factor * \
+        profile.phantom_subjects
+    profile = dataclasses.replace(profile, phantom_subjects=subjects)
     if args.phantom_spacing is not None:
         # The phantom and the network's grid together, as the profile has no spacing of its own.
         profile = dataclasses.replace(profile, phantom_spacing=args.phantom_spacing)
@@ -334,7 +346,7 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
     """One training seed: train (or resume, or find finished) into ``run`` on the phantom,
     then segment and score every subject into ``root``."""
     config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), seed,
-                          args.intensity_augmentation)
+                          args.intensity_augmentation, args.intensity_normalization)
     settings = {"data": str(Path(args.data).resolve()), "profile": dataclasses.asdict(profile),
                 "recipe": dataclasses.asdict(recipe), "alpha": args.alpha, "beta": args.beta,
                 "threshold": THRESHOLD, "mirror_axes": list(args.mirror), "phantom": manifest,

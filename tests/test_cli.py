@@ -121,6 +121,7 @@ def test_train_defaults_are_train_configs_and_every_setting_is_an_option():
                "--depth", "3", "--normalization", "batch", "--dropout", "0.1",
                "--data-format", "channels_first", "--lr", "3e-4",
                "--foreground-ratio", "0.2", "--flips", "--intensity-augmentation",
+               "--intensity-normalization", "wm-peak",
                "--monitor", "val_f2", "--seed", "9",
                "--mixed-precision", "off", "--xla", "off", "--tensorboard", "--init", "m.keras"]
     config = train_config(build_parser().parse_args(["train", "--data", "d", "--out", "o",

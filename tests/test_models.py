@@ -315,8 +315,9 @@ def test_models_saved_with_conv3d_transpose_still_load_and_segment(rng):
     old = load_saved_model(OLD_MODEL)
     network = old.layers[-1]
     assert _layer_types(network)["Conv3DTranspose"] == 2
+    # Saved before the choice of normalisation: it was trained on z-scores, and says so.
     assert scan_spec(old) == {"modalities": ["T1W", "T2W", "FLAIR"], "spacing": 2.0,
-                              "multiple_of": 4}
+                              "multiple_of": 4, "intensity_normalization": "zscore"}
     # Its weights are today's U-Net's, one to one, and compute the same function.
     now = unet3d(base_filters=4, depth=2)
     now.set_weights(network.get_weights())

@@ -1,4 +1,6 @@
-"""The synthetic MS phantom: reproducible, well-formed, and calibrated to real patients.
+"""Phantom version 2 (drawn ovoid lesions): reproducible, well-formed, calibrated to real
+patients, and still made exactly by ``version=2`` now that version 3 is the default
+(``tests/test_phantom_v3.py``).
 
 The real patients' numbers here were measured once on MSLUB patients 07 and 26
 (``../shared/data/mslub-mni``) from their intensities, so these tests run
@@ -15,12 +17,17 @@ from scipy import ndimage
 from reproduce import realism
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.normalize import zscore_in_brain
-from tversky_keras.data.phantom import (PHANTOM_VERSION, lesion_loads, mni152_tissue,
-                                        subject_seed, synthesize_dataset, synthesize_subject)
+from tversky_keras.data.phantom import (lesion_loads, mni152_tissue, subject_seed,
+                                        synthesize_dataset, synthesize_subject)
 from tversky_keras.data.subjects import MASK_NAME, discover_subjects, load_subject
 
 # The 30 MSLUB patients' lesion loads (mm^3): quantile -> value (lesion_stats.json).
 REAL_LOAD_QUANTILES = {0.0: 316.0, 0.25: 1802.0, 0.5: 13934.5, 0.75: 28181.75, 1.0: 52190.0}
+
+
+def v2_subject(*args, **kwargs):
+    """``synthesize_subject`` of version 2."""
+    return synthesize_subject(*args, version=2, **kwargs)
 
 
 def real_load_quantile_position(load):
@@ -33,19 +40,19 @@ def real_load_quantile_position(load):
 def coarse_subjects():
     """Four subjects at 3 mm with the loads of a 4-subject data set (seed 0)."""
     loads = lesion_loads(4, seed=0)
-    return [synthesize_subject(subject_seed(0, i), 3.0, load) for i, load in enumerate(loads)]
+    return [v2_subject(subject_seed(0, i), 3.0, load) for i, load in enumerate(loads)]
 
 
 @pytest.fixture(scope="module")
 def fine_subject():
     """One subject at the default 2 mm with a low-moderate load."""
-    return synthesize_subject(11, 2.0, lesion_load_mm3=4000.0)
+    return v2_subject(11, 2.0, lesion_load_mm3=4000.0)
 
 
 @pytest.fixture(scope="module")
 def heavy_subject():
     """One subject at 2 mm with a high load (the real 75th percentile is 28182 mm^3)."""
-    return synthesize_subject(12, 2.0, lesion_load_mm3=30000.0)
+    return v2_subject(12, 2.0, lesion_load_mm3=30000.0)
 
 
 def lesion_z(subject, modality):
@@ -53,14 +60,14 @@ def lesion_z(subject, modality):
 
 
 def test_same_seed_gives_the_same_subject():
-    first, second = synthesize_subject(7, 4.0), synthesize_subject(7, 4.0)
+    first, second = v2_subject(7, 4.0), v2_subject(7, 4.0)
     for modality in MODALITIES:
         np.testing.assert_array_equal(first.images[modality], second.images[modality])
     np.testing.assert_array_equal(first.lesion, second.lesion)
 
 
 def test_different_seeds_give_different_subjects():
-    first, second = synthesize_subject(7, 4.0, 5000.0), synthesize_subject(8, 4.0, 5000.0)
+    first, second = v2_subject(7, 4.0, 5000.0), v2_subject(8, 4.0, 5000.0)
     assert not np.array_equal(first.lesion, second.lesion)
     assert np.abs(first.images["FLAIR"] - second.images["FLAIR"]).mean() > 1.0
 
@@ -72,7 +79,7 @@ def test_different_seeds_give_different_subjects():
 ])
 def test_bad_subject_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        synthesize_subject(**kwargs)
+        v2_subject(**kwargs)
 
 
 def test_bad_subject_count_is_named(tmp_path):
@@ -83,14 +90,14 @@ def test_bad_subject_count_is_named(tmp_path):
 
 
 def test_dataset_files_layout_affine_and_content(tmp_path):
-    folders = synthesize_dataset(tmp_path, n_subjects=2, seed=3, spacing=4.0, progress=False)
+    folders = synthesize_dataset(tmp_path, n_subjects=2, seed=3, spacing=4.0, progress=False, version=2)
     assert [f.name for f in folders] == ["synth00", "synth01"]
     loads = lesion_loads(2, seed=3)
     for index, folder in enumerate(folders):
         # Nothing but the four files: no temporary file left behind.
         assert sorted(p.name for p in folder.iterdir()) == sorted(
             f"{name}.nii.gz" for name in (*MODALITIES, MASK_NAME))
-        expected = synthesize_subject(subject_seed(3, index), 4.0, loads[index])
+        expected = v2_subject(subject_seed(3, index), 4.0, loads[index])
         for name in (*MODALITIES, MASK_NAME):
             image = nib.load(folder / f"{name}.nii.gz")
             assert image.header.get_zooms()[:3] == (4.0, 4.0, 4.0)
@@ -102,33 +109,33 @@ def test_dataset_files_layout_affine_and_content(tmp_path):
             np.testing.assert_array_equal(data, reference)
     manifest = json.loads((tmp_path / "phantom.json").read_text())
     assert (manifest["version"], manifest["seed"], manifest["spacing"],
-            manifest["n_subjects"]) == (PHANTOM_VERSION, 3, 4.0, 2)
+            manifest["n_subjects"]) == (2, 3, 4.0, 2)
 
 
 def test_package_loader_reads_the_phantom(tmp_path):
-    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False, version=2)
     (subject,) = discover_subjects(tmp_path)
     volume = load_subject(subject)
-    expected = synthesize_subject(subject_seed(0, 0), 4.0, lesion_loads(1, 0)[0])
+    expected = v2_subject(subject_seed(0, 0), 4.0, lesion_loads(1, 0)[0])
     assert subject.id == "synth00"
     np.testing.assert_array_equal(volume.label, expected.lesion)
 
 
 def test_complete_dataset_is_not_rewritten(tmp_path):
-    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False, version=2)
     flair = tmp_path / "synth00" / "FLAIR.nii.gz"
     before = flair.stat().st_mtime_ns
-    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False, version=2)
     assert flair.stat().st_mtime_ns == before
-    synthesize_dataset(tmp_path, n_subjects=1, seed=1, spacing=4.0, progress=False)
+    synthesize_dataset(tmp_path, n_subjects=1, seed=1, spacing=4.0, progress=False, version=2)
     assert flair.stat().st_mtime_ns != before
     assert json.loads((tmp_path / "phantom.json").read_text())["seed"] == 1
 
 
 def test_other_parameters_replace_the_old_phantom(tmp_path):
-    synthesize_dataset(tmp_path, n_subjects=2, seed=0, spacing=4.0, progress=False)
+    synthesize_dataset(tmp_path, n_subjects=2, seed=0, spacing=4.0, progress=False, version=2)
     (tmp_path / "notes.txt").write_text("not ours")
-    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False)
+    synthesize_dataset(tmp_path, n_subjects=1, seed=0, spacing=4.0, progress=False, version=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "phantom.json", "synth00"]
     assert json.loads((tmp_path / "phantom.json").read_text())["n_subjects"] == 1
 

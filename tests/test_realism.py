@@ -38,7 +38,7 @@ def test_grid_affine_of_a_flipped_scan_resampled_to_2mm(tmp_path):
 
 
 def test_regions_are_the_template_s_and_leave_lesions_out():
-    subject = synthesize_subject(3, 4.0, 5000.0)
+    subject = synthesize_subject(3, 4.0, 5000.0, version=2)
     brain = subject.images["T1W"] != 0
     regions = realism.region_masks(subject.affine, brain, subject.lesion)
     template = mni152_tissue(subject.affine, brain.shape)

@@ -96,7 +96,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_profile_writes_the_table_with_five_rows_and_five_metrics(smoke_run):
     root, _ = smoke_run
-    folder = root / "results" / "phantom-smoke"
+    folder = root / "results" / "phantom-v3-smoke"
     table = json.loads((folder / "table1.json").read_text())
     assert [(r["alpha"], r["beta"]) for r in table["rows"]] == list(ROWS)
     assert table["missing_cells"] == []
@@ -120,14 +120,14 @@ def test_smoke_profile_writes_the_table_with_five_rows_and_five_metrics(smoke_ru
 
 def test_smoke_profile_writes_the_figures(smoke_run):
     root, _ = smoke_run
-    names = {p.name for p in (root / "figures" / "phantom-smoke").glob("*.png")}
+    names = {p.name for p in (root / "figures" / "phantom-v3-smoke").glob("*.png")}
     assert {"fig2_pr_curves.png", "training_curves.png", "fig3_high_density.png",
             "fig4_low_density.png"} <= names
 
 
 def test_rerun_skips_finished_cells(smoke_run, capsys):
     root, args = smoke_run
-    cell = root / "results" / "phantom-smoke" / "a0.5_b0.5" / "fold0"
+    cell = root / "results" / "phantom-v3-smoke" / "a0.5_b0.5" / "fold0"
     stamp = (cell / "done.json").stat().st_mtime_ns
     assert table1.main(args + ["--no-figures"]) == 0
     out = capsys.readouterr().out
@@ -137,8 +137,8 @@ def test_rerun_skips_finished_cells(smoke_run, capsys):
 
 def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path):
     root, _ = smoke_run
-    partial = tmp_path / "phantom-smoke"
-    shutil.copytree(root / "results" / "phantom-smoke", partial)
+    partial = tmp_path / "phantom-v3-smoke"
+    shutil.copytree(root / "results" / "phantom-v3-smoke", partial)
     shutil.rmtree(partial / "a0.3_b0.7" / "fold1")
     (partial / "a0.1_b0.9" / "fold0" / "done.json").unlink()   # an interrupted cell
     smoke = table1.PROFILES["smoke"]
@@ -153,8 +153,8 @@ def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path)
 
 def test_collapsed_cells_are_flagged_in_every_table(smoke_run, tmp_path):
     root, _ = smoke_run
-    copy = tmp_path / "phantom-smoke"
-    shutil.copytree(root / "results" / "phantom-smoke", copy)
+    copy = tmp_path / "phantom-v3-smoke"
+    shutil.copytree(root / "results" / "phantom-v3-smoke", copy)
     # Fold 1 of the Dice row now calls nothing: its network collapsed to background.
     for path in (copy / "a0.5_b0.5" / "fold1" / "test").glob("*.npz"):
         with np.load(path) as data:
@@ -223,7 +223,7 @@ def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path
         assert "Missing cells" not in output          # each assembled the whole table
     ran = [{"/".join(m) for m in CELL_DONE.findall(output)} for output in outputs]
     assert ran[0] and ran[1] and not ran[0] & ran[1]
-    folder = tmp_path / "results" / "phantom-smoke"
+    folder = tmp_path / "results" / "phantom-v3-smoke"
     assert ran[0] | ran[1] == {f"{r}/fold{f}" for r in ("a0.5_b0.5", "a0.4_b0.6", "a0.3_b0.7",
                                                         "a0.2_b0.8", "a0.1_b0.9") for f in (0, 1)}
     for process, cells in zip(processes, ran):
@@ -233,7 +233,7 @@ def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path
     assert list(folder.glob("*/fold*/claim.*.json")) == []
     # Training is bit-reproducible on this CPU (same data, seed and settings in
     # any process), so the shared grid's table is the single process' one.
-    reference = root / "results" / "phantom-smoke" / "table1.json"
+    reference = root / "results" / "phantom-v3-smoke" / "table1.json"
     assert (folder / "table1.json").read_text() == reference.read_text()
 
 
@@ -254,12 +254,12 @@ def test_workers_split_the_grid_between_processes_and_assemble_it_once(smoke_run
     lead = CELL_DONE.findall(output)
     assert helper and lead and not set(helper) & set(lead)
     assert len(helper) + len(lead) == 10
-    folder = tmp_path / "results" / "phantom-smoke"
+    folder = tmp_path / "results" / "phantom-v3-smoke"
     pids = {json.loads(p.read_text())["claim"]["pid"] for p in folder.glob("*/fold*/done.json")}
     assert len(pids) == 2 and done.returncode == 0
     assert list(folder.glob("*/fold*/claim.*.json")) == []
     table = json.loads((folder / "table1.json").read_text())
-    reference = json.loads((root / "results" / "phantom-smoke" / "table1.json").read_text())
+    reference = json.loads((root / "results" / "phantom-v3-smoke" / "table1.json").read_text())
     assert table["missing_cells"] == [] and len(table["rows"]) == len(reference["rows"])
 
 
@@ -285,8 +285,8 @@ def grid_missing_one_cell(smoke_run, tmp_path):
     """A copy of the finished smoke grid whose a0.3_b0.7/fold1 never finished."""
     root, _ = smoke_run
     results = tmp_path / "results"
-    shutil.copytree(root / "results" / "phantom-smoke", results / "phantom-smoke")
-    cell = results / "phantom-smoke" / "a0.3_b0.7" / "fold1"
+    shutil.copytree(root / "results" / "phantom-v3-smoke", results / "phantom-v3-smoke")
+    cell = results / "phantom-v3-smoke" / "a0.3_b0.7" / "fold1"
     shutil.rmtree(cell)
     cell.mkdir()
     args = ["--profile", "smoke", "--results", str(results), "--cache", str(root / "cache"),
@@ -327,7 +327,7 @@ def test_a_process_waits_for_a_cell_another_one_runs_and_then_assembles_it(
 
     def the_other_process_finishes_meanwhile(seconds):
         waits.append(seconds)
-        shutil.copytree(root / "results" / "phantom-smoke" / "a0.3_b0.7" / "fold1", cell,
+        shutil.copytree(root / "results" / "phantom-v3-smoke" / "a0.3_b0.7" / "fold1", cell,
                         dirs_exist_ok=True)
         holder.release()
 

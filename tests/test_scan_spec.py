@@ -13,14 +13,16 @@ def network(channels=3):
     return unet3d(input_shape=(None, None, None, channels), base_filters=2, depth=2)
 
 
-@pytest.mark.parametrize("spacing, stored", [
-    (None, None), (2, 2.0), ((1.0, 1.0, 1.0), 1.0), ([0.9, 0.9, 3.0], [0.9, 0.9, 3.0])])
-def test_the_contract_survives_save_and_load(tmp_path, spacing, stored):
-    model = with_scan_spec(network(), ["T1W", "T2W", "FLAIR"], spacing=spacing, multiple_of=4)
+@pytest.mark.parametrize("spacing, stored, normalization", [
+    (None, None, "zscore"), (2, 2.0, "wm-peak"), ((1.0, 1.0, 1.0), 1.0, "zscore"),
+    ([0.9, 0.9, 3.0], [0.9, 0.9, 3.0], "wm-peak")])
+def test_the_contract_survives_save_and_load(tmp_path, spacing, stored, normalization):
+    model = with_scan_spec(network(), ["T1W", "T2W", "FLAIR"], spacing=spacing, multiple_of=4,
+                           intensity_normalization=normalization)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert scan_spec(loaded) == {"modalities": ["T1W", "T2W", "FLAIR"], "spacing": stored,
-                                 "multiple_of": 4}
+                                 "multiple_of": 4, "intensity_normalization": normalization}
     x = np.random.default_rng(0).standard_normal((1, 8, 8, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
 

@@ -44,7 +44,7 @@ def smoke_run(tmp_path_factory):
     argv = ["--data", str(root / "data"), "--profile", "smoke", "--results",
             str(root / "results"), "--cache", str(root / "cache")]
     assert sim2real.main(argv) == 0
-    return root / "results" / "sim2real-smoke", folders, argv
+    return root / "results" / "sim2real-smoke-v3-randomized", folders, argv
 
 
 def read(path):
@@ -140,15 +140,15 @@ def test_training_uses_the_phantom_spacing_and_every_subject(profile, spacing):
 
 
 def test_a_phantom_of_another_generator_version_is_refused(tmp_path):
-    (tmp_path / "phantom.json").write_text(json.dumps({"version": -1}))
-    with pytest.raises(SystemExit, match="version -1"):
-        sim2real.phantom_manifest(tmp_path)
+    (tmp_path / "phantom.json").write_text(json.dumps({"version": 2}))
+    with pytest.raises(SystemExit, match="version 2, not 3"):
+        sim2real.phantom_manifest(tmp_path, 3)
 
 
 def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--seed", "3"]) == 0
-    seeded = folder.parent / "sim2real-smoke-seed3"
+    seeded = folder.parent / "sim2real-smoke-v3-randomized-seed3"
     settings = json.loads((seeded / "settings.json").read_text())
     assert settings["training"]["seed"] == 3
     assert json.loads((folder / "settings.json").read_text())["training"]["seed"] == 0
@@ -161,7 +161,7 @@ def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
 def test_another_phantom_spacing_and_augmentation_train_into_their_own_folder(smoke_run):
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--phantom-spacing", "6", "--intensity-augmentation"]) == 0
-    other = folder.parent / "sim2real-smoke-6mm-augment"
+    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment"
     settings = json.loads((other / "settings.json").read_text())
     assert settings["training"]["intensity_augmentation"] is True
     assert settings["training"]["spacing"] == settings["phantom"]["spacing"] == 6.0

@@ -25,7 +25,7 @@ def grids(tmp_path_factory):
             str(root / "cache"), "--no-figures", "--seeds", "2",
             "--cells", "a0.5_b0.5/fold0,a0.1_b0.9"]
     assert table1.main(argv) == 0
-    names = ["phantom-smoke", "phantom-smoke-seed1"]
+    names = ["phantom-v3-smoke", "phantom-v3-smoke-seed1"]
     folders = [root / "results" / name for name in names]
     (cell_folder(folders[1], 0.1, 0.9, 1) / "done.json").unlink()   # as if interrupted
     write_tiny_subjects(root / "data", n=2)
@@ -77,7 +77,7 @@ def test_a_rerun_scores_nothing_again(grids, capsys):
     files = sorted(out.glob("*/*/fold*/*.json"))
     written = {f: f.stat().st_mtime_ns for f in files}
     assert sim2real_grid.main(command) == 0
-    assert "] phantom-smoke" not in capsys.readouterr().out   # no model loaded
+    assert "] phantom-v3-smoke" not in capsys.readouterr().out   # no model loaded
     assert {f: f.stat().st_mtime_ns for f in files} == written
 
 
@@ -96,7 +96,7 @@ def test_bad_grid_folders_get_one_line(grids, tmp_path, capsys):
     cases = {
         str(tmp_path): "not a reproduce.table1 results folder",
         str(damaged): f"{model}: not a readable Keras model",
-        f"{folders[0]} {twin}": "two grid folders are named 'phantom-smoke'",
+        f"{folders[0]} {twin}": "two grid folders are named 'phantom-v3-smoke'",
         str(empty): "no finished cell",
     }
     for grid, message in cases.items():
@@ -133,4 +133,4 @@ def test_each_row_as_an_ensemble_is_the_average_of_its_models(grids, capsys):
     # Run again: every score, the ensembles' too, is read back, no model loaded.
     assert sim2real_grid.main(command + ["--ensemble"]) == 0
     printed = capsys.readouterr().out
-    assert "ensemble of" not in printed and "] phantom-smoke" not in printed
+    assert "ensemble of" not in printed and "] phantom-v3-smoke" not in printed

@@ -87,7 +87,7 @@ def test_saved_model_records_the_scan_it_expects(finished_run):
     model = keras.saving.load_model(run_dir / "model.keras")
     # No --spacing: the model records the scans' own voxel size (the tiny subjects' 2 mm).
     assert scan_spec(model) == {"modalities": list(config.modalities), "spacing": 2.0,
-                                "multiple_of": 4}
+                                "multiple_of": 4, "intensity_normalization": "zscore"}
     assert model.loss.alpha == config.alpha and model.loss.beta == config.beta
 
 

@@ -79,6 +79,12 @@ def build_parser():
     synth.add_argument("--subjects", type=int, default=15, help="number of subjects (15)")
     synth.add_argument("--seed", type=seed, default=0, help="random seed (0)")
     synth.add_argument("--spacing", type=finite, default=2.0, help="voxel size in mm (2.0)")
+    synth.add_argument("--phantom-version", type=int, choices=(2, 3), default=3,
+                       help="generator version: 3 (default) carries real MSLUB patients' lesions, "
+                            "2 the earlier drawn ovoids")
+    synth.add_argument("--appearance", choices=("calibrated", "randomized"), default="calibrated",
+                       help="calibrated (default): the look of real MSLUB scans; randomized: "
+                            "each subject its own contrasts, bias, resolution and noise")
 
     preprocess = sub.add_parser(
         "preprocess", help="decode, resample and normalise a data set once, into the cache",
@@ -198,6 +204,11 @@ def _add_grid_options(parser):
     parser.add_argument("--depth", type=int, default=4,
                         help="number of poolings of the U-Net (4); the grid is padded to a "
                              "multiple of 2^depth")
+    parser.add_argument("--intensity-normalization", choices=("zscore", "wm-peak"),
+                        default="zscore",
+                        help="per modality, inside the brain: zscore (mean and SD, the default) "
+                             "or wm-peak (centred on the white-matter peak, scaled by the IQR: "
+                             "does not move with the lesion load); recorded in the model")
 
 
 def _split_validation(subjects, val):
@@ -223,7 +234,8 @@ def run_synth(args):
     from tversky_keras.data.phantom import synthesize_dataset
 
     folders = synthesize_dataset(args.out, n_subjects=args.subjects, seed=args.seed,
-                                 spacing=args.spacing)
+                                 spacing=args.spacing, version=args.phantom_version,
+                                 appearance=args.appearance)
     print(f"wrote {len(folders)} subjects to {args.out}")
 
 
@@ -234,7 +246,8 @@ def run_preprocess(args):
     from tversky_keras.training import TrainConfig
 
     # The grid settings, checked as train checks them (the one schema).
-    grid = TrainConfig(modalities=args.modalities, spacing=args.spacing, depth=args.depth).grid()
+    grid = TrainConfig(modalities=args.modalities, spacing=args.spacing, depth=args.depth,
+                       intensity_normalization=args.intensity_normalization).grid()
     subjects = discover_subjects(args.data, modalities=args.modalities)
     out = args.out or default_cache_dir()
 
@@ -257,6 +270,7 @@ def train_config(args):
         alpha=args.alpha, beta=args.beta, gamma=args.gamma, ce_weight=args.ce_weight,
         pool_batch=args.pool_batch,
         modalities=args.modalities, spacing=args.spacing, patch_size=args.patch,
+        intensity_normalization=args.intensity_normalization,
         batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps,
         base_filters=args.base_filters, depth=args.depth, normalization=args.normalization,
         dropout=args.dropout, data_format=args.data_format, learning_rate=args.lr,

@@ -381,8 +381,10 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     check_ensemble(models)
     model = models[0]
     spec = scan_spec(model)
+    normalization = "zscore"  # a model without a ScanSpec: what train always did
     if spec:
         modalities, spacing = spec["modalities"], spec["spacing"]
+        normalization = spec["intensity_normalization"]
     elif modalities is None:
         raise ValueError(
             "this model records no input contract (it was not saved by tversky-keras train): "
@@ -396,7 +398,7 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     for each in models:
         check_modalities(each, modalities, source=f"subject {subject.id}")
     volume = load_subject(subject, modalities=modalities, target_spacing=spacing,
-                          multiple_of=input_multiple(model))
+                          multiple_of=input_multiple(model), normalize=normalization)
     probs = 0.0
     for each in models:  # a running sum: one map in memory, however many models
         probs = probs + predict_volume(each, volume.image, window=window, overlap=overlap,

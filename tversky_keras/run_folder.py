@@ -136,10 +136,18 @@ def run_record(config, train_subjects, val_subjects):
     return record
 
 
+# Settings added after run folders were first written, with the value every
+# earlier run had: a record without one is read as holding it.
+ADDED_LATER = {"intensity_normalization": "zscore"}
+
+
 def differences(saved, wanted):
     """Names of what differs between two run records, data down to subjects."""
+    def value(record, key):
+        return record.get(key, ADDED_LATER.get(key))
+
     changed = [k for k in sorted(set(saved) | set(wanted))
-               if k != "data" and saved.get(k) != wanted.get(k)]
+               if k != "data" and value(saved, k) != value(wanted, k)]
     changed = ["init file (rewritten since the run started)" if k == "init_file" else k
                for k in changed]
     for part, label in (("train", "training subjects"), ("val", "validation subjects")):

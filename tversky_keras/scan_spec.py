@@ -32,14 +32,21 @@ class ScanSpec(keras.layers.Layer):
             three for anisotropic voxels), or ``None`` for the scans' own grid.
         multiple_of: every spatial size fed to the model must be a multiple of it
             (``2 ** depth`` for the U-Net).
+        intensity_normalization: how each modality was normalised in training
+            (``tversky_keras.data.normalize.INTENSITY_NORMALIZATIONS``); models
+            saved before there was a choice load with ``"zscore"``, which they used.
     """
 
-    def __init__(self, modalities, spacing=None, multiple_of=1, **kwargs):
+    def __init__(self, modalities, spacing=None, multiple_of=1, intensity_normalization="zscore",
+                 **kwargs):
+        from tversky_keras.data.normalize import normalize_method
+
         kwargs.setdefault("name", SPEC_LAYER_NAME)
         super().__init__(**kwargs)
         self.modalities = list(modalities)
         self.spacing = _spacing(spacing)
         self.multiple_of = int(multiple_of)
+        self.intensity_normalization = normalize_method(intensity_normalization)
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -69,13 +76,16 @@ class ScanSpec(keras.layers.Layer):
             "modalities": self.modalities,
             "spacing": self.spacing,
             "multiple_of": self.multiple_of,
+            "intensity_normalization": self.intensity_normalization,
         }
 
 
-def with_scan_spec(network, modalities, spacing=None, multiple_of=1):
+def with_scan_spec(network, modalities, spacing=None, multiple_of=1,
+                   intensity_normalization="zscore"):
     """Wrap ``network`` so its saved configuration records the scan it expects."""
     inputs = keras.Input(shape=network.input_shape[1:], name="scan")
-    spec = ScanSpec(modalities, spacing=spacing, multiple_of=multiple_of)
+    spec = ScanSpec(modalities, spacing=spacing, multiple_of=multiple_of,
+                    intensity_normalization=intensity_normalization)
     outputs = network(spec(inputs))
     return keras.Model(inputs, outputs, name=network.name)
 
@@ -87,7 +97,8 @@ def scan_spec(model):
     except ValueError:
         return None
     return {"modalities": layer.modalities, "spacing": layer.spacing,
-            "multiple_of": layer.multiple_of}
+            "multiple_of": layer.multiple_of,
+            "intensity_normalization": layer.intensity_normalization}
 
 
 def check_modalities(model, modalities, source="the scan"):

@@ -23,6 +23,7 @@ from tversky_keras import metrics as metrics_lib
 from tversky_keras.atomic import write_json
 from tversky_keras.data import MODALITIES
 from tversky_keras.data.io import check_modalities
+from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS
 from tversky_keras.data.cache import preprocess
 from tversky_keras.inference import load_saved_model
 from tversky_keras.models import DATA_FORMATS, MAX_INPUT_SIDE, NORMALIZATIONS, unet3d
@@ -78,6 +79,7 @@ class TrainConfig:
     foreground_ratio: float = 0.0
     flips: bool = False
     intensity_augmentation: bool = False
+    intensity_normalization: str = "zscore"
     monitor: str = "val_dice"
     seed: int = 0
     mixed_precision: str = "auto"
@@ -127,6 +129,10 @@ class TrainConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not (isinstance(self.seed, numbers.Integral) and 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
+        if self.intensity_normalization not in INTENSITY_NORMALIZATIONS:
+            raise ValueError(f"intensity_normalization must be one of "
+                             f"{', '.join(INTENSITY_NORMALIZATIONS)}, got "
+                             f"{self.intensity_normalization!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got "
                              f"{self.normalization!r}")
@@ -149,7 +155,7 @@ class TrainConfig:
     def grid(self):
         """The preprocessing settings of the network's grid (``tversky_keras.data.preprocess``)."""
         return {"modalities": self.modalities, "target_spacing": self.spacing,
-                "multiple_of": 2 ** self.depth}
+                "multiple_of": 2 ** self.depth, "normalize": self.intensity_normalization}
 
 
 def make_loss(config):
@@ -325,7 +331,8 @@ def build_model(config, spacing=None):
                      data_format=config.data_format)
     return with_scan_spec(network, config.modalities,
                           spacing=config.spacing if spacing is None else spacing,
-                          multiple_of=2 ** config.depth)
+                          multiple_of=2 ** config.depth,
+                          intensity_normalization=config.intensity_normalization)
 
 
 def data_spacing(volumes, tolerance=1e-3):

@@ -41,6 +41,7 @@ import numpy as np
 from tversky_keras.data.errors import DataError
 from tversky_keras.data.grid import Geometry, GridMapping
 from tversky_keras.data.io import MODALITIES, check_modalities
+from tversky_keras.data.normalize import normalize_method
 from tversky_keras.data.subjects import Volume, load_subject
 
 # Bump when what an entry holds, or how it is computed, changes.
@@ -87,7 +88,9 @@ def _settings(modalities, target_spacing, target_shape, multiple_of, normalize):
         "target_spacing": target_spacing,
         "target_shape": None if target_shape is None else [int(n) for n in target_shape],
         "multiple_of": multiple_of,
-        "normalize": bool(normalize),
+        # A z-score stays True, so the entries made before there was a choice stay valid.
+        "normalize": {None: False, "zscore": True}.get(normalize_method(normalize),
+                                                       normalize_method(normalize)),
     }
 
 

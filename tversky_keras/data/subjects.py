@@ -10,7 +10,7 @@ import numpy as np
 from tversky_keras.data.errors import DataError
 from tversky_keras.data.grid import Geometry, check_same_grid, to_grid
 from tversky_keras.data.io import MODALITIES, binary_mask, check_modalities, read_nifti
-from tversky_keras.data.normalize import zscore_in_brain
+from tversky_keras.data.normalize import normalize_method, normalize_in_brain
 
 MASK_NAME = "consensus_gt"
 BRAINMASK_NAME = "brainmask"
@@ -250,7 +250,9 @@ def load_subject(
         target_spacing: grid voxel size in mm; ``None`` keeps the scans' spacing.
         target_shape: grid shape; ``None`` keeps the resampled shape.
         multiple_of: pad each grid size up to a multiple of this instead.
-        normalize: z-score each modality; ``False`` keeps raw intensities.
+        normalize: ``True`` or ``"zscore"`` z-scores each modality
+            (``zscore_in_brain``), ``"wm-peak"`` centres it on its white-matter
+            peak (``wm_peak_in_brain``), ``False`` keeps raw intensities.
 
     Returns:
         a ``Volume``. The brain is the subject's brain mask if it has one, else
@@ -261,6 +263,7 @@ def load_subject(
             one shape and affine.
     """
     modalities = check_modalities(modalities)
+    method = normalize_method(normalize)
     absent = [m for m in modalities if m not in subject.images]
     if absent:
         raise DataError(None, f"subject {subject.id} has no {', '.join(absent)} scan")
@@ -300,8 +303,8 @@ def load_subject(
             raise DataError(subject.images[modality],
                             f"the {modality} scan is constant ({inside.min():g}) inside the "
                             f"brain: an empty or failed acquisition")
-    if normalize:
-        channels = [zscore_in_brain(c, brain) for c in channels]
+    if method is not None:
+        channels = [normalize_in_brain(c, brain, method) for c in channels]
 
     geometry = Geometry.from_image(reference)
     grid = dict(
