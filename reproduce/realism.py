@@ -527,6 +527,67 @@ def lesion_report(result):
         "(count) and of the load (volume).", "", markdown_table(head, rows)])
 
 
+# --- does the normalisation move with the lesion load? ----------------------------
+
+def normalization_shift(image, brain, lesion, method):
+    """How far the lesions move normal tissue under ``method``: the median of the
+    normalised normal tissue (brain minus the lesions grown by a voxel) when the
+    whole brain sets the statistics, minus the same when only normal tissue does."""
+    from tversky_keras.data.normalize import normalize_in_brain
+
+    normal = brain & ~ndimage.binary_dilation(lesion)
+    with_lesions = normalize_in_brain(image, brain, method)[normal]
+    without = normalize_in_brain(image, normal, method)[normal]
+    return float(np.median(with_lesions) - np.median(without))
+
+
+def measure_normalization(data, spacing=2.0, seed=0):
+    """``normalization_shift`` of both methods for phantom-v3 subjects carrying the
+    lightest, the quartiles' and the heaviest real loads, and each real subject of
+    ``data`` (raw intensities at their own resolution)."""
+    from tversky_keras.data.lesion_atlas import lesion_mask_loads
+    from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS
+    from tversky_keras.data.phantom import LesionSource, subject_seed, synthesize_subject
+
+    loads = lesion_mask_loads()
+    by_load = sorted(loads, key=loads.get)
+    picks = [by_load[round(q * (len(by_load) - 1))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    sources = []
+    for index, name in enumerate(picks):
+        subject = synthesize_subject(subject_seed(seed, index), spacing, version=3,
+                                     lesion_source=LesionSource((name,), (False,)))
+        brain = subject.images[MODALITIES[0]] != 0
+        sources.append((f"phantom v3 ({name})", [subject.images[m] for m in MODALITIES], brain,
+                        subject.lesion > 0))
+    if data is not None and Path(data).exists():
+        for subject in discover_subjects(data):
+            volume = load_subject(subject, normalize=False)
+            sources.append((f"{subject.id} (real)", [volume.image[..., i] for i in
+                                                     range(len(MODALITIES))],
+                            volume.brain.astype(bool), volume.label.astype(bool)))
+    rows = []
+    for name, images, brain, lesion in sources:
+        for modality, image in zip(MODALITIES, images):
+            rows.append({"source": name, "lesion_share": float(lesion.sum() / brain.sum()),
+                         "modality": modality,
+                         **{method: normalization_shift(image, brain, lesion, method)
+                            for method in INTENSITY_NORMALIZATIONS}})
+    return {"settings": {"data": None if data is None else str(data), "spacing": spacing,
+                         "seed": seed}, "rows": rows}
+
+
+def normalization_report(result):
+    from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS
+
+    head = ["source", "lesions (% of brain)", "modality",
+            *[f"shift of normal tissue, {m}" for m in INTENSITY_NORMALIZATIONS]]
+    rows = [[r["source"], f"{100 * r['lesion_share']:.2f}", r["modality"],
+             *[f"{r[m]:+.3f}" for m in INTENSITY_NORMALIZATIONS]] for r in result["rows"]]
+    return ("How far the lesions move normal tissue's normalised intensity (median, in units "
+            "of each method's scale): statistics of the whole brain minus those of the brain "
+            "without its lesions.\n\n" + markdown_table(head, rows))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -541,12 +602,19 @@ def main(argv=None):
     parser.add_argument("--lesions", action="store_true",
                         help="only the lesion geometry of the real masks and the phantom; "
                              "needs no --data")
+    parser.add_argument("--normalization", action="store_true",
+                        help="only how far lesions move normal tissue's normalised intensity, "
+                             "z-score vs white-matter peak (phantom v3 at five real loads, and "
+                             "--data's subjects when present)")
     args = parser.parse_args(argv)
     if args.subjects is None:
         args.subjects = 15 if args.lesions else 4
     if args.subjects < 1:
         parser.error(f"--subjects must be at least 1, got {args.subjects}")
-    if args.lesions:
+    if args.normalization:
+        result = measure_normalization(args.data, args.spacing, args.seed)
+        print(normalization_report(result))
+    elif args.lesions:
         if args.baseline:
             parser.error("--baseline goes with the intensity tables, not with --lesions")
         result = measure_lesions(args.subjects, args.seed, args.spacing)

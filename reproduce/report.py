@@ -36,3 +36,35 @@ def run_or_one_line(program, run, args):
     except (ValueError, OSError) as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         return 1
+
+
+def provenance(seconds=None):
+    """Where a result file came from: when (UTC), the commit (and whether the tree
+    had changes), the machine, the command line and, when given, its seconds."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu = next((line.partition(":")[2].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown") \
+        if Path("/proc/cpuinfo").is_file() else platform.processor() or "unknown"
+    made = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": git("rev-parse", "HEAD") or None,
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg()},
+            "command": ["python", *sys.orig_argv[1:]]}
+    if seconds is not None:
+        made["seconds"] = round(float(seconds), 1)
+    return made

@@ -112,12 +112,17 @@ def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentatio
 
 def check_settings(folder, settings):
     """Record ``settings`` in ``folder``, or refuse a folder that holds other ones."""
+    from tversky_keras.run_folder import ADDED_LATER
+
+    def with_defaults(values):
+        # A training setting added since the folder was made: it had the default then.
+        return {**values, "training": {**ADDED_LATER, **values.get("training", {})}}
+
     path = folder / "settings.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved != settings:
-            changed = sorted(k for k in set(saved) | set(settings)
-                             if saved.get(k) != settings.get(k))
+        saved, wanted = with_defaults(json.loads(path.read_text())), with_defaults(settings)
+        if saved != wanted:
+            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}): "
                              f"use another --results folder, or delete it")
     else:
@@ -330,7 +335,8 @@ def _run(args):
         print(f"\n{name}: trained on the phantom only, tested on {args.data}\n\n"
               f"{markdown_table(runs[name]['subjects'])}", flush=True)
     if args.seeds > 1:
-        summary = seed_summary(runs)
+        summary = {**seed_summary(runs),
+                   "made": report.provenance(time.perf_counter() - started)}
         text = seed_markdown(summary)
         write_json(summary, args.results / f"{base}-seeds.json")
         write_text(args.results / f"{base}-seeds.md",
@@ -391,6 +397,20 @@ def seed_summary(runs):
             "lesion_voxels": int(scores[0]["lesion_voxels"]),
             "above_oracle": int(sum(s["dsc"] > s["threshold_dsc"] for s in scores))}
     return {"runs": list(runs), "seeds": [run["seed"] for run in runs.values()],
+            "variant": {key: first[key] for key in ("recipe", "alpha", "beta", "mirror_axes")}
+            | {"phantom_version": first["phantom"]["version"],
+               "phantom_subjects": first["phantom"]["n_subjects"],
+               "phantom_spacing": first["phantom"]["spacing"],
+               "intensity_augmentation": first["training"]["intensity_augmentation"],
+               "intensity_normalization": first["training"].get("intensity_normalization",
+                                                                "zscore"),
+               "profile": first["profile"]["name"], "steps": first["training"]["epochs"]
+               * first["training"]["steps_per_epoch"]},
+            # Per seed, from the runs' own records (a rerun that only summarises keeps them).
+            "seconds": {"training": [run["training_summary"]["seconds_this_session"]
+                                     for run in runs.values()],
+                        "segmentation": [round(sum(s["seconds"] for s in run["subjects"].values()),
+                                               1) for run in runs.values()]},
             "subjects": subjects}
 
 

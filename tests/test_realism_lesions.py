@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from reproduce import realism
 from tversky_keras.data.lesion_atlas import read_lesion_mask
@@ -265,3 +266,28 @@ def test_command_line_lesions_needs_no_data(tmp_path, monkeypatch, capsys):
     assert saved["lesions"]["phantom v2, 2 mm"]["synth01"]["load_mm3"] == 512.0
     with pytest.raises(SystemExit):
         realism.main(["--lesions", "--baseline", str(out)])
+
+
+def test_the_normalisation_shift_is_what_the_lesions_do_to_the_statistics():
+    """Hand-computed: z-scores with and without the lesions in the statistics."""
+    rng = np.random.default_rng(0)
+    image = (100.0 + 4.0 * rng.standard_normal((30, 30, 30))).astype(np.float32)
+    brain = np.ones(image.shape, bool)
+    lesion = np.zeros(image.shape, bool)
+    lesion[5:12, 5:12, 5:12] = True
+    image[lesion] += 40.0
+    assert realism.normalization_shift(image, brain, np.zeros_like(lesion), "zscore") == 0.0
+    normal = ~ndimage.binary_dilation(lesion)
+
+    def zscored_median(stats_from):
+        values = image[stats_from]
+        low, high = np.percentile(values, [0.5, 99.5])
+        clipped = np.clip(values, low, high)
+        z = (np.clip(image[normal], low, high) - clipped.mean()) / clipped.std()
+        return np.median(z)
+
+    expected = zscored_median(brain) - zscored_median(normal)
+    assert expected < -0.05   # 1.3 % of voxels 10 SDs up pull normal tissue down
+    assert realism.normalization_shift(image, brain, lesion, "zscore") == pytest.approx(
+        expected, abs=1e-5)
+    assert abs(realism.normalization_shift(image, brain, lesion, "wm-peak")) < abs(expected) / 3

@@ -179,3 +179,73 @@ def test_a_phantom_spacing_the_generator_cannot_make_is_refused(tmp_path, capsys
     assert stopped.value.code == 2
     assert "--phantom-spacing" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_default_recipe_trains_on_four_randomized_looks_per_profile_subject(smoke_run):
+    root, _, _ = smoke_run
+    result = json.loads((root / "sim2real.json").read_text())
+    assert result["recipe"]["name"] == sim2real.DEFAULT_RECIPE == "randomized"
+    assert result["phantom"]["version"] == 3
+    assert result["phantom"]["appearance"] == "randomized"
+    assert result["phantom"]["n_subjects"] == 4 * PROFILES["smoke"].phantom_subjects
+    assert result["training_summary"]["n_train"] == result["phantom"]["n_subjects"]
+
+
+def test_seeds_report_each_subjects_mean_and_std_of_the_seed_files(smoke_run):
+    root, folders, argv = smoke_run
+    assert sim2real.main([*argv, "--seeds", "2"]) == 0
+    summary = json.loads(root.with_name(root.name + "-seeds.json").read_text())
+    runs = [json.loads((f / "sim2real.json").read_text())
+            for f in (root, root.with_name(root.name + "-seed1"))]
+    assert summary["seeds"] == [0, 1] and summary["variant"]["phantom_version"] == 3
+    for folder in folders:
+        scores = [run["subjects"][folder.name] for run in runs]
+        entry = summary["subjects"][folder.name]
+        for key in ("dsc", "sensitivity", "specificity"):
+            values = [s[key] for s in scores]
+            assert entry[key]["mean"] == pytest.approx(np.mean(values))
+            assert entry[key]["std"] == pytest.approx(np.std(values))
+        assert entry["above_oracle"] == sum(s["dsc"] > s["threshold_dsc"] for s in scores)
+    assert {"date", "commit", "machine", "command"} <= set(summary["made"])
+    assert summary["seconds"]["training"] == [r["training_summary"]["seconds_this_session"]
+                                              for r in runs]
+
+
+def test_mirroring_predicts_with_the_seeds_network_without_training_again(smoke_run):
+    root, folders, argv = smoke_run
+    assert sim2real.main([*argv, "--mirror", "x"]) == 0
+    mirrored = root.with_name(root.name + "-mirror-x")
+    assert not (mirrored / "run").exists()
+    assert json.loads((mirrored / "settings.json").read_text())["mirror_axes"] == [0]
+    model = keras.saving.load_model(root / "run" / "last.keras")
+    subject = next(s for s in sim2real.discover_subjects(folders[0].parent)
+                   if s.id == folders[0].name)
+    expected, _ = sim2real.segment_subject(model, subject, mirror_axes=(0,))
+    written, _ = read(mirrored / subject.id / "probability.nii.gz")
+    np.testing.assert_allclose(written, expected, atol=1e-6)
+    plain, _ = read(root / subject.id / "probability.nii.gz")
+    assert np.abs(plain - written).max() > 1e-4
+
+
+def test_a_folder_recorded_before_a_training_setting_existed_is_accepted(tmp_path):
+    settings = {"alpha": 0.3, "training": {"seed": 0, "intensity_normalization": "zscore"}}
+    (tmp_path / "settings.json").write_text(json.dumps(
+        {"alpha": 0.3, "training": {"seed": 0}}))
+    sim2real.check_settings(tmp_path, settings)
+    with pytest.raises(SystemExit, match="other settings .*training"):
+        sim2real.check_settings(tmp_path, {**settings, "training": {
+            "seed": 0, "intensity_normalization": "wm-peak"}})
+
+
+@pytest.mark.parametrize("options, name", [
+    ([], "sim2real-quick-v3-randomized"),
+    (["--recipe", "calibrated"], "sim2real-quick-v3-calibrated"),
+    (["--phantom-version", "2", "--recipe", "calibrated"], "sim2real-quick-v2-calibrated"),
+    (["--phantom-subjects", "60"], "sim2real-quick-v3-randomized"),
+    (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-30subjects"),
+    (["--intensity-normalization", "wm-peak", "--intensity-augmentation"],
+     "sim2real-quick-v3-randomized-augment-wmpeak"),
+])
+def test_every_training_setting_names_its_own_folder(options, name):
+    args = sim2real.build_parser().parse_args(["--data", "d", *options])
+    assert sim2real.experiment_name(args, sim2real.recipe_profile(args)) == name

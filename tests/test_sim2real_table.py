@@ -1,0 +1,76 @@
+"""reproduce.sim2real_table: the README's sim-to-real table comes from the committed files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reproduce import sim2real_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def summary(dsc_07, dsc_26, **variant):
+    def entry(values, oracle):
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        return {"dsc": {"mean": mean, "std": std}, "sensitivity": {"mean": 0.5, "std": 0.0},
+                "specificity": {"mean": 0.999, "std": 0.001}, "threshold_dsc": oracle,
+                "above_oracle": sum(v > oracle for v in values)}
+
+    return {"seeds": [0, 1], "seconds": {"training": [100.0, 140.0, 120.0]},
+            "variant": {"phantom_version": 3, "recipe": {"name": "randomized"},
+                        "phantom_subjects": 60, "phantom_spacing": 2.0,
+                        "intensity_normalization": "zscore", "intensity_augmentation": False,
+                        "mirror_axes": [], **variant},
+            "subjects": {"patient07": entry(dsc_07, 0.2056), "patient26": entry(dsc_26, 0.3597)}}
+
+
+def test_a_row_per_summary_with_mean_std_and_seeds_above_the_oracle(tmp_path):
+    (tmp_path / "a-seeds.json").write_text(json.dumps(summary([0.10, 0.30], [0.5, 0.6])))
+    (tmp_path / "b-seeds.json").write_text(json.dumps(summary(
+        [0.2, 0.2], [0.4, 0.4], mirror_axes=[0], intensity_normalization="wm-peak")))
+    lines = sim2real_table.render(tmp_path).splitlines()
+    assert len(lines) == 2 + 2 + 1
+    # 07: mean 20.00, population std 10.00, one of two seeds above 20.56 (0.30);
+    # 26: 55.00 ± 5.00, both above 35.97; training seconds 100, 120, 140: median 120.
+    assert lines[2] == ("| v3 randomized (60 subjects, 2 mm): `a-seeds.json` | 2 | 20.00 ± 10.00 "
+                        "| 1/2 | 50.00 ± 0.00 | 99.90 ± 0.10 | 55.00 ± 5.00 | 2/2 | 50.00 ± 0.00 "
+                        "| 99.90 ± 0.10 | 120 |")
+    assert "wm-peak normalisation, + mirroring x: `b-seeds.json`" in lines[3]
+    assert lines[4].startswith("| FLAIR-threshold oracle") and "| 20.56 |" in lines[4]
+
+
+def test_check_and_write_the_readme_block(tmp_path, capsys):
+    (tmp_path / "a-seeds.json").write_text(json.dumps(summary([0.1, 0.3], [0.5, 0.6])))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{sim2real_table.BEGIN}\nold numbers\n{sim2real_table.END}\nrest\n")
+    args = ["--results", str(tmp_path)]
+    assert sim2real_table.main([*args, "--check", str(readme)]) == 1
+    assert "differs" in capsys.readouterr().err
+    assert sim2real_table.main([*args, "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{sim2real_table.END}\nrest\n")
+    assert "old numbers" not in text and "20.00 ± 10.00" in text
+    assert sim2real_table.main([*args, "--check", str(readme)]) == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("no markers\n", "needs the line"),
+    (f"{sim2real_table.BEGIN}\n{sim2real_table.BEGIN}\n{sim2real_table.END}\n", "needs the line"),
+])
+def test_a_readme_without_one_pair_of_markers_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "a-seeds.json").write_text(json.dumps(summary([0.1], [0.5])))
+    (tmp_path / "README.md").write_text(content)
+    assert sim2real_table.main(["--results", str(tmp_path), "--check",
+                                str(tmp_path / "README.md")]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_an_empty_results_folder_is_one_line(tmp_path, capsys):
+    assert sim2real_table.main(["--results", str(tmp_path)]) == 1
+    assert "no *-seeds.json" in capsys.readouterr().err
+
+
+def test_the_committed_readme_shows_the_committed_results():
+    assert sim2real_table.main(["--check", str(README)]) == 0
