@@ -203,13 +203,17 @@ class Experiment:
         self.split = two_fold_split(self.subjects)
 
     def describe(self):
-        return {
+        described = {
             "data": str(self.data), "seed": self.seed, "foreground_ratio": self.foreground_ratio,
             "mixed_precision": self.mixed_precision,
             "profile": {k: list(v) if isinstance(v, tuple) else v
                         for k, v in dataclasses.asdict(self.profile).items()},
             "folds": [{"train": tr, "test": te} for tr, te in self.split],
         }
+        manifest = Path(self.data) / "phantom.json"
+        if manifest.is_file():  # the phantom's version, look and whose lesions
+            described["phantom"] = json.loads(manifest.read_text())
+        return described
 
     def cells(self):
         return [(alpha, beta, fold) for alpha, beta in ROWS for fold in FOLDS]

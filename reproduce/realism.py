@@ -3,6 +3,7 @@
     python -m reproduce.realism [--data ../shared/data/mslub-mni] [--subjects 4] [--spacing 2]
                                 [--seed 0] [--json OUT] [--baseline OLD.json]
     python -m reproduce.realism --lesions [--subjects 15] [--spacing 2] [--seed 0] [--json OUT]
+    python -m reproduce.realism --normalization [--data ...] [--spacing 2] [--json OUT]
 
 A few phantom subjects (those ``synthesize_dataset(n_subjects=N, seed=S)``
 writes) and every real subject under ``--data`` (registered to MNI space) are
@@ -41,6 +42,12 @@ count, load, sizes and sites, for the 27 real MSLUB masks embedded in the
 package (at 1 mm, and resampled to ``--spacing`` as a pipeline would) and for
 the first subjects of phantom versions 2 (ovoids) and 3 (real masks moved with
 a deformed brain); median [IQR] over subjects. It needs no ``--data``.
+
+``--normalization`` prints how far the lesions move the normalised intensity
+of normal tissue (``normalization_shift``) under the z-score and under the
+white-matter peak (``tversky_keras.data.normalize``), for phantom-v3 subjects
+carrying the lightest, the quartiles' and the heaviest real loads, and for
+``--data``'s subjects.
 """
 
 import argparse

@@ -246,6 +246,10 @@ def build_parser():
     parser.add_argument("--seeds", type=natural, default=1, metavar="N",
                         help="train N networks (seeds --seed .. --seed + N - 1) and report "
                              "each subject's mean ± std over them in <name>-seeds.{json,md}")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="with --seeds N: also segment with the N networks as one ensemble "
+                             "(their probabilities averaged, as nnU-Net's folds), into "
+                             "<name>-ensemble<N> and <name>-ensemble<N>-seeds.json")
     parser.add_argument("--mirror", type=mirror_option, default=(),
                         help="test-time mirroring along these RAS axes (x = left-right), as "
                              "tversky-keras predict --mirror; writes <name>-mirror-<axes>")
@@ -272,6 +276,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
         build_parser().error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.ensemble and args.seeds < 2:
+        build_parser().error("--ensemble needs --seeds 2 or more")
     return report.run_or_one_line("python -m reproduce.sim2real", _run, args)
 
 
@@ -343,6 +349,15 @@ def _run(args):
                    f"# Sim-to-real over {args.seeds} training seeds ({base}; percent, "
                    f"mean ± std)\n\n{text}\n")
         print(f"\n{base}: over {args.seeds} training seeds (mean ± std)\n\n{text}")
+    if args.ensemble:
+        name = f"{base}-ensemble{args.seeds}"
+        result = _ensemble(args, runs, subjects, args.results / name)
+        summary = {**seed_summary({name: result}),
+                   "made": report.provenance(time.perf_counter() - started)}
+        summary["variant"]["ensemble"] = args.seeds
+        write_json(summary, args.results / f"{name}-seeds.json")
+        print(f"\n{name}: the {args.seeds} networks as one\n\n"
+              f"{markdown_table(result['subjects'])}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -372,6 +387,27 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
     result = {**settings, "seed": seed, "subjects": scores, "phantom_folder": str(phantom),
               "model": str(model_path), "model_spacing": scan_spec(model)["spacing"],
               "training_summary": summary}
+    write_json(result, root / "sim2real.json")
+    write_text(root / "sim2real.md",
+               f"# Sim-to-real ({root.name}; percent, inside the brain, in each scan's grid)\n\n"
+               f"{markdown_table(scores)}\n")
+    return result
+
+
+def _ensemble(args, runs, subjects, root):
+    """The seeds' networks as one ensemble: segment and score every subject into ``root``."""
+    first = next(iter(runs.values()))
+    models = [run["model"] for run in runs.values()]
+    settings = {**{k: first[k] for k in ("data", "profile", "recipe", "alpha", "beta",
+                                         "threshold", "mirror_axes", "phantom", "training")},
+                "ensemble": models}
+    check_settings(root, json.loads(json.dumps(settings)))
+    scores = segment_all([keras.saving.load_model(path) for path in models], subjects, root,
+                         about={"ensemble": models}, mirror_axes=args.mirror)
+    seconds = sum(run["training_summary"]["seconds_this_session"] for run in runs.values())
+    members = ", ".join(str(run["seed"]) for run in runs.values())
+    result = {**settings, "seed": f"ensemble of seeds {members}", "subjects": scores,
+              "training_summary": {"seconds_this_session": seconds}}
     write_json(result, root / "sim2real.json")
     write_text(root / "sim2real.md",
                f"# Sim-to-real ({root.name}; percent, inside the brain, in each scan's grid)\n\n"

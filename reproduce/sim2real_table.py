@@ -34,6 +34,8 @@ def variant_label(variant):
         label += ", + nnU-Net intensity augmentation"
     if variant["mirror_axes"]:
         label += ", + mirroring " + ",".join("xyz"[a] for a in variant["mirror_axes"])
+    if variant.get("ensemble"):
+        label += f", ensemble of {variant['ensemble']} seeds' networks"
     return label
 
 
@@ -50,30 +52,32 @@ def render(folder):
         raise ValueError(f"{folder}: no *-seeds.json (python -m reproduce.sim2real --seeds N "
                          f"writes them into results/)")
     subject_ids = sorted(next(iter(found.values()))["subjects"])
-    head = ["variant (command: python -m reproduce.sim2real --data ... --seeds 5 ...)", "seeds"]
+    head = ["variant", "file", "seeds"]
     for subject_id in subject_ids:
-        head += [f"{subject_id} DSC", f"{subject_id} above oracle",
-                 f"{subject_id} sensitivity", f"{subject_id} specificity"]
-    head.append("training s / seed (median)")
-
-    def cell(value):
-        return f"{100 * value['mean']:.2f} ± {100 * value['std']:.2f}"
+        head += [f"{subject_id} DSC (seeds above oracle)", f"{subject_id} sensitivity",
+                 f"{subject_id} specificity"]
+    head.append("training s / seed (median; an ensemble: all its seeds)")
 
     rows = []
     for name, summary in found.items():
         n = len(summary["seeds"])
-        row = [f"{variant_label(summary['variant'])}: `{name}`", n]
+
+        def cell(value):  # one run (an ensemble) has no spread
+            mean = f"{100 * value['mean']:.2f}"
+            return mean if n == 1 else f"{mean} ± {100 * value['std']:.2f}"
+
+        row = [variant_label(summary["variant"]), f"`{name}`", n]
         for subject_id in subject_ids:
             s = summary["subjects"][subject_id]
-            row += [cell(s["dsc"]), f"{s['above_oracle']}/{n}", cell(s["sensitivity"]),
+            row += [f"{cell(s['dsc'])} ({s['above_oracle']}/{n})", cell(s["sensitivity"]),
                     cell(s["specificity"])]
         times = sorted(summary["seconds"]["training"])
         row.append(f"{times[len(times) // 2]:.0f}")
         rows.append(row)
     first = next(iter(found.values()))
-    oracle = ["FLAIR-threshold oracle (best single threshold, answer known)", ""]
+    oracle = ["FLAIR-threshold oracle (best single threshold, answer known)", "", ""]
     for subject_id in subject_ids:
-        oracle += [report.percent(first["subjects"][subject_id]["threshold_dsc"]), "", "", ""]
+        oracle += [report.percent(first["subjects"][subject_id]["threshold_dsc"]), "", ""]
     rows.append(oracle + [""])
     return report.markdown_table(head, rows)
 

@@ -118,3 +118,27 @@ def test_a_run_recorded_before_the_choice_resumes_as_zscore():
     assert differences(old, wanted) == []
     assert differences(old, {**wanted, "intensity_normalization": "wm-peak"}) == [
         "intensity_normalization"]
+
+
+@pytest.mark.parametrize("normalization", ["zscore", "wm-peak"])
+def test_another_scanners_intensity_scale_gives_the_same_segmentation(tmp_path, normalization):
+    import nibabel as nib
+
+    write_tiny_subjects(tmp_path / "a", n=1, shape=(16, 16, 16))
+    folder = next((tmp_path / "a").iterdir())
+    scaled = tmp_path / "b" / folder.name
+    scaled.mkdir(parents=True)
+    for path in folder.iterdir():
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+        if path.name != "consensus_gt.nii.gz":  # skull-stripped: 0 stays 0, the rest x 750
+            data = (data * 750.0).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, image.affine), scaled / path.name)
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((None, None, None, 3))
+    network = keras.Model(inputs, keras.layers.Conv3D(2, 1, activation="softmax")(inputs))
+    model = with_scan_spec(network, ["T1W", "T2W", "FLAIR"],
+                           intensity_normalization=normalization)
+    one, two = (segment_subject(model, discover_subjects(tmp_path / name)[0])[0]
+                for name in ("a", "b"))
+    np.testing.assert_allclose(one, two, atol=1e-4)

@@ -474,3 +474,11 @@ def test_a_bad_profile_fails_when_it_is_defined(override, message):
 
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(PROFILES["smoke"], **override)
+
+
+def test_the_experiment_records_the_phantom_version_and_lesions(smoke_run):
+    root, _ = smoke_run
+    described = json.loads((root / "results" / "phantom-v3-smoke" / "experiment.json").read_text())
+    assert described["phantom"]["version"] == 3
+    assert len(described["phantom"]["lesions"]["subjects"]) == table1.PROFILES[
+        "smoke"].phantom_subjects

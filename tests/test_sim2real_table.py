@@ -34,11 +34,20 @@ def test_a_row_per_summary_with_mean_std_and_seeds_above_the_oracle(tmp_path):
     assert len(lines) == 2 + 2 + 1
     # 07: mean 20.00, population std 10.00, one of two seeds above 20.56 (0.30);
     # 26: 55.00 ± 5.00, both above 35.97; training seconds 100, 120, 140: median 120.
-    assert lines[2] == ("| v3 randomized (60 subjects, 2 mm): `a-seeds.json` | 2 | 20.00 ± 10.00 "
-                        "| 1/2 | 50.00 ± 0.00 | 99.90 ± 0.10 | 55.00 ± 5.00 | 2/2 | 50.00 ± 0.00 "
+    assert lines[2] == ("| v3 randomized (60 subjects, 2 mm) | `a-seeds.json` | 2 | 20.00 ± 10.00 "
+                        "(1/2) | 50.00 ± 0.00 | 99.90 ± 0.10 | 55.00 ± 5.00 (2/2) | 50.00 ± 0.00 "
                         "| 99.90 ± 0.10 | 120 |")
-    assert "wm-peak normalisation, + mirroring x: `b-seeds.json`" in lines[3]
+    assert "wm-peak normalisation, + mirroring x | `b-seeds.json`" in lines[3]
     assert lines[4].startswith("| FLAIR-threshold oracle") and "| 20.56 |" in lines[4]
+
+
+def test_an_ensemble_is_one_run_without_a_spread(tmp_path):
+    one = summary([0.1534], [0.6])
+    one["seeds"] = ["ensemble of seeds 0, 1"]
+    one["variant"]["ensemble"] = 2
+    (tmp_path / "e-seeds.json").write_text(json.dumps(one))
+    row = sim2real_table.render(tmp_path).splitlines()[2]
+    assert "ensemble of 2 seeds' networks | `e-seeds.json` | 1 | 15.34 (0/1) | 50.00 |" in row
 
 
 def test_check_and_write_the_readme_block(tmp_path, capsys):

@@ -9,17 +9,25 @@ skull stripping leaves partial voxels at the brain's edge. The subject is imaged
 as T1W, T2W and FLAIR by summing tissue intensities over the partial volumes
 (with deep grey nuclei, a bright lining of the ventricles and diffusely changed
 deep white matter), then blurred, bias-modulated and given Rician noise.
-White-matter lesions are drawn as ovoids: one confluent lesion beside a
-lateral ventricle and many smaller ones, most in deep white matter near the
-ventricles, some juxtacortical and some infratentorial, with a lesion load,
-lesion count and lesion sizes drawn to match the 30 patients of the MSLUB
-database (Lesjak et al., Neuroinformatics 2017). Their contrast is set subject
-by subject so that, after ``zscore_in_brain``, lesions sit where real lesions
-do: about 1.3-1.5 brain standard deviations above the brain mean in FLAIR,
-0.6-0.9 in T2W and near 0 in T1W -- not trivially bright.
+Version 3 (the default): each subject carries one real MS patient's lesions,
+a consensus mask of the MSLUB database (Lesjak et al., Neuroinformatics 2017)
+in MNI space, embedded in the package (``tversky_keras.data.lesion_atlas``;
+``lesion_sources`` deals them to subjects), moved by the subject's own
+shrinkage and deformation and kept to its parenchyma. Version 2
+(``version=2``, reproduced exactly) draws the lesions as ovoids instead: one
+confluent lesion beside a lateral ventricle and many smaller ones, most in
+deep white matter near the ventricles, some juxtacortical and some
+infratentorial, with a load, count and sizes drawn to match the 30 MSLUB
+patients.
 
-The appearance is calibrated to two real MSLUB patients with intensity
-statistics only (never their lesion masks); ``reproduce.realism`` measures it.
+The calibrated appearance (the default) sets the lesions' contrast subject by
+subject so that, after ``zscore_in_brain``, lesions sit where real lesions
+do: about 1.3-1.5 brain standard deviations above the brain mean in FLAIR,
+0.6-0.9 in T2W and near 0 in T1W -- not trivially bright; the tissues' look
+is calibrated to two real MSLUB patients with intensity statistics only
+(never their lesion masks); ``reproduce.realism`` measures it. The
+randomized appearance (domain randomisation, as SynthSeg) draws each
+subject's own contrasts, lesion contrast, bias field, resolution and noise.
 
 Files follow the real data's layout, ``<out>/<id>/{T1W,T2W,FLAIR,consensus_gt}.nii.gz``,
 so the same loaders read both.
