@@ -12,11 +12,8 @@ import importlib.resources
 import nibabel as nib
 import numpy as np
 
-_PACKAGE_FOLDER = "lesion_masks"
-
-
 def _folder():
-    return importlib.resources.files("tversky_keras.data") / _PACKAGE_FOLDER
+    return importlib.resources.files("tversky_keras.data.lesion_masks")
 
 
 @functools.lru_cache(maxsize=1)
