@@ -1,6 +1,7 @@
 """Sim-to-real: a U-Net trained on the synthetic phantom only, segmenting real patients.
 
-    python -m reproduce.sim2real --data ../shared/data/mslub-mni          # quick profile
+    python -m reproduce.sim2real --data ../shared/data/mslub-mni          # the default recipe
+    python -m reproduce.sim2real --data PATH --seeds 5 --ensemble         # five networks as one
     python -m reproduce.sim2real --data PATH --profile paper              # for a GPU
 
 The network is trained on every phantom subject with a profile's budget
@@ -10,15 +11,25 @@ inside its brain against the best single FLAIR threshold chosen with the
 answer known (``tversky_keras.evaluation.best_threshold_dsc``): a network that
 does not beat that oracle has learnt less than one number would have.
 
+The default recipe (chosen on the development patients 07 and 26, README):
+phantom version 3 with domain randomisation (``--recipe randomized``: 60
+subjects for the quick profile, each its own look), the white-matter-peak
+normalisation (``--intensity-normalization wm-peak``) and test-time
+left-right mirroring (``--mirror x``; ``none`` turns it off).
+
 Layout (a rerun skips what is finished; other settings for the same folder are refused)::
 
-    results/sim2real-<profile>/settings.json        data, profile, penalties, phantom, training
-    (``-<MM>mm`` after <profile> for another phantom voxel size, ``-aA_bB`` for other
-    penalties, ``-augment`` with intensity augmentation, ``-seedN`` for another training seed)
-    results/sim2real-<profile>/run/                  the training run (tversky_keras.training)
-    results/sim2real-<profile>/<subject>/probability.nii.gz, mask.nii.gz   in the scan's grid
-    results/sim2real-<profile>/<subject>/metrics.json                      written last
-    results/sim2real-<profile>/sim2real.{json,md}    every finished subject, ours vs the oracle
+    results/<name>/settings.json        data, profile, recipe, penalties, phantom, training
+    results/<name>/run/                 the training run (tversky_keras.training)
+    results/<name>/<subject>/probability.nii.gz, mask.nii.gz   in the scan's grid
+    results/<name>/<subject>/metrics.json                      written last
+    results/<name>/sim2real.{json,md}   every finished subject, ours vs the oracle
+    results/<name>-seeds.{json,md}      with --seeds N: each subject's mean ± std
+
+``<name>`` is ``sim2real-<profile>-v<version>-<recipe>``, then ``-<N>subjects``,
+``-<MM>mm``, ``-aA_bB``, ``-augment``, ``-wmpeak`` for settings off the recipe's
+or the profile's, ``-mirror-<axes>`` (the unmirrored folder's network, not
+trained again), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
 """
 
 import argparse
@@ -78,6 +89,15 @@ RECIPES = {
                          "and noise"),
 }
 DEFAULT_RECIPE = "randomized"
+# The recipe's normalisation and test-time mirroring (chosen on the development
+# patients, README): the white-matter peak does not move with the lesion load.
+DEFAULT_NORMALIZATION = "wm-peak"
+DEFAULT_MIRROR = (0,)
+
+
+def mirror_or_none(text):
+    """``--mirror``: RAS axes as ``tversky-keras predict --mirror``, or ``none``."""
+    return () if text.strip().lower() == "none" else mirror_option(text)
 
 
 def phantom_manifest(phantom, version):
@@ -250,9 +270,10 @@ def build_parser():
                         help="with --seeds N: also segment with the N networks as one ensemble "
                              "(their probabilities averaged, as nnU-Net's folds), into "
                              "<name>-ensemble<N> and <name>-ensemble<N>-seeds.json")
-    parser.add_argument("--mirror", type=mirror_option, default=(),
-                        help="test-time mirroring along these RAS axes (x = left-right), as "
-                             "tversky-keras predict --mirror; writes <name>-mirror-<axes>")
+    parser.add_argument("--mirror", type=mirror_or_none, default=DEFAULT_MIRROR,
+                        help="test-time mirroring along these RAS axes (x = left-right, the "
+                             "default), as tversky-keras predict --mirror, or none; writes "
+                             "<name>-mirror-<axes>")
     parser.add_argument("--phantom-spacing", type=phantom_voxel_size, default=None, metavar="MM",
                         help="generate the phantom at this voxel size and train on it (default: "
                              "the profile's, 2 mm for quick); writes <name>-<MM>mm")
@@ -260,10 +281,10 @@ def build_parser():
                         help="train with nnU-Net's default intensity augmentation; writes "
                              "<name>-augment")
     parser.add_argument("--intensity-normalization", choices=("zscore", "wm-peak"),
-                        default="zscore",
-                        help="normalise each modality by its brain z-score (default) or by its "
-                             "white-matter peak and IQR, in training and in inference alike; "
-                             "wm-peak writes <name>-wmpeak")
+                        default=DEFAULT_NORMALIZATION,
+                        help="normalise each modality by its white-matter peak and IQR (the "
+                             "default; writes <name>-wmpeak) or by its brain z-score, in "
+                             "training and in inference alike")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,

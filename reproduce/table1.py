@@ -643,7 +643,8 @@ def _lead(args, profile, data, base, workers, helpers, started):
         summary = seed_summary(tables)
         text = seed_markdown(summary)
         write_text(args.results / f"{base}-seeds.md", text + "\n")
-        write_json(summary, args.results / f"{base}-seeds.json")
+        write_json({"rows": summary, "made": report.provenance(time.perf_counter() - started)},
+                   args.results / f"{base}-seeds.json")
         print(f"\nover {args.seeds} seeds (mean ± std of the pooled metrics)\n\n{text}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if failed:

@@ -42,9 +42,9 @@ def smoke_run(tmp_path_factory):
     folders = write_tiny_subjects(root / "data", n=2, affine=LAS)
     make_clipping_matter(folders[0])
     argv = ["--data", str(root / "data"), "--profile", "smoke", "--results",
-            str(root / "results"), "--cache", str(root / "cache")]
+            str(root / "results"), "--cache", str(root / "cache"), "--mirror", "none"]
     assert sim2real.main(argv) == 0
-    return root / "results" / "sim2real-smoke-v3-randomized", folders, argv
+    return root / "results" / "sim2real-smoke-v3-randomized-wmpeak", folders, argv
 
 
 def read(path):
@@ -148,7 +148,7 @@ def test_a_phantom_of_another_generator_version_is_refused(tmp_path):
 def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--seed", "3"]) == 0
-    seeded = folder.parent / "sim2real-smoke-v3-randomized-seed3"
+    seeded = folder.parent / "sim2real-smoke-v3-randomized-wmpeak-seed3"
     settings = json.loads((seeded / "settings.json").read_text())
     assert settings["training"]["seed"] == 3
     assert json.loads((folder / "settings.json").read_text())["training"]["seed"] == 0
@@ -161,7 +161,7 @@ def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
 def test_another_phantom_spacing_and_augmentation_train_into_their_own_folder(smoke_run):
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--phantom-spacing", "6", "--intensity-augmentation"]) == 0
-    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment"
+    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment-wmpeak"
     settings = json.loads((other / "settings.json").read_text())
     assert settings["training"]["intensity_augmentation"] is True
     assert settings["training"]["spacing"] == settings["phantom"]["spacing"] == 6.0
@@ -189,6 +189,9 @@ def test_the_default_recipe_trains_on_four_randomized_looks_per_profile_subject(
     assert result["phantom"]["appearance"] == "randomized"
     assert result["phantom"]["n_subjects"] == 4 * PROFILES["smoke"].phantom_subjects
     assert result["training_summary"]["n_train"] == result["phantom"]["n_subjects"]
+    assert result["training"]["intensity_normalization"] == "wm-peak"
+    model = keras.saving.load_model(root / "run" / "last.keras")
+    assert scan_spec(model)["intensity_normalization"] == "wm-peak"
 
 
 def test_seeds_report_each_subjects_mean_and_std_of_the_seed_files(smoke_run):
@@ -238,14 +241,23 @@ def test_a_folder_recorded_before_a_training_setting_existed_is_accepted(tmp_pat
 
 
 @pytest.mark.parametrize("options, name", [
-    ([], "sim2real-quick-v3-randomized"),
-    (["--recipe", "calibrated"], "sim2real-quick-v3-calibrated"),
-    (["--phantom-version", "2", "--recipe", "calibrated"], "sim2real-quick-v2-calibrated"),
-    (["--phantom-subjects", "60"], "sim2real-quick-v3-randomized"),
-    (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-30subjects"),
-    (["--intensity-normalization", "wm-peak", "--intensity-augmentation"],
-     "sim2real-quick-v3-randomized-augment-wmpeak"),
+    ([], "sim2real-quick-v3-randomized-wmpeak"),
+    (["--recipe", "calibrated"], "sim2real-quick-v3-calibrated-wmpeak"),
+    (["--phantom-version", "2", "--recipe", "calibrated", "--intensity-normalization", "zscore"],
+     "sim2real-quick-v2-calibrated"),
+    (["--phantom-subjects", "60"], "sim2real-quick-v3-randomized-wmpeak"),
+    (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-30subjects-wmpeak"),
+    (["--intensity-normalization", "zscore", "--intensity-augmentation"],
+     "sim2real-quick-v3-randomized-augment"),
 ])
 def test_every_training_setting_names_its_own_folder(options, name):
     args = sim2real.build_parser().parse_args(["--data", "d", *options])
     assert sim2real.experiment_name(args, sim2real.recipe_profile(args)) == name
+
+
+def test_the_default_recipe_mirrors_and_none_turns_it_off():
+    parse = sim2real.build_parser().parse_args
+    assert parse(["--data", "d"]).mirror == (0,)
+    assert parse(["--data", "d", "--mirror", "none"]).mirror == ()
+    assert parse(["--data", "d", "--mirror", "x,z"]).mirror == (0, 2)
+    assert parse(["--data", "d"]).intensity_normalization == "wm-peak"

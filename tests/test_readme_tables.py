@@ -1,11 +1,11 @@
-"""reproduce.sim2real_table: the README's sim-to-real table comes from the committed files."""
+"""reproduce.readme_tables: the README's result tables come from the committed files."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from reproduce import sim2real_table
+from reproduce import readme_tables
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -30,7 +30,7 @@ def test_a_row_per_summary_with_mean_std_and_seeds_above_the_oracle(tmp_path):
     (tmp_path / "a-seeds.json").write_text(json.dumps(summary([0.10, 0.30], [0.5, 0.6])))
     (tmp_path / "b-seeds.json").write_text(json.dumps(summary(
         [0.2, 0.2], [0.4, 0.4], mirror_axes=[0], intensity_normalization="wm-peak")))
-    lines = sim2real_table.render(tmp_path).splitlines()
+    lines = readme_tables.render_sim2real(tmp_path).splitlines()
     assert len(lines) == 2 + 2 + 1
     # 07: mean 20.00, population std 10.00, one of two seeds above 20.56 (0.30);
     # 26: 55.00 ± 5.00, both above 35.97; training seconds 100, 120, 140: median 120.
@@ -46,40 +46,59 @@ def test_an_ensemble_is_one_run_without_a_spread(tmp_path):
     one["seeds"] = ["ensemble of seeds 0, 1"]
     one["variant"]["ensemble"] = 2
     (tmp_path / "e-seeds.json").write_text(json.dumps(one))
-    row = sim2real_table.render(tmp_path).splitlines()[2]
+    row = readme_tables.render_sim2real(tmp_path).splitlines()[2]
     assert "ensemble of 2 seeds' networks | `e-seeds.json` | 1 | 15.34 (0/1) | 50.00 |" in row
 
 
 def test_check_and_write_the_readme_block(tmp_path, capsys):
     (tmp_path / "a-seeds.json").write_text(json.dumps(summary([0.1, 0.3], [0.5, 0.6])))
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{sim2real_table.BEGIN}\nold numbers\n{sim2real_table.END}\nrest\n")
-    args = ["--results", str(tmp_path)]
-    assert sim2real_table.main([*args, "--check", str(readme)]) == 1
+    begin, end = readme_tables.markers("sim2real-v3")
+    other = "\n".join(readme_tables.markers("table1-v3"))
+    readme.write_text(f"intro\n{begin}\nold numbers\n{end}\nrest\n{other}\n")
+    args = ["--sim2real", str(tmp_path), "--table1", str(tmp_path / "none.json")]
+    assert readme_tables.main([*args, "--check", str(readme)]) == 1
     assert "differs" in capsys.readouterr().err
-    assert sim2real_table.main([*args, "--readme", str(readme)]) == 0
+    assert readme_tables.main([*args, "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith(f"{sim2real_table.END}\nrest\n")
+    assert text.startswith("intro\n") and f"{end}\nrest\n" in text
+    assert "No committed run yet" in text
     assert "old numbers" not in text and "20.00 ± 10.00" in text
-    assert sim2real_table.main([*args, "--check", str(readme)]) == 0
+    assert readme_tables.main([*args, "--check", str(readme)]) == 0
 
 
 @pytest.mark.parametrize("content, message", [
     ("no markers\n", "needs the line"),
-    (f"{sim2real_table.BEGIN}\n{sim2real_table.BEGIN}\n{sim2real_table.END}\n", "needs the line"),
+    ("{0}\n{0}\n{1}\n".format(*readme_tables.markers("sim2real-v3")), "needs the line"),
 ])
 def test_a_readme_without_one_pair_of_markers_is_one_line(tmp_path, capsys, content, message):
     (tmp_path / "a-seeds.json").write_text(json.dumps(summary([0.1], [0.5])))
     (tmp_path / "README.md").write_text(content)
-    assert sim2real_table.main(["--results", str(tmp_path), "--check",
-                                str(tmp_path / "README.md")]) == 1
+    assert readme_tables.main(["--sim2real", str(tmp_path), "--check",
+                               str(tmp_path / "README.md")]) == 1
     assert message in capsys.readouterr().err
 
 
 def test_an_empty_results_folder_is_one_line(tmp_path, capsys):
-    assert sim2real_table.main(["--results", str(tmp_path)]) == 1
+    assert readme_tables.main(["--sim2real", str(tmp_path)]) == 1
     assert "no *-seeds.json" in capsys.readouterr().err
 
 
 def test_the_committed_readme_shows_the_committed_results():
-    assert sim2real_table.main(["--check", str(README)]) == 0
+    assert readme_tables.main(["--check", str(README)]) == 0
+
+
+def test_table1_over_seeds_beside_the_papers_with_how_it_was_made(tmp_path):
+    rows = [{"alpha": a, "beta": b, "n_seeds": 5, "collapsed_cells": 0,
+             "mean": {m: 0.5 for m in ("dsc", "sensitivity", "specificity", "f2", "apr")},
+             "std": {m: 0.01 for m in ("dsc", "sensitivity", "specificity", "f2", "apr")}}
+            for a, b in ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))]
+    made = {"command": ["python", "-m", "reproduce.table1", "--seeds", "5"],
+            "date": "2026-12-02T19:00:00+00:00", "commit": "abcdef0123", "seconds": 4800.0,
+            "machine": {"cores": 2, "cpu": "AMD EPYC"}}
+    (tmp_path / "t.json").write_text(json.dumps({"rows": rows, "made": made}))
+    text = readme_tables.render_table1(tmp_path / "t.json")
+    # The paper's a=0.3, b=0.7 row: DSC 56.42 (../shared/PAPER.md).
+    assert "| a=0.3, b=0.7 | 5 | 0 | 50.00 ± 1.00 / 56.42 |" in text
+    assert text.endswith("Made by `python -m reproduce.table1 --seeds 5` on 2026-12-02 at commit "
+                         "abcdef0, 2 cores of an AMD EPYC: 80 min for the 50 cells.")

@@ -1,0 +1,173 @@
+"""The README's result tables, rendered from the committed result files.
+
+    python -m reproduce.readme_tables                      # print the tables
+    python -m reproduce.readme_tables --readme README.md   # put them into README.md
+    python -m reproduce.readme_tables --check README.md    # exit 1 if README.md differs
+
+Each table sits in the README between two marker lines, so that its numbers
+come from the files, never typed:
+
+- ``sim2real-v3``: each ``figures/sim2real-v3/<name>-seeds.json`` that
+  ``python -m reproduce.sim2real --seeds N`` wrote is one row: the variant, and
+  per real subject the mean ± std over the training seeds of DSC, sensitivity
+  and specificity, with how many seeds beat the subject's FLAIR-threshold oracle.
+- ``table1-v3``: ``figures/phantom-v3-quick/phantom-v3-quick-seeds.json``, the
+  mean ± std over seeds of Table 1 on phantom version 3 (``python -m
+  reproduce.table1 --seeds 5``), next to the paper's Table 1.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reproduce import report
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"
+SIM2REAL = FIGURES / "sim2real-v3"
+TABLE1_SEEDS = FIGURES / "phantom-v3-quick" / "phantom-v3-quick-seeds.json"
+
+
+def markers(block):
+    """The lines that open and close a block in the README."""
+    return (f"<!-- {block} table: python -m reproduce.readme_tables --readme README.md -->",
+            f"<!-- end of {block} table -->")
+
+
+def variant_label(variant):
+    """``v3 randomized (60 subjects), wm-peak, + mirror x`` and so on."""
+    label = (f"v{variant['phantom_version']} {variant['recipe']['name']} "
+             f"({variant['phantom_subjects']} subjects, {variant['phantom_spacing']:g} mm)")
+    if variant["intensity_normalization"] != "zscore":
+        label += f", {variant['intensity_normalization']} normalisation"
+    if variant["intensity_augmentation"]:
+        label += ", + nnU-Net intensity augmentation"
+    if variant["mirror_axes"]:
+        label += ", + mirroring " + ",".join("xyz"[a] for a in variant["mirror_axes"])
+    if variant.get("ensemble"):
+        label += f", ensemble of {variant['ensemble']} seeds' networks"
+    return label
+
+
+def summaries(folder):
+    """Every ``*-seeds.json`` in ``folder``, by file name."""
+    return {path.name: json.loads(path.read_text())
+            for path in sorted(Path(folder).glob("*-seeds.json"))}
+
+
+def render_sim2real(folder=SIM2REAL):
+    """The Markdown table of every summary in ``folder``, then the oracle row."""
+    found = summaries(folder)
+    if not found:
+        raise ValueError(f"{folder}: no *-seeds.json (python -m reproduce.sim2real --seeds N "
+                         f"writes them into results/)")
+    subject_ids = sorted(next(iter(found.values()))["subjects"])
+    head = ["variant", "file", "seeds"]
+    for subject_id in subject_ids:
+        head += [f"{subject_id} DSC (seeds above oracle)", f"{subject_id} sensitivity",
+                 f"{subject_id} specificity"]
+    head.append("training s / seed (median; an ensemble: all its seeds)")
+
+    rows = []
+    for name, summary in found.items():
+        n = len(summary["seeds"])
+
+        def cell(value):  # one run (an ensemble) has no spread
+            mean = f"{100 * value['mean']:.2f}"
+            return mean if n == 1 else f"{mean} ± {100 * value['std']:.2f}"
+
+        row = [variant_label(summary["variant"]), f"`{name}`", n]
+        for subject_id in subject_ids:
+            s = summary["subjects"][subject_id]
+            row += [f"{cell(s['dsc'])} ({s['above_oracle']}/{n})", cell(s["sensitivity"]),
+                    cell(s["specificity"])]
+        times = sorted(summary["seconds"]["training"])
+        row.append(f"{times[len(times) // 2]:.0f}")
+        rows.append(row)
+    first = next(iter(found.values()))
+    oracle = ["FLAIR-threshold oracle (best single threshold, answer known)", "", ""]
+    for subject_id in subject_ids:
+        oracle += [report.percent(first["subjects"][subject_id]["threshold_dsc"]), "", ""]
+    rows.append(oracle + [""])
+    return report.markdown_table(head, rows)
+
+
+def render_table1(path=TABLE1_SEEDS):
+    """Table 1 over seeds (``reproduce.table1 --seeds N``'s JSON) beside the paper's, with
+    when, where and how it was made."""
+    from reproduce.experiment import METRICS, PAPER_TABLE1
+    from reproduce.table1 import LABELS
+
+    path = Path(path)
+    if not path.is_file():
+        shown = path.relative_to(FIGURES.parent) if path.is_relative_to(FIGURES.parent) else path
+        return (f"(No committed run yet: `{shown}` is what `python -m reproduce.table1 "
+                f"--seeds 5` writes into results/, copied there.)")
+    summary = json.loads(Path(path).read_text())
+    head = ["penalties", "seeds", "collapsed cells"] + [
+        f"{LABELS[m]} ours / paper" for m in METRICS]
+    rows = [[f"a={row['alpha']:g}, b={row['beta']:g}", row["n_seeds"], row["collapsed_cells"]]
+            + [f"{report.percent(row['mean'][m])} ± {report.percent(row['std'][m])} / "
+               f"{PAPER_TABLE1[(row['alpha'], row['beta'])][i]:.2f}"
+               for i, m in enumerate(METRICS)]
+            for row in summary["rows"]]
+    made = summary["made"]
+    minutes = made["seconds"] / 60
+    return (report.markdown_table(head, rows) + f"\n\nMade by `{' '.join(made['command'])}` "
+            f"on {made['date'][:10]} at commit {made['commit'][:7]}, {made['machine']['cores']} "
+            f"cores of an {made['machine']['cpu']}: {minutes:.0f} min for the "
+            f"{len(summary['rows']) * 2 * summary['rows'][0]['n_seeds']} cells.")
+
+
+
+def replace_block(text, block, table):
+    """``text`` with the lines between ``block``'s markers replaced by ``table``."""
+    begin, end = markers(block)
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"the README needs the line {begin!r} and, after it, {end!r} once each")
+    before, rest = text.split(begin)
+    _, after = rest.split(end)
+    return f"{before}{begin}\n{table}\n{end}{after}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m reproduce.readme_tables",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sim2real", type=Path, default=SIM2REAL,
+                        help="folder of sim2real *-seeds.json (figures/sim2real-v3)")
+    parser.add_argument("--table1", type=Path, default=TABLE1_SEEDS,
+                        help="Table 1 seeds JSON (figures/phantom-v3-quick/...-seeds.json)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--readme", type=Path, help="write the table into this file")
+    action.add_argument("--check", type=Path,
+                        help="exit 1 when this file's table differs from the files'")
+    args = parser.parse_args(argv)
+    return report.run_or_one_line("python -m reproduce.readme_tables", _run, args)
+
+
+def _run(args):
+    tables = {"sim2real-v3": render_sim2real(args.sim2real),
+              "table1-v3": render_table1(args.table1)}
+    target = args.readme or args.check
+    if target is None:
+        print("\n\n".join(tables.values()))
+        return 0
+    text = target.read_text()
+    updated = text
+    for block, table in tables.items():
+        updated = replace_block(updated, block, table)
+    if args.check:
+        if updated != text:
+            stale = [b for b, t in tables.items() if replace_block(text, b, t) != text]
+            print(f"{target}: the {', '.join(stale)} table differs from the result files; run "
+                  f"python -m reproduce.readme_tables --readme {target}", file=sys.stderr)
+            return 1
+        return 0
+    from tversky_keras.atomic import write_text
+
+    write_text(target, updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
