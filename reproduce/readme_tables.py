@@ -112,11 +112,12 @@ def render_table1(path=TABLE1_SEEDS):
                for i, m in enumerate(METRICS)]
             for row in summary["rows"]]
     made = summary["made"]
-    minutes = made["seconds"] / 60
+    per_seed = ", ".join(f"{seconds / 60:.1f}" for seconds in summary["cell_seconds"])
     return (report.markdown_table(head, rows) + f"\n\nMade by `{' '.join(made['command'])}` "
-            f"on {made['date'][:10]} at commit {made['commit'][:7]}, {made['machine']['cores']} "
-            f"cores of an {made['machine']['cpu']}: {minutes:.0f} min for the "
-            f"{len(summary['rows']) * 2 * summary['rows'][0]['n_seeds']} cells.")
+            f"(assembled on {made['date'][:10]} at commit {made['commit'][:7]}, "
+            f"{made['machine']['cores']} cores of an {made['machine']['cpu']}); its cells took "
+            f"{per_seed} min per seed's grid of 10 (their own times, without the phantom's "
+            f"generation and the figures).")
 
 
 

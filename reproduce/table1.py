@@ -624,7 +624,7 @@ def _help(args, profile, data, base, worker, workers):
 
 def _lead(args, profile, data, base, workers, helpers, started):
     """Run cells with the helpers, wait for every cell, assemble each seed's table."""
-    tables, failed = [], []
+    tables, failed, cell_seconds = [], [], []
     for name, experiment in experiments(args, profile, data, base):
         if workers > 1 and not helpers:  # once the data has been read without error
             helpers += start_workers(args.argv, workers)
@@ -634,6 +634,8 @@ def _lead(args, profile, data, base, workers, helpers, started):
         text = write_outputs(table, experiment.root)
         print(f"\n{name}\n\n{text}")
         tables.append(table)
+        cell_seconds.append(round(sum(json.loads(path.read_text())["seconds"]
+                                      for path in experiment.root.glob("*/fold*/done.json")), 1))
         if not args.no_figures:
             from reproduce.figures import make_figures
 
@@ -643,7 +645,9 @@ def _lead(args, profile, data, base, workers, helpers, started):
         summary = seed_summary(tables)
         text = seed_markdown(summary)
         write_text(args.results / f"{base}-seeds.md", text + "\n")
-        write_json({"rows": summary, "made": report.provenance(time.perf_counter() - started)},
+        # Each seed's cells' own times (a rerun that only assembles keeps them).
+        write_json({"rows": summary, "cell_seconds": cell_seconds,
+                    "made": report.provenance(time.perf_counter() - started)},
                    args.results / f"{base}-seeds.json")
         print(f"\nover {args.seeds} seeds (mean ± std of the pooled metrics)\n\n{text}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

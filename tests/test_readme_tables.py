@@ -96,9 +96,12 @@ def test_table1_over_seeds_beside_the_papers_with_how_it_was_made(tmp_path):
     made = {"command": ["python", "-m", "reproduce.table1", "--seeds", "5"],
             "date": "2026-12-02T19:00:00+00:00", "commit": "abcdef0123", "seconds": 4800.0,
             "machine": {"cores": 2, "cpu": "AMD EPYC"}}
-    (tmp_path / "t.json").write_text(json.dumps({"rows": rows, "made": made}))
+    (tmp_path / "t.json").write_text(json.dumps({"rows": rows, "made": made,
+                                                 "cell_seconds": [960.0, 1003.0]}))
     text = readme_tables.render_table1(tmp_path / "t.json")
     # The paper's a=0.3, b=0.7 row: DSC 56.42 (../shared/PAPER.md).
     assert "| a=0.3, b=0.7 | 5 | 0 | 50.00 ± 1.00 / 56.42 |" in text
-    assert text.endswith("Made by `python -m reproduce.table1 --seeds 5` on 2026-12-02 at commit "
-                         "abcdef0, 2 cores of an AMD EPYC: 80 min for the 50 cells.")
+    assert text.endswith("Made by `python -m reproduce.table1 --seeds 5` (assembled on 2026-12-02 "
+                         "at commit abcdef0, 2 cores of an AMD EPYC); its cells took 16.0, 16.7 "
+                         "min per seed's grid of 10 (their own times, without the phantom's "
+                         "generation and the figures).")

@@ -482,3 +482,15 @@ def test_the_experiment_records_the_phantom_version_and_lesions(smoke_run):
     assert described["phantom"]["version"] == 3
     assert len(described["phantom"]["lesions"]["subjects"]) == table1.PROFILES[
         "smoke"].phantom_subjects
+
+
+def test_seeds_summary_records_each_seeds_cell_time_and_where_it_was_made(smoke_run):
+    root, args = smoke_run
+    assert table1.main([*args, "--seeds", "2", "--no-figures"]) == 0
+    summary = json.loads((root / "results" / "phantom-v3-smoke-seeds.json").read_text())
+    assert [row["n_seeds"] for row in summary["rows"]] == [2] * 5
+    expected = [sum(json.loads(p.read_text())["seconds"]
+                    for p in (root / "results" / name).glob("*/fold*/done.json"))
+                for name in ("phantom-v3-smoke", "phantom-v3-smoke-seed1")]
+    assert summary["cell_seconds"] == pytest.approx(expected, abs=0.11)
+    assert summary["made"]["command"][0] == "python" and "date" in summary["made"]
