@@ -425,7 +425,8 @@ def _ensemble(args, runs, subjects, root):
     check_settings(root, json.loads(json.dumps(settings)))
     scores = segment_all([keras.saving.load_model(path) for path in models], subjects, root,
                          about={"ensemble": models}, mirror_axes=args.mirror)
-    seconds = sum(run["training_summary"]["seconds_this_session"] for run in runs.values())
+    seconds = round(sum(run["training_summary"]["seconds_this_session"]
+                        for run in runs.values()), 1)
     members = ", ".join(str(run["seed"]) for run in runs.values())
     result = {**settings, "seed": f"ensemble of seeds {members}", "subjects": scores,
               "training_summary": {"seconds_this_session": seconds}}
