@@ -67,8 +67,11 @@ from reproduce.report import markdown_head, markdown_row, markdown_table  # noqa
 from tversky_keras.atomic import write_json  # noqa: E402
 from tversky_keras.data import (MODALITIES, discover_subjects, load_subject,  # noqa: E402
                                 zscore_in_brain)
-from tversky_keras.data.lesion_atlas import lesion_mask_names, read_lesion_mask  # noqa: E402
-from tversky_keras.data.phantom import dataset_subjects, mni152_tissue  # noqa: E402
+from tversky_keras.data.lesion_atlas import (lesion_mask_loads, lesion_mask_names,  # noqa: E402
+                                             read_lesion_mask)
+from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS, normalize_in_brain  # noqa: E402
+from tversky_keras.data.phantom import (LesionSource, dataset_subjects,  # noqa: E402
+                                        mni152_tissue, subject_seed, synthesize_subject)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mslub-mni"
 PHANTOM = "phantom"
@@ -540,8 +543,6 @@ def normalization_shift(image, brain, lesion, method):
     """How far the lesions move normal tissue under ``method``: the median of the
     normalised normal tissue (brain minus the lesions grown by a voxel) when the
     whole brain sets the statistics, minus the same when only normal tissue does."""
-    from tversky_keras.data.normalize import normalize_in_brain
-
     normal = brain & ~ndimage.binary_dilation(lesion)
     with_lesions = normalize_in_brain(image, brain, method)[normal]
     without = normalize_in_brain(image, normal, method)[normal]
@@ -552,10 +553,6 @@ def measure_normalization(data, spacing=2.0, seed=0):
     """``normalization_shift`` of both methods for phantom-v3 subjects carrying the
     lightest, the quartiles' and the heaviest real loads, and each real subject of
     ``data`` (raw intensities at their own resolution)."""
-    from tversky_keras.data.lesion_atlas import lesion_mask_loads
-    from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS
-    from tversky_keras.data.phantom import LesionSource, subject_seed, synthesize_subject
-
     loads = lesion_mask_loads()
     by_load = sorted(loads, key=loads.get)
     picks = [by_load[round(q * (len(by_load) - 1))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)]
@@ -584,8 +581,6 @@ def measure_normalization(data, spacing=2.0, seed=0):
 
 
 def normalization_report(result):
-    from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS
-
     head = ["source", "lesions (% of brain)", "modality",
             *[f"shift of normal tissue, {m}" for m in INTENSITY_NORMALIZATIONS]]
     rows = [[r["source"], f"{100 * r['lesion_share']:.2f}", r["modality"],

@@ -408,10 +408,15 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
     result = {**settings, "seed": seed, "subjects": scores, "phantom_folder": str(phantom),
               "model": str(model_path), "model_spacing": scan_spec(model)["spacing"],
               "training_summary": summary}
+    return write_result(result, root)
+
+
+def write_result(result, root):
+    """``root/sim2real.{json,md}`` of one network's (or ensemble's) run; returns ``result``."""
     write_json(result, root / "sim2real.json")
     write_text(root / "sim2real.md",
                f"# Sim-to-real ({root.name}; percent, inside the brain, in each scan's grid)\n\n"
-               f"{markdown_table(scores)}\n")
+               f"{markdown_table(result['subjects'])}\n")
     return result
 
 
@@ -430,11 +435,7 @@ def _ensemble(args, runs, subjects, root):
     members = ", ".join(str(run["seed"]) for run in runs.values())
     result = {**settings, "seed": f"ensemble of seeds {members}", "subjects": scores,
               "training_summary": {"seconds_this_session": seconds}}
-    write_json(result, root / "sim2real.json")
-    write_text(root / "sim2real.md",
-               f"# Sim-to-real ({root.name}; percent, inside the brain, in each scan's grid)\n\n"
-               f"{markdown_table(scores)}\n")
-    return result
+    return write_result(result, root)
 
 
 SUMMARISED = ("dsc", "sensitivity", "specificity", "f2", "apr", "lesion_tpr", "lesion_fpr")

@@ -27,18 +27,29 @@ def zscore_in_brain(image, brain_mask=None, clip_percentiles=(0.5, 99.5)):
     Returns:
         float32 array of the image's shape.
     """
+    def mean_and_std(_, clipped):
+        return clipped.mean(dtype=np.float64), clipped.std(dtype=np.float64)
+
+    return _standardized(image, brain_mask, clip_percentiles, mean_and_std)
+
+
+def _standardized(image, brain_mask, clip_percentiles, statistics):
+    """``(clipped - centre) / scale`` inside the brain, 0 outside, float32: the frame
+    both normalisations share. ``statistics(values, clipped)`` gives ``(centre,
+    scale)`` from the brain's values as they are and clipped to ``clip_percentiles``
+    (the same array when ``None``); a scale of 0 counts as 1."""
     image = np.asarray(image, dtype=np.float32)
     brain = brain_mask_from_image(image) if brain_mask is None else np.asarray(brain_mask, bool)
     out = np.zeros_like(image)
     values = image[brain]
     if values.size == 0:
         return out
+    clipped = values
     if clip_percentiles is not None:
         low, high = np.percentile(values, clip_percentiles)
-        values = np.clip(values, low, high)
-    mean = values.mean(dtype=np.float64)
-    std = values.std(dtype=np.float64)
-    out[brain] = (values - mean) / (std if std > 0 else 1.0)
+        clipped = np.clip(values, low, high)
+    centre, scale = statistics(values, clipped)
+    out[brain] = (clipped - centre) / (scale if scale > 0 else 1.0)
     return out
 
 
@@ -64,17 +75,8 @@ def wm_peak_in_brain(image, brain_mask=None, clip_percentiles=(0.5, 99.5)):
     Args, returns: as ``zscore_in_brain`` (intensities are clipped to the same
     brain percentiles; voxels outside the brain are 0).
     """
-    image = np.asarray(image, dtype=np.float32)
-    brain = brain_mask_from_image(image) if brain_mask is None else np.asarray(brain_mask, bool)
-    out = np.zeros_like(image)
-    values = image[brain]
-    if values.size == 0:
-        return out
-    centre, scale = wm_peak_statistics(values)
-    if clip_percentiles is not None:
-        values = np.clip(values, *np.percentile(values, clip_percentiles))
-    out[brain] = (values - centre) / (scale if scale > 0 else 1.0)
-    return out
+    return _standardized(image, brain_mask, clip_percentiles,
+                         lambda values, _: wm_peak_statistics(values))
 
 
 def wm_peak_statistics(values):
