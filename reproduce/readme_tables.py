@@ -6,8 +6,9 @@
     python -m reproduce.readme_tables --docs docs/results  # write the docs' results pages
     python -m reproduce.readme_tables --check-docs docs/results  # exit 1 if a page differs
 
-Each table sits in the README between two marker lines, so that its numbers
-come from the files, never typed:
+Each table sits between two marker lines (in the README, the blocks it holds;
+on the docs' results pages, all of them), so that its numbers come from the
+files, never typed:
 
 - ``sim2real-v3``: each ``figures/sim2real-v3/<name>-seeds.json`` that
   ``python -m reproduce.sim2real --seeds N`` wrote is one row: the variant, and
@@ -198,12 +199,14 @@ def _run(args):
         print("\n\n".join(tables.values()))
         return 0
     text = target.read_text()
+    # The README holds the headline block(s); the others live on the docs' results pages.
+    present = {b: t for b, t in tables.items() if markers(b)[0] in text} or tables
     updated = text
-    for block, table in tables.items():
+    for block, table in present.items():
         updated = replace_block(updated, block, table)
     if args.check:
         if updated != text:
-            stale = [b for b, t in tables.items() if replace_block(text, b, t) != text]
+            stale = [b for b, t in present.items() if replace_block(text, b, t) != text]
             print(f"{target}: the {', '.join(stale)} table differs from the result files; run "
                   f"python -m reproduce.readme_tables --readme {target}", file=sys.stderr)
             return 1

@@ -591,7 +591,8 @@ def normalization_report(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m reproduce.realism",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="real subjects registered to MNI space")
     parser.add_argument("--subjects", type=int,

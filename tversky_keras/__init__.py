@@ -7,7 +7,7 @@ Importing the package registers its losses, metrics and layers with Keras, so
 import os
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _import_tensorflow_quietly():

@@ -168,7 +168,10 @@ class FBetaScore(LesionConfusionMetric):
 
     Args:
         beta: Weight of recall over precision, `> 0`.
-        threshold, class_id, name, dtype: As `LesionConfusionMetric`.
+        threshold: As `LesionConfusionMetric`.
+        class_id: As `LesionConfusionMetric`.
+        name: As `LesionConfusionMetric`.
+        dtype: As `LesionConfusionMetric`.
     """
 
     def __init__(self, beta=2.0, threshold=0.5, class_id=1, name="fbeta_score", dtype=None):

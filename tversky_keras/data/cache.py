@@ -113,8 +113,11 @@ def cached_subject(
     Args:
         subject: a ``Subject``.
         cache_dir: the cache folder (``default_cache_dir()`` when ``None``).
-        modalities, target_spacing, target_shape, multiple_of, normalize: as
-            for ``load_subject``; they are part of the entry's key.
+        modalities: as for ``load_subject``; part of the entry's key.
+        target_spacing: as for ``load_subject``; part of the entry's key.
+        target_shape: as for ``load_subject``; part of the entry's key.
+        multiple_of: as for ``load_subject``; part of the entry's key.
+        normalize: as for ``load_subject``; part of the entry's key.
 
     Returns:
         a ``CachedVolume``.
