@@ -8,7 +8,8 @@ Each (row, fold) cell trains a U-Net with the Tversky loss on one half of the
 subjects and segments the other half at probability 0.5. Finished cells are
 skipped on a rerun; the table is assembled from whatever cells exist, and says
 which are missing. Results go to ``results/<experiment>/`` and the figures to
-``figures/<experiment>/``.
+``results/<experiment>/figures/`` (``--figures figures`` writes the committed
+``figures/<experiment>/`` instead).
 
 Several processes, on one machine or on several that share ``results/``, can
 run the same command at once: each claims a cell before running it, runs
@@ -39,8 +40,8 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import (FOLDS, METRICS, PAPER_TABLE1, PROFILES, ROWS,  # noqa: E402
                                   Experiment, cell_metrics, final_training_loss, row_name,
                                   test_arrays, test_file)
+from tversky_keras.arguments import finite, natural  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.cli import finite, natural  # noqa: E402
 from tversky_keras.data.cache import default_cache_dir  # noqa: E402
 from tversky_keras.claims import ClaimLost, current_holder, try_claim  # noqa: E402
 from tversky_keras.evaluation import lesion_metrics  # noqa: E402
@@ -428,8 +429,10 @@ def build_parser():
                              "paper (the paper's setting, for a GPU)")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
-    parser.add_argument("--figures", type=Path, default=Path("figures"),
-                        help="figures folder (figures/)")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="folder to put the <experiment>/ figures in (default: the results "
+                             "folder, as <results>/<experiment>/figures/, so that a run never "
+                             "changes the committed figures/; --figures figures replaces them)")
     parser.add_argument("--cells", default=None,
                         help="run only these cells, e.g. a0.5_b0.5/fold0,a0.3_b0.7")
     parser.add_argument("--no-wait", action="store_true",
@@ -639,7 +642,9 @@ def _lead(args, profile, data, base, workers, helpers, started):
         if not args.no_figures:
             from reproduce.figures import make_figures
 
-            for path in make_figures(experiment.root, args.figures / name):
+            figures = (experiment.root / "figures" if args.figures is None
+                       else args.figures / name)
+            for path in make_figures(experiment.root, figures):
                 print(f"figure: {path}")
     if args.seeds > 1:
         summary = seed_summary(tables)

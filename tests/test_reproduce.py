@@ -125,6 +125,19 @@ def test_smoke_profile_writes_the_figures(smoke_run):
             "fig4_low_density.png"} <= names
 
 
+def test_without_figures_the_figures_go_inside_the_results_folder(smoke_run, monkeypatch):
+    # The default must not touch the committed figures/ of the checkout (run from a
+    # folder holding a figures/ of its own, as the checkout does).
+    root, args = smoke_run
+    monkeypatch.chdir(root)
+    without = [a for a in args if a not in ("--figures", str(root / "figures"))]
+    before = sorted(p.stat().st_mtime_ns for p in (root / "figures").rglob("*.png"))
+    assert table1.main(without) == 0
+    inside = root / "results" / "phantom-v3-smoke" / "figures"
+    assert {"fig2_pr_curves.png", "fig3_high_density.png"} <= {p.name for p in inside.glob("*.png")}
+    assert sorted(p.stat().st_mtime_ns for p in (root / "figures").rglob("*.png")) == before
+
+
 def test_rerun_skips_finished_cells(smoke_run, capsys):
     root, args = smoke_run
     cell = root / "results" / "phantom-v3-smoke" / "a0.5_b0.5" / "fold0"
