@@ -44,4 +44,29 @@ def _import_tensorflow_quietly():
 
 _import_tensorflow_quietly()
 
-from tversky_keras import losses, metrics, models, scan_spec  # noqa: E402,F401  (registration)
+from tversky_keras import losses, metrics, models, scan_spec  # noqa: E402  (registration)
+from tversky_keras.losses import (  # noqa: E402
+    DiceLoss,
+    TverskyCrossEntropyLoss,
+    TverskyLoss,
+    tversky_index,
+    tversky_loss,
+)
+from tversky_keras.metrics import (  # noqa: E402
+    PRAUC,
+    DiceScore,
+    FBetaScore,
+    Sensitivity,
+    Specificity,
+)
+from tversky_keras.models import unet3d  # noqa: E402
+
+# The public API: these names, and the submodules data, evaluation, inference,
+# training and cli, imported where used (they pull in more of TensorFlow).
+__all__ = [
+    "__version__",
+    "losses", "metrics", "models", "scan_spec",
+    "TverskyLoss", "DiceLoss", "TverskyCrossEntropyLoss", "tversky_index", "tversky_loss",
+    "DiceScore", "Sensitivity", "Specificity", "FBetaScore", "PRAUC",
+    "unet3d",
+]

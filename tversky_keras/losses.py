@@ -270,6 +270,16 @@ class TverskyLoss(keras.losses.Loss):
 
     Reference:
         Salehi et al. 2017, arXiv 1706.05721.
+
+    Example:
+        One sigmoid channel over four voxels: TP = 1, FN = 2, FP = 1, so
+        T = 1 / (1 + 0.3 * 1 + 0.7 * 2) = 1 / 2.7 and the loss is 1.7 / 2.7.
+
+        >>> import numpy as np
+        >>> y_true = np.array([1.0, 1.0, 1.0, 0.0]).reshape(1, 4, 1, 1, 1)
+        >>> y_pred = np.array([1.0, 0.0, 0.0, 1.0]).reshape(1, 4, 1, 1, 1)
+        >>> round(float(TverskyLoss(alpha=0.3, beta=0.7)(y_true, y_pred)), 4)
+        0.6296
     """
 
     def __init__(

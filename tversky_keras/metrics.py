@@ -129,7 +129,19 @@ class LesionConfusionMetric(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable(package="tversky_keras")
 class DiceScore(LesionConfusionMetric):
-    """Dice similarity coefficient `2TP / (2TP + FP + FN)`; 1.0 when TP + FP + FN = 0."""
+    """Dice similarity coefficient `2TP / (2TP + FP + FN)`; 1.0 when TP + FP + FN = 0.
+
+    Example:
+        At the 0.5 threshold the scores below call voxels 1, 3 and 4: TP = 2,
+        FP = 1, FN = 1, so DSC = 4 / 6.
+
+        >>> import numpy as np
+        >>> metric = DiceScore()
+        >>> metric.update_state(np.array([1.0, 1.0, 1.0, 0.0]).reshape(1, 4, 1, 1, 1),
+        ...                     np.array([0.9, 0.2, 0.6, 0.7]).reshape(1, 4, 1, 1, 1))
+        >>> round(float(metric.result()), 4)
+        0.6667
+    """
 
     def __init__(self, threshold=0.5, class_id=1, name="dice_score", dtype=None):
         super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
@@ -204,6 +216,18 @@ class PRAUC(keras.metrics.Metric):
         class_id: Class read from the softmax; 1 (lesion) for a sigmoid channel.
         name: Name of the metric.
         dtype: Dtype of the result.
+
+    Example:
+        Ranked by score the voxels are lesion, background, lesion, lesion, so
+        AP = (1/3)(1/1) + (1/3)(2/3) + (1/3)(3/4) = 29/36, as scikit-learn's
+        ``average_precision_score`` gives.
+
+        >>> import numpy as np
+        >>> metric = PRAUC()
+        >>> metric.update_state(np.array([1.0, 1.0, 1.0, 0.0]).reshape(1, 4, 1, 1, 1),
+        ...                     np.array([0.9, 0.2, 0.6, 0.7]).reshape(1, 4, 1, 1, 1))
+        >>> round(float(metric.result()), 4)
+        0.8056
     """
 
     def __init__(self, num_bins=1000, class_id=1, name="pr_auc", dtype=None):
