@@ -75,7 +75,7 @@ def render_sim2real(folder=SIM2REAL):
     for name, summary in found.items():
         n = len(summary["seeds"])
 
-        def cell(value):  # one run (an ensemble) has no spread
+        def cell(value, n=n):  # one run (an ensemble) has no spread
             mean = f"{100 * value['mean']:.2f}"
             return mean if n == 1 else f"{mean} ± {100 * value['std']:.2f}"
 

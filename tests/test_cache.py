@@ -128,7 +128,7 @@ def test_a_damaged_entry_names_the_folder_to_delete(subjects, tmp_path):
     cached = cached_subject(subjects[0], tmp_path / "cache", **GRID)
     (cached.folder / "volume.json").write_text("{")
     with pytest.raises(DataError, match="unreadable cache entry.*delete the folder"):
-        CachedVolume(cached.folder).shape
+        _ = CachedVolume(cached.folder).shape
 
 
 def test_make_dataset_gives_the_same_batches_from_the_cache_as_from_memory(subjects, tmp_path):

@@ -201,7 +201,8 @@ class _Sampler:
         self.counts = [{kind: v.count(kind) for kind in ("brain", "lesion")} for v in volumes] \
             if patch_size else None
 
-    @functools.lru_cache(maxsize=4)
+    # Cached per instance's pass: the instance lives as long as its dataset, which is the point.
+    @functools.lru_cache(maxsize=4)  # noqa: B019
     def _order(self, pass_index):
         if not self.shuffle:
             return self.volume_ids
