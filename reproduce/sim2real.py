@@ -48,8 +48,8 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
+from tversky_keras.arguments import finite, mirror_option, natural, seed  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.cli import finite, mirror_option, natural, seed  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
                                 zscore_in_brain)
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics  # noqa: E402

@@ -44,10 +44,11 @@ import numpy as np  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
 from reproduce.sim2real import oracle, score_subject  # noqa: E402
-from tversky_keras.cli import mirror_option  # noqa: E402
+from tversky_keras.arguments import mirror_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
-from tversky_keras.inference import load_saved_model, segment_subject  # noqa: E402
+from tversky_keras.inference import segment_subject  # noqa: E402
+from tversky_keras.saving import load_saved_model  # noqa: E402
 
 MODEL = Path("run") / "last.keras"  # the model the table tests: the fixed budget's last
 SHOWN = ("dsc", "sensitivity", "specificity", "apr", "lesion_tpr", "lesion_fpr")

@@ -16,9 +16,10 @@ from tiny_data import TINY_TRAINING, write_tiny_subjects
 from tversky_keras import cli
 from tversky_keras.data import DataError, discover_subjects, load_subject, to_grid
 from tversky_keras.data.cache import cached_subject
-from tversky_keras.inference import load_saved_model, predict_volume
+from tversky_keras.inference import predict_volume
 from tversky_keras.losses import TverskyLoss
 from tversky_keras.metrics import PRAUC
+from tversky_keras.saving import load_saved_model
 from tversky_keras.training import TrainConfig, TrainingDiverged, cluster_task, train
 
 TINY = TINY_TRAINING

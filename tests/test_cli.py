@@ -143,7 +143,8 @@ def test_the_reproduction_prints_no_tensorflow_start_up_lines():
 
 def test_predict_mirror_writes_the_mirrored_average(saved_model, tmp_path, capsys):
     from tversky_keras.data import discover_subjects
-    from tversky_keras.inference import load_saved_model, segment_subject
+    from tversky_keras.inference import segment_subject
+    from tversky_keras.saving import load_saved_model
 
     folder = write_tiny_subjects(tmp_path / "data", n=1)[0]
     assert main(["predict", "--model", str(saved_model), "--input", str(folder),
@@ -167,7 +168,8 @@ def test_predict_mirror_writes_the_mirrored_average(saved_model, tmp_path, capsy
 
 def test_predict_with_several_models_writes_their_average(saved_model, tmp_path, capsys):
     from tversky_keras.data import discover_subjects
-    from tversky_keras.inference import load_saved_model, segment_subject
+    from tversky_keras.inference import segment_subject
+    from tversky_keras.saving import load_saved_model
 
     keras.utils.set_random_seed(6)
     second = tmp_path / "second.keras"

@@ -309,7 +309,8 @@ def test_channels_first_model_saves_and_loads(rng, tmp_path):
 
 
 def test_models_saved_with_conv3d_transpose_still_load_and_segment(rng):
-    from tversky_keras.inference import load_saved_model, predict_volume
+    from tversky_keras.inference import predict_volume
+    from tversky_keras.saving import load_saved_model
     from tversky_keras.scan_spec import scan_spec
 
     old = load_saved_model(OLD_MODEL)
@@ -335,7 +336,7 @@ def test_models_saved_with_conv3d_transpose_still_load_and_segment(rng):
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_fine_tuning_starts_from_a_conv3d_transpose_model_in_either_layout(rng, data_format):
-    from tversky_keras.inference import load_saved_model
+    from tversky_keras.saving import load_saved_model
     from tversky_keras.training import TrainConfig, build_model, initialise_from
 
     config = TrainConfig(base_filters=4, depth=2, spacing=2.0, init=str(OLD_MODEL),

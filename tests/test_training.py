@@ -368,7 +368,7 @@ def test_a_changed_source_file_is_named(subjects, tmp_path):
 
 def test_a_second_process_on_a_busy_run_folder_gets_a_clear_error(subjects, tmp_path):
     from tversky_keras.claims import try_claim
-    from tversky_keras.training import RunFolderBusy
+    from tversky_keras.run_folder import RunFolderBusy
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

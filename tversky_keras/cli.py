@@ -2,12 +2,13 @@
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tversky_keras.arguments import finite, mirror_option, seed  # noqa: E402
 
 
 def _triple(text):
@@ -18,48 +19,6 @@ def _triple(text):
     if len(parts) != 3 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give one size or three (e.g. 48 or 64,64,32)")
     return tuple(parts)
-
-
-MIRROR_AXES = {"x": 0, "y": 1, "z": 2}
-
-
-def mirror_option(text):
-    """'x' -> (0,); 'x,y,z' or 'xyz' -> (0, 1, 2): test-time mirroring axes (RAS order)."""
-    letters = [c for c in text.lower() if c not in ", "]
-    if not letters or any(c not in MIRROR_AXES for c in letters) or len(set(letters)) != len(letters):
-        raise argparse.ArgumentTypeError(f"{text!r}: give distinct axes among x, y, z "
-                                         f"(e.g. x, or x,y,z)")
-    return tuple(sorted(MIRROR_AXES[c] for c in letters))
-
-
-def finite(text):
-    """A float option that must be a finite number ('nan' and 'inf' are refused here)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def natural(text):
-    """A non-negative integer option."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def seed(text):
-    """A seed option: an integer from 0 to 2**32 - 1 (NumPy's and Keras' range)."""
-    value = natural(text)
-    if value > 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"{text} is above 2**32 - 1, the largest seed")
-    return value
 
 
 def _modalities(text):
@@ -306,8 +265,9 @@ def _subject_for_predict(args):
 
 
 def run_predict(args):
-    from tversky_keras.inference import (check_ensemble, check_threshold, load_saved_model,
-                                         segment_subject, write_segmentation)
+    from tversky_keras.inference import (check_ensemble, check_threshold, segment_subject,
+                                         write_segmentation)
+    from tversky_keras.saving import load_saved_model
     from tversky_keras.scan_spec import scan_spec
 
     check_threshold(args.threshold)

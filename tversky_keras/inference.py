@@ -23,24 +23,12 @@ from tversky_keras.atomic import write_json
 from tversky_keras.data import load_subject, pad_to_multiple, save_nifti_like
 from tversky_keras.data.grid import from_grid, grid_to_canonical
 from tversky_keras.models import MAX_INPUT_SIDE
+# Documented here in 0.2.0's API reference: kept importable from this module.
+from tversky_keras.saving import load_saved_model  # noqa: F401
 from tversky_keras.scan_spec import check_modalities, scan_spec
 
 SEGMENTATION_FILES = ("probability.nii.gz", "mask.nii.gz")
 MANIFEST = "segmentation.json"
-
-
-def load_saved_model(path, compile=True):
-    """A saved ``.keras`` model, or a ValueError naming the file and what is wrong with it."""
-    import tversky_keras  # noqa: F401  (registers the package's objects)
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such model file")
-    try:
-        return keras.saving.load_model(path, compile=compile)
-    except Exception as error:  # Keras raises many types for a damaged or foreign file
-        raise ValueError(f"{path}: not a readable Keras model ({type(error).__name__}: "
-                         f"{error})") from error
 
 
 def input_multiple(model):

@@ -25,10 +25,10 @@ from tversky_keras.data import MODALITIES
 from tversky_keras.data.io import check_modalities
 from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS
 from tversky_keras.data.cache import preprocess
-from tversky_keras.inference import load_saved_model
 from tversky_keras.models import DATA_FORMATS, MAX_INPUT_SIDE, NORMALIZATIONS, unet3d
-from tversky_keras.run_folder import (RunFolderBusy, RunRecorder, check_run_folder,  # noqa: F401
-                                      claim_run_folder, resumed_epoch, run_record)
+from tversky_keras.run_folder import (RunRecorder, check_run_folder, claim_run_folder,
+                                      resumed_epoch, run_record)
+from tversky_keras.saving import load_saved_model
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
 
 # A side of a training patch (models.MAX_INPUT_SIDE).

@@ -1,0 +1,50 @@
+"""Argparse option types shared by the command lines: checked numbers and mirror axes.
+
+``tversky-keras`` (``tversky_keras.cli``) and the scripts under ``reproduce/``
+parse their numeric and test-time mirroring options with these, so that every
+command refuses the same bad values with the same messages.
+"""
+
+import argparse
+import math
+
+MIRROR_AXES = {"x": 0, "y": 1, "z": 2}
+
+
+def mirror_option(text):
+    """'x' -> (0,); 'x,y,z' or 'xyz' -> (0, 1, 2): test-time mirroring axes (RAS order)."""
+    letters = [c for c in text.lower() if c not in ", "]
+    if not letters or any(c not in MIRROR_AXES for c in letters) or len(set(letters)) != len(letters):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct axes among x, y, z "
+                                         f"(e.g. x, or x,y,z)")
+    return tuple(sorted(MIRROR_AXES[c] for c in letters))
+
+
+def finite(text):
+    """A float option that must be a finite number ('nan' and 'inf' are refused here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def natural(text):
+    """A non-negative integer option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def seed(text):
+    """A seed option: an integer from 0 to 2**32 - 1 (NumPy's and Keras' range)."""
+    value = natural(text)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text} is above 2**32 - 1, the largest seed")
+    return value
