@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.table1 import DEFAULT_CACHE, phantom_data  # noqa: E402
-from tversky_keras.arguments import finite, mirror_option, natural, seed  # noqa: E402
+from tversky_keras.arguments import finite, mirror_option, natural  # noqa: E402
+from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
                                 zscore_in_brain)
@@ -260,7 +261,7 @@ def build_parser():
                         help="weight of false positives (0.3)")
     parser.add_argument("--beta", type=finite, default=DEFAULT_PENALTIES[1],
                         help="weight of false negatives (0.7)")
-    parser.add_argument("--seed", type=seed, default=0,
+    parser.add_argument("--seed", type=seed_option, default=0,
                         help="training seed (0): weights and patches; the phantom stays seed 0's. "
                              "Another seed writes <name>-seed<N>")
     parser.add_argument("--seeds", type=natural, default=1, metavar="N",

@@ -6,7 +6,7 @@ import pytest
 
 import tversky_keras  # noqa: F401  (registration for load_model)
 from tversky_keras.models import unet3d
-from tversky_keras.scan_spec import ScanSpec, check_modalities, scan_spec, with_scan_spec
+from tversky_keras.scan_spec import ScanSpec, check_model_modalities, scan_spec, with_scan_spec
 
 
 def network(channels=3):
@@ -42,12 +42,12 @@ def test_channels_must_match_the_modalities():
         with_scan_spec(network(3), ["T1W", "FLAIR"])
 
 
-def test_check_modalities_names_the_expected_order():
+def test_check_model_modalities_names_the_expected_order():
     model = with_scan_spec(network(), ["T1W", "T2W", "FLAIR"])
-    check_modalities(model, ["T1W", "T2W", "FLAIR"])
+    check_model_modalities(model, ["T1W", "T2W", "FLAIR"])
     with pytest.raises(ValueError, match="expects modalities T1W, T2W, FLAIR .* provides FLAIR, "
                                          "T2W, T1W"):
-        check_modalities(model, ["FLAIR", "T2W", "T1W"], source="the scan")
+        check_model_modalities(model, ["FLAIR", "T2W", "T1W"], source="the scan")
 
 
 def test_a_size_the_network_cannot_take_is_named_not_a_concat_error():

@@ -25,7 +25,7 @@ from tversky_keras.data.grid import from_grid, grid_to_canonical
 from tversky_keras.models import MAX_INPUT_SIDE
 # Documented here in 0.2.0's API reference: kept importable from this module.
 from tversky_keras.saving import load_saved_model  # noqa: F401
-from tversky_keras.scan_spec import check_modalities, scan_spec
+from tversky_keras.scan_spec import check_model_modalities, scan_spec
 
 SEGMENTATION_FILES = ("probability.nii.gz", "mask.nii.gz")
 MANIFEST = "segmentation.json"
@@ -384,7 +384,7 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
             f"the model expects modalities {', '.join(modalities)} (in that order) but "
             f"subject {subject.id} has no {', '.join(missing)}")
     for each in models:
-        check_modalities(each, modalities, source=f"subject {subject.id}")
+        check_model_modalities(each, modalities, source=f"subject {subject.id}")
     volume = load_subject(subject, modalities=modalities, target_spacing=spacing,
                           multiple_of=input_multiple(model), normalize=normalization)
     probs = 0.0

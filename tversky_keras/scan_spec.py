@@ -101,7 +101,7 @@ def scan_spec(model):
             "intensity_normalization": layer.intensity_normalization}
 
 
-def check_modalities(model, modalities, source="the scan"):
+def check_model_modalities(model, modalities, source="the scan"):
     """Raise a clear error when ``modalities`` are not what ``model`` was trained on."""
     spec = scan_spec(model)
     expected = spec["modalities"] if spec else None

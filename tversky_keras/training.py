@@ -246,9 +246,11 @@ def cluster_task():
             from None
     members = cluster.get(task.get("type"))
     if not isinstance(members, list) or not 0 <= index < len(members):
+        members_by_kind = ', '.join(f'{k}: {len(v) if isinstance(v, list) else v}'
+                                    for k, v in cluster.items())
         raise ValueError(
             f"TF_CONFIG: task {task.get('type')!r} index {index} is not in the cluster "
-            f"({', '.join(f'{k}: {len(v) if isinstance(v, list) else v}' for k, v in cluster.items()) or 'empty'})")
+            f"({members_by_kind or 'empty'})")
     is_chief = task.get("type") == "chief" or (
         "chief" not in cluster and task.get("type") == "worker" and index == 0)
     return task.get("type"), index, is_chief
