@@ -146,7 +146,13 @@ def _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_backgroun
 
 
 def tversky_index(
-    y_true, y_pred, alpha=0.5, beta=0.5, smooth=0.0, batch=False, include_background=False
+    y_true,
+    y_pred,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth: float = 0.0,
+    batch: bool = False,
+    include_background: bool = False,
 ):
     """Soft Tversky index per sample, averaged over the counted classes.
 
@@ -191,12 +197,12 @@ def _focal(loss, gamma):
 def tversky_loss(
     y_true,
     y_pred,
-    alpha=0.5,
-    beta=0.5,
-    smooth=0.0,
-    batch=False,
-    include_background=False,
-    gamma=1.0,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth: float = 0.0,
+    batch: bool = False,
+    include_background: bool = False,
+    gamma: float = 1.0,
 ):
     """Tversky loss per sample: `(1 - index) ** (1 / gamma)`, class-averaged.
 
@@ -284,16 +290,16 @@ class TverskyLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        alpha=0.5,
-        beta=0.5,
-        smooth=0.0,
-        batch=False,
-        include_background=False,
-        gamma=1.0,
-        reduction="sum_over_batch_size",
-        name="tversky_loss",
-        dtype=None,
-    ):
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        smooth: float = 0.0,
+        batch: bool = False,
+        include_background: bool = False,
+        gamma: float = 1.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "tversky_loss",
+        dtype: str | None = None,
+    ) -> None:
         _validate(alpha, beta, smooth, gamma)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.alpha = float(alpha)
@@ -336,14 +342,14 @@ class DiceLoss(TverskyLoss):
 
     def __init__(
         self,
-        smooth=0.0,
-        batch=False,
-        include_background=False,
-        gamma=1.0,
-        reduction="sum_over_batch_size",
-        name="dice_loss",
-        dtype=None,
-    ):
+        smooth: float = 0.0,
+        batch: bool = False,
+        include_background: bool = False,
+        gamma: float = 1.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "dice_loss",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(
             alpha=0.5,
             beta=0.5,
@@ -375,17 +381,17 @@ class TverskyCrossEntropyLoss(TverskyLoss):
 
     def __init__(
         self,
-        alpha=0.5,
-        beta=0.5,
-        smooth=0.0,
-        batch=False,
-        include_background=False,
-        gamma=1.0,
-        ce_weight=1.0,
-        reduction="sum_over_batch_size",
-        name="tversky_cross_entropy_loss",
-        dtype=None,
-    ):
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        smooth: float = 0.0,
+        batch: bool = False,
+        include_background: bool = False,
+        gamma: float = 1.0,
+        ce_weight: float = 1.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "tversky_cross_entropy_loss",
+        dtype: str | None = None,
+    ) -> None:
         if ce_weight < 0:
             raise ValueError(f"ce_weight must be >= 0, got ce_weight={ce_weight}")
         super().__init__(

@@ -89,7 +89,13 @@ class LesionConfusionMetric(keras.metrics.Metric):
         dtype: Dtype of the result.
     """
 
-    def __init__(self, threshold=0.5, class_id=1, name=None, dtype=None):
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        class_id: int = 1,
+        name: str | None = None,
+        dtype: str | None = None,
+    ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got threshold={threshold}")
         _check_class_id(class_id)
@@ -143,7 +149,13 @@ class DiceScore(LesionConfusionMetric):
         0.6667
     """
 
-    def __init__(self, threshold=0.5, class_id=1, name="dice_score", dtype=None):
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        class_id: int = 1,
+        name: str = "dice_score",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
 
     def score(self, tp, fp, tn, fn):
@@ -154,7 +166,13 @@ class DiceScore(LesionConfusionMetric):
 class Sensitivity(LesionConfusionMetric):
     """Sensitivity (recall) `TP / (TP + FN)`; 1.0 when TP + FN = 0."""
 
-    def __init__(self, threshold=0.5, class_id=1, name="sensitivity", dtype=None):
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        class_id: int = 1,
+        name: str = "sensitivity",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
 
     def score(self, tp, fp, tn, fn):
@@ -165,7 +183,13 @@ class Sensitivity(LesionConfusionMetric):
 class Specificity(LesionConfusionMetric):
     """Specificity `TN / (TN + FP)`; 1.0 when TN + FP = 0."""
 
-    def __init__(self, threshold=0.5, class_id=1, name="specificity", dtype=None):
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        class_id: int = 1,
+        name: str = "specificity",
+        dtype: str | None = None,
+    ) -> None:
         super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
 
     def score(self, tp, fp, tn, fn):
@@ -186,7 +210,14 @@ class FBetaScore(LesionConfusionMetric):
         dtype: As `LesionConfusionMetric`.
     """
 
-    def __init__(self, beta=2.0, threshold=0.5, class_id=1, name="fbeta_score", dtype=None):
+    def __init__(
+        self,
+        beta: float = 2.0,
+        threshold: float = 0.5,
+        class_id: int = 1,
+        name: str = "fbeta_score",
+        dtype: str | None = None,
+    ) -> None:
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got beta={beta}")
         super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
@@ -230,7 +261,13 @@ class PRAUC(keras.metrics.Metric):
         0.8056
     """
 
-    def __init__(self, num_bins=1000, class_id=1, name="pr_auc", dtype=None):
+    def __init__(
+        self,
+        num_bins: int = 1000,
+        class_id: int = 1,
+        name: str = "pr_auc",
+        dtype: str | None = None,
+    ) -> None:
         if num_bins < 2:
             raise ValueError(f"num_bins must be >= 2, got num_bins={num_bins}")
         _check_class_id(class_id)

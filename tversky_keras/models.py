@@ -72,15 +72,15 @@ class UpConv3D(layers.Conv3DTranspose):
 
 
 def unet3d(
-    input_shape=(None, None, None, 3),
-    n_classes=2,
-    base_filters=16,
-    depth=4,
-    normalization=None,
-    dropout=0.0,
-    data_format="channels_last",
-    name="unet3d",
-):
+    input_shape: tuple = (None, None, None, 3),
+    n_classes: int = 2,
+    base_filters: int = 16,
+    depth: int = 4,
+    normalization: str | None = None,
+    dropout: float = 0.0,
+    data_format: str = "channels_last",
+    name: str = "unet3d",
+) -> "keras.Model":
     """3D U-Net for voxel-wise segmentation (Salehi et al. 2017, after Auto-Net).
 
     Contracting path: per level two padded 3x3x3 convolutions with ReLU, then
