@@ -99,7 +99,7 @@ def render_table1(path=TABLE1_SEEDS):
     """Table 1 over seeds (``reproduce.table1 --seeds N``'s JSON) beside the paper's, with
     when, where and how it was made."""
     from reproduce.experiment import METRICS, PAPER_TABLE1
-    from reproduce.table1 import LABELS
+    from reproduce.table import LABELS
 
     path = Path(path)
     if not path.is_file():

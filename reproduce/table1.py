@@ -32,12 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, PROFILES, ROWS, Experiment, row_name  # noqa: E402
-from reproduce.grid import (GridProgress, cell_name, cpu_cores, run_cell_if_claimed,  # noqa: E402,F401
-                            run_grid, share_the_cores, start_workers, stopping_helpers,
-                            unfinished)
-from reproduce.table import (COLLAPSED_LOSS, LABELS, assemble, markdown_table,  # noqa: E402,F401
-                             per_fold_table, per_subject_table, row_paper, seed_markdown,
-                             seed_summary, table_csv, write_outputs)
+from reproduce.grid import (cell_name, cpu_cores, run_grid, share_the_cores,  # noqa: E402
+                            start_workers, stopping_helpers)
+from reproduce.table import assemble, seed_markdown, seed_summary, write_outputs  # noqa: E402
 from tversky_keras.arguments import finite, natural  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data.cache import default_cache_dir  # noqa: E402

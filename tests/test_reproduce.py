@@ -16,6 +16,8 @@ import pytest
 
 from processes import assert_sigterm_stops_the_child
 from reproduce import table1
+from reproduce.table import (assemble, markdown_table, per_fold_table, seed_markdown, seed_summary,
+                             table_csv)
 from tversky_keras import claims
 from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, two_fold_split
 
@@ -157,11 +159,11 @@ def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path)
     smoke = table1.PROFILES["smoke"]
     experiment = table1.Experiment(partial, table1.phantom_folder(smoke, root / "cache"),
                                    table1.PROFILES["smoke"])
-    table = table1.assemble(experiment)
+    table = assemble(experiment)
     assert table["missing_cells"] == ["a0.3_b0.7/fold1", "a0.1_b0.9/fold0"]
     rows = {(r["alpha"], r["beta"]): r for r in table["rows"]}
     assert rows[(0.3, 0.7)]["folds"] == [0] and rows[(0.5, 0.5)]["folds"] == [0, 1]
-    assert "Missing cells" in table1.markdown_table(table)
+    assert "Missing cells" in markdown_table(table)
 
 
 def test_collapsed_cells_are_flagged_in_every_table(smoke_run, tmp_path):
@@ -177,7 +179,7 @@ def test_collapsed_cells_are_flagged_in_every_table(smoke_run, tmp_path):
     smoke = table1.PROFILES["smoke"]
     experiment = table1.Experiment(copy, table1.phantom_folder(smoke, root / "cache"),
                                    table1.PROFILES["smoke"])
-    table = table1.assemble(experiment)
+    table = assemble(experiment)
     for row in table["rows"]:
         for scores in row["per_fold"].values():
             # The definition, checked independently on every cell.
@@ -187,14 +189,14 @@ def test_collapsed_cells_are_flagged_in_every_table(smoke_run, tmp_path):
     dice = table["rows"][0]
     assert dice["per_fold"][1]["collapsed"] and 1 in dice["collapsed_folds"]
     assert "a0.5_b0.5/fold1" in table["collapsed_cells"]
-    assert "a0.5_b0.5/fold1" in table1.markdown_table(table).split("Collapsed cells")[1]
-    assert "**yes**" in table1.per_fold_table(table)
-    with_flag = [r for r in csv.DictReader(table1.table_csv(table).splitlines())
+    assert "a0.5_b0.5/fold1" in markdown_table(table).split("Collapsed cells")[1]
+    assert "**yes**" in per_fold_table(table)
+    with_flag = [r for r in csv.DictReader(table_csv(table).splitlines())
                  if r["collapsed_folds"]]
     assert with_flag[0]["alpha"] == "0.5" and "1" in with_flag[0]["collapsed_folds"].split()
-    summary = table1.seed_summary([table, table])
+    summary = seed_summary([table, table])
     assert summary[0]["collapsed_cells"] >= 2  # the same collapsed fold in both "seeds"
-    text = table1.seed_markdown(summary)
+    text = seed_markdown(summary)
     total = sum(r["collapsed_cells"] for r in summary)
     assert f"Collapsed cells: {total} of 20." in text
 
