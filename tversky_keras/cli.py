@@ -277,7 +277,8 @@ def run_predict(args):
     if args.spacing is not None and args.spacing <= 0:
         raise ValueError(f"--spacing {args.spacing:g}: a voxel size must be positive")
     subject = _subject_for_predict(args)
-    models = [load_saved_model(path) for path in args.model]
+    # Inference needs the weights only: an optimizer restored beside them is work thrown away.
+    models = [load_saved_model(path, compile=False) for path in args.model]
     check_ensemble(models, names=args.model)
     spec = scan_spec(models[0])
     if spec and (args.modalities or args.spacing):
