@@ -129,8 +129,8 @@ def build_parser():
     parser.add_argument("--data", type=Path, default=None,
                         help="data folder or manifest (default: the synthetic phantom)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                        help="smoke (seconds), quick (default, ~15 min on 2 CPU cores), "
-                             "paper (the paper's setting, for a GPU)")
+                        help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())
+                             + " (default quick)")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--figures", type=Path, default=None,
