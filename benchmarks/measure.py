@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.flops import FP32_FLOPS_PER_CYCLE, cpu_clock_mhz, fp32_peak_flops
+from reproduce.report import cpu_model, gemm_gflops
 
 
 @dataclasses.dataclass
@@ -63,15 +64,9 @@ def median_seconds(step, repeats, warmup=1, budget_s=None, min_repeats=2):
     return statistics.median(times), times
 
 
-def cpu_model():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
-
-
 def machine():
-    """CPU, cores, clock, fp32 peaks and how busy the machine was."""
+    """CPU, cores, clock, fp32 peaks, the short GEMM reading every result file records
+    (``reproduce.report.gemm_gflops``) and how busy the machine was."""
     cores = os.cpu_count()
     mhz, source = cpu_clock_mhz()
     return {
@@ -83,6 +78,7 @@ def machine():
         "fp32_peak_flops_per_cycle": FP32_FLOPS_PER_CYCLE,
         "fp32_peak_gflops_avx512": fp32_peak_flops(cores, mhz, 2 * FP32_FLOPS_PER_CYCLE) / 1e9,
         "avx512": "avx512f" in Path("/proc/cpuinfo").read_text(),
+        "gemm_gflops": gemm_gflops(),
         "load_average": os.getloadavg(),
     }
 

@@ -1,12 +1,14 @@
 """The one Markdown table renderer of the reproduction and the benchmarks, and how their
 commands report bad input."""
 
+import functools
 import sys
 
 
 def markdown_row(cells):
-    """One table line: ``| a | b |``; cells are turned into text with ``str``."""
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+    """One table line: ``| a | b |``; cells are turned into text with ``str``, and a ``|``
+    inside one (``max |a - b|``) is escaped so that it does not split the cell."""
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
 
 def markdown_head(head):
@@ -28,6 +30,14 @@ def percent(value):
     return "—" if value is None or value != value else f"{100 * value:.2f}"
 
 
+def figure(value):
+    """A measured figure with three significant digits, or with thousands separators from
+    1000 up (``0.108``, ``19.5``, ``1,137``); empty for a missing one."""
+    if value is None:
+        return ""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
 def run_or_one_line(program, run, args):
     """``run(args)``'s exit code; bad data or settings (ValueError, OSError) print one
     line naming ``program`` and give 1, never a traceback."""
@@ -38,12 +48,57 @@ def run_or_one_line(program, run, args):
         return 1
 
 
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``), or what ``platform`` says
+    where there is no such file."""
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown"
+
+
+@functools.cache
+def gemm_gflops(size=1024, repeats=5):
+    """This machine's fp32 matrix-product rate in GFLOP/s, measured once per process.
+
+    NumPy multiplies two ``size`` x ``size`` float32 matrices ``repeats`` times after one
+    untimed warm-up; the rate is ``2 * size**3`` over the median time. At 1024 it takes a
+    few tenths of a second. The CPU's name says little about its speed (the same
+    "AMD EPYC" has been two generations of core, one of them twice as fast, and a busy
+    machine is slower still), so a result file records this reading to tell whether
+    times from two machines, or two days, can be compared, and by how much they differ.
+    """
+    import statistics
+    import time
+
+    import numpy as np
+
+    generator = np.random.default_rng(0)
+    a, b = (generator.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return round(2 * size**3 / statistics.median(times) / 1e9, 1)
+
+
 def provenance(seconds=None):
     """Where a result file came from: when (UTC), the commit (and whether the tree
-    had changes), the machine, the command line and, when given, its seconds."""
+    had changes), the machine, the command line and, when given, its seconds.
+
+    The machine is the CPU's model, its cores, the load average and ``gemm_gflops``,
+    a short fp32 matrix-product reading (see ``gemm_gflops``) by which results from
+    different machines can be compared by speed.
+    """
     import datetime
     import os
-    import platform
     import subprocess
     from pathlib import Path
 
@@ -56,14 +111,11 @@ def provenance(seconds=None):
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    cpu = next((line.partition(":")[2].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown") \
-        if Path("/proc/cpuinfo").is_file() else platform.processor() or "unknown"
     made = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": git("rev-parse", "HEAD") or None,
             "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "machine": {"cpu": cpu, "cores": os.cpu_count(), "load_average": os.getloadavg()},
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                        "load_average": os.getloadavg(), "gemm_gflops": gemm_gflops()},
             "command": ["python", *sys.orig_argv[1:]]}
     if seconds is not None:
         made["seconds"] = round(float(seconds), 1)
