@@ -17,6 +17,8 @@ files, never typed:
 - ``table1-v3``: ``figures/phantom-v3-quick/phantom-v3-quick-seeds.json``, the
   mean ± std over seeds of Table 1 on phantom version 3 (``python -m
   reproduce.table1 --seeds 5``), next to the paper's Table 1.
+- ``benchmarks``: ``benchmarks/results.json``, what ``python -m benchmarks`` wrote: when,
+  where and how it ran, then a table per section of its rows and the loss values.
 """
 
 import argparse
@@ -29,6 +31,7 @@ from reproduce import report
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 SIM2REAL = FIGURES / "sim2real-v3"
 TABLE1_SEEDS = FIGURES / "phantom-v3-quick" / "phantom-v3-quick-seeds.json"
+BENCHMARKS = FIGURES.parent / "benchmarks" / "results.json"
 
 
 def markers(block):
@@ -123,6 +126,70 @@ def render_table1(path=TABLE1_SEEDS):
             f"generation and the figures).")
 
 
+def benchmark_machine(run):
+    """One paragraph: the command, when it finished, the commit, the machine, the versions
+    and how busy the machine was, as ``python -m benchmarks``'s JSON records them."""
+    machine, versions = run["machine"], dict(run["versions"])
+    date = run["date"]
+    commit = f"at commit {run['commit'][:7]}" if run.get("commit") else "(no commit recorded)"
+    cpu = (f"{machine['cores']} cores of an {machine['cpu']}, {machine['clock_mhz']:.0f} MHz "
+           f"({machine['clock_source']}), fp32 peak {machine['fp32_peak_gflops']:.0f} GFLOP/s "
+           f"at {machine['fp32_peak_flops_per_cycle']} flops per cycle and core, "
+           f"{machine['fp32_peak_gflops_avx512']:.0f} with AVX-512 "
+           f"({'present' if machine['avx512'] else 'absent'})")
+    if machine.get("gemm_gflops") is not None:
+        cpu += f", a 1024² fp32 NumPy GEMM at {machine['gemm_gflops']:g} GFLOP/s"
+    backend = versions.pop("keras_backend", None)
+    installed = ", ".join(f"{name} {version}" + (f" (backend {backend})" if name == "keras"
+                                                   else "")
+                          for name, version in versions.items() if version is not None)
+    missing = [name for name, version in versions.items() if version is None]
+    if missing:
+        installed += f"; not installed: {', '.join(missing)}"
+    return (f"Made by `{run['command'].strip()}`, finished {date[:10]} at {date[11:16]} "
+            f"{date[19:]} {commit}, in {run['wall_s']:.0f} s. Machine: {cpu}. "
+            f"Versions: {installed}. 1-minute load average {run['before']['load_average'][0]:.2f} "
+            f"before, {run['after']['load_average'][0]:.2f} after.")
+
+
+def benchmark_tables(rows):
+    """A heading and a table per section of ``rows``, in the order the run measured them."""
+    head = ["measure", "ours", "peer", "unit", "speed-up ours vs peer", "peer is", "note"]
+    sections = {}
+    for row in rows:
+        sections.setdefault(row["section"], []).append(
+            [row["measure"], report.figure(row["ours"]), report.figure(row["peer"]),
+             row["unit"], "" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+             row["peer_name"], row["note"]])
+    return "\n\n".join(f"## {section}\n\n{report.markdown_table(head, table)}"
+                        for section, table in sections.items())
+
+
+def benchmark_loss_values(loss):
+    """The loss section's values and which term the installed ``keras.losses.tversky``'s
+    alpha weighs."""
+    table = report.markdown_table(["loss", "value"], ([name, f"{value:.7f}"]
+                                                     for name, value in loss["values"].items()))
+    return (f"## Loss values\n\nalpha={loss['alpha']}, beta={loss['beta']}, "
+            f"smooth={loss['smooth']} (Keras adds 1e-7 to its denominator instead):\n\n"
+            f"{table}\n\nThe installed `keras.losses.tversky`'s alpha weighs "
+            f"**{loss['keras_alpha_weighs']}**: with alpha=1, beta=0 on TP=1, FP=2, FN=1 it "
+            f"gives {loss['keras_probe_value']:.4f} (2/3 if alpha weighed false positives).")
+
+
+def render_benchmarks(path=BENCHMARKS):
+    """``python -m benchmarks``' JSON as a page's body: how it was made, a table per
+    section, the loss values."""
+    path = Path(path)
+    if not path.is_file():
+        return "(No committed run yet: `python -m benchmarks` writes `benchmarks/results.json`.)"
+    run = json.loads(path.read_text())
+    parts = [benchmark_machine(run), benchmark_tables(run["rows"])]
+    if "loss" in run.get("sections", {}):
+        parts.append(benchmark_loss_values(run["sections"]["loss"]))
+    return "\n\n".join(parts)
+
+
 # The documentation's results pages: a title, what the numbers are, then the blocks.
 PAGES = {
     "table1.md": (
@@ -145,6 +212,19 @@ PAGES = {
         "over the training seeds, with how many seeds beat the best single FLAIR threshold "
         "chosen knowing the answer (the oracle row).",
         ("sim2real-v3",)),
+    "benchmarks.md": (
+        "Benchmarks",
+        "`python -m benchmarks` measures the package against the same U-Net in PyTorch with "
+        "MONAI's `TverskyLoss` and `sliding_window_inference`, and against "
+        "`keras.losses.Tversky`, in one run: each figure is the median of several timed "
+        "repetitions after an untimed warm-up, and each comparison is measured in the same "
+        "run. The speed-up is how many times faster ours is than the peer: peer / ours for a "
+        "time, ours / peer for a rate. Compare ratios across runs, not times: the machines "
+        "differ in speed (the GEMM readings say by how much). The run writes "
+        "`benchmarks/results.json`; commit it and run `python -m reproduce.readme_tables "
+        "--docs docs/results` to update this page. How the figures are measured, what they "
+        "say, and the GPU runs: [Performance](../performance.md).",
+        ("benchmarks",)),
 }
 
 
@@ -177,6 +257,8 @@ def main(argv=None):
                         help="folder of sim2real *-seeds.json (figures/sim2real-v3)")
     parser.add_argument("--table1", type=Path, default=TABLE1_SEEDS,
                         help="Table 1 seeds JSON (figures/phantom-v3-quick/...-seeds.json)")
+    parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS,
+                        help="python -m benchmarks' JSON (benchmarks/results.json)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--readme", type=Path, help="write the table into this file")
     action.add_argument("--check", type=Path,
@@ -191,7 +273,8 @@ def main(argv=None):
 
 def _run(args):
     tables = {"sim2real-v3": render_sim2real(args.sim2real),
-              "table1-v3": render_table1(args.table1)}
+              "table1-v3": render_table1(args.table1),
+              "benchmarks": render_benchmarks(args.benchmarks)}
     if args.docs or args.check_docs:
         return _pages(tables, args.docs or args.check_docs, check=bool(args.check_docs))
     target = args.readme or args.check

@@ -126,3 +126,52 @@ def test_results_pages_are_written_then_checked_and_a_hand_edit_is_caught(tmp_pa
 def test_the_committed_results_pages_show_the_committed_results():
     docs = README.parent / "docs" / "results"
     assert readme_tables.main(["--check-docs", str(docs)]) == 0
+
+
+def benchmark_run(**extra):
+    rows = [{"section": "training step", "measure": "quick step", "ours": 0.10759, "unit": "s/step",
+             "peer": 0.20079, "peer_name": "PyTorch + MONAI", "note": "", "speedup": 1.86623},
+            {"section": "inference", "measure": "scan", "ours": 8.1318, "unit": "s/scan",
+             "peer": None, "peer_name": "", "note": "max |ours - MONAI| = 4.1e-04",
+             "speedup": None},
+            {"section": "training step", "measure": "peak RSS", "ours": 1136.9, "unit": "MiB",
+             "peer": None, "peer_name": "", "note": "", "speedup": None}]
+    return {"date": "2026-11-30T11:32:51+00:00", "command": "python -m benchmarks ",
+            "machine": {"cpu": "AMD EPYC", "cores": 2, "clock_mhz": 2596.144,
+                        "clock_source": "/proc/cpuinfo cpu MHz", "fp32_peak_gflops": 166.15,
+                        "fp32_peak_flops_per_cycle": 32, "fp32_peak_gflops_avx512": 332.3,
+                        "avx512": True, "load_average": [1.59, 1.7, 1.4]},
+            "versions": {"python": "3.11.7", "keras": "3.15.1", "keras_backend": "tensorflow",
+                         "torch": None},
+            "before": {"load_average": [0.83, 1.0, 1.1]}, "after": {"load_average": [1.59, 1, 1]},
+            "wall_s": 493.8, "rows": rows, "sections": {}, **extra}
+
+
+def test_benchmarks_a_table_per_section_in_the_runs_order_with_how_it_was_made(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(benchmark_run()))
+    text = readme_tables.render_benchmarks(tmp_path / "results.json")
+    assert text.startswith("Made by `python -m benchmarks`, finished 2026-11-30 at 11:32 +00:00 "
+                           "(no commit recorded), in 494 s. Machine: 2 cores of an AMD EPYC, "
+                           "2596 MHz (/proc/cpuinfo cpu MHz), fp32 peak 166 GFLOP/s")
+    assert ("Versions: python 3.11.7, keras 3.15.1 (backend tensorflow); not installed: torch. "
+            "1-minute load average 0.83 before, 1.59 after.") in text
+    # three significant digits, thousands separated; a pipe inside a cell is escaped
+    assert text.index("## training step") < text.index("## inference")
+    assert "| quick step | 0.108 | 0.201 | s/step | 1.87x | PyTorch + MONAI |  |" in text
+    assert "| peak RSS | 1,137 |  | MiB |  |  |  |" in text
+    assert "| scan | 8.13 |  | s/scan |  |  | max \\|ours - MONAI\\| = 4.1e-04 |" in text
+    assert "GEMM" not in text and "Loss values" not in text
+
+
+def test_benchmarks_record_the_commit_the_gemm_reading_and_the_loss_values(tmp_path):
+    run = benchmark_run(commit="abcdef0123")
+    run["machine"]["gemm_gflops"] = 101.3
+    run["sections"]["loss"] = {"values": {"ours": 0.86253923}, "alpha": 0.3, "beta": 0.7,
+                               "smooth": 1e-05, "keras_alpha_weighs": "false negatives",
+                               "keras_probe_value": 0.5}
+    (tmp_path / "results.json").write_text(json.dumps(run))
+    text = readme_tables.render_benchmarks(tmp_path / "results.json")
+    assert "+00:00 at commit abcdef0, in 494 s" in text
+    assert "a 1024² fp32 NumPy GEMM at 101.3 GFLOP/s" in text
+    assert "| ours | 0.8625392 |" in text and "weighs **false negatives**" in text
+    assert readme_tables.render_benchmarks(tmp_path / "none.json").startswith("(No committed run")
