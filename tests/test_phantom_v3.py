@@ -8,9 +8,10 @@ import pytest
 
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.lesion_atlas import lesion_mask_loads, lesion_mask_names, read_lesion_mask
-from tversky_keras.data.phantom import (_LESION_RATIO, LesionSource, PHANTOM_VERSION,
-                                        dataset_subjects, lesion_sources, subject_seed,
-                                        synthesize_dataset, synthesize_subject)
+from tversky_keras.data.phantom import (PHANTOM_VERSION, LesionSource, dataset_subjects,
+                                        lesion_sources, subject_seed, synthesize_dataset,
+                                        synthesize_subject)
+from tversky_keras.data.phantom.calibration import _LESION_RATIO
 
 # The embedded masks' lesion voxels, typed from the table of the data's README
 # (../shared/data/mslub-lesion-masks/README.md), not read from the files.

@@ -1,0 +1,150 @@
+"""One synthetic subject from a seed, and the subjects of a data set.
+
+``synthesize_subject`` checks its options, then draws, in this order from one
+random stream: a lesion load, the lesion source (version 3, unless given),
+the anatomy, the lesions, a tissue texture, and each modality's image. A draw
+moved or inserted changes every subject after it: versions stay reproducible
+only while that order does.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from tversky_keras.data.io import MODALITIES
+from tversky_keras.data.phantom.anatomy import _deformed_anatomy
+from tversky_keras.data.phantom.calibration import _LESION_Z, _TEXTURE_MM
+from tversky_keras.data.phantom.imaging import _calibrated_image, _randomized_image
+from tversky_keras.data.phantom.lesions import (LesionSource, _lesions, _load_quantile,
+                                                _real_lesions, lesion_loads, lesion_sources)
+from tversky_keras.data.phantom.template import _template
+
+PHANTOM_VERSION = 3
+"""The generator's current version, the default of every ``version`` argument."""
+PHANTOM_VERSIONS = (2, 3)
+"""The versions it still makes, each reproduced exactly."""
+APPEARANCES = ("calibrated", "randomized")
+"""The ``appearance`` options: calibrated to real scans, or domain randomisation."""
+SPACING_RANGE_MM = (0.5, 8.0)
+"""The voxel sizes (mm) the generator makes, a design choice (the template is 1 mm)."""
+
+
+@dataclass(frozen=True)
+class SyntheticSubject:
+    """One synthetic subject.
+
+    Attributes:
+        images: modality name (``T1W``, ``T2W``, ``FLAIR``) -> float32 array,
+            zero outside the brain.
+        lesion: uint8 lesion mask of the same shape.
+        affine: 4x4 voxel-to-MNI-millimetre affine.
+        tissue: ``CSF``, ``GM``, ``WM`` -> float32 share of each voxel (CSF
+            includes the sulcal vessels); they add up to the voxel's share
+            inside the brain, zero outside it.
+        ventricle_distance_mm: float32 distance (mm) to the lateral ventricles.
+        lesion_load_target_mm3: the load the lesions were drawn to (version 3:
+            the real patients' load in MNI space, before the brain's shrinkage).
+        lesion_source: version 3: whose lesions (``LesionSource.label``).
+    """
+
+    images: dict
+    lesion: np.ndarray
+    affine: np.ndarray
+    tissue: dict
+    ventricle_distance_mm: np.ndarray
+    lesion_load_target_mm3: float
+    lesion_source: str | None = None
+
+
+def subject_seed(seed, index):
+    """The seed of subject ``index`` of the data set made with ``seed``."""
+    return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_VERSION,
+                       lesion_source=None, appearance="calibrated"):
+    """One synthetic MS subject: T1W, T2W, FLAIR and the lesion mask.
+
+    Args:
+        seed: int or ``numpy.random.SeedSequence``; the same seed gives the
+            same subject.
+        spacing: isotropic voxel size in mm (the template is 1 mm).
+        lesion_load_mm3: version 2: total lesion volume to draw; ``None`` draws
+            one from the real patients' distribution. Version 3 takes its load
+            from the real lesions.
+        version: 3 (default): real patients' lesions (``lesion_source``); 2:
+            the earlier phantom's drawn ovoids, reproduced exactly.
+        lesion_source: version 3: a ``LesionSource``; ``None`` draws one
+            embedded mask at random.
+        appearance: ``"calibrated"`` (tissue and lesion contrasts matched to
+            real MSLUB scans) or ``"randomized"`` (domain randomisation: the
+            subject's own draw of contrasts, bias, resolution and noise).
+
+    Returns:
+        ``SyntheticSubject``.
+    """
+    from tversky_keras.data.lesion_atlas import lesion_mask_names, lesion_mask_loads
+
+    low, high = SPACING_RANGE_MM
+    if not low <= spacing <= high:
+        raise ValueError(f"spacing must be between {low:g} and {high:g} mm, got {spacing}")
+    if version not in PHANTOM_VERSIONS:
+        raise ValueError(f"version must be one of {PHANTOM_VERSIONS}, got {version!r}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got "
+                         f"{appearance!r}")
+    if lesion_load_mm3 is not None and lesion_load_mm3 <= 0:
+        raise ValueError(f"lesion_load_mm3 must be positive, got {lesion_load_mm3}")
+    if version == 3 and lesion_load_mm3 is not None:
+        raise ValueError("version 3 takes its lesion load from real lesions: give "
+                         "lesion_source, not lesion_load_mm3")
+    if version == 2 and lesion_source is not None:
+        raise ValueError("lesion_source is for version 3; version 2 draws its lesions")
+    rng = np.random.default_rng(seed)
+    load = float(_load_quantile(rng.uniform()) if lesion_load_mm3 is None else lesion_load_mm3)
+    template = _template(float(spacing))
+    if version == 3:
+        if lesion_source is None:
+            lesion_source = LesionSource((str(rng.choice(lesion_mask_names())),), (False,))
+        load = float(sum(lesion_mask_loads()[name] for name in lesion_source.names))
+    anatomy = _deformed_anatomy(rng, template, spacing, lesion_source)
+    lesion = _lesions(rng, load, anatomy, spacing) if version == 2 else _real_lesions(
+        rng, anatomy, spacing)
+    texture = ndimage.gaussian_filter(rng.standard_normal(anatomy.brain.shape, dtype=np.float32),
+                                      _TEXTURE_MM / spacing)
+    texture /= texture.std()
+    if appearance == "calibrated":
+        images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), anatomy, lesion,
+                                       spacing, texture)
+                  for m in MODALITIES}
+    else:
+        images = {m: _randomized_image(rng, m, anatomy, lesion, spacing, texture)
+                  for m in MODALITIES}
+    return SyntheticSubject(images=images, lesion=lesion[1].astype(np.uint8),
+                            affine=template.affine, tissue=anatomy.tissue,
+                            ventricle_distance_mm=anatomy.ventricle_distance_mm,
+                            lesion_load_target_mm3=load,
+                            lesion_source=None if version == 2 else lesion_source.label)
+
+
+def dataset_subjects(n_subjects, seed=0, spacing=2.0, version=PHANTOM_VERSION,
+                     appearance="calibrated"):
+    """The subjects ``synthesize_dataset`` writes with these arguments, one at a time.
+
+    Subject ``i`` is ``synthesize_subject(subject_seed(seed, i), spacing, ...)``
+    with version 2's stratified load ``lesion_loads(n_subjects, seed)[i]`` or
+    version 3's ``lesion_sources(n_subjects, seed)[i]``.
+
+    Yields:
+        ``SyntheticSubject``.
+    """
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
+    if version == 2:
+        draws = [{"lesion_load_mm3": load} for load in lesion_loads(n_subjects, seed)]
+    else:
+        draws = [{"lesion_source": source} for source in lesion_sources(n_subjects, seed)]
+    for index, draw in enumerate(draws):
+        yield synthesize_subject(subject_seed(seed, index), spacing, version=version,
+                                 appearance=appearance, **draw)
