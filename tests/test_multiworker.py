@@ -146,7 +146,7 @@ LOST_PEER_ERRORS = [
 def test_a_lost_peer_error_names_the_peer(text, cause, monkeypatch, tmp_path):
     import tensorflow as tf
 
-    from tversky_keras.training import WorkerLost, _raise_if_worker_lost
+    from tversky_keras.training.distribute import WorkerLost, _raise_if_worker_lost
 
     monkeypatch.setenv("TF_CONFIG", json.dumps({
         "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},

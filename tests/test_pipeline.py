@@ -252,12 +252,13 @@ def test_augmented_stream_keeps_patches_and_labels_and_changes_some_intensities(
 
 
 def test_training_passes_intensity_augmentation_to_the_stream(monkeypatch):
-    from tversky_keras import training
     from tversky_keras.data import pipeline
+    from tversky_keras.training import TrainConfig
+    from tversky_keras.training.fit import _datasets
 
     seen = []
     monkeypatch.setattr(pipeline, "make_dataset", lambda volumes, **kw: seen.append(kw))
     for on in (False, True):
-        config = training.TrainConfig(patch_size=(4, 4, 4), depth=2, intensity_augmentation=on)
-        training._datasets(config, None, [coordinate_volume((6, 6, 6))], [], 0)
+        config = TrainConfig(patch_size=(4, 4, 4), depth=2, intensity_augmentation=on)
+        _datasets(config, None, [coordinate_volume((6, 6, 6))], [], 0)
         assert seen[-1]["intensity_augmentation"] is on
