@@ -57,19 +57,13 @@ def parse_args(argv):
     return opts
 
 
-def _number(value):
-    if value is None:
-        return ""
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-
-
 def markdown(rows):
-    from reproduce.report import markdown_table
+    from reproduce.report import figure, markdown_table
 
     head = ["section", "measure", "ours", "peer", "unit", "speed-up ours vs peer", "peer is",
             "note"]
     return markdown_table(head, (
-        [row.section, row.measure, _number(row.ours), _number(row.peer), row.unit,
+        [row.section, row.measure, figure(row.ours), figure(row.peer), row.unit,
          f"{row.speedup:.2f}x" if row.speedup is not None else "", row.peer_name, row.note]
         for row in rows))
 
@@ -132,7 +126,12 @@ def main(argv=None):
     before = {"load_average": os.getloadavg(), "busiest_processes": busiest_processes()}
     results = {"gpu": gpu.run(opts)} if opts.gpu else run_sections(opts)
     rows = [row for section in results.values() for row in section["rows"]]
-    info = {"date": today(), "command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
+    from reproduce.report import provenance
+
+    made = provenance()
+    info = {"date": today(), "commit": made["commit"],
+            "uncommitted_changes": made["uncommitted_changes"],
+            "command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]),
             "machine": machine(), "versions": versions(), "before": before,
             "after": {"load_average": os.getloadavg()},
             "wall_s": time.perf_counter() - started}

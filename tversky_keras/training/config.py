@@ -179,9 +179,9 @@ def resolve_acceleration(config):
     Returns ``(policy, jit)``: ``policy`` is ``None`` (float32), ``"mixed_float16"``
     or ``"mixed_bfloat16"``. ``on`` means float16 on a GPU and bfloat16 on a CPU,
     where TensorFlow has no float16 pooling kernel and bfloat16 runs on
-    AVX512_BF16/AMX units (a 1.2-1.4x faster step on the CPU of
-    ``benchmarks/RESULTS.md``). On CPU, XLA ran Conv3D about 14x slower than
-    plain execution, so ``auto`` leaves both off there.
+    AVX512_BF16/AMX units (faster on the CPU of the benchmarks page). On CPU, XLA
+    ran the quick profile's step several times slower than plain execution (the
+    benchmarks page's XLA row), so ``auto`` leaves both off there.
     """
     import tensorflow as tf
 
