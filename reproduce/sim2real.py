@@ -11,7 +11,7 @@ inside its brain against the best single FLAIR threshold chosen with the
 answer known (``tversky_keras.evaluation.best_threshold_dsc``): a network that
 does not beat that oracle has learnt less than one number would have.
 
-The default recipe (chosen on the development patients 07 and 26, README):
+The default recipe (chosen on the development patients 07 and 26; docs/reproduction.md):
 phantom version 3 with domain randomisation (``--recipe randomized``: 60
 subjects for the quick profile, each its own look), the white-matter-peak
 normalisation (``--intensity-normalization wm-peak``) and test-time
@@ -94,7 +94,7 @@ RECIPES = {
 }
 DEFAULT_RECIPE = "randomized"
 # The recipe's normalisation and test-time mirroring (chosen on the development
-# patients, README): the white-matter peak does not move with the lesion load.
+# patients, docs/reproduction.md): the white-matter peak does not move with the lesion load.
 DEFAULT_NORMALIZATION = "wm-peak"
 DEFAULT_MIRROR = (0,)
 

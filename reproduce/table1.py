@@ -167,7 +167,7 @@ def build_parser():
     parser.add_argument("--workers", type=workers_option, default=1,
                         help="processes that share the grid on this machine, each with its "
                              "share of the CPU cores (1; on 2 cores the gain of 2 was unclear: "
-                             "see the README)")
+                             "see docs/reproduction.md)")
     # A process that --workers started: its number (2, 3, ...) and how many there are.
     parser.add_argument("--worker-of", nargs=2, type=natural, default=None,
                         help=argparse.SUPPRESS)

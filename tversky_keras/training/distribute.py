@@ -85,7 +85,7 @@ def _nest_safe(strategy_class):
 def distribution_strategy():
     """Every local GPU through MirroredStrategy; several machines via TF_CONFIG.
 
-    With ``TF_CONFIG`` set (see the README's multi-worker section) the run uses
+    With ``TF_CONFIG`` set (see docs/scale.md) the run uses
     ``MultiWorkerMirroredStrategy``; with more than one local GPU,
     ``MirroredStrategy``; else the default strategy. Made once per process:
     collective operations must be configured before TensorFlow runs any op,
