@@ -52,6 +52,8 @@ def variant_label(variant):
         label += ", + mirroring " + ",".join("xyz"[a] for a in variant["mirror_axes"])
     if variant.get("ensemble"):
         label += f", ensemble of {variant['ensemble']} seeds' networks"
+    if variant.get("profile", "quick") != "quick":
+        label += f"; {variant['profile']} profile ({variant['steps']:,} steps)"
     return label
 
 
