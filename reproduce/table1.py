@@ -22,10 +22,8 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,76 +32,11 @@ from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, PROFILES, ROWS, Experiment, row_name  # noqa: E402
 from reproduce.grid import (cell_name, cpu_cores, run_grid, share_the_cores,  # noqa: E402
                             start_workers, stopping_helpers)
+from reproduce.phantoms import DEFAULT_CACHE, phantom_data, phantom_folder  # noqa: E402,F401
 from reproduce.table import assemble, seed_markdown, seed_summary, write_outputs  # noqa: E402
 from tversky_keras.arguments import finite, natural  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.data.cache import default_cache_dir  # noqa: E402
 from tversky_keras.training import MIXED_PRECISION  # noqa: E402
-
-# The package's cache root ($TVERSKY_KERAS_CACHE, else ~/.cache/tversky-keras): the
-# phantom is generated there, and subjects are preprocessed to its preprocessed/.
-DEFAULT_CACHE = default_cache_dir().parent
-
-
-def phantom_folder(profile, cache=DEFAULT_CACHE, version=None, appearance="calibrated"):
-    """Where the profile's phantom lives in the cache; the generator's version (default:
-    the current one) and a randomized appearance are in the name, so a phantom made
-    otherwise is never reused."""
-    from tversky_keras.data.phantom import PHANTOM_VERSION
-
-    version = PHANTOM_VERSION if version is None else version
-    suffix = "" if appearance == "calibrated" else f"-{appearance}"
-    return Path(cache) / (f"phantom-v{version}-{profile.phantom_subjects}x"
-                          f"{profile.phantom_spacing:g}mm-seed0{suffix}")
-
-
-def phantom_data(profile, cache=DEFAULT_CACHE, version=None, appearance="calibrated"):
-    """The embedded default data set, generated on first use into the cache.
-
-    It is generated into a temporary sibling folder and renamed into place,
-    so processes that start at once on an empty cache never write into one
-    folder: the first rename wins and the others discard their (identical)
-    copies.
-    """
-    from tversky_keras.data.phantom import synthesize_dataset
-
-    from tversky_keras.data.phantom import PHANTOM_VERSION
-
-    version = PHANTOM_VERSION if version is None else version
-    folder = phantom_folder(profile, cache, version, appearance)
-    if (folder / "phantom.json").is_file():
-        return folder
-    print(f"generating the synthetic MS phantom (version {version}, {profile.phantom_subjects} "
-          f"subjects at {profile.phantom_spacing:g} mm) into {folder} ...", flush=True)
-    temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        synthesize_dataset(temporary, n_subjects=profile.phantom_subjects, seed=0,
-                           spacing=profile.phantom_spacing, version=version,
-                           appearance=appearance)
-        _rename_into_place(temporary, folder)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return folder
-
-
-def _rename_into_place(temporary, folder):
-    """Rename ``temporary`` to ``folder`` unless another process put a phantom there first."""
-    for _ in range(2):
-        try:
-            os.rename(temporary, folder)
-            return
-        except OSError:
-            if (folder / "phantom.json").is_file():
-                return
-        # An incomplete folder left by an interrupted run of an older version.
-        aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.incomplete")
-        try:
-            os.rename(folder, aside)
-        except FileNotFoundError:
-            pass
-        shutil.rmtree(aside, ignore_errors=True)
-    raise SystemExit(f"could not put the phantom into place at {folder}")
-
 
 def parse_cells(text):
     """'a0.5_b0.5/fold0,a0.3_b0.7' -> the selected (alpha, beta, fold) cells."""
