@@ -48,12 +48,11 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import PROFILES, SIM2REAL_PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
+from reproduce.scoring import THRESHOLD, scan_reference, score_subject  # noqa: E402,F401
 from tversky_keras.arguments import finite, mirror_option, natural  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.data import (discover_subjects, from_grid, load_subject,  # noqa: E402
-                                zscore_in_brain)
-from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics  # noqa: E402
+from tversky_keras.data import discover_subjects  # noqa: E402
 from tversky_keras.inference import segment_subject, write_segmentation  # noqa: E402
 from tversky_keras.scan_spec import scan_spec  # noqa: E402
 from tversky_keras.training import train  # noqa: E402
@@ -62,9 +61,7 @@ from tversky_keras.training import train  # noqa: E402
 TRAINING_PROFILES = {**PROFILES, **SIM2REAL_PROFILES}
 
 DEFAULT_PENALTIES = (0.3, 0.7)
-THRESHOLD = 0.5
 RUN = "run"
-REPORTED = ("dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,43 +151,6 @@ def check_settings(folder, settings):
         write_json(settings, path)
 
 
-def scan_reference(subject):
-    """Truth, brain and brain z-scored FLAIR of a subject, in its file's own voxel order.
-
-    The brain is ``load_subject``'s (the brain mask, else the non-zero voxels),
-    and the arrays are those of the scan's grid, as the written segmentation.
-    The z-score is not clipped: the network's input is clipped at the brain's
-    99.5th percentile, which is where real lesions sit, and a clipped FLAIR
-    would lower the oracle (patient07: DSC 0.135 instead of 0.206).
-    """
-    volume = load_subject(subject, modalities=("FLAIR",), normalize=False)
-
-    def native(array, order):
-        return from_grid(array, volume.geometry, order=order)
-
-    flair = zscore_in_brain(volume.image[..., 0], volume.brain, clip_percentiles=None)
-    return native(volume.label, 0).astype(bool), native(volume.brain, 0), native(flair, 1)
-
-
-def oracle(subject):
-    """Truth and brain of a subject (``scan_reference``) and its FLAIR-threshold
-    oracle: ``(truth, brain, best DSC, its FLAIR z threshold)``."""
-    truth, brain, flair = scan_reference(subject)
-    return (truth, brain) + tuple(best_threshold_dsc(truth, flair, mask=brain))
-
-
-def score_subject(subject, probability, reference=None):
-    """Our metrics at ``THRESHOLD`` and the FLAIR-threshold oracle, inside the brain.
-
-    ``reference``: the subject's ``oracle``, when already computed."""
-    truth, brain, oracle_dsc, oracle_threshold = reference or oracle(subject)
-    ours = lesion_metrics(truth, probability, threshold=THRESHOLD, mask=brain)
-    return {**{m: ours[m] for m in REPORTED}, "f2": ours["f2"], "apr": ours["apr"],
-            "threshold_dsc": oracle_dsc, "threshold_flair_z": oracle_threshold,
-            "lesion_voxels": int(np.count_nonzero(truth & brain)),
-            "n_true_lesions": ours["n_true_lesions"], "n_pred_lesions": ours["n_pred_lesions"]}
-
-
 def segment_all(model, subjects, root, about, mirror_axes=()):
     """Segment and score every subject without ``metrics.json``; return all subjects' metrics.
 
@@ -218,7 +178,7 @@ def segment_all(model, subjects, root, about, mirror_axes=()):
     return scores
 
 
-def markdown_table(scores):
+def subjects_markdown(scores):
     """Ours vs the oracle per subject, in percent, and the mean over subjects."""
     head = ["subject", "lesion voxels", "DSC ours", "DSC FLAIR-threshold oracle", "sensitivity",
             "specificity", "lesion TPR", "lesion FPR"]
@@ -365,7 +325,7 @@ def _run(args):
                                         phantom_subjects, subjects, seed, args.results / name,
                                         args.results / (trained + tail) / RUN)
         print(f"\n{name}: trained on the phantom only, tested on {args.data}\n\n"
-              f"{markdown_table(runs[name]['subjects'])}", flush=True)
+              f"{subjects_markdown(runs[name]['subjects'])}", flush=True)
     if args.seeds > 1:
         summary = {**seed_summary(runs),
                    "made": report.provenance(time.perf_counter() - started)}
@@ -383,7 +343,7 @@ def _run(args):
         summary["variant"]["ensemble"] = args.seeds
         write_json(summary, args.results / f"{name}-seeds.json")
         print(f"\n{name}: the {args.seeds} networks as one\n\n"
-              f"{markdown_table(result['subjects'])}")
+              f"{subjects_markdown(result['subjects'])}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -421,7 +381,7 @@ def write_result(result, root):
     write_json(result, root / "sim2real.json")
     write_text(root / "sim2real.md",
                f"# Sim-to-real ({root.name}; percent, inside the brain, in each scan's grid)\n\n"
-               f"{markdown_table(result['subjects'])}\n")
+               f"{subjects_markdown(result['subjects'])}\n")
     return result
 
 

@@ -6,7 +6,7 @@
 Every finished cell of each ``reproduce.table1`` results folder holds a
 network trained on half the phantom with one (alpha, beta) setting; its last
 model (the one the table tests) segments every subject of ``--data`` in the
-subject's own grid, and is scored inside the brain as ``reproduce.sim2real``
+subject's own grid, and is scored inside the brain as ``reproduce.sim2real`` (``reproduce.scoring``)
 scores (against the same FLAIR-threshold oracle). Nothing is trained and
 nothing is chosen: the table shows, per (alpha, beta) row and real subject,
 the mean and standard deviation over all the row's models (two folds per
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
-from reproduce.sim2real import oracle, score_subject  # noqa: E402
+from reproduce.scoring import oracle, score_subject  # noqa: E402
 from tversky_keras.arguments import mirror_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
