@@ -1,4 +1,5 @@
-"""Shared test set-up: quiet TensorFlow, a fixed seed, the shared real data."""
+"""Shared test set-up: quiet TensorFlow, a fixed seed, the shared real data, and the
+tiny subjects and model that tests of several modules use."""
 
 import atexit
 import os
@@ -16,6 +17,11 @@ atexit.register(shutil.rmtree, os.environ["TVERSKY_KERAS_CACHE"], ignore_errors=
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from reproduce import table1  # noqa: E402
+from tiny_data import TINY_TRAINING, write_tiny_subjects  # noqa: E402
+from tversky_keras.data import discover_subjects  # noqa: E402
+from tversky_keras.training import TrainConfig, train  # noqa: E402
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mslub-mni"
 
 
@@ -30,3 +36,52 @@ def mslub_root():
     if not (SHARED_DATA / "patient07" / "FLAIR.nii.gz").is_file():
         pytest.skip(f"real MSLUB patients not found at {SHARED_DATA} (../shared is absent)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Three tiny subjects (``sub00``-``sub02``) written once for the session; read only:
+    a test that changes files copies the folder or takes ``writable_subjects``."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_subjects(root, n=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_subjects(tiny_data):
+    """The subjects of ``tiny_data``; read only."""
+    return discover_subjects(tiny_data)
+
+
+@pytest.fixture
+def writable_subjects(tmp_path):
+    """Two tiny subjects in this test's ``tmp_path / "data"``, free to change."""
+    write_tiny_subjects(tmp_path / "data", n=2)
+    return discover_subjects(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data, tmp_path_factory):
+    """A model trained for one epoch on the tiny subjects: ``last.keras`` of its run."""
+    run = tmp_path_factory.mktemp("run")
+    train(TrainConfig(epochs=1, **TINY_TRAINING), discover_subjects(tiny_data), [], run,
+          verbose=0)
+    return run / "last.keras"
+
+
+@pytest.fixture(scope="session")
+def smoke_phantom(tmp_path_factory):
+    """The Table-1 smoke profile's phantom (4 subjects at 4 mm, seed 0), made once by
+    ``table1``'s own generator; read only."""
+    return table1.phantom_data(table1.PROFILES["smoke"], tmp_path_factory.mktemp("phantoms"))
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(smoke_phantom):
+    """A function that puts a copy of ``smoke_phantom`` into a ``table1 --cache`` folder,
+    where ``table1`` finds it instead of generating it again, and returns the folder."""
+    def fill(cache):
+        shutil.copytree(smoke_phantom, Path(cache) / smoke_phantom.name)
+        return cache
+    return fill
+

@@ -1,4 +1,4 @@
-"""The benchmark suite's own arithmetic: FLOP counts, peaks, the PyTorch twin, Keras' convention."""
+"""benchmarks: the suite's own arithmetic: FLOP counts, peaks, the PyTorch twin, Keras' convention."""
 
 import json
 from pathlib import Path

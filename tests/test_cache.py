@@ -1,4 +1,4 @@
-"""The preprocessed cache: same arrays as load_subject, keyed by settings and files, atomic."""
+"""tversky_keras.data.cache: same arrays as load_subject, keyed by settings and files, atomic."""
 
 import json
 import os
@@ -16,19 +16,13 @@ from tversky_keras.data.cache import _write_entry as write_entry
 GRID = dict(target_spacing=3.0, multiple_of=4)
 
 
-@pytest.fixture
-def subjects(tmp_path):
-    write_tiny_subjects(tmp_path / "data", n=2)
-    return discover_subjects(tmp_path / "data")
-
-
 def entries(cache):
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
 
 
-def test_a_cached_subject_holds_exactly_what_load_subject_returns(subjects, tmp_path):
-    cached = cached_subject(subjects[0], tmp_path / "cache", **GRID)
-    loaded = load_subject(subjects[0], **GRID)
+def test_a_cached_subject_holds_exactly_what_load_subject_returns(writable_subjects, tmp_path):
+    cached = cached_subject(writable_subjects[0], tmp_path / "cache", **GRID)
+    loaded = load_subject(writable_subjects[0], **GRID)
     assert isinstance(cached, CachedVolume) and cached.id == loaded.id == "sub00"
     np.testing.assert_array_equal(cached.image, loaded.image)
     np.testing.assert_array_equal(cached.label, loaded.label)
@@ -49,52 +43,52 @@ def test_a_cached_subject_holds_exactly_what_load_subject_returns(subjects, tmp_
     assert isinstance(cached.image, np.memmap) and not cached.image.flags.writeable
 
 
-def test_a_second_call_reads_the_entry_without_rewriting_it(subjects, tmp_path):
+def test_a_second_call_reads_the_entry_without_rewriting_it(writable_subjects, tmp_path):
     cache = tmp_path / "cache"
-    first = cached_subject(subjects[0], cache, **GRID)
+    first = cached_subject(writable_subjects[0], cache, **GRID)
     stamp = (first.folder / "image.npy").stat().st_mtime_ns
-    second = cached_subject(subjects[0], cache, **GRID)
+    second = cached_subject(writable_subjects[0], cache, **GRID)
     assert second.folder == first.folder and len(entries(cache)) == 1
     assert (second.folder / "image.npy").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("change", ["spacing", "multiple", "modalities", "normalize"])
-def test_other_settings_make_another_entry(subjects, tmp_path, change):
+def test_other_settings_make_another_entry(writable_subjects, tmp_path, change):
     cache = tmp_path / "cache"
-    first = cached_subject(subjects[0], cache, **GRID)
+    first = cached_subject(writable_subjects[0], cache, **GRID)
     settings = {"spacing": dict(target_spacing=2.0, multiple_of=4),
                 "multiple": dict(target_spacing=3.0, multiple_of=8),
                 "modalities": dict(GRID, modalities=("FLAIR", "T1W")),
                 "normalize": dict(GRID, normalize=False)}[change]
-    other = cached_subject(subjects[0], cache, **settings)
+    other = cached_subject(writable_subjects[0], cache, **settings)
     assert other.folder != first.folder and len(entries(cache)) == 2
-    np.testing.assert_array_equal(other.image, load_subject(subjects[0], **settings).image)
+    np.testing.assert_array_equal(other.image, load_subject(writable_subjects[0], **settings).image)
 
 
-def test_a_changed_source_file_is_preprocessed_again_never_served_stale(subjects, tmp_path):
+def test_a_changed_source_file_is_preprocessed_again_never_served_stale(writable_subjects, tmp_path):
     cache = tmp_path / "cache"
-    before = cached_subject(subjects[0], cache, **GRID)
-    flair = subjects[0].images["FLAIR"]
+    before = cached_subject(writable_subjects[0], cache, **GRID)
+    flair = writable_subjects[0].images["FLAIR"]
     image = nib.load(flair)
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 3.0 + 1.0, image.affine), flair)
-    after = cached_subject(subjects[0], cache, **GRID)
+    after = cached_subject(writable_subjects[0], cache, **GRID)
     assert after.folder != before.folder
-    np.testing.assert_array_equal(after.image, load_subject(subjects[0], **GRID).image)
+    np.testing.assert_array_equal(after.image, load_subject(writable_subjects[0], **GRID).image)
     # Touching a file (same bytes, new time) also counts as a change.
     stat = flair.stat()
     os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert cached_subject(subjects[0], cache, **GRID).folder not in (before.folder, after.folder)
+    assert cached_subject(writable_subjects[0], cache, **GRID).folder not in (before.folder, after.folder)
 
 
-def test_bad_input_raises_the_data_error_and_leaves_no_entry(subjects, tmp_path):
+def test_bad_input_raises_the_data_error_and_leaves_no_entry(writable_subjects, tmp_path):
     cache = tmp_path / "cache"
-    subjects[0].images["T2W"].write_bytes(b"not a nifti file")
+    writable_subjects[0].images["T2W"].write_bytes(b"not a nifti file")
     with pytest.raises(DataError, match="T2W.nii.gz: cannot read the NIfTI file"):
-        cached_subject(subjects[0], cache, **GRID)
+        cached_subject(writable_subjects[0], cache, **GRID)
     assert entries(cache) == []
 
 
-def test_an_entry_appears_whole_or_not_at_all(subjects, tmp_path, monkeypatch):
+def test_an_entry_appears_whole_or_not_at_all(writable_subjects, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     saved = []
 
@@ -107,33 +101,33 @@ def test_an_entry_appears_whole_or_not_at_all(subjects, tmp_path, monkeypatch):
     real_save = np.save
     monkeypatch.setattr(np, "save", failing_save)
     with pytest.raises(DataError, match="cannot write the preprocessed cache.*No space left"):
-        cached_subject(subjects[0], cache, **GRID)
+        cached_subject(writable_subjects[0], cache, **GRID)
     assert entries(cache) == []  # neither the entry nor its temporary folder
     monkeypatch.setattr(np, "save", real_save)
-    assert cached_subject(subjects[0], cache, **GRID).count("brain") > 0
+    assert cached_subject(writable_subjects[0], cache, **GRID).count("brain") > 0
 
 
-def test_a_racing_writer_keeps_the_entry_that_landed_first(subjects, tmp_path):
+def test_a_racing_writer_keeps_the_entry_that_landed_first(writable_subjects, tmp_path):
     cache = tmp_path / "cache"
-    winner = cached_subject(subjects[0], cache, **GRID)
+    winner = cached_subject(writable_subjects[0], cache, **GRID)
     stamp = (winner.folder / "volume.json").stat().st_mtime_ns
     # A second process that found no entry a moment ago finishes writing the same one.
-    write_entry(load_subject(subjects[0], **GRID), winner.folder, settings={})
+    write_entry(load_subject(writable_subjects[0], **GRID), winner.folder, settings={})
     assert entries(cache) == [winner.folder.name]
     assert (winner.folder / "volume.json").stat().st_mtime_ns == stamp
     assert CachedVolume(winner.folder).count("brain") == winner.count("brain")
 
 
-def test_a_damaged_entry_names_the_folder_to_delete(subjects, tmp_path):
-    cached = cached_subject(subjects[0], tmp_path / "cache", **GRID)
+def test_a_damaged_entry_names_the_folder_to_delete(writable_subjects, tmp_path):
+    cached = cached_subject(writable_subjects[0], tmp_path / "cache", **GRID)
     (cached.folder / "volume.json").write_text("{")
     with pytest.raises(DataError, match="unreadable cache entry.*delete the folder"):
         _ = CachedVolume(cached.folder).shape
 
 
-def test_make_dataset_gives_the_same_batches_from_the_cache_as_from_memory(subjects, tmp_path):
-    cached = preprocess(subjects, tmp_path / "cache", **GRID)
-    in_memory = [load_subject(s, **GRID) for s in subjects]
+def test_make_dataset_gives_the_same_batches_from_the_cache_as_from_memory(writable_subjects, tmp_path):
+    cached = preprocess(writable_subjects, tmp_path / "cache", **GRID)
+    in_memory = [load_subject(s, **GRID) for s in writable_subjects]
     for options in (dict(patch_size=6, batch_size=3, foreground_ratio=0.5, flips=True),
                     dict(batch_size=1, flips=True)):
         a = [(x.numpy(), y.numpy()) for x, y in make_dataset(cached, seed=2, **options).take(3)]
@@ -166,3 +160,25 @@ def test_preprocess_command_fills_the_cache_that_train_then_reads(tmp_path, caps
     assert after == before  # train found every subject in the cache and wrote none again
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["n_train"] == 2 and summary["n_val"] == 1
+
+
+@pytest.fixture
+def cached(tiny_data, tmp_path):
+    subject = discover_subjects(tiny_data)[0]
+    entry = cached_subject(subject, tmp_path).folder
+    return subject, tmp_path, entry
+
+
+def test_a_truncated_cache_file_is_found_when_the_entry_is_opened(cached):
+    subject, cache, entry = cached
+    with open(entry / "image.npy", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(DataError, match=r"image.npy: unreadable cache file .*delete"):
+        cached_subject(subject, cache)
+
+
+def test_a_cache_array_of_another_shape_is_found_when_the_entry_is_opened(cached):
+    subject, cache, entry = cached
+    np.save(entry / "label.npy", np.zeros((2, 2, 2), np.uint8))
+    with pytest.raises(DataError, match=r"label.npy: holds shape \(2, 2, 2\), its manifest"):
+        cached_subject(subject, cache)

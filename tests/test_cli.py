@@ -1,7 +1,8 @@
-"""The ``tversky-keras`` command line: help, predict, evaluate, errors."""
+"""tversky_keras.cli, the ``tversky-keras`` command line: help, preprocess, predict, evaluate, errors."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +13,16 @@ import numpy as np
 import pytest
 
 from tiny_data import write_tiny_subjects
+from tversky_keras import cli
 from tversky_keras.cli import main
+from tversky_keras.data import DataError, discover_subjects, load_subject
 from tversky_keras.evaluation import lesion_metrics
 from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["synth", "train", "predict", "evaluate"]
+SHAPE = (9, 10, 7)  # no size a multiple of 2: a U-Net cannot take it unpadded
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -194,3 +198,134 @@ def test_predict_with_several_models_writes_their_average(saved_model, tmp_path,
     err = capsys.readouterr().err
     assert f"{other} expects another scan than {saved_model}" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_preprocess_checks_the_grid_options_as_train_does(tiny_data, tmp_path, capsys):
+    assert cli.main(["preprocess", "--data", str(tiny_data), "--out", str(tmp_path),
+                     "--depth", "0"]) == 1
+    assert "depth must be positive" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing preprocessed
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    def exhausted(args):
+        raise MemoryError("Unable to allocate 10.7 PiB")
+
+    monkeypatch.setitem(cli.COMMANDS, "evaluate", exhausted)
+    assert cli.main(["evaluate", "--prediction", "p", "--truth", "t"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory (Unable to allocate 10.7 PiB)" in err
+
+
+def test_evaluate_refuses_an_empty_brain_mask(tiny_data, tmp_path, capsys):
+    truth = tiny_data / "sub00" / "consensus_gt.nii.gz"
+    image = nib.load(truth)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine),
+             tmp_path / "brain.nii.gz")
+    assert cli.main(["evaluate", "--prediction", str(truth), "--truth", str(truth),
+                     "--brain", str(tmp_path / "brain.nii.gz")]) == 1
+    assert "brain.nii.gz: the mask is empty" in capsys.readouterr().err
+
+
+def test_one_file_given_for_two_modalities_is_refused(tiny_data, tiny_model, tmp_path, capsys):
+    flair = tiny_data / "sub00" / "FLAIR.nii.gz"
+    assert cli.main(["predict", "--model", str(tiny_model), "--t1w", str(flair),
+                     "--t2w", str(tiny_data / "sub00" / "T2W.nii.gz"), "--flair", str(flair),
+                     "--out", str(tmp_path)]) == 1
+    assert "FLAIR.nii.gz: given for T1W and FLAIR" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+    subject = discover_subjects(tiny_data)[0]
+    subject.images["T1W"] = subject.images["FLAIR"]
+    with pytest.raises(DataError, match="given for T1W and FLAIR of subject sub00"):
+        load_subject(subject)
+
+
+@pytest.mark.parametrize("val, message", [
+    (",", "names no subject"),
+    ("sub00,sub01,sub02", "--val names all 3 subjects; keep at least one"),
+])
+def test_a_validation_split_that_leaves_nothing_or_names_nothing_is_refused(tiny_data, val, message):
+    with pytest.raises(ValueError, match=message):
+        cli._split_validation(discover_subjects(tiny_data), val)
+
+
+@pytest.fixture
+def scan_pair(tmp_path):
+    """A truth mask and a prediction (the truth itself) as files, and a writer of variants."""
+    truth = (np.random.default_rng(0).random(SHAPE) < 0.2).astype(np.uint8)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-9.0, -10.0, -7.0]
+    nib.save(nib.Nifti1Image(truth, affine), tmp_path / "truth.nii.gz")
+
+    def prediction(data=truth.astype(np.float32), affine=affine, name="prediction.nii.gz"):
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / name)
+        return ["evaluate", "--prediction", str(tmp_path / name),
+                "--truth", str(tmp_path / "truth.nii.gz")]
+
+    return truth, affine, prediction
+
+
+def test_evaluate_scores_a_prediction_on_the_same_grid(scan_pair, capsys):
+    _, _, prediction = scan_pair
+    assert main(prediction()) == 0
+    assert json.loads(capsys.readouterr().out)["dsc"] == 1.0
+
+
+def test_evaluate_accepts_the_same_grid_stored_in_another_voxel_order(scan_pair, capsys):
+    truth, affine, prediction = scan_pair
+    flipped = affine.copy()
+    flipped[0, 0], flipped[0, 3] = -2.0, affine[0, 3] + 2.0 * (SHAPE[0] - 1)
+    assert main(prediction(truth[::-1].astype(np.float32), flipped)) == 0
+    assert json.loads(capsys.readouterr().out)["dsc"] == 1.0
+
+
+@pytest.mark.parametrize("change, problem", [
+    ("shift", "is not aligned with .*origin shift \\[40.0, 0.0, 0.0\\]"),
+    ("voxel size", "voxels of \\[1.0, 1.0, 1.0\\] mm"),
+    ("shape", "has shape"),
+])
+def test_evaluate_refuses_a_prediction_on_another_grid(scan_pair, capsys, change, problem):
+    truth, affine, prediction = scan_pair
+    other = affine.copy()
+    data = truth.astype(np.float32)
+    if change == "shift":
+        other[0, 3] += 40.0
+    elif change == "voxel size":
+        other[:3, :3] = np.eye(3)
+    else:
+        data = data[:-1]
+    assert main(prediction(data, other)) == 1
+    error = capsys.readouterr().err
+    assert "prediction.nii.gz" in error and "truth.nii.gz" in error
+    assert re.search(problem, error)
+
+
+def test_modalities_and_spacing_options_are_only_for_models_without_a_contract(
+        tmp_path, capsys):
+    network = unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2)
+    path = tmp_path / "spec.keras"
+    with_scan_spec(network, ["T1W", "T2W", "FLAIR"], spacing=2.0, multiple_of=4).save(path)
+    folder = write_tiny_subjects(tmp_path / "data", n=1)[0]
+    assert main(["predict", "--model", str(path), "--input", str(folder), "--out",
+                 str(tmp_path / "out"), "--spacing", "1"]) == 1
+    assert "only for models without them" in capsys.readouterr().err
+
+
+def test_evaluate_inside_a_brain_mask_counts_only_its_voxels(scan_pair, tmp_path, capsys):
+    truth, affine, prediction = scan_pair
+    brain = np.zeros(SHAPE, np.uint8)
+    brain[2:7, 2:8, 1:6] = 1
+    nib.save(nib.Nifti1Image(brain, affine), tmp_path / "brain.nii.gz")
+    noisy = truth.astype(np.float32)
+    noisy[0, 0, 0] = 1.0 - noisy[0, 0, 0]  # a wrong voxel outside the brain
+    command = prediction(noisy) + ["--brain", str(tmp_path / "brain.nii.gz")]
+    assert main(command) == 0
+    inside = json.loads(capsys.readouterr().out)
+    from tversky_keras.evaluation import lesion_metrics
+
+    expected = lesion_metrics(truth, noisy, mask=brain.astype(bool))
+    assert inside["tn"] + inside["fp"] + inside["tp"] + inside["fn"] == brain.sum()
+    assert inside["specificity"] == pytest.approx(expected["specificity"])
+    nib.save(nib.Nifti1Image(brain[:-1], affine), tmp_path / "brain.nii.gz")
+    assert main(command) == 1
+    assert "brain.nii.gz has shape" in capsys.readouterr().err

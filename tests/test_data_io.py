@@ -1,4 +1,4 @@
-"""Reading NIfTI files, and the network grid's round trip back to the scan."""
+"""tversky_keras.data.io and .grid: reading NIfTI files, the network grid's round trip to the scan."""
 
 import nibabel as nib
 import numpy as np
@@ -271,3 +271,8 @@ def test_read_mask_rejects_other_values(tmp_path, bad, shown):
     with pytest.raises(DataError, match=f"only 0 and 1, found also {shown}$") as error:
         read_mask(path)
     assert "mask.nii.gz" in str(error.value)
+
+
+def test_a_voxel_size_that_makes_a_huge_grid_is_refused_before_allocating():
+    with pytest.raises(ValueError, match=r"grid would be .* voxels .*--spacing"):
+        to_grid(np.zeros((10, 10, 10), np.float32), spacing=1.0, target_spacing=1e-4)

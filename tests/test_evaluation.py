@@ -1,4 +1,4 @@
-"""Exact whole-volume metrics: hand-worked cases, scikit-learn, lesion counting."""
+"""tversky_keras.evaluation: exact whole-volume metrics: hand-worked cases, scikit-learn, lesions."""
 
 import math
 import warnings

@@ -1,4 +1,6 @@
-"""Whole-volume and sliding-window inference, NIfTI outputs in the scan's geometry."""
+"""tversky_keras.inference: whole-volume and sliding-window inference, outputs in the scan's geometry."""
+
+import json
 
 import keras
 import nibabel as nib
@@ -6,11 +8,15 @@ import numpy as np
 import pytest
 
 from tiny_data import write_tiny_subjects
-from tversky_keras.data import discover_subjects
-from tversky_keras.inference import (gaussian_importance, predict_volume, segment_subject,
-                                     window_starts, write_segmentation)
+from tversky_keras import cli, inference
+from tversky_keras.cli import main
+from tversky_keras.data import Geometry, discover_subjects
+from tversky_keras.inference import (gaussian_importance, input_multiple, predict_volume,
+                                     segment_subject, window_starts, write_segmentation)
 from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
+
+SHAPE = (9, 10, 7)  # no size a multiple of 2: a U-Net cannot take it unpadded
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +249,136 @@ def test_an_ensemble_averages_its_models_probabilities(model, tmp_path):
         segment_subject([model, elsewhere], subject)
     with pytest.raises(ValueError, match="no model given"):
         segment_subject([], subject)
+
+
+def test_a_sliding_window_larger_than_any_patch_is_refused():
+    model = keras.Sequential([keras.Input((None, None, None, 1)),
+                              keras.layers.Conv3D(2, 1, activation="softmax")])
+    with pytest.raises(ValueError, match="at most 512"):
+        predict_volume(model, np.zeros((8, 8, 8, 1), np.float32), window=(100000,) * 3)
+
+
+def test_predict_refuses_to_write_a_non_finite_probability_map(tiny_data, tiny_model, tmp_path,
+                                                               capsys):
+    model = keras.saving.load_model(tiny_model)
+    model.weights[-1].assign(np.full(model.weights[-1].shape, np.nan, "float32"))
+    model.save(tmp_path / "nan.keras")
+    assert cli.main(["predict", "--model", str(tmp_path / "nan.keras"),
+                     "--input", str(tiny_data / "sub00"), "--out", str(tmp_path / "out")]) == 1
+    assert "non-finite probabilities" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "probability.nii.gz").exists()
+
+
+def geometry(affine=np.diag([2.0, 2.0, 2.0, 1.0])):
+    return Geometry.from_image(nib.Nifti1Image(np.zeros(SHAPE, np.float32), affine))
+
+
+def probabilities(seed):
+    return np.random.default_rng(seed).random(SHAPE).astype(np.float32)
+
+
+def read(path):
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_a_segmentation_replaces_both_files_and_writes_its_manifest_last(tmp_path):
+    write_segmentation(probabilities(0), geometry(), tmp_path, threshold=0.5)
+    new = probabilities(1)
+    write_segmentation(new, geometry(), tmp_path, threshold=0.3, about={"model": "m.keras"})
+    np.testing.assert_array_equal(read(tmp_path / "probability.nii.gz"), new)
+    np.testing.assert_array_equal(read(tmp_path / "mask.nii.gz"), new >= 0.3)
+    manifest = json.loads((tmp_path / "segmentation.json").read_text())
+    assert manifest["threshold"] == 0.3 and manifest["model"] == "m.keras"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mask.nii.gz", "probability.nii.gz", "segmentation.json"]
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_kill_while_publishing_never_leaves_a_new_map_beside_an_old_mask(
+        tmp_path, monkeypatch, fail_at):
+    old = probabilities(0)
+    write_segmentation(old, geometry(), tmp_path)
+    renames = []
+    real_replace = type(tmp_path).replace
+
+    def dying_replace(self, target):
+        renames.append(target)
+        if len(renames) == fail_at:
+            raise KeyboardInterrupt  # the process dies here
+        return real_replace(self, target)
+
+    monkeypatch.setattr(type(tmp_path), "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_segmentation(probabilities(1), geometry(), tmp_path)
+    monkeypatch.undo()
+    assert not (tmp_path / "segmentation.json").exists()  # the set is marked incomplete
+    # The old mask went before any new file came: no new map beside an old mask.
+    assert not (tmp_path / "mask.nii.gz").exists()
+    if fail_at == 2:  # the new map had landed
+        np.testing.assert_array_equal(read(tmp_path / "probability.nii.gz"), probabilities(1))
+    else:
+        assert not (tmp_path / "probability.nii.gz").exists()
+    # The next write cleans the leftovers and publishes a complete pair.
+    write_segmentation(old, geometry(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mask.nii.gz", "probability.nii.gz", "segmentation.json"]
+
+
+@pytest.mark.parametrize("threshold", [2.0, -1.0, 0.0])
+def test_a_threshold_outside_0_1_is_refused_before_any_work(threshold, tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "never-read.keras"), "--input",
+                 str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--threshold", str(threshold)]) == 1
+    assert "must lie in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="must lie in"):
+        write_segmentation(probabilities(0), geometry(), tmp_path / "w", threshold=threshold)
+
+
+@pytest.fixture(scope="module")
+def hand_built_model(tmp_path_factory):
+    """``unet3d`` compiled and saved as a user would, with no ScanSpec."""
+    keras.utils.set_random_seed(3)
+    model = unet3d(input_shape=(None, None, None, 3), n_classes=2, base_filters=2, depth=3)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    path = tmp_path_factory.mktemp("hand") / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_a_hand_built_model_gets_its_size_multiple_from_its_poolings(hand_built_model):
+    model = keras.saving.load_model(hand_built_model, compile=False)
+    assert input_multiple(model) == 8
+    wrapped = with_scan_spec(model, ["T1W", "T2W", "FLAIR"], multiple_of=4)
+    assert input_multiple(wrapped) == 4  # a ScanSpec wins
+
+
+def test_predict_runs_a_hand_built_model_on_an_odd_shape_given_its_modalities(
+        hand_built_model, tmp_path, capsys):
+    folder = write_tiny_subjects(tmp_path / "data", n=1, shape=(19, 23, 13))[0]
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(hand_built_model), "--input", str(folder),
+                 "--out", str(out)]) == 1
+    assert "give its modalities" in capsys.readouterr().err
+    assert main(["predict", "--model", str(hand_built_model), "--input", str(folder),
+                 "--out", str(out), "--modalities", "T1W,T2W,FLAIR"]) == 0
+    assert read(out / "probability.nii.gz").shape == (19, 23, 13)
+    # Windows that the architecture cannot take are a message, not a TensorFlow dump.
+    assert main(["predict", "--model", str(hand_built_model), "--input", str(folder),
+                 "--out", str(out), "--modalities", "T1W,T2W,FLAIR", "--window", "12"]) == 1
+    assert "each a multiple of 8" in capsys.readouterr().err
+
+
+def test_segment_subject_resamples_to_the_models_voxel_size(tmp_path, monkeypatch):
+    folder = write_tiny_subjects(tmp_path / "data", n=1)[0]  # 2-mm scans
+    network = unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2)
+    model = with_scan_spec(network, ["T1W", "T2W", "FLAIR"], spacing=4.0, multiple_of=4)
+    seen = []
+    real = inference.predict_volume
+    monkeypatch.setattr(inference, "predict_volume",
+                        lambda m, image, **k: seen.append(image.shape) or real(m, image, **k))
+    from tversky_keras.data import subject_from_folder
+
+    probability, geometry = inference.segment_subject(model, subject_from_folder(folder))
+    assert seen == [(12, 12, 8, 3)]  # 20x24x16 at 2 mm is 10x12x8 at 4 mm, padded to 4s
+    assert probability.shape == geometry.shape == (20, 24, 16)

@@ -1,4 +1,4 @@
-"""Tversky, Dice, focal and cross-entropy losses against hand-worked values."""
+"""tversky_keras.losses: Tversky, Dice, focal and cross-entropy losses against hand-worked values."""
 
 import keras
 import numpy as np
@@ -366,3 +366,9 @@ def test_tensor_labels_that_are_no_class_make_the_loss_nan():
     assert np.isnan(float(loss(tf.constant(bad), pred)))
     mask = tf.constant(np.array([0.0, 255.0], "float32").reshape(1, 1, 1, 2))
     assert np.isnan(float(loss(mask, np.full((1, 1, 1, 2, 1), 0.5, "float32"))))
+
+
+@pytest.mark.parametrize("alpha, beta", [(float("nan"), 0.5), (0.5, float("inf"))])
+def test_the_loss_refuses_non_finite_weights(alpha, beta):
+    with pytest.raises(ValueError, match="must be finite"):
+        TverskyLoss(alpha=alpha, beta=beta)

@@ -1,4 +1,4 @@
-"""Streaming lesion metrics against hand-worked values and scikit-learn."""
+"""tversky_keras.metrics: streaming lesion metrics against hand-worked values and scikit-learn."""
 
 import keras
 import numpy as np
@@ -290,3 +290,13 @@ def test_fit_and_evaluate_report_the_numpy_values(rng, jit_compile):
         assert reported[name] == pytest.approx(value, rel=1e-5), name
     ap = average_precision_score(labels.ravel(), pred[..., 1].ravel())
     assert reported["pr_auc"] == pytest.approx(ap, abs=0.02)
+
+
+def test_pr_auc_counts_nan_scores_in_the_lowest_bin_instead_of_crashing():
+    truth = np.eye(2, dtype="float32")[np.array([[0, 1, 1, 0]])]
+    scores = np.array([[0.2, np.nan, 0.9, np.nan]], "float32")
+    as_zero = np.nan_to_num(scores, nan=0.0)
+    with_nan, zeros = PRAUC(num_bins=10), PRAUC(num_bins=10)
+    with_nan.update_state(truth, np.stack([1 - scores, scores], -1))
+    zeros.update_state(truth, np.stack([1 - as_zero, as_zero], -1))
+    assert float(with_nan.result()) == pytest.approx(float(zeros.result()))

@@ -1,5 +1,5 @@
-"""The 3D U-Net: shapes, parameter count, structure, options, mixed precision (saving and
-loading in a fresh process: tests/test_training.py)."""
+"""tversky_keras.models, the 3D U-Net: shapes, parameter count, structure, options, mixed
+precision (saving and loading in a fresh process: tests/test_training.py)."""
 
 from collections import Counter
 from pathlib import Path

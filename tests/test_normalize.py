@@ -1,4 +1,4 @@
-"""Intensity normalisation: the z-score, the white-matter peak, and which one a model uses."""
+"""tversky_keras.data.normalize: the z-score, the white-matter peak, and which one a model uses."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""make_dataset: shapes, alignment of image and label, sampling statistics, determinism."""
+"""tversky_keras.data.pipeline, make_dataset: shapes, image-label alignment, sampling, determinism."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The paper's experiment: fold split, cells, table assembly, figures (smoke profile)."""
+"""reproduce.table1 (with .experiment, .table): fold split, cells, table assembly, figures (smoke)."""
 
 import csv
 import json
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from processes import assert_sigterm_stops_the_child
-from reproduce import table1
+from reproduce import sim2real, table1
 from reproduce.table import (assemble, markdown_table, per_fold_table, seed_markdown, seed_summary,
                              table_csv)
 from tversky_keras import claims
@@ -88,8 +88,9 @@ def test_an_incomplete_phantom_folder_is_replaced(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, smoke_cache):
     root = tmp_path_factory.mktemp("smoke")
+    smoke_cache(root / "cache")
     args = ["--profile", "smoke", "--results", str(root / "results"),
             "--figures", str(root / "figures"), "--cache", str(root / "cache")]
     assert table1.main(args) == 0
@@ -509,3 +510,36 @@ def test_seeds_summary_records_each_seeds_cell_time_and_where_it_was_made(smoke_
                 for name in ("phantom-v3-smoke", "phantom-v3-smoke-seed1")]
     assert summary["cell_seconds"] == pytest.approx(expected, abs=0.11)
     assert summary["made"]["command"][0] == "python" and "date" in summary["made"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--poll", "nan"], "argument --poll: 'nan' is not a finite number"),
+])
+def test_reproduce_options_out_of_range_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        table1.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_fold_is_named():
+    with pytest.raises(SystemExit, match="unknown fold 'fold9'"):
+        table1.parse_cells("a0.5_b0.5/fold9")
+
+
+@pytest.mark.parametrize("main, argv", [
+    (table1.main, ["--profile", "smoke"]),
+    (sim2real.main, ["--profile", "smoke"]),
+])
+def test_a_missing_data_folder_is_one_line(main, argv, tmp_path, capsys):
+    assert main([*argv, "--data", str(tmp_path / "nosuch"), "--results", str(tmp_path / "r"),
+                 "--cache", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{tmp_path / 'nosuch'}" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/elsewhere", "a/b", ".."])
+def test_an_experiment_name_cannot_leave_the_results_folder(name, capsys):
+    with pytest.raises(SystemExit):
+        table1.main(["--name", name])
+    assert "a folder name inside --results and --figures" in capsys.readouterr().err

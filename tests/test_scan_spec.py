@@ -1,4 +1,4 @@
-"""ScanSpec: the input contract a saved model carries (modalities, voxel size, size multiple)."""
+"""tversky_keras.scan_spec: the input contract a saved model carries (modalities, voxel size, multiple)."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""Sim-to-real: a phantom-trained model, outputs in each scan's geometry, an independent oracle."""
+"""reproduce.sim2real: a phantom-trained model, outputs in each scan's geometry, an independent oracle."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""The Table-1 grid's models on real subjects: every finished cell scored, honestly summed up."""
+"""reproduce.sim2real_grid: the Table-1 grid's models on real subjects, every finished cell scored."""
 
 import json
 import shutil
@@ -17,10 +17,11 @@ from tversky_keras.inference import segment_subject
 
 
 @pytest.fixture(scope="module")
-def grids(tmp_path_factory):
+def grids(tmp_path_factory, smoke_cache):
     """Two smoke grids (seeds 0 and 1) of three cells each, one cell left unfinished,
     and two tiny "real" subjects; the command run once over both grids."""
     root = tmp_path_factory.mktemp("grid")
+    smoke_cache(root / "cache")
     argv = ["--profile", "smoke", "--results", str(root / "results"), "--cache",
             str(root / "cache"), "--no-figures", "--seeds", "2",
             "--cells", "a0.5_b0.5/fold0,a0.1_b0.9"]

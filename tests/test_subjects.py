@@ -1,4 +1,4 @@
-"""Finding subjects in each layout, and loading them as checked, normalised volumes."""
+"""tversky_keras.data.subjects: finding subjects in each layout, loading them as checked volumes."""
 
 import nibabel as nib
 import numpy as np

@@ -1,4 +1,4 @@
-"""Training runs: checkpoints, logs, resume after kill -9, NaN guard, fresh-process load."""
+"""tversky_keras.training: settings, run folders, checkpoints, logs, resume after kill -9, NaN guard."""
 
 import csv
 import json
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -25,23 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_TRAINING
 
 
-@pytest.fixture(scope="module")
-def subjects(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    write_tiny_subjects(root, n=3)
-    return discover_subjects(root)
-
-
 def read_log(run_dir):
     with open(run_dir / "log.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
-def finished_run(subjects, tmp_path_factory):
+def finished_run(tiny_subjects, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     config = TrainConfig(epochs=2, **TINY)
-    summary = train(config, subjects[:2], subjects[2:], run_dir, verbose=0)
+    summary = train(config, tiny_subjects[:2], tiny_subjects[2:], run_dir, verbose=0)
     return run_dir, config, summary
 
 
@@ -68,18 +62,18 @@ def test_learning_rate_follows_the_paper_staircase():
     np.testing.assert_allclose(values, [1e-4, 1e-4, 0.9e-4, 0.81e-4], rtol=1e-6)
 
 
-def test_finished_run_is_not_trained_again(finished_run, subjects):
+def test_finished_run_is_not_trained_again(finished_run, tiny_subjects):
     run_dir, config, summary = finished_run
     stamp = (run_dir / "model.keras").stat().st_mtime_ns
-    assert train(config, subjects[:2], subjects[2:], run_dir, verbose=0) == summary
+    assert train(config, tiny_subjects[:2], tiny_subjects[2:], run_dir, verbose=0) == summary
     assert (run_dir / "model.keras").stat().st_mtime_ns == stamp
 
 
-def test_other_settings_in_the_same_folder_are_refused(finished_run, subjects):
+def test_other_settings_in_the_same_folder_are_refused(finished_run, tiny_subjects):
     run_dir, config, _ = finished_run
     other = TrainConfig(**{**config.to_json(), "beta": 0.9})
     with pytest.raises(ValueError, match="beta"):
-        train(other, subjects[:2], subjects[2:], run_dir, verbose=0)
+        train(other, tiny_subjects[:2], tiny_subjects[2:], run_dir, verbose=0)
 
 
 def test_saved_model_records_the_scan_it_expects(finished_run):
@@ -118,7 +112,7 @@ def test_fresh_process_loads_the_model_and_predicts_the_same(finished_run, tmp_p
                                         "prauc"])
 
 
-def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path):
+def test_nan_loss_stops_with_a_clear_error_and_no_model(tiny_subjects, tmp_path):
     # A loss that turns NaN from its 8th step (epoch 2) stands in for a diverging run.
     steps = keras.Variable(0.0, trainable=False)
 
@@ -129,7 +123,7 @@ def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path):
 
     config = TrainConfig(epochs=3, **{**TINY, "steps_per_epoch": 5})
     with pytest.raises(TrainingDiverged, match=r"diverged \(loss nan\) at batch .* epoch 1"):
-        train(config, subjects[:2], [], tmp_path, verbose=0, loss=diverging_loss)
+        train(config, tiny_subjects[:2], [], tmp_path, verbose=0, loss=diverging_loss)
     assert [int(r["epoch"]) for r in read_log(tmp_path)] == [0]
     # Epoch 0's model is intact: it loads and predicts finite probabilities.
     model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
@@ -137,8 +131,8 @@ def test_nan_loss_stops_with_a_clear_error_and_no_model(subjects, tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_run_killed_mid_training_resumes_its_epoch_count(subjects, tmp_path):
-    data = Path(subjects[0].images["FLAIR"]).parents[1]
+def test_run_killed_mid_training_resumes_its_epoch_count(tiny_subjects, tmp_path):
+    data = Path(tiny_subjects[0].images["FLAIR"]).parents[1]
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "tversky_keras", "train", "--data", str(data),
                "--out", str(run_dir), "--epochs", "8", "--steps", "40", "--patch", "8",
@@ -164,26 +158,6 @@ def test_run_killed_mid_training_resumes_its_epoch_count(subjects, tmp_path):
     assert done_before - 1 <= summary["resumed_from_epoch"] <= done_before
 
 
-@pytest.mark.parametrize("tf_config, expected", [
-    (None, "run"),
-    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, "run"),
-    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}},
-     "run/.worker1"),
-    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}},
-     "run/.worker0"),
-    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}},
-     "run"),
-])
-def test_only_the_chief_writes_the_run_folder(monkeypatch, tf_config, expected):
-    from tversky_keras.training import writer_dir
-
-    if tf_config is None:
-        monkeypatch.delenv("TF_CONFIG", raising=False)
-    else:
-        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    assert writer_dir(Path("run")) == Path(expected)
-
-
 @pytest.mark.parametrize("choice, gpu, expected", [
     ("auto", False, None), ("auto", True, "mixed_float16"), ("on", False, "mixed_bfloat16"),
     ("on", True, "mixed_float16"), ("off", True, None), ("bfloat16", True, "mixed_bfloat16"),
@@ -197,7 +171,7 @@ def test_mixed_precision_choice_follows_the_device(monkeypatch, choice, gpu, exp
     assert resolve_acceleration(TrainConfig(mixed_precision=choice)) == (expected, gpu)
 
 
-def test_mixed_precision_on_trains_in_bfloat16_on_a_cpu(subjects, tmp_path):
+def test_mixed_precision_on_trains_in_bfloat16_on_a_cpu(tiny_subjects, tmp_path):
     """float16 pooling has no CPU kernel in TensorFlow; ``on`` must pick bfloat16 there and train."""
     import keras
     import tensorflow as tf
@@ -208,7 +182,7 @@ def test_mixed_precision_on_trains_in_bfloat16_on_a_cpu(subjects, tmp_path):
     # turned the bottleneck kernels NaN within 1-2 steps in 3 runs of 4, under a finite
     # logged loss; the run then stops as diverged (it used to save the NaN model).
     config = TrainConfig(epochs=1, **{**TINY, "mixed_precision": "on", "patch_size": (16,) * 3})
-    summary = train(config, subjects[:2], subjects[2:], tmp_path, verbose=0)
+    summary = train(config, tiny_subjects[:2], tiny_subjects[2:], tmp_path, verbose=0)
     assert summary["mixed_precision"] == "mixed_bfloat16"
     assert np.isfinite(float(read_log(tmp_path)[0]["loss"]))
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
@@ -224,18 +198,18 @@ class FirstWeights(keras.callbacks.Callback):
         self.weights = self.model.get_weights()
 
 
-def test_init_starts_from_a_saved_models_weights(finished_run, subjects, tmp_path):
+def test_init_starts_from_a_saved_models_weights(finished_run, tiny_subjects, tmp_path):
     run_dir, config, _ = finished_run
     source = keras.saving.load_model(run_dir / "last.keras").get_weights()
     seen = FirstWeights()
     tuned = TrainConfig(**{**config.to_json(), "epochs": 1, "init": str(run_dir / "last.keras")})
-    train(tuned, subjects[:2], [], tmp_path / "tuned", verbose=0, callbacks=[seen])
+    train(tuned, tiny_subjects[:2], [], tmp_path / "tuned", verbose=0, callbacks=[seen])
     assert len(seen.weights) == len(source)
     for a, b in zip(seen.weights, source):
         np.testing.assert_array_equal(a, b)
     # Without --init the same seed starts elsewhere: the copy above is not a coincidence.
     fresh = FirstWeights()
-    train(TrainConfig(**{**tuned.to_json(), "init": None}), subjects[:2], [], tmp_path / "fresh",
+    train(TrainConfig(**{**tuned.to_json(), "init": None}), tiny_subjects[:2], [], tmp_path / "fresh",
           verbose=0, callbacks=[fresh])
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.weights, source))
 
@@ -245,33 +219,33 @@ def test_init_starts_from_a_saved_models_weights(finished_run, subjects, tmp_pat
     ({"depth": 3}, "architecture differs"),
     ({"modalities": ["FLAIR", "T2W", "T1W"]}, "trained on modalities T1W, T2W, FLAIR"),
 ])
-def test_init_refuses_another_architecture(finished_run, subjects, tmp_path, change, problem):
+def test_init_refuses_another_architecture(finished_run, tiny_subjects, tmp_path, change, problem):
     run_dir, config, _ = finished_run
     other = TrainConfig(**{**config.to_json(), "epochs": 1, "init": str(run_dir / "last.keras"),
                            **change})
     with pytest.raises(ValueError, match=problem):
-        train(other, subjects[:2], [], tmp_path, verbose=0)
+        train(other, tiny_subjects[:2], [], tmp_path, verbose=0)
 
 
-def test_init_from_a_missing_or_foreign_file_is_a_clear_error(finished_run, subjects, tmp_path):
+def test_init_from_a_missing_or_foreign_file_is_a_clear_error(finished_run, tiny_subjects, tmp_path):
     _, config, _ = finished_run
     (tmp_path / "notes.keras").write_text("not a model")
     for path, problem in ((tmp_path / "absent.keras", "no such model file"),
                           (tmp_path / "notes.keras", "cannot load the model")):
         run = TrainConfig(**{**config.to_json(), "init": str(path)})
         with pytest.raises(ValueError, match=problem):
-            train(run, subjects[:2], [], tmp_path / path.stem, verbose=0)
+            train(run, tiny_subjects[:2], [], tmp_path / path.stem, verbose=0)
 
 
 def test_a_rejected_setting_leaves_no_config_that_refuses_the_corrected_command(
-        finished_run, subjects, tmp_path):
+        finished_run, tiny_subjects, tmp_path):
     _, config, _ = finished_run
     wrong = TrainConfig(**{**config.to_json(), "init": str(tmp_path / "typo.keras")})
     with pytest.raises(ValueError, match="no such model file"):
-        train(wrong, subjects[:2], [], tmp_path / "run", verbose=0)
+        train(wrong, tiny_subjects[:2], [], tmp_path / "run", verbose=0)
     assert not (tmp_path / "run" / "config.json").exists()
     corrected = TrainConfig(**{**config.to_json(), "epochs": 1})
-    assert train(corrected, subjects[:2], [], tmp_path / "run", verbose=0)["epochs"] == 1
+    assert train(corrected, tiny_subjects[:2], [], tmp_path / "run", verbose=0)["epochs"] == 1
 
 
 @pytest.mark.parametrize("option, problem", [
@@ -284,33 +258,15 @@ def test_a_rejected_setting_leaves_no_config_that_refuses_the_corrected_command(
     (["--foreground-ratio", "1.5", "--patch", "16"], "foreground_ratio must lie in"),
     (["--dropout", "1"], "dropout must lie in"),
 ])
-def test_bad_settings_are_refused_before_anything_is_written(subjects, tmp_path, capsys,
+def test_bad_settings_are_refused_before_anything_is_written(tiny_subjects, tmp_path, capsys,
                                                             option, problem):
     from tversky_keras.cli import main
 
-    data = Path(subjects[0].images["FLAIR"]).parents[1]
+    data = Path(tiny_subjects[0].images["FLAIR"]).parents[1]
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *option]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and re.search(problem, error[0])
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("value, problem", [("-1", "is negative"),
-                                            ("4294967296", "above 2\\*\\*32 - 1"),
-                                            ("1.5", "not an integer")])
-def test_a_seed_out_of_range_is_refused_by_the_parser(tmp_path, capsys, value, problem):
-    from reproduce import sim2real
-    from tversky_keras.cli import main
-
-    for run in (lambda: main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
-                              "--seed", value]),
-                lambda: sim2real.main(["--data", str(tmp_path), "--results", str(tmp_path / "r"),
-                                       "--seed", value])):
-        with pytest.raises(SystemExit) as stopped:
-            run()
-        assert stopped.value.code == 2
-        assert re.search(f"argument --seed: .*{problem}", capsys.readouterr().err)
-    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("settings, problem", [
@@ -323,10 +279,10 @@ def test_train_config_names_the_setting_out_of_range(settings, problem):
     assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
 
 
-def test_without_validation_a_monitored_loss_keeps_its_lowest_epoch(subjects, tmp_path):
+def test_without_validation_a_monitored_loss_keeps_its_lowest_epoch(tiny_subjects, tmp_path):
     """--monitor val_loss with no validation set follows the training loss, lowest first."""
     config = TrainConfig(epochs=3, monitor="val_loss", **TINY)
-    summary = train(config, subjects[:2], [], tmp_path / "run", verbose=0)
+    summary = train(config, tiny_subjects[:2], [], tmp_path / "run", verbose=0)
     losses = [float(r["loss"]) for r in read_log(tmp_path / "run")]
     assert summary["monitor"] == "loss" and len(set(losses)) == 3
     assert summary["best_epoch"] == int(np.argmin(losses))
@@ -345,18 +301,18 @@ def test_subjects_of_different_voxel_sizes_need_a_spacing(tmp_path):
     assert scan_spec(keras.saving.load_model(tmp_path / "run3" / "last.keras"))["spacing"] == 3.0
 
 
-def test_other_data_or_another_split_in_the_same_folder_are_refused(finished_run, subjects):
+def test_other_data_or_another_split_in_the_same_folder_are_refused(finished_run, tiny_subjects):
     run_dir, config, _ = finished_run
     with pytest.raises(ValueError, match="training subjects removed: sub01"):
-        train(config, subjects[:1], subjects[2:], run_dir, verbose=0)
+        train(config, tiny_subjects[:1], tiny_subjects[2:], run_dir, verbose=0)
     with pytest.raises(ValueError, match="training subjects added: sub02.*validation subjects "
                                          "removed: sub02"):
-        train(config, subjects, [], run_dir, verbose=0)
+        train(config, tiny_subjects, [], run_dir, verbose=0)
 
 
-def test_a_changed_source_file_is_named(subjects, tmp_path):
+def test_a_changed_source_file_is_named(tiny_subjects, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(Path(subjects[0].images["FLAIR"]).parents[1], data)
+    shutil.copytree(Path(tiny_subjects[0].images["FLAIR"]).parents[1], data)
     copies = discover_subjects(data)
     config = TrainConfig(epochs=1, **TINY)
     train(config, copies[:2], [], tmp_path / "run", verbose=0)
@@ -366,7 +322,7 @@ def test_a_changed_source_file_is_named(subjects, tmp_path):
         train(config, copies[:2], [], tmp_path / "run", verbose=0)
 
 
-def test_a_second_process_on_a_busy_run_folder_gets_a_clear_error(subjects, tmp_path):
+def test_a_second_process_on_a_busy_run_folder_gets_a_clear_error(tiny_subjects, tmp_path):
     from tversky_keras.claims import try_claim
     from tversky_keras.run_folder import RunFolderBusy
 
@@ -375,20 +331,63 @@ def test_a_second_process_on_a_busy_run_folder_gets_a_clear_error(subjects, tmp_
     with try_claim(run_dir):  # another training process holds the folder
         with pytest.raises(RunFolderBusy, match="another training process holds this run "
                                                 "folder \\(pid \\d+ on host"):
-            train(TrainConfig(epochs=1, **TINY), subjects[:2], [], run_dir, verbose=0)
+            train(TrainConfig(epochs=1, **TINY), tiny_subjects[:2], [], run_dir, verbose=0)
     assert not (run_dir / "config.json").exists()
-    train(TrainConfig(epochs=1, **TINY), subjects[:2], [], run_dir, verbose=0)
+    train(TrainConfig(epochs=1, **TINY), tiny_subjects[:2], [], run_dir, verbose=0)
     assert not list(run_dir.glob("claim.*"))  # released at the end
 
 
-def test_a_run_started_from_a_model_file_refuses_that_file_rewritten(finished_run, subjects,
+def test_a_run_started_from_a_model_file_refuses_that_file_rewritten(finished_run, tiny_subjects,
                                                                      tmp_path):
     run_dir, config, _ = finished_run
     init = tmp_path / "init.keras"
     shutil.copy(run_dir / "last.keras", init)
     tuned = TrainConfig(**{**config.to_json(), "epochs": 1, "init": str(init)})
-    train(tuned, subjects[:2], [], tmp_path / "tuned", verbose=0)
+    train(tuned, tiny_subjects[:2], [], tmp_path / "tuned", verbose=0)
     shutil.copy(run_dir / "model.keras", init)  # other weights, same path
     os.utime(init, ns=(init.stat().st_atime_ns, init.stat().st_mtime_ns + 10**9))
     with pytest.raises(ValueError, match="init file \\(rewritten since the run started\\)"):
-        train(tuned, subjects[:2], [], tmp_path / "tuned", verbose=0)
+        train(tuned, tiny_subjects[:2], [], tmp_path / "tuned", verbose=0)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"alpha": float("nan")}, "alpha must be a finite number"),
+    ({"ce_weight": float("inf")}, "ce_weight must be a finite number"),
+    ({"depth": 10}, "depth must be at most 9"),
+])
+def test_train_config_refuses_non_finite_and_too_deep(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets one weight to NaN during epoch 1: the logged loss can stay finite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1:
+            weight = self.model.weights[0]
+            weight.assign(np.full(weight.shape, np.nan, "float32"))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+def test_non_finite_weights_stop_the_run_and_are_never_saved(tiny_data, tmp_path):
+    subjects = discover_subjects(tiny_data)
+    config = TrainConfig(epochs=3, **TINY)
+    with pytest.raises(TrainingDiverged, match="weights not finite"):
+        train(config, subjects, [], tmp_path, verbose=0, callbacks=[PoisonWeights()])
+    model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
+    assert all(np.isfinite(w).all() for w in model.get_weights())  # epoch 0's, intact
+
+
+def test_training_refuses_labels_without_a_lesion_and_writes_nothing(tiny_data, tmp_path):
+    empty = tmp_path / "data"
+    shutil.copytree(tiny_data, empty)
+    for label in empty.glob("*/consensus_gt.nii.gz"):
+        image = nib.load(label)
+        nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), label)
+    with pytest.raises(ValueError, match="none of the 3 training subjects has a lesion voxel"):
+        train(TrainConfig(epochs=1, **TINY), discover_subjects(empty), [], tmp_path / "run",
+              verbose=0, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -1,7 +1,8 @@
-"""Two real worker processes of ``tversky-keras train`` under MultiWorkerMirroredStrategy.
+"""tversky_keras.training.distribute: TF_CONFIG read and checked, which worker writes, and two
+real worker processes of ``tversky-keras train`` under MultiWorkerMirroredStrategy.
 
 The commands are the README's multi-machine recipe, on 127.0.0.1 with free
-ports, on a tiny phantom.
+ports, on the tiny phantom of Table 1's smoke profile.
 """
 
 import json
@@ -18,19 +19,12 @@ import numpy as np
 import pytest
 
 import tversky_keras  # noqa: F401  (registers the package's objects for load_model)
-from tversky_keras.data import synthesize_dataset
+from tversky_keras.training import cluster_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--val", "0", "--patch", "16", "--batch-size", "2", "--base-filters", "2",
          "--depth", "2", "--steps", "3", "--pool-batch", "--quiet"]
 TIMEOUT = 300
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    synthesize_dataset(root, n_subjects=4, seed=0, spacing=4.0)
-    return root
 
 
 def free_ports(n):
@@ -77,9 +71,9 @@ def weights(path):
     return keras.saving.load_model(path).get_weights()
 
 
-def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(phantom, tmp_path):
+def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(smoke_phantom, tmp_path):
     run = tmp_path / "run"
-    results = finish(start_workers(phantom, run, epochs=2))
+    results = finish(start_workers(smoke_phantom, run, epochs=2))
     for code, output in results:
         assert code == 0, output[-3000:]
         assert "Traceback" not in output
@@ -97,9 +91,9 @@ def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(phanto
 
 
 @pytest.mark.parametrize("killed", [1, 0])  # worker 0, the chief, hosts the coordination service
-def test_a_killed_worker_stops_the_other_with_a_clear_error(phantom, tmp_path, killed):
+def test_a_killed_worker_stops_the_other_with_a_clear_error(smoke_phantom, tmp_path, killed):
     run = tmp_path / "run"
-    workers = start_workers(phantom, run, epochs=10_000)
+    workers = start_workers(smoke_phantom, run, epochs=10_000)
     deadline = time.monotonic() + TIMEOUT
     while not (run / "log.csv").is_file():  # the cluster is training
         assert workers[0].poll() is None and time.monotonic() < deadline
@@ -158,3 +152,50 @@ def test_a_lost_peer_error_names_the_peer(text, cause, monkeypatch, tmp_path):
     _raise_if_worker_lost(ValueError(text), tmp_path)
     monkeypatch.delenv("TF_CONFIG")
     _raise_if_worker_lost(tf.errors.UnavailableError(None, None, text), tmp_path)
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    (None, "run"),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, "run"),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}},
+     "run/.worker1"),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}},
+     "run/.worker0"),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}},
+     "run"),
+])
+def test_only_the_chief_writes_the_run_folder(monkeypatch, tf_config, expected):
+    from tversky_keras.training import writer_dir
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert writer_dir(Path("run")) == Path(expected)
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{bad", "TF_CONFIG environment variable is not valid JSON"),
+    ("[]", "TF_CONFIG must be a JSON object"),
+    (json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 5}}),
+     "TF_CONFIG: task 'worker' index 5 is not in the cluster"),
+])
+def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=message):
+        cluster_task()
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{bad", "TF_CONFIG environment variable is not valid JSON"),
+    (json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 5}}),
+     "index 5 is not in the cluster"),
+    (json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "abc"}}),
+     "task index 'abc' is not an integer"),
+])
+def test_tf_config_is_checked_before_tensorflow_reads_it(monkeypatch, tf_config, message):
+    from tversky_keras.training import distribution_strategy
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=message):
+        distribution_strategy.__wrapped__()  # made once per process: not the cached one
