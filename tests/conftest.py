@@ -17,7 +17,8 @@ atexit.register(shutil.rmtree, os.environ["TVERSKY_KERAS_CACHE"], ignore_errors=
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from reproduce import table1  # noqa: E402
+from reproduce.experiment import PROFILES  # noqa: E402
+from reproduce.phantoms import phantom_data  # noqa: E402
 from tiny_data import TINY_TRAINING, write_tiny_subjects  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
 from tversky_keras.training import TrainConfig, train  # noqa: E402
@@ -72,8 +73,8 @@ def tiny_model(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_phantom(tmp_path_factory):
     """The Table-1 smoke profile's phantom (4 subjects at 4 mm, seed 0), made once by
-    ``table1``'s own generator; read only."""
-    return table1.phantom_data(table1.PROFILES["smoke"], tmp_path_factory.mktemp("phantoms"))
+    ``table1``'s own generator (``reproduce.phantoms``); read only."""
+    return phantom_data(PROFILES["smoke"], tmp_path_factory.mktemp("phantoms"))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from reproduce.table import (assemble, markdown_table, per_fold_table, seed_mark
                              table_csv)
 from tversky_keras import claims
 from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, two_fold_split
+from reproduce.phantoms import phantom_folder
 
 
 @pytest.mark.parametrize("n", [2, 3, 15])
@@ -38,53 +38,6 @@ def test_two_fold_split_is_disjoint_covering_and_deterministic(n):
 def test_two_fold_split_needs_two_subjects():
     with pytest.raises(ValueError, match="at least 2"):
         two_fold_split(["only"])
-
-
-def fake_phantom(barrier=None):
-    """A stand-in for synthesize_dataset that writes one file and the manifest."""
-    def synthesize_dataset(out_dir, **settings):
-        out_dir.mkdir(parents=True)
-        (out_dir / "synth00").mkdir()
-        (out_dir / "synth00" / "FLAIR.nii.gz").write_text(threading.current_thread().name)
-        if barrier is not None:
-            barrier.wait(timeout=30)     # all have generated before any renames
-        (out_dir / "phantom.json").write_text(json.dumps(settings))
-    return synthesize_dataset
-
-
-def test_processes_starting_on_an_empty_cache_end_with_one_whole_phantom(tmp_path, monkeypatch):
-    from tversky_keras.data import phantom
-
-    monkeypatch.setattr(phantom, "synthesize_dataset", fake_phantom(threading.Barrier(4)))
-    profile = table1.PROFILES["smoke"]
-    folders = []
-
-    def generate():
-        folders.append(table1.phantom_data(profile, tmp_path))
-
-    threads = [threading.Thread(target=generate, name=f"generator{i}") for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    expected = table1.phantom_folder(table1.PROFILES["smoke"], tmp_path)
-    assert folders == [expected] * 4
-    assert [p.name for p in tmp_path.iterdir()] == [expected.name]   # losers discarded
-    assert (folders[0] / "phantom.json").is_file()
-    assert (folders[0] / "synth00" / "FLAIR.nii.gz").read_text().startswith("generator")
-
-
-def test_an_incomplete_phantom_folder_is_replaced(tmp_path, monkeypatch):
-    from tversky_keras.data import phantom
-
-    monkeypatch.setattr(phantom, "synthesize_dataset", fake_phantom())
-    incomplete = table1.phantom_folder(table1.PROFILES["smoke"], tmp_path) / "synth00"
-    incomplete.mkdir(parents=True)
-    (incomplete / "T1W.nii.gz").write_text("interrupted")
-    folder = table1.phantom_data(table1.PROFILES["smoke"], tmp_path)
-    assert sorted(p.name for p in (folder / "synth00").iterdir()) == ["FLAIR.nii.gz"]
-    assert (folder / "phantom.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [incomplete.parent.name]
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +111,7 @@ def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path)
     shutil.rmtree(partial / "a0.3_b0.7" / "fold1")
     (partial / "a0.1_b0.9" / "fold0" / "done.json").unlink()   # an interrupted cell
     smoke = table1.PROFILES["smoke"]
-    experiment = table1.Experiment(partial, table1.phantom_folder(smoke, root / "cache"),
+    experiment = table1.Experiment(partial, phantom_folder(smoke, root / "cache"),
                                    table1.PROFILES["smoke"])
     table = assemble(experiment)
     assert table["missing_cells"] == ["a0.3_b0.7/fold1", "a0.1_b0.9/fold0"]
@@ -178,7 +131,7 @@ def test_collapsed_cells_are_flagged_in_every_table(smoke_run, tmp_path):
         arrays["probability"] = np.zeros_like(arrays["probability"])
         np.savez_compressed(path, **arrays)
     smoke = table1.PROFILES["smoke"]
-    experiment = table1.Experiment(copy, table1.phantom_folder(smoke, root / "cache"),
+    experiment = table1.Experiment(copy, phantom_folder(smoke, root / "cache"),
                                    table1.PROFILES["smoke"])
     table = assemble(experiment)
     for row in table["rows"]:
@@ -427,7 +380,7 @@ def test_a_cell_scores_what_predict_then_evaluate_score(smoke_run, tmp_path, cap
 
     root, _ = smoke_run
     profile = dataclasses.replace(table1.PROFILES["smoke"], spacing=6.0)
-    experiment = table1.Experiment(tmp_path / "exp", table1.phantom_folder(profile, root / "cache"),
+    experiment = table1.Experiment(tmp_path / "exp", phantom_folder(profile, root / "cache"),
                                    profile, cache_dir=tmp_path / "preprocessed")
     experiment.run_cell(0.5, 0.5, 0)
     cell = experiment.cell_dir(0.5, 0.5, 0)
