@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import PROFILES, SIM2REAL_PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
-from reproduce.scoring import THRESHOLD, scan_reference, score_subject  # noqa: E402,F401
+from reproduce.scoring import THRESHOLD, score_subject  # noqa: E402
 from tversky_keras.arguments import finite, mirror_option, natural  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402

@@ -32,7 +32,7 @@ from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, PROFILES, ROWS, Experiment, row_name  # noqa: E402
 from reproduce.grid import (cell_name, cpu_cores, run_grid, share_the_cores,  # noqa: E402
                             start_workers, stopping_helpers)
-from reproduce.phantoms import DEFAULT_CACHE, phantom_data, phantom_folder  # noqa: E402,F401
+from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.table import assemble, seed_markdown, seed_summary, write_outputs  # noqa: E402
 from tversky_keras.arguments import finite, natural  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402

@@ -86,3 +86,20 @@ def smoke_cache(smoke_phantom):
         return cache
     return fill
 
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory, smoke_cache):
+    """``python -m reproduce.table1 --profile smoke`` (seed 0, with its figures), then
+    ``--seeds 2 --no-figures`` (seed 1 and the seeds' summary), run once for the session:
+    ``(root, argv)``, the argv without ``--seeds``. Read only (a rerun with the same
+    options only re-assembles the finished grids)."""
+    from reproduce import table1
+
+    root = tmp_path_factory.mktemp("smoke")
+    smoke_cache(root / "cache")
+    args = ["--profile", "smoke", "--results", str(root / "results"),
+            "--figures", str(root / "figures"), "--cache", str(root / "cache")]
+    assert table1.main(args) == 0                                   # seed 0, its figures
+    assert table1.main([*args, "--seeds", "2", "--no-figures"]) == 0  # seed 1 and the summary
+    return root, args

@@ -41,13 +41,9 @@ def test_two_fold_split_needs_two_subjects():
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, smoke_cache):
-    root = tmp_path_factory.mktemp("smoke")
-    smoke_cache(root / "cache")
-    args = ["--profile", "smoke", "--results", str(root / "results"),
-            "--figures", str(root / "figures"), "--cache", str(root / "cache")]
-    assert table1.main(args) == 0
-    return root, args
+def smoke_run(smoke_grid):
+    """The session's smoke grids (seeds 0 and 1; ``smoke_grid``)."""
+    return smoke_grid
 
 
 def test_smoke_profile_writes_the_table_with_five_rows_and_five_metrics(smoke_run):
@@ -169,14 +165,20 @@ def test_segmentation_figures_show_spread_out_lesion_slices():
 
 
 REPO = Path(__file__).resolve().parents[1]
-CELL_DONE = re.compile(r"^\[cell \d+/10 (\S+) (fold\d)\] done in", re.MULTILINE)
+CELL_DONE = re.compile(r"^\[cell \d+/\d+ (\S+) (fold\d)\] done in", re.MULTILINE)
+# Two of the five rows, both folds: what the grid-sharing tests run (the others stay missing).
+SHARED_CELLS = "a0.5_b0.5,a0.1_b0.9"
+SHARED = {f"{r}/fold{f}" for r in ("a0.5_b0.5", "a0.1_b0.9") for f in (0, 1)}
+ALL_CELLS = {f"{r}/fold{f}" for r in ("a0.5_b0.5", "a0.4_b0.6", "a0.3_b0.7", "a0.2_b0.8",
+                                      "a0.1_b0.9") for f in (0, 1)}
 
 
 def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path):
     root, _ = smoke_run
     command = [sys.executable, "-m", "reproduce.table1", "--profile", "smoke",
                "--results", str(tmp_path / "results"), "--figures", str(tmp_path / "figures"),
-               "--cache", str(root / "cache"), "--no-figures", "--poll", "0.2"]
+               "--cache", str(root / "cache"), "--no-figures", "--poll", "0.2",
+               "--cells", SHARED_CELLS]
     env = {**os.environ, claims.HEARTBEAT_ENV: "0.5", claims.STALE_AFTER_ENV: "60"}
     processes = [subprocess.Popen(command, cwd=REPO, env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -189,47 +191,57 @@ def test_two_processes_share_the_grid_and_run_each_cell_once(smoke_run, tmp_path
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
         assert "Traceback" not in output, output[-3000:]
-        assert "Missing cells" not in output          # each assembled the whole table
+        # each assembled the table of every selected cell, the others named missing
+        assert output.count("Missing cells") == 1
     ran = [{"/".join(m) for m in CELL_DONE.findall(output)} for output in outputs]
     assert ran[0] and ran[1] and not ran[0] & ran[1]
     folder = tmp_path / "results" / "phantom-v3-smoke"
-    assert ran[0] | ran[1] == {f"{r}/fold{f}" for r in ("a0.5_b0.5", "a0.4_b0.6", "a0.3_b0.7",
-                                                        "a0.2_b0.8", "a0.1_b0.9") for f in (0, 1)}
+    assert ran[0] | ran[1] == SHARED
     for process, cells in zip(processes, ran):
         for cell in cells:
             assert json.loads((folder / cell / "done.json").read_text())["claim"]["pid"] == \
                 process.pid
     assert list(folder.glob("*/fold*/claim.*.json")) == []
     # Training is bit-reproducible on this CPU (same data, seed and settings in
-    # any process), so the shared grid's table is the single process' one.
-    reference = root / "results" / "phantom-v3-smoke" / "table1.json"
-    assert (folder / "table1.json").read_text() == reference.read_text()
+    # any process), so the shared grid's cells and rows are the single process' ones.
+    reference = root / "results" / "phantom-v3-smoke"
+    for cell in SHARED:
+        assert (folder / cell / "metrics.json").read_text() == \
+            (reference / cell / "metrics.json").read_text()
+    table = json.loads((folder / "table1.json").read_text())
+    assert sorted(table["missing_cells"]) == sorted(ALL_CELLS - SHARED)
+    rows = {(r["alpha"], r["beta"]): r for r in
+            json.loads((reference / "table1.json").read_text())["rows"]}
+    shared_rows = [r for r in table["rows"] if (r["alpha"], r["beta"]) in {(0.5, 0.5), (0.1, 0.9)}]
+    assert len(shared_rows) == 2
+    assert all(r == rows[(r["alpha"], r["beta"])] for r in shared_rows)
 
 
 def test_workers_split_the_grid_between_processes_and_assemble_it_once(smoke_run, tmp_path):
     root, _ = smoke_run
     command = [sys.executable, "-m", "reproduce.table1", "--profile", "smoke",
                "--results", str(tmp_path / "results"), "--cache", str(root / "cache"),
-               "--no-figures", "--poll", "0.2", "--workers", "2"]
+               "--no-figures", "--poll", "0.2", "--workers", "2", "--cells", SHARED_CELLS]
     env = {**os.environ, claims.HEARTBEAT_ENV: "0.5", claims.STALE_AFTER_ENV: "60"}
     done = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True,
                           timeout=240)
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in output, output[-3000:]
     assert "2 processes share the grid, 1 CPU thread(s) each" in output
-    assert output.count("Table 1") == 1 and "Missing cells" not in output
-    helper = re.findall(r"^\[worker 2 cell \d+/10 (\S+) (fold\d)\] done in", output,
+    assert output.count("Table 1") == 1 and output.count("Missing cells") == 1
+    helper = re.findall(r"^\[worker 2 cell \d+/\d+ (\S+) (fold\d)\] done in", output,
                         re.MULTILINE)
     lead = CELL_DONE.findall(output)
     assert helper and lead and not set(helper) & set(lead)
-    assert len(helper) + len(lead) == 10
+    assert {"/".join(cell) for cell in helper + lead} == SHARED and len(helper + lead) == 4
     folder = tmp_path / "results" / "phantom-v3-smoke"
     pids = {json.loads(p.read_text())["claim"]["pid"] for p in folder.glob("*/fold*/done.json")}
     assert len(pids) == 2 and done.returncode == 0
     assert list(folder.glob("*/fold*/claim.*.json")) == []
     table = json.loads((folder / "table1.json").read_text())
     reference = json.loads((root / "results" / "phantom-v3-smoke" / "table1.json").read_text())
-    assert table["missing_cells"] == [] and len(table["rows"]) == len(reference["rows"])
+    assert sorted(table["missing_cells"]) == sorted(ALL_CELLS - SHARED)
+    assert len(table["rows"]) == len(reference["rows"])
 
 
 def test_stopping_the_lead_process_stops_its_helpers(smoke_run, tmp_path):
