@@ -32,6 +32,7 @@ FIGURES = Path(__file__).resolve().parents[1] / "figures"
 SIM2REAL = FIGURES / "sim2real-v3"
 TABLE1_SEEDS = FIGURES / "phantom-v3-quick" / "phantom-v3-quick-seeds.json"
 BENCHMARKS = FIGURES.parent / "benchmarks" / "results.json"
+GRID_VERSIONS = FIGURES.parent / "benchmarks" / "grid-versions.json"
 
 
 def markers(block):
@@ -128,6 +129,29 @@ def render_table1(path=TABLE1_SEEDS):
             f"generation and the figures).")
 
 
+def render_grid_versions(path=GRID_VERSIONS):
+    """The default grid's cells on phantom v2 and v3, timed back to back
+    (``python -m benchmarks.bench_grid_versions``'s JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        return ("(No committed timing yet: `python -m benchmarks.bench_grid_versions --json "
+                "benchmarks/grid-versions.json` writes it.)")
+    timing = json.loads(path.read_text())
+    made = timing["made"]
+    rows = [[index, f"v{run['version']}", ", ".join(f"{cell} {seconds:.1f}" for cell, seconds
+                                                    in run["cells"].items())]
+            for index, run in enumerate(timing["runs"])]
+    totals = timing["total_seconds"]
+    return ("Time on the same machine, back to back: the same cells of the "
+            f"{timing.get('profile', 'quick')} grid trained on each phantom version in "
+            f"turn, v2 then v3 then v3 then v2 (`{' '.join(made['command'])}`, "
+            f"{made['date'][:10]}, commit {made['commit'][:7]}, {made['machine']['cores']} "
+            f"cores of an {made['machine']['cpu']}):\n\n"
+            + report.markdown_table(["run", "phantom", "cell seconds"], rows)
+            + f"\n\nv3 / v2: {timing['ratio_v3_over_v2']:.3f} ({totals['v3']:.1f} s against "
+              f"{totals['v2']:.1f} s in all).")
+
+
 def benchmark_machine(run):
     """One paragraph: the command, when it finished, the commit, the machine, the versions
     and how busy the machine was, as ``python -m benchmarks``'s JSON records them."""
@@ -203,7 +227,7 @@ PAGES = {
         "(how the metrics move with alpha and beta), not of its values. Copy the run's "
         "`results/phantom-v3-quick-seeds.json` to `figures/phantom-v3-quick/` and run "
         "`python -m reproduce.readme_tables --docs docs/results` to update this page.",
-        ("table1-v3",)),
+        ("table1-v3", "grid-versions")),
     "sim2real.md": (
         "Sim-to-real on the development patients",
         "Networks trained on the phantom alone, applied to the two real MSLUB patients the "
@@ -261,6 +285,9 @@ def main(argv=None):
                         help="Table 1 seeds JSON (figures/phantom-v3-quick/...-seeds.json)")
     parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS,
                         help="python -m benchmarks' JSON (benchmarks/results.json)")
+    parser.add_argument("--grid-versions", type=Path, default=GRID_VERSIONS,
+                        help="python -m benchmarks.bench_grid_versions' JSON "
+                             "(benchmarks/grid-versions.json)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--readme", type=Path, help="write the table into this file")
     action.add_argument("--check", type=Path,
@@ -276,7 +303,8 @@ def main(argv=None):
 def _run(args):
     tables = {"sim2real-v3": render_sim2real(args.sim2real),
               "table1-v3": render_table1(args.table1),
-              "benchmarks": render_benchmarks(args.benchmarks)}
+              "benchmarks": render_benchmarks(args.benchmarks),
+              "grid-versions": render_grid_versions(args.grid_versions)}
     if args.docs or args.check_docs:
         return _pages(tables, args.docs or args.check_docs, check=bool(args.check_docs))
     target = args.readme or args.check
