@@ -14,7 +14,7 @@ import nibabel as nib
 
 from tversky_keras.atomic import atomic_path, write_text
 from tversky_keras.data.io import MODALITIES
-from tversky_keras.data.phantom.generate import (APPEARANCES, PHANTOM_VERSION, PHANTOM_VERSIONS,
+from tversky_keras.data.phantom.generate import (PHANTOM_VERSION, check_generator,
                                                  dataset_subjects)
 from tversky_keras.data.phantom.lesions import lesion_sources
 from tversky_keras.data.subjects import MASK_NAME
@@ -92,11 +92,7 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
-    if version not in PHANTOM_VERSIONS:
-        raise ValueError(f"version must be one of {PHANTOM_VERSIONS}, got {version!r}")
-    if appearance not in APPEARANCES:
-        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got "
-                         f"{appearance!r}")
+    check_generator(version, appearance)
     out_dir = Path(out_dir)
     manifest = _manifest(n_subjects, seed, spacing, version, appearance)
     folders = [out_dir / name for name in manifest["subjects"]]

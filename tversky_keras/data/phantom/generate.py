@@ -62,6 +62,15 @@ def subject_seed(seed, index):
     return np.random.SeedSequence(seed, spawn_key=(index,))
 
 
+def check_generator(version, appearance):
+    """A ValueError unless ``version`` and ``appearance`` name a generator this module has."""
+    if version not in PHANTOM_VERSIONS:
+        raise ValueError(f"version must be one of {PHANTOM_VERSIONS}, got {version!r}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got "
+                         f"{appearance!r}")
+
+
 def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_VERSION,
                        lesion_source=None, appearance="calibrated"):
     """One synthetic MS subject: T1W, T2W, FLAIR and the lesion mask.
@@ -89,11 +98,7 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
     low, high = SPACING_RANGE_MM
     if not low <= spacing <= high:
         raise ValueError(f"spacing must be between {low:g} and {high:g} mm, got {spacing}")
-    if version not in PHANTOM_VERSIONS:
-        raise ValueError(f"version must be one of {PHANTOM_VERSIONS}, got {version!r}")
-    if appearance not in APPEARANCES:
-        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}, got "
-                         f"{appearance!r}")
+    check_generator(version, appearance)
     if lesion_load_mm3 is not None and lesion_load_mm3 <= 0:
         raise ValueError(f"lesion_load_mm3 must be positive, got {lesion_load_mm3}")
     if version == 3 and lesion_load_mm3 is not None:
