@@ -4,9 +4,10 @@ Each round runs the same cells of the default grid (``python -m reproduce.table1
 --cells ...``, the quick profile) once on each phantom version, each time in a
 fresh results folder so that every cell trains from scratch, in the order
 v2, v3, v3, v2, ... (so that a machine that speeds up or slows down during the run
-favours neither). The phantoms are generated into the cache before the first
-round and are not timed. Prints each run's cell seconds (from the cells'
-``done.json``) and the ratio v3 / v2 of the totals, and writes them as JSON::
+favours neither). Before the first round one untimed cell per version generates
+its phantom and fills the preprocessed cache, so no timed cell pays for either.
+Prints each run's cell seconds (from the cells' ``done.json``) and the ratio v3 / v2
+of the totals, and writes them as JSON::
 
     python -m benchmarks.bench_grid_versions [--cells a0.3_b0.7/fold0,a0.5_b0.5/fold1]
         [--rounds 2] [--profile quick] [--json benchmarks/grid-versions.json]
@@ -61,7 +62,7 @@ def main(argv=None):
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="grid-versions-") as scratch:
-        for version in VERSIONS:  # generate (and check) both phantoms first, untimed
+        for version in VERSIONS:  # phantoms and preprocessed cache first, untimed
             table1(version, "a0.5_b0.5/fold0", Path(scratch) / f"warm-v{version}", args.profile)
         runs = []
         for index, version in enumerate(order(args.rounds)):
