@@ -53,6 +53,7 @@ from tversky_keras.arguments import finite, mirror_option, natural  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
+from tversky_keras.data.names import path_name  # noqa: E402
 from tversky_keras.inference import segment_subject, write_segmentation  # noqa: E402
 from tversky_keras.scan_spec import scan_spec  # noqa: E402
 from tversky_keras.training import train  # noqa: E402
@@ -62,6 +63,8 @@ TRAINING_PROFILES = {**PROFILES, **SIM2REAL_PROFILES}
 
 DEFAULT_PENALTIES = (0.3, 0.7)
 RUN = "run"
+# What a results folder holds beside its subjects' folders.
+OWN_FILES = (RUN, "settings.json", "sim2real.json", "sim2real.md")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,8 +313,8 @@ def _run(args):
     trained = experiment_name(args, profile)
     base = trained + mirror_suffix(args.mirror)
     subjects = discover_subjects(args.data)
-    if any(s.id == RUN for s in subjects):
-        raise SystemExit(f"{args.data}: a subject named {RUN!r} would share the run's folder")
+    for subject in subjects:  # each is written to <results>/<name>/<subject>/
+        path_name(subject.id, "subject", args.data, reserved=OWN_FILES)
     recipe = RECIPES[args.recipe]
     phantom = phantom_data(profile, args.cache, args.phantom_version, recipe.appearance)
     manifest = phantom_manifest(phantom, args.phantom_version)

@@ -47,10 +47,13 @@ from reproduce.scoring import oracle, score_subject  # noqa: E402
 from tversky_keras.arguments import mirror_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
+from tversky_keras.data.names import path_name  # noqa: E402
 from tversky_keras.inference import segment_subject  # noqa: E402
 from tversky_keras.saving import load_saved_model  # noqa: E402
 
 MODEL = Path("run") / "last.keras"  # the model the table tests: the fixed budget's last
+# What --out holds beside one folder per grid.
+OWN_FILES = ("ensemble", "sim2real-grid.json", "sim2real-grid.md")
 SHOWN = ("dsc", "sensitivity", "specificity", "apr", "lesion_tpr", "lesion_fpr")
 
 
@@ -59,12 +62,16 @@ def grid_models(grids):
 
     Raises:
         ValueError: a folder is not a ``reproduce.table1`` results folder, or
-            two have the same name (their scores would share a folder).
+            two have the same name, or one a name that cannot be a folder of
+            ``--out`` (``path_name``): their scores would share a folder.
     """
     names = [Path(grid).name for grid in grids]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ValueError(f"two grid folders are named {twice[0]!r}: their scores would mix")
+    taken = {}
+    for grid, name in zip(grids, names):
+        path_name(name, f"--grid {grid}: the folder name", reserved=OWN_FILES, taken=taken)
     models = []
     for grid in map(Path, grids):
         if not (grid / "experiment.json").is_file():
@@ -267,8 +274,8 @@ def _run(args):
     started = time.perf_counter()
     out = args.out or Path("results") / ("sim2real-grid" + (
         "-mirror-" + "".join("xyz"[a] for a in args.mirror) if args.mirror else ""))
+    subjects = discover_subjects(args.data)  # which refuses ids that cannot be file names
     models = grid_models(args.grid)
-    subjects = discover_subjects(args.data)
     print(f"{len(models)} finished cells in {len(args.grid)} grid folder(s), "
           f"{len(subjects)} subjects of {args.data}", flush=True)
     rows, ensembles = score_models(models, subjects, out, args.mirror, args.ensemble)

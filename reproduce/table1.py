@@ -36,6 +36,8 @@ from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.table import assemble, seed_markdown, seed_summary, write_outputs  # noqa: E402
 from tversky_keras.arguments import finite, natural  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.data import DataError  # noqa: E402
+from tversky_keras.data.names import path_name  # noqa: E402
 from tversky_keras.training import MIXED_PRECISION  # noqa: E402
 
 def parse_cells(text):
@@ -122,10 +124,11 @@ def main(argv=None):
         parser.error(f"--poll must be positive, got {args.poll:g}")
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    if args.name is not None and (not args.name.strip() or Path(args.name).name != args.name
-                                  or args.name in (".", "..")):
-        parser.error(f"--name {args.name!r}: a folder name inside --results and --figures, "
-                     f"not a path")
+    if args.name is not None:
+        try:
+            path_name(args.name, "--name (a folder name inside --results and --figures)")
+        except DataError as error:
+            parser.error(str(error))
     if args.worker_of is not None and not 2 <= args.worker_of[0] <= args.worker_of[1]:
         parser.error("--worker-of is for the processes --workers starts")
     if args.no_wait and args.workers > 1:

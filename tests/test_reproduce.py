@@ -503,8 +503,26 @@ def test_a_missing_data_folder_is_one_line(main, argv, tmp_path, capsys):
     assert "Traceback" not in err and f"{tmp_path / 'nosuch'}" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("name", ["../../escaped", "/tmp/elsewhere", "a/b", ".."])
-def test_an_experiment_name_cannot_leave_the_results_folder(name, capsys):
+@pytest.mark.parametrize("name, problem", [
+    ("../../escaped", "it holds the path separator /"),
+    ("/tmp/elsewhere", "it is an absolute path"),
+    ("a/b", "it holds the path separator /"),
+    ("a\\b", "it holds the path separator \\"),
+    ("..", "it is the folder itself or the one above"),
+    ("", "it is empty"),
+    ("tab\there", "it holds the control character U+0009"),
+])
+def test_an_experiment_name_cannot_leave_the_results_folder(name, problem, capsys):
     with pytest.raises(SystemExit):
         table1.main(["--name", name])
-    assert "a folder name inside --results and --figures" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (f"--name (a folder name inside --results and --figures) {name!r} cannot be a file "
+            f"or folder name: {problem}") in err
+
+
+def test_an_experiment_name_with_spaces_dashes_and_dots_is_a_folder_name(monkeypatch):
+    parsed = []
+    monkeypatch.setattr(table1.report, "run_or_one_line",
+                        lambda program, run, args: parsed.append(args.name))
+    table1.main(["--name", "phantom v3.1-quick"])
+    assert parsed == ["phantom v3.1-quick"]

@@ -145,6 +145,40 @@ def test_a_phantom_of_another_generator_version_is_refused(tmp_path):
         sim2real.phantom_manifest(tmp_path, 3)
 
 
+def manifest_naming(folder, name):
+    """A manifest in ``folder`` whose one subject, ``folder/sub00``'s scans, is called ``name``."""
+    files = ",".join(f"sub00/{stem}.nii.gz" for stem in ("T1W", "T2W", "FLAIR", "consensus_gt"))
+    (folder / "m.csv").write_text(f"subject,t1,t2,flair,mask\n{name},{files}\n")
+    return folder / "m.csv"
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("../../victim", "it holds the path separator /"),
+    ("ABSOLUTE", "it is an absolute path"),
+    ("site1/p01", "it holds the path separator /"),
+    ("..", "it is the folder itself or the one above"),
+    ("run", "it is the name of the output's own 'run'"),
+    ("RUN", "it is the name of the output's own 'run'"),
+    ("settings.json", "it is the name of the output's own 'settings.json'"),
+])
+def test_a_subject_name_that_cannot_be_a_results_folder_is_refused_before_any_work(
+        name, problem, tmp_path, capsys):
+    write_tiny_subjects(tmp_path / "data", n=1)
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "mask.nii.gz").write_text("the user's own file")
+    name = str(tmp_path / "victim") if name == "ABSOLUTE" else name
+    manifest = manifest_naming(tmp_path / "data", name)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    results = tmp_path / "deep" / "results"   # ../../victim from its experiment's folder
+    assert sim2real.main(["--data", str(manifest), "--profile", "smoke", "--results",
+                          str(results), "--cache", str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err
+    assert f"{manifest}: " in err and f"subject {name!r} cannot be a file or folder name: " \
+        f"{problem}" in err and err.count("\n") == 1
+    # Nothing written, in --results or out of it, and no phantom made: no work began.
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
 def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--seed", "3"]) == 0

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -136,3 +137,68 @@ def test_each_row_as_an_ensemble_is_the_average_of_its_models(grids, capsys):
     assert sim2real_grid.main(command + ["--ensemble"]) == 0
     printed = capsys.readouterr().out
     assert "ensemble of" not in printed and "] phantom-v3-smoke" not in printed
+
+
+def subject_named(folder, name):
+    """A manifest in ``folder`` whose one subject, tiny scans of ``folder/scans``, is ``name``."""
+    write_tiny_subjects(folder / "scans", n=1)
+    files = ",".join(f"scans/sub00/{stem}.nii.gz"
+                     for stem in ("T1W", "T2W", "FLAIR", "consensus_gt"))
+    (folder / "m.csv").write_text(f"subject,t1,t2,flair,mask\nsub01,{files}\n{name},{files}\n")
+    return folder / "m.csv"
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("../../victim", "it holds the path separator /"),
+    ("ABSOLUTE", "it is an absolute path"),
+    ("site1/p01", "it holds the path separator /"),
+    ("..", "it is the folder itself or the one above"),
+    ("SUB01", "it collides with line 2: subject 'sub01'"),
+])
+def test_a_subject_name_that_cannot_be_a_score_file_is_refused_before_any_work(
+        name, problem, tmp_path, capsys):
+    name = str(tmp_path / "victim") if name == "ABSOLUTE" else name
+    manifest = subject_named(tmp_path / "data", name)
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "experiment.json").write_text("{}")
+    before = sorted(tmp_path.rglob("*"))
+    assert sim2real_grid.main(["--data", str(manifest), "--grid", str(tmp_path / "grid"),
+                               "--out", str(tmp_path / "deep" / "out")]) == 1
+    err = capsys.readouterr().err
+    assert (f"{manifest}: line 3: subject {name!r} cannot be a file or folder name: {problem}"
+            in err and err.count("\n") == 1)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("grids_named, problem", [
+    (("results/Grid", "other/grid"), "--grid {1}: the folder name 'grid' cannot be a file or "
+                                     "folder name: it collides with --grid {0}"),
+    (("ensemble",), "--grid {0}: the folder name 'ensemble' cannot be a file or folder name: "
+                    "it is the name of the output's own 'ensemble'"),
+    (("results/sub/..",), "--grid {0}: the folder name '..' cannot be a file or folder name"),
+])
+def test_a_grid_folder_name_that_cannot_be_a_folder_of_out_is_refused(
+        grids_named, problem, tmp_path, capsys):
+    write_tiny_subjects(tmp_path / "data", n=1)
+    grids = [tmp_path / name for name in grids_named]
+    for grid in grids:
+        grid.mkdir(parents=True, exist_ok=True)
+        (grid / "experiment.json").write_text("{}")   # else refused as no results folder
+    assert sim2real_grid.main(["--data", str(tmp_path / "data"), "--grid", *map(str, grids),
+                               "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert problem.format(*grids) in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_subject_name_with_spaces_dashes_and_dots_is_scored_under_it(grids, tmp_path):
+    root, folders, _, _ = grids
+    shutil.copytree(root / "data" / "sub00", tmp_path / "data" / "site 1-p.01")
+    out = tmp_path / "out"
+    assert sim2real_grid.main(["--data", str(tmp_path / "data"), "--grid", str(folders[0]),
+                               "--out", str(out)]) == 0
+    scores = sorted(p.relative_to(out) for p in out.rglob("*.json"))
+    assert scores == sorted([Path("sim2real-grid.json")] + [
+        Path(folders[0].name, row, fold, "site 1-p.01.json")
+        for row, fold in (("a0.5_b0.5", "fold0"), ("a0.1_b0.9", "fold0"), ("a0.1_b0.9", "fold1"))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]

@@ -188,6 +188,82 @@ def test_bad_data_sets_raise_data_error_naming_the_file(tmp_path, rng, make, pro
     assert name in str(error.value)
 
 
+# Subject ids that would write outside an output folder, or onto another subject's files.
+UNSAFE_IDS = [
+    ("../../victim", "it holds the path separator /"),
+    ("/tmp/victim", "it is an absolute path"),
+    ("site1/p01", "it holds the path separator /"),
+    ("site1\\p01", "it holds the path separator \\"),
+    ("..", "it is the folder itself or the one above"),
+    (".", "it is the folder itself or the one above"),
+    ("C:victim", "it names the drive C:"),
+    ("p\t01", "it holds the control character U+0009"),
+    ("x", "it collides with line 2: subject 'x'"),  # case ignored, as on macOS
+    ("X", "it collides with line 2: subject 'x'"),
+    ("x ", "it collides with line 2: subject 'x'"),  # cells are stripped: a duplicate
+    ("p\u200b01", "it holds the control character U+200B"),
+]
+
+
+@pytest.mark.parametrize("name, problem", UNSAFE_IDS)
+def test_a_manifest_id_that_cannot_be_a_folder_name_is_refused_naming_its_line(
+        tmp_path, rng, name, problem):
+    write_subject(tmp_path / "x", rng)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(HEADER + ROW_X + ROW_X.replace("x,", f"{name},", 1), newline="")
+    with pytest.raises(DataError) as error:
+        discover_subjects(manifest)
+    message = str(error.value)
+    if name.strip() == "x":
+        assert message == f"{manifest}: duplicate subject id x"
+    else:
+        assert message.startswith(f"{manifest}: line 3: subject {name!r} cannot be a file or "
+                                  f"folder name: {problem}")
+        assert "\n" not in message
+
+
+def test_an_empty_manifest_id_names_its_line(tmp_path, rng):
+    write_subject(tmp_path / "x", rng)
+    (tmp_path / "m.csv").write_text(HEADER + ROW_X + ROW_X.replace("x,", "  ,", 1))
+    with pytest.raises(DataError, match="m.csv: line 3 has an empty subject id"):
+        discover_subjects(tmp_path / "m.csv")
+
+
+def test_ids_that_only_the_cache_s_sanitising_tells_apart_collide(tmp_path, rng):
+    write_subject(tmp_path / "x", rng)
+    rows = "".join(ROW_X.replace("x,", f"{name},", 1) for name in ("p 01", "p_01"))
+    (tmp_path / "m.csv").write_text(HEADER + rows)
+    with pytest.raises(DataError, match="line 3: subject 'p_01' .* collides with line 2: "
+                                        "subject 'p 01'"):
+        discover_subjects(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("names, problem", [
+    (("P01", "p01"), "subject folder 'p01' cannot be a file or folder name: it collides with "
+                     "subject folder 'P01'"),
+    (("a\\b",), "subject folder 'a\\\\b' cannot be a file or folder name: it holds the path "
+                "separator \\"),
+    (("a\x7fb",), "subject folder 'a\\x7fb' cannot be a file or folder name: it holds the "
+                 "control character U+007F"),
+])
+def test_subject_folders_that_cannot_be_output_folders_are_refused(tmp_path, rng, names, problem):
+    for name in names:
+        write_subject(tmp_path / name, rng)
+    with pytest.raises(DataError) as error:
+        discover_subjects(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path}: {problem}")
+
+
+def test_names_with_spaces_dashes_and_dots_are_kept_as_they_are(tmp_path, rng):
+    write_subject(tmp_path / "data" / "site 1-p.01", rng)
+    (subject,) = discover_subjects(tmp_path / "data")
+    assert subject.id == "site 1-p.01"
+    (tmp_path / "m.csv").write_text(HEADER + ROW_X.replace("x/", "data/site 1-p.01/")
+                                    .replace("x,", "Site 2 - p.02 (rescan),", 1))
+    (subject,) = discover_subjects(tmp_path / "m.csv")
+    assert subject.id == "Site 2 - p.02 (rescan)"
+
+
 def test_unknown_modality_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="modalities must be distinct names from"):
         discover_subjects(tmp_path, modalities=("FLAIR", "PD"))

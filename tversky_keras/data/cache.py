@@ -28,7 +28,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import numpy as np
 from tversky_keras.data.errors import DataError
 from tversky_keras.data.grid import Geometry, GridMapping
 from tversky_keras.data.io import MODALITIES, check_modalities
+from tversky_keras.data.names import portable_name
 from tversky_keras.data.normalize import normalize_method
 from tversky_keras.data.subjects import Volume, load_subject
 
@@ -95,8 +95,7 @@ def _settings(modalities, target_spacing, target_shape, multiple_of, normalize):
 
 
 def entry_folder(cache_dir, subject, settings):
-    safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", subject.id)[:80]
-    return Path(cache_dir) / f"{safe_id}-{cache_key(subject, settings)}"
+    return Path(cache_dir) / f"{portable_name(subject.id)[:80]}-{cache_key(subject, settings)}"
 
 
 def cached_subject(

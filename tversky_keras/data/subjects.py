@@ -10,6 +10,7 @@ import numpy as np
 from tversky_keras.data.errors import DataError
 from tversky_keras.data.grid import Geometry, check_same_grid, to_grid
 from tversky_keras.data.io import MODALITIES, binary_mask, check_modalities, read_nifti
+from tversky_keras.data.names import path_name
 from tversky_keras.data.normalize import normalize_method, normalize_in_brain
 
 MASK_NAME = "consensus_gt"
@@ -111,7 +112,9 @@ def discover_subjects(root, modalities=MODALITIES, require_mask=True):
 
     Raises:
         DataError: ``root`` is missing or holds no subjects, a subject lacks a
-            file, the manifest lacks columns, or a subject id repeats.
+            file, the manifest lacks columns, a subject id repeats, or a subject id
+            cannot be a folder name of its own (``path_name``): the commands write
+            each subject under its id.
     """
     modalities = check_modalities(modalities)
     root = Path(root)
@@ -121,11 +124,11 @@ def discover_subjects(root, modalities=MODALITIES, require_mask=True):
         subjects = _subjects_from_manifest(root, modalities, require_mask)
     else:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        subjects = [
-            subject_from_folder(folder, modalities, require_mask)
-            for folder in folders
-            if _holds_scans(folder)
-        ]
+        folders = [folder for folder in folders if _holds_scans(folder)]
+        taken = {}
+        for folder in folders:
+            path_name(folder.name, "subject folder", root, taken=taken)
+        subjects = [subject_from_folder(folder, modalities, require_mask) for folder in folders]
     if not subjects:
         raise DataError(root, "no subjects found; looked for " + "; ".join(LAYOUTS))
     return sorted(subjects, key=lambda s: s.id)
@@ -174,12 +177,13 @@ def subject_from_folder(folder, modalities=MODALITIES, require_mask=True):
 def _subjects_from_manifest(manifest, modalities, require_mask):
     try:
         with open(manifest, newline="") as file:
-            lines = [[cell.strip() for cell in line] for line in csv.reader(file)]
+            reader = csv.reader(file)
+            lines = [(reader.line_num, [cell.strip() for cell in line]) for line in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(manifest, f"cannot read the manifest ({error})") from error
-    lines = [line for line in lines if any(line)]  # blank lines
-    columns = [c.lower() for c in lines[0]] if lines else []
-    rows = [dict(zip(columns, line)) for line in lines[1:]]
+    lines = [(number, line) for number, line in lines if any(line)]  # blank lines
+    columns = [c.lower() for c in lines[0][1]] if lines else []
+    rows = [(number, dict(zip(columns, line))) for number, line in lines[1:]]
     needed = ["subject", *(MANIFEST_COLUMNS[m] for m in modalities)]
     needed += ["mask"] if require_mask else []
     missing = [c for c in needed if c not in columns]
@@ -199,22 +203,22 @@ def _subjects_from_manifest(manifest, modalities, require_mask):
             )
         return path
 
-    subjects, seen = [], set()
-    for row in rows:
+    seen, taken = set(), {}  # every name is checked before any file
+    for number, row in rows:
         if not row.get("subject"):
-            raise DataError(manifest, "a row has an empty subject id")
+            raise DataError(manifest, f"line {number} has an empty subject id")
         if row["subject"] in seen:
             raise DataError(manifest, f"duplicate subject id {row['subject']}")
-        seen.add(row["subject"])
-        subjects.append(
-            Subject(
-                id=row["subject"],
-                images={m: file(row, MANIFEST_COLUMNS[m], True) for m in modalities},
-                mask=file(row, "mask", require_mask),
-                brainmask=file(row, "brainmask", False),
-            )
+        seen.add(path_name(row["subject"], f"line {number}: subject", manifest, taken=taken))
+    return [
+        Subject(
+            id=row["subject"],
+            images={m: file(row, MANIFEST_COLUMNS[m], True) for m in modalities},
+            mask=file(row, "mask", require_mask),
+            brainmask=file(row, "brainmask", False),
         )
-    return subjects
+        for _, row in rows
+    ]
 
 
 def _check_same_grid(reference, reference_image, path, image):
