@@ -329,3 +329,42 @@ def test_evaluate_inside_a_brain_mask_counts_only_its_voxels(scan_pair, tmp_path
     nib.save(nib.Nifti1Image(brain[:-1], affine), tmp_path / "brain.nii.gz")
     assert main(command) == 1
     assert "brain.nii.gz has shape" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_challenge_metrics_in_millimetres(tmp_path, capsys):
+    # One true voxel and one predicted voxel a z-step away, voxels of 2 x 2 x 3 mm:
+    # each is its own surface, so every surface distance is 3 mm (HD95 = ASSD = 3);
+    # no overlap: DSC = nDSC = lesion F1 = 0; each lesion is 12 mm^3 = 0.012 mL.
+    truth, prediction = np.zeros((8, 8, 8), np.uint8), np.zeros((8, 8, 8), np.float32)
+    truth[3, 3, 3], prediction[3, 3, 4] = 1, 1.0
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(truth, affine), tmp_path / "truth.nii.gz")
+    nib.save(nib.Nifti1Image(prediction, affine), tmp_path / "prediction.nii.gz")
+    command = ["evaluate", "--prediction", str(tmp_path / "prediction.nii.gz"),
+               "--truth", str(tmp_path / "truth.nii.gz")]
+    assert main(command + ["--overlap", "iou"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["hd95_mm"] == pytest.approx(3.0) and result["assd_mm"] == pytest.approx(3.0)
+    assert result["dsc"] == result["ndsc"] == result["lesion_f1"] == 0.0
+    assert (result["lesion_fp"], result["lesion_fn"]) == (1, 1)
+    assert result["volume_true_ml"] == pytest.approx(0.012)
+    assert result["volume_difference_ml"] == pytest.approx(0.0)
+    assert (result["lesion_overlap"], result["lesion_min_overlap"]) == ("iou", 0.25)
+    # The prediction moved onto the truth: everything agrees.
+    prediction[3, 3, 4], prediction[3, 3, 3] = 0.0, 1.0
+    nib.save(nib.Nifti1Image(prediction, affine), tmp_path / "prediction.nii.gz")
+    assert main(command) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["hd95_mm"] == 0.0 and result["ndsc"] == result["lesion_f1"] == 1.0
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--overlap", "fraction"], "--overlap fraction needs --min-overlap"),
+    (["--min-overlap", "0.5"], "--overlap any .* takes none"),
+    (["--overlap", "iou", "--min-overlap", "1.5"], "min_overlap must be a number in \\(0, 1\\]"),
+])
+def test_evaluate_refuses_an_overlap_rule_without_its_threshold(scan_pair, capsys, options,
+                                                                 message):
+    _, _, prediction = scan_pair
+    assert main(prediction() + options) == 1
+    assert re.search(message, capsys.readouterr().err)

@@ -151,6 +151,12 @@ def build_parser():
     evaluate.add_argument("--brain", type=Path, default=None,
                           help="count only the voxels inside this mask (e.g. the brain mask), "
                                "so that specificity is the brain's")
+    evaluate.add_argument("--overlap", choices=("any", "fraction", "iou"), default="any",
+                          help="when a predicted lesion detects a true one, for the lesion F1: "
+                               "any voxel in common (default), a --min-overlap fraction of each "
+                               "(MSSEG-style), or IoU >= --min-overlap (Shifts; default 0.25)")
+    evaluate.add_argument("--min-overlap", type=finite, default=None,
+                          help="the fraction (or IoU) of --overlap fraction / iou")
     return parser
 
 
@@ -301,10 +307,16 @@ def run_predict(args):
 def run_evaluate(args):
     from tversky_keras.data.grid import check_same_grid
     from tversky_keras.data.io import binary_mask, read_nifti
-    from tversky_keras.evaluation import lesion_metrics
+    from tversky_keras.evaluation import challenge_metrics, lesion_metrics
     from tversky_keras.inference import check_threshold
 
     check_threshold(args.threshold)
+    if args.overlap == "fraction" and args.min_overlap is None:
+        raise ValueError("--overlap fraction needs --min-overlap: the fraction in (0, 1] of a "
+                         "lesion that must overlap the other mask")
+    if args.overlap == "any" and args.min_overlap is not None:
+        raise ValueError("--min-overlap is the threshold of --overlap fraction or iou; "
+                         "--overlap any (the default) takes none")
     truth_data, truth_image = read_nifti(args.truth)
     truth = binary_mask(truth_data, args.truth)
     prediction, prediction_image = read_nifti(args.prediction)
@@ -320,6 +332,11 @@ def run_evaluate(args):
         if not brain.any():
             raise ValueError(f"{args.brain}: the mask is empty: no voxel to score")
     result = lesion_metrics(truth, prediction, threshold=args.threshold, mask=brain)
+    # The challenges' metrics after the paper's; the lesion counts they share agree.
+    spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
+    result.update(challenge_metrics(truth, prediction, spacing, threshold=args.threshold,
+                                    overlap=args.overlap, min_overlap=args.min_overlap,
+                                    mask=brain))
     print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
 
 
