@@ -5,8 +5,10 @@ Layout (nnU-Net style, navigable without docs)::
     results/<experiment>/experiment.json           profile, data, split, seed
     results/<experiment>/<row>/fold<k>/run/        the training run (tversky_keras.training)
     results/<experiment>/<row>/fold<k>/test/<id>.npz   test probabilities, truth, brain, FLAIR
-                                                   in the scan's own voxels (canonical order)
-    results/<experiment>/<row>/fold<k>/metrics.json    per-subject test metrics
+                                                   in the scan's own voxels (canonical order),
+                                                   and their voxel size in mm (spacing)
+    results/<experiment>/<row>/fold<k>/metrics.json    per-subject test metrics: the paper's
+                                                   and the MS challenges' (challenge_scores)
     results/<experiment>/<row>/fold<k>/done.json       written last: the cell is finished
     results/<experiment>/<row>/fold<k>/claim.<g>.json  while a process runs the cell
 
@@ -23,11 +25,13 @@ import time
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 
 from tversky_keras.atomic import atomic_path, write_json
 from tversky_keras.data import discover_subjects, load_subject
-from tversky_keras.evaluation import lesion_metrics
+from tversky_keras.data.grid import Geometry
+from tversky_keras.evaluation import challenge_metrics, lesion_metrics
 from tversky_keras.inference import segment_subject
 from tversky_keras.run_folder import log_dataframe
 from tversky_keras.training import TrainConfig, train
@@ -36,6 +40,8 @@ ROWS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
 FOLDS = (0, 1)
 METRICS = ("dsc", "sensitivity", "specificity", "f2", "apr")
 TEST_ARRAYS = ("probability", "label", "brain", "flair")
+# A true lesion is found when any of its voxels is predicted, as the paper's lesion TPR counts it.
+CHALLENGE_OVERLAP = "any"
 
 # Table 1 of Salehi et al. 2017 (test set, percent), from ../shared/PAPER.md.
 PAPER_TABLE1 = {
@@ -131,6 +137,16 @@ SIM2REAL_PROFILES = {
 }
 
 
+def challenge_scores(truth, probability, spacing, brain):
+    """The MS challenges' metrics of one scan or a list (``challenge_metrics``), as the
+    paper's are measured: at probability 0.5, inside the brain, lesion overlap "any".
+
+    ``spacing``: the voxel size in mm along the arrays' axes (one per volume for a list).
+    """
+    return challenge_metrics(truth, probability, spacing, threshold=0.5,
+                             overlap=CHALLENGE_OVERLAP, mask=brain)
+
+
 def row_name(alpha, beta):
     return f"a{alpha:g}_b{beta:g}"
 
@@ -176,6 +192,25 @@ def test_arrays(path, names=TEST_ARRAYS):
     if "probability" in arrays:
         arrays["probability"] = arrays["probability"].astype(np.float32)
     return arrays
+
+
+def test_spacing(path, subject=None):
+    """The voxel size in mm (canonical axes) of a test file's arrays, or ``None`` if unknown.
+
+    Cells written before the spacing was saved in the file fall back on the
+    subject's scan (its NIfTI header, as ``load_subject`` reads it); with no
+    readable scan the spacing is unknown.
+    """
+    with np.load(path) as data:
+        if "spacing" in data:
+            return tuple(float(s) for s in data["spacing"])
+    if subject is None:
+        return None
+    try:
+        image = nib.load(next(iter(subject.images.values())))
+    except (OSError, StopIteration, nib.filebasedimages.ImageFileError):
+        return None
+    return Geometry.from_image(image).spacing
 
 
 def final_training_loss(cell):
@@ -280,11 +315,16 @@ class Experiment:
             brain = scan.brain
             flair = scan.image[..., list(config.modalities).index("FLAIR")] \
                 if "FLAIR" in config.modalities else scan.image[..., -1]
+            spacing = scan.geometry.spacing  # along the canonical axes, as the arrays
             with atomic_path(test_file(cell, subject_id)) as temporary:
                 np.savez_compressed(temporary, probability=prob.astype(np.float16), label=label,
-                                    brain=brain, flair=flair.astype(np.float16))
+                                    brain=brain, flair=flair.astype(np.float16),
+                                    spacing=np.asarray(spacing, float))
             scores = lesion_metrics(label, prob, threshold=0.5, mask=brain)
             scores["lesion_density"] = float(label[brain].mean())
+            # The probability as saved (float16), so the table recomputes the same values.
+            scores.update(challenge_scores(label, prob.astype(np.float16).astype(np.float32),
+                                           spacing, brain))
             per_subject[subject_id] = scores
         write_json(per_subject, cell / "metrics.json")
         done = {"seconds": round(time.perf_counter() - started, 1),

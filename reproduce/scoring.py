@@ -4,11 +4,15 @@
 metrics at probability ``THRESHOLD``, and the best single threshold on the
 subject's brain z-scored FLAIR chosen with the answer known
 (``tversky_keras.evaluation.best_threshold_dsc``), which a network must beat to
-have learnt more than one number.
+have learnt more than one number. The MS challenges' metrics
+(``reproduce.experiment.challenge_scores``: nDSC, lesion F1, HD95, ASSD,
+volumes) come with them, at the voxel size of the scan's file.
 """
 
+import nibabel as nib
 import numpy as np
 
+from reproduce.experiment import challenge_scores
 from tversky_keras.data import from_grid, load_subject, zscore_in_brain
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics
 
@@ -34,6 +38,12 @@ def scan_reference(subject):
     return native(volume.label, 0).astype(bool), native(volume.brain, 0), native(flair, 1)
 
 
+def scan_spacing(subject):
+    """The voxel size in mm along the file's own axes (its NIfTI zooms), as ``scan_reference``'s
+    arrays are stored; the FLAIR's, which every other scan of the subject shares."""
+    return tuple(float(z) for z in nib.load(subject.images["FLAIR"]).header.get_zooms()[:3])
+
+
 def oracle(subject):
     """Truth and brain of a subject (``scan_reference``) and its FLAIR-threshold
     oracle: ``(truth, brain, best DSC, its FLAIR z threshold)``."""
@@ -42,12 +52,15 @@ def oracle(subject):
 
 
 def score_subject(subject, probability, reference=None):
-    """Our metrics at ``THRESHOLD`` and the FLAIR-threshold oracle, inside the brain.
+    """Our metrics at ``THRESHOLD``, the FLAIR-threshold oracle and the challenge metrics
+    (``challenge_scores``, at ``scan_spacing``), inside the brain.
 
     ``reference``: the subject's ``oracle``, when already computed."""
     truth, brain, oracle_dsc, oracle_threshold = reference or oracle(subject)
     ours = lesion_metrics(truth, probability, threshold=THRESHOLD, mask=brain)
+    spacing = scan_spacing(subject)
     return {**{m: ours[m] for m in REPORTED}, "f2": ours["f2"], "apr": ours["apr"],
             "threshold_dsc": oracle_dsc, "threshold_flair_z": oracle_threshold,
             "lesion_voxels": int(np.count_nonzero(truth & brain)),
-            "n_true_lesions": ours["n_true_lesions"], "n_pred_lesions": ours["n_pred_lesions"]}
+            "n_true_lesions": ours["n_true_lesions"], "n_pred_lesions": ours["n_pred_lesions"],
+            **challenge_scores(truth, probability, spacing, brain), "spacing_mm": list(spacing)}

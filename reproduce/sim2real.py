@@ -49,6 +49,7 @@ from reproduce.experiment import PROFILES, SIM2REAL_PROFILES, row_name  # noqa: 
 from reproduce import report  # noqa: E402
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.scoring import THRESHOLD, score_subject  # noqa: E402
+from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import finite, mirror_option, natural  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
@@ -65,6 +66,9 @@ DEFAULT_PENALTIES = (0.3, 0.7)
 RUN = "run"
 # What a results folder holds beside its subjects' folders.
 OWN_FILES = (RUN, "settings.json", "sim2real.json", "sim2real.md")
+# The MS challenges' metrics the tables show (every one is in the JSON; reproduce.scoring).
+CHALLENGE_SHOWN = ("ndsc", "lesion_f1", "hd95_mm", "abs_volume_difference_ml")
+CHALLENGE_HEAD = ["nDSC", "lesion F1", "HD95 mm", "|volume difference| mL"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,16 +186,26 @@ def segment_all(model, subjects, root, about, mirror_axes=()):
 
 
 def subjects_markdown(scores):
-    """Ours vs the oracle per subject, in percent, and the mean over subjects."""
+    """Ours vs the oracle per subject, in percent, then the challenge metrics ("n/a" for
+    a subject scored before they existed), and the mean over subjects."""
     head = ["subject", "lesion voxels", "DSC ours", "DSC FLAIR-threshold oracle", "sensitivity",
-            "specificity", "lesion TPR", "lesion FPR"]
+            "specificity", "lesion TPR", "lesion FPR"] + CHALLENGE_HEAD
     keys = ("dsc", "threshold_dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr")
     rows = [[subject_id, s["lesion_voxels"]] + [report.percent(s[k]) for k in keys]
+            + [challenge_value(k, s.get(k)) for k in CHALLENGE_SHOWN]
             for subject_id, s in sorted(scores.items())]
     if len(scores) > 1:
         rows.append(["mean", ""] + [report.percent(np.mean([s[k] for s in scores.values()]))
-                                    for k in keys])
+                                    for k in keys]
+                    + [challenge_value(k, _mean_of_all(scores.values(), k))
+                       for k in CHALLENGE_SHOWN])
     return report.markdown_table(head, rows)
+
+
+def _mean_of_all(scores, key):
+    """The mean of ``key`` over ``scores``; ``None`` when one of them lacks it."""
+    values = [s.get(key) for s in scores]
+    return None if None in values else float(np.mean(values))
 
 
 def phantom_voxel_size(text):
@@ -420,6 +434,11 @@ def seed_summary(runs):
             **{key: {"mean": float(np.mean([s[key] for s in scores])),
                      "std": float(np.std([s[key] for s in scores])),
                      "values": [float(s[key]) for s in scores]} for key in SUMMARISED},
+            # Scores written before the challenge metrics existed have none to summarise.
+            **{key: ({"mean": float(np.mean([s[key] for s in scores])),
+                      "std": float(np.std([s[key] for s in scores])),
+                      "values": [float(s[key]) for s in scores]}
+                     if all(key in s for s in scores) else None) for key in CHALLENGE_SHOWN},
             "threshold_dsc": float(scores[0]["threshold_dsc"]),
             "lesion_voxels": int(scores[0]["lesion_voxels"]),
             "above_oracle": int(sum(s["dsc"] > s["threshold_dsc"] for s in scores))}
@@ -443,10 +462,11 @@ def seed_summary(runs):
 
 def seed_markdown(summary):
     """Per subject: mean ± std over seeds of our DSC (and how many seeds beat the oracle),
-    the oracle, sensitivity, specificity, F2, APR and lesion-wise TPR / FPR."""
+    the oracle, sensitivity, specificity, F2, APR, lesion-wise TPR / FPR and the challenge
+    metrics (n/a where a seed's scores lack them)."""
     head = ["subject", "lesion voxels", "DSC ours", "seeds above oracle",
             "DSC FLAIR-threshold oracle", "sensitivity", "specificity", "F2", "APR",
-            "lesion TPR", "lesion FPR"]
+            "lesion TPR", "lesion FPR"] + CHALLENGE_HEAD
     n = len(summary["seeds"])
 
     def cell(value):
@@ -456,6 +476,8 @@ def seed_markdown(summary):
              report.percent(s["threshold_dsc"])]
             + [cell(s[k]) for k in ("sensitivity", "specificity", "f2", "apr", "lesion_tpr",
                                     "lesion_fpr")]
+            + [challenge_mean_std(k, *((s[k]["mean"], s[k]["std"]) if s.get(k) else (None, None)))
+               for k in CHALLENGE_SHOWN]
             for subject_id, s in sorted(summary["subjects"].items())]
     return report.markdown_table(head, rows)
 

@@ -44,6 +44,8 @@ import numpy as np  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
 from reproduce.scoring import oracle, score_subject  # noqa: E402
+from reproduce.sim2real import CHALLENGE_HEAD, CHALLENGE_SHOWN  # noqa: E402
+from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import mirror_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
@@ -175,7 +177,10 @@ def score_models(models, subjects, out, mirror_axes=(), ensemble=False):
 
 
 def summarise(rows):
-    """Mean, standard deviation and count over each row's models, per subject."""
+    """Mean, standard deviation and count over each row's models, per subject.
+
+    A challenge metric is ``None`` for a row where a model's score was written
+    before the challenge metrics existed (scores are never rewritten)."""
     summary = {}
     for (alpha, beta), by_subject in rows.items():
         for subject_id, scores in by_subject.items():
@@ -185,11 +190,19 @@ def summarise(rows):
                      "lesion_voxels": scores[0]["lesion_voxels"]}
             for key in SHOWN:
                 values = np.array([s[key] for s in scores], dtype=float)
-                entry[key] = {"mean": float(np.mean(values)),
-                              "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                              "values": values.tolist()}
+                entry[key] = _spread(values)
+            for key in CHALLENGE_SHOWN:
+                entry[key] = (_spread(np.array([s[key] for s in scores], dtype=float))
+                              if all(key in s for s in scores) else None)
             summary.setdefault(subject_id, {})[row_name(alpha, beta)] = entry
     return summary
+
+
+def _spread(values):
+    """Mean, sample standard deviation (0 for one value) and the values themselves."""
+    return {"mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "values": values.tolist()}
 
 
 def ensemble_summary(ensembles):
@@ -201,7 +214,7 @@ def ensemble_summary(ensembles):
 
 
 HEAD = ["penalties", "models", "DSC", "sensitivity", "specificity", "APR", "lesion TPR",
-        "lesion FPR", "above the oracle"]
+        "lesion FPR", "above the oracle"] + CHALLENGE_HEAD
 
 
 def _alpha(row):
@@ -230,7 +243,8 @@ def ensemble_markdown(summary):
                                    f"(FLAIR-threshold oracle DSC "
                                    f"{report.percent(entry['threshold_dsc'])})"),
         lambda entry: [*[report.percent(entry[k]) for k in SHOWN],
-                       "yes" if entry["dsc"] > entry["threshold_dsc"] else "no"])
+                       "yes" if entry["dsc"] > entry["threshold_dsc"] else "no",
+                       *[challenge_value(k, entry.get(k)) for k in CHALLENGE_SHOWN]])
 
 
 def markdown(summary):
@@ -242,7 +256,10 @@ def markdown(summary):
                                    f"{report.percent(entry['threshold_dsc'])})"),
         lambda entry: [*[f"{report.percent(entry[k]['mean'])} ± "
                          f"{report.percent(entry[k]['std'])}" for k in SHOWN],
-                       f"{entry['above_oracle']} of {entry['models']}"])
+                       f"{entry['above_oracle']} of {entry['models']}",
+                       *[challenge_mean_std(k, *((entry[k]["mean"], entry[k]["std"])
+                                                 if entry[k] else (None, None)))
+                         for k in CHALLENGE_SHOWN]])
 
 
 def build_parser():

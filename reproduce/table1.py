@@ -33,7 +33,8 @@ from reproduce.experiment import FOLDS, PROFILES, ROWS, Experiment, row_name  # 
 from reproduce.grid import (cell_name, cpu_cores, run_grid, share_the_cores,  # noqa: E402
                             start_workers, stopping_helpers)
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
-from reproduce.table import assemble, seed_markdown, seed_summary, write_outputs  # noqa: E402
+from reproduce.table import (assemble, challenge_seed_csv, challenge_seed_markdown,  # noqa: E402
+                             challenge_seed_summary, seed_markdown, seed_summary, write_outputs)
 from tversky_keras.arguments import finite, natural  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import DataError  # noqa: E402
@@ -216,7 +217,12 @@ def _lead(args, profile, data, base, workers, helpers, started):
         text = seed_markdown(summary)
         write_text(args.results / f"{base}-seeds.md", text + "\n")
         # Each seed's cells' own times (a rerun that only assembles keeps them).
-        write_json({"rows": summary, "cell_seconds": cell_seconds,
+        challenge = challenge_seed_summary(tables)
+        write_text(args.results / f"{base}-seeds-challenge.md",
+                   "# The MS challenges' metrics over seeds (mean ± std of each seed's pooled "
+                   "value)\n\n" + challenge_seed_markdown(challenge) + "\n")
+        write_text(args.results / f"{base}-seeds-challenge.csv", challenge_seed_csv(challenge))
+        write_json({"rows": summary, "challenge_rows": challenge, "cell_seconds": cell_seconds,
                     "made": report.provenance(time.perf_counter() - started)},
                    args.results / f"{base}-seeds.json")
         print(f"\nover {args.seeds} seeds (mean ± std of the pooled metrics)\n\n{text}")

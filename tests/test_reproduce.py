@@ -10,16 +10,20 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from processes import assert_sigterm_stops_the_child
 from reproduce import sim2real, table1
+from reproduce import table as table_module
 from reproduce.table import (assemble, markdown_table, per_fold_table, seed_markdown, seed_summary,
                              table_csv)
 from tversky_keras import claims
 from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, two_fold_split
 from reproduce.phantoms import phantom_folder
+from tversky_keras.data import discover_subjects
+from tversky_keras.evaluation import challenge_metrics
 
 
 @pytest.mark.parametrize("n", [2, 3, 15])
@@ -526,3 +530,108 @@ def test_an_experiment_name_with_spaces_dashes_and_dots_is_a_folder_name(monkeyp
                         lambda program, run, args: parsed.append(args.name))
     table1.main(["--name", "phantom v3.1-quick"])
     assert parsed == ["phantom v3.1-quick"]
+
+
+def assert_same_scores(saved, expected):
+    """Every key of ``expected`` (a ``challenge_metrics`` dict) in ``saved``, nan equal to nan."""
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert saved[key] == pytest.approx(value, nan_ok=True, rel=1e-9, abs=1e-12), key
+        else:
+            assert saved[key] == value, key
+
+
+def saved_test_arrays(cell):
+    """``[(subject id, label, probability, brain, spacing)]`` read straight from the npz files."""
+    out = []
+    for path in sorted((cell / "test").glob("*.npz")):
+        with np.load(path) as data:
+            out.append((path.stem, data["label"], data["probability"].astype(np.float32),
+                        data["brain"], tuple(data["spacing"])))
+    return out
+
+
+def test_cells_and_table1_carry_the_challenge_metrics_of_the_saved_arrays(smoke_run):
+    root, _ = smoke_run
+    folder = root / "results" / "phantom-v3-smoke"
+    table = json.loads((folder / "table1.json").read_text())
+    assert table["challenge_overlap"] == "any" and table["challenge_unscored_cells"] == []
+    row = table["rows"][ROWS.index((0.3, 0.7))]
+    scans = {s.id: s for s in discover_subjects(phantom_folder(table1.PROFILES["smoke"],
+                                                               root / "cache"))}
+    arrays = []
+    for fold in (0, 1):
+        cell = folder / "a0.3_b0.7" / f"fold{fold}"
+        saved = json.loads((cell / "metrics.json").read_text())
+        for subject_id, label, prob, brain, spacing in saved_test_arrays(cell):
+            # The spacing is the scan's voxel size (the 4-mm smoke phantom's NIfTI zooms).
+            image = nib.load(scans[subject_id].images["FLAIR"])
+            assert sorted(spacing) == sorted(image.header.get_zooms()[:3])
+            expected = challenge_metrics(label, prob, spacing, threshold=0.5, overlap="any",
+                                         mask=brain)
+            assert_same_scores(saved[subject_id], expected)
+            expected.pop("volume_correlation")   # defined across volumes only, not per volume
+            assert_same_scores(row["challenge"]["subjects"][subject_id], expected)
+            arrays.append((label, prob, brain, spacing))
+    pooled = challenge_metrics(*[[a[i] for a in arrays] for i in range(2)],
+                               [a[3] for a in arrays], threshold=0.5, overlap="any",
+                               mask=[a[2] for a in arrays])
+    pooled.pop("per_volume")
+    assert_same_scores(row["challenge"]["pooled"], pooled)
+    with open(folder / "table1-challenge.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and float(rows[ROWS.index((0.3, 0.7))]["ndsc_pooled"]) == \
+        pytest.approx(pooled["ndsc"])
+    assert (folder / "table1-challenge.md").read_text().count("| a=") == 5
+
+
+def test_the_challenge_seeds_table_is_numpys_mean_and_std_over_the_seeds(smoke_run):
+    root, _ = smoke_run
+    results = root / "results"
+    tables = [json.loads((results / name / "table1.json").read_text())
+              for name in ("phantom-v3-smoke", "phantom-v3-smoke-seed1")]
+    summary = json.loads((results / "phantom-v3-smoke-seeds.json").read_text())["challenge_rows"]
+    for index, row in enumerate(summary):
+        assert row["n_seeds"] == 2
+        for key in ("ndsc", "lesion_f1", "hd95_mm", "assd_mm", "abs_volume_difference_ml"):
+            values = [t["rows"][index]["challenge"]["pooled"][key] for t in tables]
+            assert row["mean"][key] == pytest.approx(np.mean(values), nan_ok=True)
+            assert row["std"][key] == pytest.approx(np.std(values), nan_ok=True)
+    text = (results / "phantom-v3-smoke-seeds-challenge.md").read_text()
+    assert "nDSC (%)" in text and text.count("| a=") == 5
+    with open(results / "phantom-v3-smoke-seeds-challenge.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 5
+
+
+def test_cells_from_before_the_challenge_metrics_still_make_both_tables(smoke_run, tmp_path):
+    root, _ = smoke_run
+    old = tmp_path / "phantom-v3-smoke"
+    shutil.copytree(root / "results" / "phantom-v3-smoke", old)
+    current = assemble(table1.Experiment(old, phantom_folder(table1.PROFILES["smoke"],
+                                                             root / "cache"),
+                                         table1.PROFILES["smoke"]))
+    for metrics in old.glob("*/fold*/metrics.json"):   # as the older code wrote them
+        scores = json.loads(metrics.read_text())
+        metrics.write_text(json.dumps({s: {k: v for k, v in d.items() if k in METRICS}
+                                       for s, d in scores.items()}))
+    for path in old.glob("*/fold*/test/*.npz"):
+        with np.load(path) as data:
+            kept = {k: data[k] for k in data.files if k != "spacing"}
+        np.savez_compressed(path, **kept)
+    experiment = table1.Experiment(old, phantom_folder(table1.PROFILES["smoke"], root / "cache"),
+                                   table1.PROFILES["smoke"])
+    # The voxel size comes from the subject's scan: the same scores as the new cells'.
+    table = assemble(experiment)
+    for row, new in zip(table["rows"], current["rows"]):
+        assert_same_scores(row["challenge"]["pooled"], new["challenge"]["pooled"])
+    # Without a readable scan the voxel size is unknown: no challenge scores, named cells.
+    experiment.subjects = {}
+    table = assemble(experiment)
+    assert all(row["challenge"] is None for row in table["rows"])
+    assert len(table["challenge_unscored_cells"]) == 10
+    table_module.write_outputs(table, tmp_path / "out")
+    text = (tmp_path / "out" / "table1-challenge.md").read_text()
+    # Per row: five pooled values and five per-subject "n/a ± n/a".
+    assert text.count("n/a") == 5 * (5 + 2 * 5) and "Not scored" in text
+    assert "53.42" in (tmp_path / "out" / "table1.md").read_text()
+    assert table_module.challenge_seed_summary([table])[0]["mean"]["ndsc"] is None

@@ -10,6 +10,7 @@ import pytest
 from reproduce import sim2real
 from reproduce.experiment import PROFILES
 from tiny_data import write_tiny_subjects
+from tversky_keras.evaluation import challenge_metrics
 from tversky_keras.scan_spec import scan_spec
 
 KEYS = {"dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr", "threshold_dsc"}
@@ -104,6 +105,25 @@ def test_metrics_match_an_independent_computation_in_the_brain(smoke_run):
         assert scores["specificity"] == pytest.approx(np.sum(~called & ~truth) / np.sum(~truth))
     # The unclipped FLAIR separates the bright lesion; the network's clipped input could not.
     assert result["subjects"]["sub00"]["threshold_dsc"] == 1.0
+
+
+def test_challenge_metrics_match_the_written_probability_at_the_scans_zooms(smoke_run):
+    root, folders, _ = smoke_run
+    result = json.loads((root / "sim2real.json").read_text())
+    for folder in folders:
+        scans = [read(folder / f"{m}.nii.gz")[0] for m in ("T1W", "T2W", "FLAIR")]
+        brain = np.logical_or.reduce([scan != 0 for scan in scans])
+        truth = read(folder / "consensus_gt.nii.gz")[0] != 0
+        probability = read(root / folder.name / "probability.nii.gz")[0]
+        zooms = nib.load(folder / "FLAIR.nii.gz").header.get_zooms()[:3]
+        expected = challenge_metrics(truth, probability, zooms, threshold=0.5, overlap="any",
+                                     mask=brain)
+        scores = result["subjects"][folder.name]
+        for key, value in expected.items():
+            assert scores[key] == (pytest.approx(value, nan_ok=True, abs=1e-9)
+                                   if isinstance(value, float) else value), key
+    text = (root / "sim2real.md").read_text()
+    assert "| nDSC | lesion F1 | HD95 mm |" in text
 
 
 def test_the_model_resamples_scans_to_the_phantom_spacing(smoke_run):
@@ -238,10 +258,11 @@ def test_seeds_report_each_subjects_mean_and_std_of_the_seed_files(smoke_run):
     for folder in folders:
         scores = [run["subjects"][folder.name] for run in runs]
         entry = summary["subjects"][folder.name]
-        for key in ("dsc", "sensitivity", "specificity"):
+        for key in ("dsc", "sensitivity", "specificity", "ndsc", "lesion_f1", "hd95_mm",
+                    "abs_volume_difference_ml"):
             values = [s[key] for s in scores]
-            assert entry[key]["mean"] == pytest.approx(np.mean(values))
-            assert entry[key]["std"] == pytest.approx(np.std(values))
+            assert entry[key]["mean"] == pytest.approx(np.mean(values), nan_ok=True)
+            assert entry[key]["std"] == pytest.approx(np.std(values), nan_ok=True)
         assert entry["above_oracle"] == sum(s["dsc"] > s["threshold_dsc"] for s in scores)
     assert {"date", "commit", "machine", "command"} <= set(summary["made"])
     assert summary["seconds"]["training"] == [r["training_summary"]["seconds_this_session"]

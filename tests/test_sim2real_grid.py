@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
@@ -14,6 +15,7 @@ from reproduce.experiment import cell_folder
 from reproduce.scoring import scan_reference
 from tiny_data import write_tiny_subjects
 from tversky_keras.data import discover_subjects
+from tversky_keras.evaluation import challenge_metrics
 from tversky_keras.inference import segment_subject
 
 
@@ -62,6 +64,12 @@ def test_a_model_s_score_is_an_independent_dsc_and_the_summary_its_mean(grids):
         scored = json.loads((out / folders[0].name / "a0.1_b0.9" / "fold1"
                              / f"{subject.id}.json").read_text())
         assert scored["dsc"] == pytest.approx(expected, abs=1e-6)
+        # The challenge metrics at the scan's NIfTI zooms, inside its brain, overlap "any".
+        zooms = nib.load(subject.images["FLAIR"]).header.get_zooms()[:3]
+        challenge = challenge_metrics(truth, probability, zooms, overlap="any", mask=brain)
+        for key, value in challenge.items():
+            assert scored[key] == (pytest.approx(value, nan_ok=True, abs=1e-9)
+                                   if isinstance(value, float) else value), key
     summary = json.loads((out / "sim2real-grid.json").read_text())["subjects"]
     for subject in subjects:
         files = sorted(out.glob(f"*/a0.1_b0.9/fold*/{subject.id}.json"))
@@ -71,8 +79,23 @@ def test_a_model_s_score_is_an_independent_dsc_and_the_summary_its_mean(grids):
         assert entry["dsc"]["mean"] == pytest.approx(np.mean(dsc))
         assert entry["dsc"]["std"] == pytest.approx(np.std(dsc, ddof=1))
         assert entry["above_oracle"] == sum(s["dsc"] > s["threshold_dsc"] for s in scores)
+        for key in ("ndsc", "lesion_f1", "hd95_mm", "abs_volume_difference_ml"):
+            values = [s[key] for s in scores]
+            assert entry[key]["mean"] == pytest.approx(np.mean(values), nan_ok=True)
+            assert entry[key]["std"] == pytest.approx(np.std(values, ddof=1), nan_ok=True)
     table = (out / "sim2real-grid.md").read_text()
     assert "### sub00" in table and "| a=0.1, b=0.9 | 3 |" in table
+    assert "nDSC" in table and "HD95 mm" in table
+
+
+def test_scores_written_before_the_challenge_metrics_show_them_as_missing(grids):
+    root, folders, out, _ = grids
+    files = sorted(out.glob("*/a0.1_b0.9/fold*/sub00.json"))
+    rows = {(0.1, 0.9): {"sub00": [json.loads(f.read_text()) for f in files]}}
+    rows[(0.1, 0.9)]["sub00"][0].pop("ndsc")   # as an older run wrote it
+    entry = sim2real_grid.summarise(rows)["sub00"]["a0.1_b0.9"]
+    assert entry["ndsc"] is None and entry["lesion_f1"]["values"]
+    assert "n/a ± n/a" in sim2real_grid.markdown({"sub00": {"a0.1_b0.9": entry}})
 
 
 def test_a_rerun_scores_nothing_again(grids, capsys):
