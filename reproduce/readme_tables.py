@@ -138,18 +138,24 @@ def render_grid_versions(path=GRID_VERSIONS):
                 "benchmarks/grid-versions.json` writes it.)")
     timing = json.loads(path.read_text())
     made = timing["made"]
+    has_cpu = all("cpu_seconds" in run for run in timing["runs"])  # recorded since 2026-12-03
     rows = [[index, f"v{run['version']}", ", ".join(f"{cell} {seconds:.1f}" for cell, seconds
                                                     in run["cells"].items())]
+            + ([f"{run['cpu_seconds']:.1f}"] if has_cpu else [])
             for index, run in enumerate(timing["runs"])]
     totals = timing["total_seconds"]
+    cpu = (f" Command CPU time (all threads, user + system) v3 / v2: "
+           f"{timing['cpu_ratio_v3_over_v2']:.3f} ({timing['cpu_seconds']['v3']:.1f} s against "
+           f"{timing['cpu_seconds']['v2']:.1f} s)." if has_cpu else "")
     return ("Time on the same machine, back to back: the same cells of the "
             f"{timing.get('profile', 'quick')} grid trained on each phantom version in "
             f"turn, v2 then v3 then v3 then v2 (`{' '.join(made['command'])}`, "
             f"{made['date'][:10]}, commit {made['commit'][:7]}, {made['machine']['cores']} "
             f"cores of an {made['machine']['cpu']}):\n\n"
-            + report.markdown_table(["run", "phantom", "cell seconds"], rows)
+            + report.markdown_table(["run", "phantom", "cell seconds"]
+                                    + (["command CPU seconds"] if has_cpu else []), rows)
             + f"\n\nv3 / v2: {timing['ratio_v3_over_v2']:.3f} ({totals['v3']:.1f} s against "
-              f"{totals['v2']:.1f} s in all).")
+              f"{totals['v2']:.1f} s in all).{cpu}")
 
 
 def benchmark_machine(run):

@@ -317,3 +317,32 @@ def test_stopping_gpu_all_stops_its_child(tmp_path):
         ["benchmarks.gpu_all", "--dry-run", "--backends", "tensorflow", "--max-variants", "1",
          "--repeats", "1", "--out", str(tmp_path)],
         marker="-m benchmarks --gpu")
+
+
+def test_bench_grid_versions_times_each_run_and_its_command_cpu(tmp_path, monkeypatch):
+    # table1 stands in: each "run" writes its cells' done.json and burns a known
+    # amount of CPU in a child process, more on v3 than on v2.
+    import sys
+    import subprocess
+
+    from benchmarks import bench_grid_versions as bench
+
+    burn = {2: 0.2, 3: 0.6}  # CPU seconds each version's child spends
+
+    def table1(version, cells, results, profile="quick"):
+        cell = Path(results) / "phantom-v-quick" / "a0.3_b0.7" / "fold0"
+        cell.mkdir(parents=True)
+        (cell / "done.json").write_text(json.dumps({"seconds": 10.0 * version}))
+        subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                        f"while time.process_time() - t < {burn[version]}: pass"], check=True)
+
+    monkeypatch.setattr(bench, "table1", table1)
+    out = tmp_path / "timing.json"
+    assert bench.main(["--cells", "a0.3_b0.7/fold0", "--rounds", "2", "--json", str(out)]) == 0
+    timing = json.loads(out.read_text())
+    assert [run["version"] for run in timing["runs"]] == [2, 3, 3, 2]
+    assert [run["total"] for run in timing["runs"]] == [20.0, 30.0, 30.0, 20.0]
+    assert timing["ratio_v3_over_v2"] == pytest.approx(1.5)
+    for run in timing["runs"]:  # the child's CPU plus Python's start-up, never less
+        assert burn[run["version"]] <= run["cpu_seconds"] < burn[run["version"]] + 1.5
+    assert timing["cpu_ratio_v3_over_v2"] > 1.0

@@ -175,3 +175,32 @@ def test_benchmarks_record_the_commit_the_gemm_reading_and_the_loss_values(tmp_p
     assert "a 1024² fp32 NumPy GEMM at 101.3 GFLOP/s" in text
     assert "| ours | 0.8625392 |" in text and "weighs **false negatives**" in text
     assert readme_tables.render_benchmarks(tmp_path / "none.json").startswith("(No committed run")
+
+
+def grid_timing(with_cpu):
+    runs = [{"version": v, "cells": {"a0.3_b0.7/fold0": s}, "total": s}
+            for v, s in ((2, 100.0), (3, 130.0), (3, 120.0), (2, 110.0))]
+    timing = {"made": {"command": ["python", "-m", "benchmarks.bench_grid_versions"],
+                       "date": "2026-12-03T10:00:00+00:00", "commit": "abcdef0123",
+                       "machine": {"cores": 2, "cpu": "AMD EPYC"}},
+              "profile": "quick", "runs": runs,
+              "total_seconds": {"v2": 210.0, "v3": 250.0}, "ratio_v3_over_v2": 250.0 / 210.0}
+    if with_cpu:
+        for run, cpu in zip(runs, (180.0, 190.0, 185.0, 175.0)):
+            run["cpu_seconds"] = cpu
+        timing.update(cpu_seconds={"v2": 355.0, "v3": 375.0}, cpu_ratio_v3_over_v2=375 / 355)
+    return timing
+
+
+@pytest.mark.parametrize("with_cpu", [False, True])
+def test_the_grid_versions_timing_shows_cpu_time_only_where_it_was_recorded(tmp_path, with_cpu):
+    path = tmp_path / "grid-versions.json"
+    path.write_text(json.dumps(grid_timing(with_cpu)))
+    text = readme_tables.render_grid_versions(path)
+    assert "v3 / v2: 1.190 (250.0 s against 210.0 s in all)." in text
+    assert ("command CPU seconds" in text) == with_cpu
+    if with_cpu:
+        assert "| 1 | v3 | a0.3_b0.7/fold0 130.0 | 190.0 |" in text
+        assert "v3 / v2: 1.056 (375.0 s against 355.0 s)" in text
+    else:
+        assert "| 1 | v3 | a0.3_b0.7/fold0 130.0 |" in text
