@@ -1,6 +1,13 @@
 """tversky_keras.inference: whole-volume and sliding-window inference, outputs in the scan's geometry."""
 
 import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import keras
 import nibabel as nib
@@ -11,8 +18,10 @@ from tiny_data import write_tiny_subjects
 from tversky_keras import cli, inference
 from tversky_keras.cli import main
 from tversky_keras.data import Geometry, discover_subjects
-from tversky_keras.inference import (gaussian_importance, input_multiple, predict_volume,
-                                     segment_subject, window_starts, write_segmentation)
+from tversky_keras.inference import (MemberSums, binary_entropy, gaussian_importance,
+                                     input_multiple, lesion_probability, predict_volume,
+                                     segment_subject, uncertainty_maps, window_starts,
+                                     write_segmentation)
 from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
 
@@ -281,6 +290,14 @@ def read(path):
     return np.asarray(nib.load(path).dataobj)
 
 
+def published(folder):
+    """The visible files of an output folder, once no temporary folder or held lock is left."""
+    hidden = [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in hidden if p.name != ".segmentation.lock"] == []
+    assert all(not any(p.iterdir()) for p in hidden)   # the lock is released
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_a_segmentation_replaces_both_files_and_writes_its_manifest_last(tmp_path):
     write_segmentation(probabilities(0), geometry(), tmp_path, threshold=0.5)
     new = probabilities(1)
@@ -289,8 +306,7 @@ def test_a_segmentation_replaces_both_files_and_writes_its_manifest_last(tmp_pat
     np.testing.assert_array_equal(read(tmp_path / "mask.nii.gz"), new >= 0.3)
     manifest = json.loads((tmp_path / "segmentation.json").read_text())
     assert manifest["threshold"] == 0.3 and manifest["model"] == "m.keras"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "mask.nii.gz", "probability.nii.gz", "segmentation.json"]
+    assert published(tmp_path) == ["mask.nii.gz", "probability.nii.gz", "segmentation.json"]
 
 
 @pytest.mark.parametrize("fail_at", [1, 2])
@@ -320,8 +336,7 @@ def test_a_kill_while_publishing_never_leaves_a_new_map_beside_an_old_mask(
         assert not (tmp_path / "probability.nii.gz").exists()
     # The next write cleans the leftovers and publishes a complete pair.
     write_segmentation(old, geometry(), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "mask.nii.gz", "probability.nii.gz", "segmentation.json"]
+    assert published(tmp_path) == ["mask.nii.gz", "probability.nii.gz", "segmentation.json"]
 
 
 @pytest.mark.parametrize("threshold", [2.0, -1.0, 0.0])
@@ -382,3 +397,222 @@ def test_segment_subject_resamples_to_the_models_voxel_size(tmp_path, monkeypatc
     probability, geometry = inference.segment_subject(model, subject_from_folder(folder))
     assert seen == [(12, 12, 8, 3)]  # 20x24x16 at 2 mm is 10x12x8 at 4 mm, padded to 4s
     assert probability.shape == geometry.shape == (20, 24, 16)
+
+
+def entropy_by_hand(p):
+    return 0.0 if p in (0.0, 1.0) else -p * math.log(p) - (1 - p) * math.log(1 - p)
+
+
+# members -> (predictive entropy H[p̄], mutual information H[p̄] - mean H[p_m]), by hand
+UNCERTAINTY_CASES = [
+    ([0.2, 0.8], (math.log(2), math.log(2) - entropy_by_hand(0.2))),  # p̄ = 0.5, H = ln 2
+    ([0.0, 1.0], (math.log(2), math.log(2))),    # certain members that disagree: all knowledge
+    ([0.3, 0.3], (entropy_by_hand(0.3), 0.0)),   # members that agree: no knowledge uncertainty
+    ([1.0, 1.0, 1.0], (0.0, 0.0)),
+    ([0.1, 0.2, 0.6], (entropy_by_hand(0.3),     # p̄ = 0.3
+                       entropy_by_hand(0.3) - (entropy_by_hand(0.1) + entropy_by_hand(0.2)
+                                               + entropy_by_hand(0.6)) / 3)),
+]
+
+
+@pytest.mark.parametrize("members, expected", UNCERTAINTY_CASES)
+def test_uncertainty_maps_equal_the_hand_computation(members, expected):
+    stack = np.array(members)[:, None]                        # one voxel
+    maps = uncertainty_maps(stack)
+    np.testing.assert_allclose([maps["entropy"][0], maps["mutual_information"][0]], expected,
+                               atol=1e-6)
+    assert maps["members"] == len(members)
+    sums = MemberSums()
+    for member in stack:
+        sums.add(member)
+    running = sums.maps()
+    for name in ("entropy", "mutual_information"):
+        np.testing.assert_allclose(running[name], maps[name], atol=1e-7)
+    assert running["mutual_information"].min() >= 0
+
+
+def test_one_member_has_entropy_but_no_mutual_information():
+    maps = uncertainty_maps(np.array([[0.5, 0.0]]))
+    np.testing.assert_allclose(maps["entropy"], [math.log(2), 0.0], atol=1e-7)
+    assert "mutual_information" not in maps
+    np.testing.assert_allclose(binary_entropy([0.0, 1.0, 0.2]), [0, 0, entropy_by_hand(0.2)])
+    with pytest.raises(ValueError, match="either the members' stack"):
+        uncertainty_maps(np.ones((2, 1)), mean=np.ones(1), mean_entropy=np.ones(1), count=2)
+    with pytest.raises(ValueError, match="at least one member"):
+        MemberSums().maps()
+
+
+def test_predict_volume_adds_each_mirror_as_a_member(model):
+    image = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype(np.float32)
+    sums = MemberSums()
+    probs = predict_volume(model, image, mirror_axes=(0, 2), members=sums)
+    flips = [(), (0,), (2,), (0, 2)]
+    stack = [lesion_probability(np.flip(predict_volume(model, np.flip(image, f)), f))
+             for f in flips]
+    assert sums.count == 4
+    expected = uncertainty_maps(np.stack(stack))
+    running = sums.maps()
+    np.testing.assert_allclose(running["entropy"], expected["entropy"], atol=1e-6)
+    np.testing.assert_allclose(running["mutual_information"], expected["mutual_information"],
+                               atol=1e-6)
+    np.testing.assert_allclose(sums.probability / sums.count, lesion_probability(probs),
+                               atol=1e-6)
+
+
+def test_segment_subject_returns_uncertainty_in_the_scans_grid(model, tmp_path):
+    keras.utils.set_random_seed(4)
+    other = with_scan_spec(unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2),
+                           ["T1W", "T2W", "FLAIR"], spacing=None, multiple_of=4)
+    write_tiny_subjects(tmp_path / "data", n=1)
+    subject = discover_subjects(tmp_path / "data")[0]
+    plain, _ = segment_subject([model, other], subject, mirror_axes=(1,))
+    probability, geometry, maps = segment_subject([model, other], subject, mirror_axes=(1,),
+                                                  uncertainty=True)
+    np.testing.assert_array_equal(probability, plain)
+    assert maps["members"] == 4        # 2 models x 2 mirrors
+    for name in ("entropy", "mutual_information"):
+        assert maps[name].shape == geometry.shape and maps[name].dtype == np.float32
+    # Spacing kept: the way back only reorders voxels, so H[p̄] is that of the probability.
+    np.testing.assert_allclose(maps["entropy"], binary_entropy(probability), atol=1e-5)
+    assert (maps["mutual_information"] >= 0).all()
+    assert (maps["mutual_information"] <= maps["entropy"] + 1e-6).all()
+    assert maps["mutual_information"].max() > 0
+
+
+def two_lesions():
+    """A probability map with a diagonal two-voxel lesion (26-connected) and a one-voxel one,
+    and uncertainty maps that make the small lesion the more uncertain."""
+    p = np.zeros(SHAPE, np.float32)
+    p[1, 1, 1] = p[2, 2, 2] = 0.9
+    p[6, 6, 4] = 0.6
+    entropy = np.where(p > 0, 0.1, 0.0).astype(np.float32)
+    entropy[6, 6, 4] = 0.5
+    return p, {"entropy": entropy, "mutual_information": entropy / 4, "members": 2}
+
+
+def test_a_segmentation_with_uncertainty_writes_the_maps_and_the_lesions(tmp_path):
+    affine = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, 5], [0, 0, 2.0, 1], [0, 0, 0, 1]])
+    p, maps = two_lesions()
+    write_segmentation(p, geometry(affine), tmp_path, uncertainty=maps)
+    assert published(tmp_path) == ["lesions.json", "mask.nii.gz", "probability.nii.gz",
+                                   "segmentation.json", "uncertainty.nii.gz"]
+    image = nib.load(tmp_path / "uncertainty.nii.gz")
+    assert image.shape == (*SHAPE, 2) and image.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(image.affine, affine)
+    np.testing.assert_array_equal(read(tmp_path / "uncertainty.nii.gz")[..., 0], maps["entropy"])
+    np.testing.assert_array_equal(read(tmp_path / "uncertainty.nii.gz")[..., 1],
+                                  maps["mutual_information"])
+    rows = json.loads((tmp_path / "lesions.json").read_text())["lesions"]
+    # The one-voxel lesion (entropy 0.5) first; voxels of 2 mm: 0.008 mL each.
+    assert [r["id"] for r in rows] == [2, 1] and [r["voxels"] for r in rows] == [1, 2]
+    np.testing.assert_allclose([r["volume_ml"] for r in rows], [0.008, 0.016])
+    assert rows[0]["centre_voxel"] == [6, 6, 4] and rows[1]["centre_voxel"] == [1.5, 1.5, 1.5]
+    np.testing.assert_allclose(rows[0]["centre_world"], [12 - 10, 12 + 5, 8 + 1])
+    np.testing.assert_allclose(rows[1]["centre_world"], [3 - 10, 3 + 5, 3 + 1])
+    np.testing.assert_allclose([rows[0]["mean_probability"], rows[0]["mean_entropy"],
+                                rows[0]["mean_mutual_information"]], [0.6, 0.5, 0.125],
+                               rtol=1e-6)
+    np.testing.assert_allclose([rows[1]["mean_probability"], rows[1]["mean_entropy"]],
+                               [0.9, 0.1], rtol=1e-6)
+    manifest = json.loads((tmp_path / "segmentation.json").read_text())
+    assert manifest["files"] == ["probability.nii.gz", "mask.nii.gz", "uncertainty.nii.gz",
+                                 "lesions.json"]
+    assert manifest["uncertainty"]["members"] == 2
+    # A later set without uncertainty takes the old maps and lesions away with the old pair.
+    write_segmentation(p, geometry(affine), tmp_path)
+    assert published(tmp_path) == ["mask.nii.gz", "probability.nii.gz", "segmentation.json"]
+    with pytest.raises(ValueError, match="at least two members"):
+        write_segmentation(p, geometry(), tmp_path, uncertainty=uncertainty_maps(p[None]))
+
+
+def writer_set(writer):
+    """Writer ``writer``'s set: its number is in the mask's voxel count, the probability's
+    background and both uncertainty maps, so a mixed set shows."""
+    p = np.full(SHAPE, writer / 1000, np.float32)
+    p.flat[:writer + 1] = 1.0
+    maps = {"entropy": np.full(SHAPE, writer / 100, np.float32),
+            "mutual_information": np.full(SHAPE, writer / 200, np.float32), "members": 2}
+    return p, maps
+
+
+def writer_of(folder):
+    """The writer of a published set, after checking that every file is that writer's."""
+    writer = json.loads((folder / "segmentation.json").read_text())["writer"]
+    p, maps = writer_set(writer)
+    np.testing.assert_array_equal(read(folder / "probability.nii.gz"), p)
+    assert read(folder / "mask.nii.gz").sum() == writer + 1
+    np.testing.assert_array_equal(read(folder / "uncertainty.nii.gz"),
+                                  np.stack([maps["entropy"], maps["mutual_information"]], -1))
+    rows = json.loads((folder / "lesions.json").read_text())["lesions"]
+    assert sum(r["voxels"] for r in rows) == writer + 1
+    return writer
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4])
+def test_a_kill_while_publishing_with_uncertainty_leaves_no_mix(tmp_path, monkeypatch, fail_at):
+    p, maps = writer_set(3)
+    write_segmentation(p, geometry(), tmp_path, uncertainty=maps, about={"writer": 3})
+    renames = []
+    real_replace = type(tmp_path).replace
+
+    def dying_replace(self, target):
+        renames.append(target.name)
+        if len(renames) == fail_at:
+            raise KeyboardInterrupt  # the process dies here
+        return real_replace(self, target)
+
+    monkeypatch.setattr(type(tmp_path), "replace", dying_replace)
+    new, new_maps = writer_set(5)
+    with pytest.raises(KeyboardInterrupt):
+        write_segmentation(new, geometry(), tmp_path, uncertainty=new_maps,
+                           about={"writer": 5})
+    monkeypatch.undo()
+    assert not (tmp_path / "segmentation.json").exists()   # the set is marked incomplete
+    # Only the new files renamed before the kill are there: nothing of the old set.
+    assert published(tmp_path) == sorted(renames[:fail_at - 1])
+    if fail_at > 1:
+        np.testing.assert_array_equal(read(tmp_path / "probability.nii.gz"), new)
+    write_segmentation(new, geometry(), tmp_path, uncertainty=new_maps, about={"writer": 5})
+    assert writer_of(tmp_path) == 5
+
+
+def test_concurrent_writers_all_publish_and_leave_one_consistent_set(tmp_path):
+    errors = []
+
+    def write(writer):
+        try:
+            p, maps = writer_set(writer)
+            write_segmentation(p, geometry(), tmp_path, uncertainty=maps,
+                               about={"writer": writer})
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(f"writer {writer}: {error!r}")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert writer_of(tmp_path) in range(20)
+    assert published(tmp_path) == ["lesions.json", "mask.nii.gz", "probability.nii.gz",
+                                   "segmentation.json", "uncertainty.nii.gz"]
+
+
+def test_only_stale_temporary_folders_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host, token = socket.gethostname(), "0" * 32
+    names = {"dead": f".segmentation-{host}-{int(dead.stdout)}-{token}.tmp",
+             "live": f".segmentation-{host}-{os.getpid()}-{token}.tmp",
+             "elsewhere": f".segmentation-other-host-1-{token}.tmp",
+             "old elsewhere": f".segmentation-other-host-2-{token}.tmp",
+             "old format": f".segmentation-{token}.tmp"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "probability.nii.gz").write_bytes(b"partial")
+    day_ago = time.time() - 86400
+    for key in ("old elsewhere", "old format"):
+        os.utime(tmp_path / names[key], (day_ago, day_ago))
+    write_segmentation(probabilities(0), geometry(), tmp_path)
+    left = {key for key, name in names.items() if (tmp_path / name).exists()}
+    assert left == {"live", "elsewhere"}   # a writer that may still be filling its folder

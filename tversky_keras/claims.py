@@ -139,10 +139,20 @@ def _owner_died(owner):
     machine need not wait out ``stale_after``); an owner on another host is
     judged by its heartbeat alone.
     """
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+    return process_gone(owner.get("host"), owner.get("pid"))
+
+
+def process_gone(host, pid):
+    """True when process ``pid`` ran on this host (named ``host``) and no longer exists.
+
+    A process on another host, or a ``pid`` that is not an integer, is never
+    known to be gone: only its age can tell.
+    """
+    if (host != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool)
+            or pid <= 0):
         return False
     try:
-        os.kill(owner["pid"], 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's

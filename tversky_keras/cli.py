@@ -115,7 +115,9 @@ def build_parser():
 
     predict = sub.add_parser("predict", help="segment a scan with a saved model",
                              description="Write OUT/probability.nii.gz (float32) and "
-                                         "OUT/mask.nii.gz (uint8) in the scan's own geometry.")
+                                         "OUT/mask.nii.gz (uint8) in the scan's own geometry "
+                                         "(with --uncertainty also OUT/uncertainty.nii.gz and "
+                                         "OUT/lesions.json), published as one set.")
     predict.add_argument("--model", required=True, type=Path, nargs="+",
                          help="a saved .keras model; several (e.g. one per fold) predict as an "
                               "ensemble: their probabilities are averaged")
@@ -134,6 +136,15 @@ def build_parser():
                               "along every combination of these axes of the RAS orientation "
                               "(x: left-right, y: back-front, z: down-up) and average, e.g. x "
                               "(2 predictions) or x,y,z (8). Default: none")
+    predict.add_argument("--uncertainty", action="store_true",
+                         help="also write OUT/uncertainty.nii.gz (float32, 4D in the scan's "
+                              "geometry: volume 0 the predictive entropy of the averaged "
+                              "probability, volume 1 the mutual information between prediction "
+                              "and member, in nats; the members are every model and mirror) and "
+                              "OUT/lesions.json (one row per predicted lesion, 26-connected: "
+                              "volume, centre in voxel and world mm, mean probability, entropy "
+                              "and mutual information; the most uncertain first). Needs --mirror "
+                              "and/or several --model")
     predict.add_argument("--modalities", type=_modalities, default=None,
                          help="only for a model saved without its input contract (not by "
                               "tversky-keras train): its input channels, in order")
@@ -282,6 +293,9 @@ def run_predict(args):
                          f"{args.overlap:g} and {args.batch_size}")
     if args.spacing is not None and args.spacing <= 0:
         raise ValueError(f"--spacing {args.spacing:g}: a voxel size must be positive")
+    if args.uncertainty and not args.mirror and len(args.model) < 2:
+        raise ValueError("--uncertainty needs --mirror and/or several --model: one prediction "
+                         "has no spread to measure")
     subject = _subject_for_predict(args)
     # Inference needs the weights only: an optimizer restored beside them is work thrown away.
     models = [load_saved_model(path, compile=False) for path in args.model]
@@ -290,18 +304,21 @@ def run_predict(args):
     if spec and (args.modalities or args.spacing):
         raise ValueError(f"{args.model[0]} records its modalities and voxel size; --modalities "
                          f"and --spacing are only for models without them")
-    probability, geometry = segment_subject(models if len(models) > 1 else models[0], subject,
-                                            window=args.window, overlap=args.overlap,
-                                            batch_size=args.batch_size,
-                                            modalities=args.modalities, spacing=args.spacing,
-                                            mirror_axes=args.mirror)
+    probability, geometry, *maps = segment_subject(
+        models if len(models) > 1 else models[0], subject, window=args.window,
+        overlap=args.overlap, batch_size=args.batch_size, modalities=args.modalities,
+        spacing=args.spacing, mirror_axes=args.mirror, uncertainty=args.uncertainty)
     about = {"model": str(args.model[0].resolve()), "mirror_axes": list(args.mirror),
              "inputs": {m: str(Path(p).resolve()) for m, p in subject.images.items()}}
     if len(models) > 1:
         about["ensemble"] = [str(path.resolve()) for path in args.model]
     prob_path, mask_path = write_segmentation(probability, geometry, args.out, args.threshold,
-                                              about=about)
-    print(f"wrote {prob_path} and {mask_path}")
+                                              about=about, uncertainty=maps[0] if maps else None)
+    if maps:
+        print(f"wrote {prob_path}, {mask_path}, {args.out / 'uncertainty.nii.gz'} and "
+              f"{args.out / 'lesions.json'}")
+    else:
+        print(f"wrote {prob_path} and {mask_path}")
 
 
 def run_evaluate(args):

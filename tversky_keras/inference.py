@@ -11,15 +11,21 @@ come back once.
 
 import itertools
 import numbers
+import os
+import re
 import shutil
+import socket
+import time
 import uuid
 import weakref
 from pathlib import Path
 
 import keras
 import numpy as np
+from scipy import ndimage, special
 
 from tversky_keras.atomic import write_json
+from tversky_keras.claims import current_holder, process_gone, try_claim
 from tversky_keras.data import load_subject, pad_to_multiple, save_nifti_like
 from tversky_keras.data.grid import from_grid, grid_to_canonical
 from tversky_keras.models import MAX_INPUT_SIDE
@@ -28,7 +34,17 @@ from tversky_keras.saving import load_saved_model  # noqa: F401
 from tversky_keras.scan_spec import check_model_modalities, scan_spec
 
 SEGMENTATION_FILES = ("probability.nii.gz", "mask.nii.gz")
+UNCERTAINTY_FILES = ("uncertainty.nii.gz", "lesions.json")
 MANIFEST = "segmentation.json"
+UNCERTAINTY_VOLUMES = ("predictive entropy (nats)", "mutual information (nats)")
+# The claim on an output folder while a set is published, and how long a writer waits
+# for it: publishing is a few renames, so a longer wait means a hung holder.
+PUBLISH_LOCK = ".segmentation.lock"
+PUBLISH_WAIT = 120.0
+# A temporary folder whose owner cannot be checked (another host) is stale when older
+# than any write could take: writing a whole-brain set takes seconds.
+STAGING_STALE_AFTER = 3600.0
+_STAGING_NAME = re.compile(r"\.segmentation-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}\.tmp")
 
 
 def input_multiple(model):
@@ -95,7 +111,7 @@ def check_mirror_axes(mirror_axes):
 
 
 def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", batch_size=1,
-                   multiple_of=None, device_windows=True, mirror_axes=()):
+                   multiple_of=None, device_windows=True, mirror_axes=(), members=None):
     """Class probabilities for a whole image ``(X, Y, Z, C)``.
 
     Args:
@@ -119,6 +135,10 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
             predicted flipped along every combination of these spatial axes
             (2**k predictions for k axes), each flipped back, and the
             probabilities averaged. ``()`` (the default): one prediction.
+        members: a ``MemberSums`` to which the lesion probability of each
+            prediction (each mirror) is added, for ``uncertainty_maps``;
+            ``segment_subject`` passes one through every model of an
+            ensemble. ``None``: the members are not kept.
 
     Returns:
         float32 array ``(X, Y, Z, n_classes)``.
@@ -137,17 +157,23 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         raise ValueError(f"overlap={overlap}: must be in [0, 1)")
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend={blend!r}: choose gaussian or constant")
-    if mirror_axes:
-        flips = [combo for k in range(len(mirror_axes) + 1)
-                 for combo in itertools.combinations(mirror_axes, k)]
-        total = None
-        for axes in flips:
-            flipped = np.flip(image, axes) if axes else image
-            probs = predict_volume(model, flipped, window, overlap, blend, batch_size,
-                                   multiple_of, device_windows)
-            probs = np.flip(probs, axes) if axes else probs
-            total = probs if total is None else total + probs
-        return (total / len(flips)).astype(np.float32)
+    flips = [combo for k in range(len(mirror_axes) + 1)
+             for combo in itertools.combinations(mirror_axes, k)]
+    total = None
+    for axes in flips:
+        flipped = np.flip(image, axes) if axes else image
+        probs = _predict_once(model, flipped, window, overlap, blend, batch_size, multiple_of,
+                              device_windows)
+        probs = np.flip(probs, axes) if axes else probs
+        if members is not None:
+            members.add(lesion_probability(probs))
+        total = probs if total is None else total + probs
+    return (total / len(flips)).astype(np.float32)
+
+
+def _predict_once(model, image, window, overlap, blend, batch_size, multiple_of,
+                  device_windows):
+    """``predict_volume`` of one unmirrored image, its options checked."""
     if multiple_of is None:
         multiple_of = input_multiple(model)
     shape = image.shape[:3]
@@ -316,6 +342,77 @@ def lesion_probability(probs):
     return probs[..., 1] if probs.shape[-1] > 1 else probs[..., 0]
 
 
+def binary_entropy(probability):
+    """Entropy in nats of a lesion probability: ``-p ln p - (1 - p) ln(1 - p)``, 0 at 0 and 1."""
+    p = np.clip(np.asarray(probability, dtype=np.float64), 0.0, 1.0)
+    return special.entr(p) + special.entr(1.0 - p)
+
+
+def uncertainty_maps(members=None, *, mean=None, mean_entropy=None, count=None):
+    """Voxel-wise uncertainty of several predictions (ensemble members, mirrors).
+
+    The predictive entropy of the averaged probability ``p̄`` is the total
+    uncertainty, ``H[p̄] = -p̄ ln p̄ - (1 - p̄) ln(1 - p̄)``; the mutual
+    information between the prediction and the member, ``MI = H[p̄] - mean_m
+    H[p_m]``, is the part the members disagree on (knowledge uncertainty;
+    Malinin et al. 2022, Shifts). Both in nats, in [0, ln 2].
+
+    Give either the members' stack, or their running sums divided by their
+    number (``MemberSums.maps`` does): ``mean`` (``p̄``), ``mean_entropy``
+    (``mean_m H[p_m]``) and ``count``.
+
+    Args:
+        members: lesion probabilities, the members along axis 0.
+        mean: the members' mean probability.
+        mean_entropy: the mean of the members' ``binary_entropy``.
+        count: the number of members.
+
+    Returns:
+        ``{"entropy": H[p̄], "members": count}`` (float32 maps), and with two
+        members or more ``"mutual_information"``, its rounding below 0 clipped.
+
+    Raises:
+        ValueError: both forms given, or neither, or no member.
+    """
+    if (members is None) == (mean is None or mean_entropy is None or count is None):
+        raise ValueError("give either the members' stack or mean, mean_entropy and count")
+    if members is not None:
+        members = np.asarray(members, dtype=np.float64)
+        count = len(members)
+        if count:
+            mean, mean_entropy = members.mean(axis=0), binary_entropy(members).mean(axis=0)
+    if count < 1:
+        raise ValueError("uncertainty needs at least one member")
+    entropy = binary_entropy(mean)
+    maps = {"entropy": entropy.astype(np.float32), "members": int(count)}
+    if count >= 2:
+        maps["mutual_information"] = np.maximum(entropy - mean_entropy, 0.0).astype(np.float32)
+    return maps
+
+
+class MemberSums:
+    """Running sums of members' lesion probabilities and entropies: two maps in memory,
+    however many members. ``add`` each member, then ``maps`` gives ``uncertainty_maps``."""
+
+    def __init__(self):
+        self.count = 0
+        self.probability = 0.0
+        self.entropy = 0.0
+
+    def add(self, probability):
+        """Add one member's lesion probability map."""
+        self.count += 1
+        self.probability = self.probability + np.asarray(probability, dtype=np.float64)
+        self.entropy = self.entropy + binary_entropy(probability)
+
+    def maps(self):
+        """``uncertainty_maps`` of the members added so far."""
+        if not self.count:
+            raise ValueError("uncertainty needs at least one member")
+        return uncertainty_maps(mean=self.probability / self.count,
+                                mean_entropy=self.entropy / self.count, count=self.count)
+
+
 def check_ensemble(models, names=None):
     """Raise a ValueError unless ``models`` are at least one and all expect the
     scan the first one does (ScanSpec and size multiple); ``names`` (e.g. their
@@ -334,7 +431,7 @@ def check_ensemble(models, names=None):
 
 
 def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, modalities=None,
-                    spacing=None, canonical=False, mirror_axes=()):
+                    spacing=None, canonical=False, mirror_axes=(), uncertainty=False):
     """Lesion probability of a subject in the scan's own voxel grid.
 
     The subject is read and normalised as in training, on the grid recorded in
@@ -357,9 +454,16 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     its folds): the scan is read once and their class probabilities are
     averaged. They must expect the same scan (ScanSpec and size multiple).
 
+    With ``uncertainty=True`` every prediction (each model, each mirror) is a
+    member of ``uncertainty_maps``, accumulated as running sums
+    (``MemberSums``), and the maps are masked by the brain and mapped back to
+    the scan exactly as the probability is.
+
     Returns:
         ``(probability, geometry)``: float32 array in the scan's grid and the
-        geometry to write it with.
+        geometry to write it with; with ``uncertainty=True``
+        ``(probability, geometry, maps)``, ``maps`` as ``uncertainty_maps``
+        returns it, in the scan's grid.
 
     Raises:
         ValueError: the subject lacks a modality the model needs, or a model
@@ -387,10 +491,12 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
         check_model_modalities(each, modalities, source=f"subject {subject.id}")
     volume = load_subject(subject, modalities=modalities, target_spacing=spacing,
                           multiple_of=input_multiple(model), normalize=normalization)
+    members = MemberSums() if uncertainty else None
     probs = 0.0
     for each in models:  # a running sum: one map in memory, however many models
         probs = probs + predict_volume(each, volume.image, window=window, overlap=overlap,
-                                       batch_size=batch_size, mirror_axes=mirror_axes)
+                                       batch_size=batch_size, mirror_axes=mirror_axes,
+                                       members=members)
     probs = probs / len(models)
     lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
     if not np.isfinite(lesion).all():
@@ -399,8 +505,19 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
             f"non-finite probabilities (NaN or inf); its weights or this scan's values are not "
             f"finite, nothing was written")
     back = grid_to_canonical if canonical else from_grid
-    native = np.clip(back(lesion, volume.geometry, order=1), 0.0, 1.0)
-    return native.astype(np.float32), volume.geometry
+
+    def to_scan(grid_map, high):
+        inside = np.where(volume.brain, grid_map, 0.0).astype(np.float32)
+        return np.clip(back(inside, volume.geometry, order=1), 0.0, high).astype(np.float32)
+
+    native = to_scan(lesion, 1.0)
+    if not uncertainty:
+        return native, volume.geometry
+    maps = members.maps()
+    for name in ("entropy", "mutual_information"):
+        if name in maps:
+            maps[name] = to_scan(maps[name], np.log(2.0))
+    return native, volume.geometry, maps
 
 
 def check_threshold(threshold):
@@ -412,16 +529,105 @@ def check_threshold(threshold):
     return threshold
 
 
-def write_segmentation(probability, geometry, out_dir, threshold=0.5, about=None):
-    """Write ``probability.nii.gz`` (float32), ``mask.nii.gz`` (uint8) and ``segmentation.json``.
+def lesion_table(mask, affine, probability, uncertainty):
+    """One row per lesion of ``mask`` (26-connected), the most uncertain first.
 
-    The two images are published as a pair: both are written in full under
-    temporary names first; then the manifest and the old pair are removed,
-    the new pair is renamed into place, and the manifest, written last, says
-    the pair is complete. A kill at any moment leaves the old pair, the new
-    pair, or an incomplete set without a manifest, never a new probability
-    map beside an old mask; leftover temporary files are removed by the next
-    write.
+    Args:
+        mask: binary array in the scan's grid.
+        affine: the scan's voxel-to-world (scanner mm) affine.
+        probability: the lesion probability map, same grid.
+        uncertainty: ``uncertainty_maps``' dict, same grid, with both maps.
+
+    Returns:
+        A list of dicts: ``id`` (the component's label, 1 to n in scan order),
+        ``voxels``, ``volume_ml``, ``centre_voxel`` and ``centre_world`` (the
+        centroid, mm), ``mean_probability``, ``mean_entropy`` and
+        ``mean_mutual_information``; sorted by mean entropy, descending.
+    """
+    labels, count = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3, 3), bool))
+    affine = np.asarray(affine, dtype=np.float64)
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    ids = np.arange(1, count + 1)
+    voxels = ndimage.sum_labels(np.ones(labels.shape), labels, ids)
+    centres = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, ids)).reshape(-1, 3)
+    means = {name: ndimage.mean(np.asarray(values, np.float64), labels, ids)
+             for name, values in (("mean_probability", probability),
+                                  ("mean_entropy", uncertainty["entropy"]),
+                                  ("mean_mutual_information",
+                                   uncertainty["mutual_information"]))}
+    rows = []
+    for n, label in enumerate(ids):
+        world = affine[:3, :3] @ centres[n] + affine[:3, 3]
+        rows.append({"id": int(label), "voxels": int(voxels[n]),
+                     "volume_ml": float(voxels[n] * voxel_ml),
+                     "centre_voxel": [float(c) for c in centres[n]],
+                     "centre_world": [float(c) for c in world],
+                     **{name: float(values[n]) for name, values in means.items()}})
+    return sorted(rows, key=lambda row: (-row["mean_entropy"], row["id"]))
+
+
+def _staging_is_stale(folder):
+    """Whether a leftover ``.segmentation-*.tmp`` folder's writer is gone.
+
+    Its name records the writer's host and pid: a writer on this host that
+    no longer runs is gone at once; any other (another host, an older name)
+    when the folder is older than ``STAGING_STALE_AFTER``.
+    """
+    match = _STAGING_NAME.fullmatch(folder.name)
+    if match and process_gone(match["host"], int(match["pid"])):
+        return True
+    try:
+        return time.time() - folder.stat().st_mtime > STAGING_STALE_AFTER
+    except FileNotFoundError:
+        return False
+
+
+def _publishing_claim(out_dir):
+    """The claim on ``out_dir``'s publishing lock, waiting up to ``PUBLISH_WAIT`` seconds.
+
+    The lock is a ``tversky_keras.claims`` claim on ``out_dir/.segmentation.lock``, as
+    run folders use: a holder that died on this host, or whose heartbeat stopped, is
+    taken over.
+    """
+    lock = out_dir / PUBLISH_LOCK
+    deadline = time.monotonic() + PUBLISH_WAIT
+    pause = 0.01
+    while True:
+        claim = try_claim(lock)
+        if claim is not None:
+            return claim
+        if time.monotonic() > deadline:
+            holder = current_holder(lock)
+            raise TimeoutError(
+                f"{out_dir}: another writer has been publishing a segmentation here for over "
+                f"{PUBLISH_WAIT:.0f} s ({holder.describe() if holder else 'it has just ended'}); "
+                f"give another --out or try again")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def write_segmentation(probability, geometry, out_dir, threshold=0.5, about=None,
+                       uncertainty=None):
+    """Write ``probability.nii.gz`` (float32), ``mask.nii.gz`` (uint8) and ``segmentation.json``;
+    with ``uncertainty``, also ``uncertainty.nii.gz`` and ``lesions.json``.
+
+    The files are published as one set: all are written in full under
+    temporary names first; then, holding the output folder's lock (a
+    ``tversky_keras.claims`` claim on ``.segmentation.lock``, so concurrent
+    writers publish one after the other), the manifest and every file of the
+    old set are removed, the new files are renamed into place, and the
+    manifest, written last, lists them. A kill at any moment leaves the old
+    set, the new set, or an incomplete set without a manifest, never a new
+    probability map beside an old mask; an old ``uncertainty.nii.gz`` or
+    ``lesions.json`` never stays beside a new set without them. A leftover
+    temporary folder is removed by a later write once it is stale (its
+    writer's process is gone, or it is older than ``STAGING_STALE_AFTER``),
+    never while another writer may be filling it.
+
+    ``uncertainty.nii.gz`` is float32 and 4D in the scan's geometry: volume 0
+    the predictive entropy, volume 1 the mutual information (nats).
+    ``lesions.json`` holds ``lesion_table`` of the mask: one row per
+    26-connected lesion, the most uncertain first.
 
     Args:
         probability: float array in the scan's grid (``segment_subject``).
@@ -429,29 +635,56 @@ def write_segmentation(probability, geometry, out_dir, threshold=0.5, about=None
         out_dir: the output folder (created).
         threshold: the mask threshold, in (0, 1].
         about: optional dict recorded in the manifest (model, inputs).
+        uncertainty: optional ``uncertainty_maps`` dict in the scan's grid,
+            of two members or more (``segment_subject(..., uncertainty=True)``).
 
     Returns:
         ``(probability_path, mask_path)``.
+
+    Raises:
+        ValueError: a bad threshold, or uncertainty maps without the mutual
+            information (one member).
+        TimeoutError: another writer held the folder's lock for ``PUBLISH_WAIT`` s.
     """
     threshold = check_threshold(threshold)
+    if uncertainty is not None and "mutual_information" not in uncertainty:
+        raise ValueError("uncertainty maps need at least two members (ensemble models or "
+                         "mirrors): one prediction has no spread")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for leftover in out_dir.glob(".segmentation-*.tmp"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging = out_dir / f".segmentation-{uuid.uuid4().hex}.tmp"
+        if _staging_is_stale(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+    staging = out_dir / (f".segmentation-{socket.gethostname()}-{os.getpid()}-"
+                         f"{uuid.uuid4().hex}.tmp")
     staging.mkdir()
     try:
         prob_name, mask_name = SEGMENTATION_FILES
+        mask = (probability >= threshold).astype(np.uint8)
         save_nifti_like(probability, geometry, staging / prob_name, np.float32)
-        save_nifti_like((probability >= threshold).astype(np.uint8), geometry,
-                        staging / mask_name, np.uint8)
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        for name in (mask_name, prob_name):
-            (out_dir / name).unlink(missing_ok=True)
-        for name in (prob_name, mask_name):
-            (staging / name).replace(out_dir / name)
-        write_json({"files": list(SEGMENTATION_FILES), "threshold": threshold,
-                    **(about or {})}, out_dir / MANIFEST)
+        save_nifti_like(mask, geometry, staging / mask_name, np.uint8)
+        names = [prob_name, mask_name]
+        record = {"threshold": threshold}
+        if uncertainty is not None:
+            maps_name, lesions_name = UNCERTAINTY_FILES
+            stacked = np.stack([uncertainty["entropy"], uncertainty["mutual_information"]], -1)
+            save_nifti_like(stacked, geometry, staging / maps_name, np.float32)
+            write_json({"threshold": threshold, "connectivity": 26,
+                        "sorted_by": "mean_entropy, descending",
+                        "lesions": lesion_table(mask, geometry.affine, probability,
+                                                uncertainty)},
+                       staging / lesions_name)
+            names += [maps_name, lesions_name]
+            record["uncertainty"] = {"volumes": list(UNCERTAINTY_VOLUMES),
+                                     "members": uncertainty.get("members")}
+        with _publishing_claim(out_dir) as claim:
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+            for name in (mask_name, *UNCERTAINTY_FILES, prob_name):
+                (out_dir / name).unlink(missing_ok=True)
+            for name in names:
+                (staging / name).replace(out_dir / name)
+            claim.ensure_held()
+            write_json({"files": names, **record, **(about or {})}, out_dir / MANIFEST)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir / prob_name, out_dir / mask_name
