@@ -368,3 +368,56 @@ def test_evaluate_refuses_an_overlap_rule_without_its_threshold(scan_pair, capsy
     _, _, prediction = scan_pair
     assert main(prediction() + options) == 1
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_predict_uncertainty_writes_the_maps_and_lesions_as_one_set(tiny_data, tiny_model,
+                                                                      tmp_path, capsys):
+    from scipy import ndimage
+
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(tiny_model), "--input", str(tiny_data / "sub00"),
+                 "--out", str(out), "--mirror", "x", "--uncertainty",
+                 "--threshold", "0.3"]) == 0
+    scan = nib.load(tiny_data / "sub00" / "FLAIR.nii.gz")
+    for name in ("probability.nii.gz", "mask.nii.gz", "uncertainty.nii.gz"):
+        image = nib.load(out / name)
+        assert image.shape[:3] == scan.shape[:3], name
+        np.testing.assert_allclose(image.affine, scan.affine, atol=1e-5)
+    maps = nib.load(out / "uncertainty.nii.gz")
+    assert maps.shape == (*scan.shape[:3], 2) and maps.get_data_dtype() == np.float32
+    entropy, information = np.moveaxis(np.asarray(maps.dataobj), -1, 0)
+    assert (information >= 0).all() and (information <= entropy + 1e-6).all()
+    assert entropy.max() <= np.log(2) + 1e-6
+    mask = np.asarray(nib.load(out / "mask.nii.gz").dataobj)
+    _, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    table = json.loads((out / "lesions.json").read_text())
+    rows = table["lesions"]
+    assert count > 0 and len(rows) == count
+    assert sum(r["voxels"] for r in rows) == int(mask.sum())
+    voxel_ml = abs(np.linalg.det(scan.affine[:3, :3])) / 1000
+    np.testing.assert_allclose(sum(r["volume_ml"] for r in rows), mask.sum() * voxel_ml)
+    assert [r["mean_entropy"] for r in rows] == sorted((r["mean_entropy"] for r in rows),
+                                                       reverse=True)
+    for row in rows:
+        world = scan.affine @ np.array([*row["centre_voxel"], 1.0])
+        np.testing.assert_allclose(row["centre_world"], world[:3], atol=1e-4)
+    manifest = json.loads((out / "segmentation.json").read_text())
+    assert manifest["files"] == ["probability.nii.gz", "mask.nii.gz", "uncertainty.nii.gz",
+                                 "lesions.json"]
+    assert manifest["uncertainty"]["members"] == 2
+    assert "uncertainty.nii.gz" in capsys.readouterr().out
+    # A later run without --uncertainty leaves no old maps beside its new pair.
+    assert main(["predict", "--model", str(tiny_model), "--input", str(tiny_data / "sub00"),
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "mask.nii.gz", "probability.nii.gz", "segmentation.json"]
+
+
+def test_predict_uncertainty_needs_more_than_one_prediction(tiny_data, tiny_model, tmp_path,
+                                                            capsys):
+    assert main(["predict", "--model", str(tiny_model), "--input", str(tiny_data / "sub00"),
+                 "--out", str(tmp_path / "out"), "--uncertainty"]) == 1
+    err = capsys.readouterr().err
+    assert "--uncertainty needs --mirror and/or several --model" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
