@@ -17,6 +17,9 @@ from tversky_keras.data import from_grid, load_subject, zscore_in_brain
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics
 
 THRESHOLD = 0.5
+# The challenge metrics the sim-to-real tables show, and their column heads.
+CHALLENGE_SHOWN = ("ndsc", "lesion_f1", "hd95_mm", "abs_volume_difference_ml")
+CHALLENGE_HEAD = ["nDSC", "lesion F1", "HD95 mm", "|volume difference| mL"]
 REPORTED = ("dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr")
 
 

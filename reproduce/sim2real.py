@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 from reproduce.experiment import PROFILES, SIM2REAL_PROFILES, row_name  # noqa: E402
 from reproduce import report  # noqa: E402
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
-from reproduce.scoring import THRESHOLD, score_subject  # noqa: E402
+from reproduce.scoring import (  # noqa: E402
+    CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, score_subject)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import finite, mirror_option, natural  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
@@ -67,8 +68,6 @@ RUN = "run"
 # What a results folder holds beside its subjects' folders.
 OWN_FILES = (RUN, "settings.json", "sim2real.json", "sim2real.md")
 # The MS challenges' metrics the tables show (every one is in the JSON; reproduce.scoring).
-CHALLENGE_SHOWN = ("ndsc", "lesion_f1", "hd95_mm", "abs_volume_difference_ml")
-CHALLENGE_HEAD = ["nDSC", "lesion F1", "HD95 mm", "|volume difference| mL"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 
 from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
-from reproduce.scoring import oracle, score_subject  # noqa: E402
-from reproduce.sim2real import CHALLENGE_HEAD, CHALLENGE_SHOWN  # noqa: E402
+from reproduce.scoring import (  # noqa: E402
+    CHALLENGE_HEAD, CHALLENGE_SHOWN, oracle, score_subject)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import mirror_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
