@@ -240,12 +240,17 @@ def test_bad_mirror_axes_are_refused(model, axes):
         predict_volume(model, np.zeros((8, 8, 8, 3), np.float32), mirror_axes=axes)
 
 
-def test_an_ensemble_averages_its_models_probabilities(model, tmp_path):
+def second_model_and_subject(tmp_path):
+    """A second untrained model with the same contract as ``model``, and one tiny subject."""
     keras.utils.set_random_seed(4)
     other = with_scan_spec(unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2),
                            ["T1W", "T2W", "FLAIR"], spacing=None, multiple_of=4)
     write_tiny_subjects(tmp_path / "data", n=1)
-    subject = discover_subjects(tmp_path / "data")[0]
+    return other, discover_subjects(tmp_path / "data")[0]
+
+
+def test_an_ensemble_averages_its_models_probabilities(model, tmp_path):
+    other, subject = second_model_and_subject(tmp_path)
     one, geometry = segment_subject(model, subject)
     two, _ = segment_subject(other, subject)
     both, both_geometry = segment_subject([model, other], subject)
@@ -460,11 +465,7 @@ def test_predict_volume_adds_each_mirror_as_a_member(model):
 
 
 def test_segment_subject_returns_uncertainty_in_the_scans_grid(model, tmp_path):
-    keras.utils.set_random_seed(4)
-    other = with_scan_spec(unet3d(input_shape=(None, None, None, 3), base_filters=2, depth=2),
-                           ["T1W", "T2W", "FLAIR"], spacing=None, multiple_of=4)
-    write_tiny_subjects(tmp_path / "data", n=1)
-    subject = discover_subjects(tmp_path / "data")[0]
+    other, subject = second_model_and_subject(tmp_path)
     plain, _ = segment_subject([model, other], subject, mirror_axes=(1,))
     probability, geometry, maps = segment_subject([model, other], subject, mirror_axes=(1,),
                                                   uncertainty=True)
