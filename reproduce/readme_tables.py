@@ -17,6 +17,10 @@ files, never typed:
 - ``table1-v3``: ``figures/phantom-v3-quick/phantom-v3-quick-seeds.json``, the
   mean ± std over seeds of Table 1 on phantom version 3 (``python -m
   reproduce.table1 --seeds 5``), next to the paper's Table 1.
+- ``retention``: ``figures/sim2real-grid-v3/retention.json``, what ``python -m
+  reproduce.sim2real_grid --ensemble --mirror x --uncertainty`` wrote: the areas
+  under each row's ensemble's retention curves on the real patients, against the
+  ideal and random rankings, and how false and correct lesions rank.
 - ``benchmarks``: ``benchmarks/results.json``, what ``python -m benchmarks`` wrote: when,
   where and how it ran, then a table per section of its rows and the loss values.
 """
@@ -33,6 +37,7 @@ SIM2REAL = FIGURES / "sim2real-v3"
 TABLE1_SEEDS = FIGURES / "phantom-v3-quick" / "phantom-v3-quick-seeds.json"
 BENCHMARKS = FIGURES.parent / "benchmarks" / "results.json"
 GRID_VERSIONS = FIGURES.parent / "benchmarks" / "grid-versions.json"
+RETENTION = FIGURES / "sim2real-grid-v3" / "retention.json"
 
 
 def markers(block):
@@ -49,6 +54,8 @@ def variant_label(variant):
         label += f", {variant['intensity_normalization']} normalisation"
     if variant["intensity_augmentation"]:
         label += ", + nnU-Net intensity augmentation"
+    if variant.get("foreground_ratio"):
+        label += f", {variant['foreground_ratio']:g} of patches on lesions"
     if variant["mirror_axes"]:
         label += ", + mirroring " + ",".join("xyz"[a] for a in variant["mirror_axes"])
     if variant.get("ensemble"):
@@ -150,7 +157,9 @@ def render_grid_versions(path=GRID_VERSIONS):
     return ("Time on the same machine, back to back: the same cells of the "
             f"{timing.get('profile', 'quick')} grid trained on each phantom version in "
             f"turn, v2 then v3 then v3 then v2 (`{' '.join(made['command'])}`, "
-            f"{made['date'][:10]}, commit {made['commit'][:7]}, {made['machine']['cores']} "
+            f"{made['date'][:10]}, commit {made['commit'][:7]}"
+            f"{' with uncommitted changes' if made.get('uncommitted_changes') else ''}, "
+            f"{made['machine']['cores']} "
             f"cores of an {made['machine']['cpu']}):\n\n"
             + report.markdown_table(["run", "phantom", "cell seconds"]
                                     + (["command CPU seconds"] if has_cpu else []), rows)
@@ -222,6 +231,26 @@ def render_benchmarks(path=BENCHMARKS):
     return "\n\n".join(parts)
 
 
+def render_retention(path=RETENTION):
+    """``sim2real_grid --uncertainty``'s ``retention.json``: the table of every row and
+    subject, the figure beside it, and how it was made."""
+    from reproduce.uncertainty import markdown
+
+    path = Path(path)
+    shown = path.relative_to(FIGURES.parent) if path.is_relative_to(FIGURES.parent) else path
+    if not path.is_file():
+        return (f"(No committed run yet: `{shown}` is what `python -m reproduce.sim2real_grid "
+                f"--ensemble --mirror x --uncertainty` writes into its --out folder, copied "
+                f"there.)")
+    saved = json.loads(path.read_text())
+    made = saved["made"]
+    figure = shown.with_name("retention.png")
+    return (markdown(saved["rows"]) + f"\n\n![Retention curves](../{figure.as_posix()})"
+            f"\n\nMade by `{' '.join(made['command'])}` ({made['date'][:10]}, commit "
+            f"{made['commit'][:7]}, {made['machine']['cores']} cores of an "
+            f"{made['machine']['cpu']}, {made['seconds']:.0f} s).")
+
+
 # The documentation's results pages: a title, what the numbers are, then the blocks.
 PAGES = {
     "table1.md": (
@@ -244,6 +273,22 @@ PAGES = {
         "over the training seeds, with how many seeds beat the best single FLAIR threshold "
         "chosen knowing the answer (the oracle row).",
         ("sim2real-v3",)),
+    "uncertainty.md": (
+        "Uncertainty on the development patients",
+        "Does an ensemble's uncertainty point at its errors on real scans? Each (alpha, beta) "
+        "row's phantom-trained models of the Table 1 grid, with test-time mirroring, are one "
+        "ensemble (every model and mirror a member); it segments the two real MSLUB patients "
+        "the project holds (**development patients**) at probability 0.5, inside the brain. "
+        "Its predictive entropy ranks the voxels, and each lesion by its mean entropy: keep "
+        "the most certain fraction, let a perfect reader correct the rest, and score nDSC "
+        "(voxels) or lesion F1 (lesions). The areas under those retention curves (percent) "
+        "are compared with the ideal ranking (every error less certain than every correct "
+        "voxel or lesion) and a random one (`tversky_keras.retention`); the last columns "
+        "say whether false predicted lesions carry more entropy than correct ones (AUROC "
+        "0.5 is chance). Copy the run's `retention.json` and `retention.png` to "
+        "`figures/sim2real-grid-v3/` and run `python -m reproduce.readme_tables --docs "
+        "docs/results` to update this page.",
+        ("retention",)),
     "benchmarks.md": (
         "Benchmarks",
         "`python -m benchmarks` measures the package against the same U-Net in PyTorch with "
@@ -291,6 +336,9 @@ def main(argv=None):
                         help="Table 1 seeds JSON (figures/phantom-v3-quick/...-seeds.json)")
     parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS,
                         help="python -m benchmarks' JSON (benchmarks/results.json)")
+    parser.add_argument("--retention", type=Path, default=RETENTION,
+                        help="sim2real_grid --uncertainty's JSON "
+                             "(figures/sim2real-grid-v3/retention.json)")
     parser.add_argument("--grid-versions", type=Path, default=GRID_VERSIONS,
                         help="python -m benchmarks.bench_grid_versions' JSON "
                              "(benchmarks/grid-versions.json)")
@@ -310,7 +358,8 @@ def _run(args):
     tables = {"sim2real-v3": render_sim2real(args.sim2real),
               "table1-v3": render_table1(args.table1),
               "benchmarks": render_benchmarks(args.benchmarks),
-              "grid-versions": render_grid_versions(args.grid_versions)}
+              "grid-versions": render_grid_versions(args.grid_versions),
+              "retention": render_retention(args.retention)}
     if args.docs or args.check_docs:
         return _pages(tables, args.docs or args.check_docs, check=bool(args.check_docs))
     target = args.readme or args.check

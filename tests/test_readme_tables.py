@@ -29,7 +29,8 @@ def summary(dsc_07, dsc_26, **variant):
 def test_a_row_per_summary_with_mean_std_and_seeds_above_the_oracle(tmp_path):
     (tmp_path / "a-seeds.json").write_text(json.dumps(summary([0.10, 0.30], [0.5, 0.6])))
     (tmp_path / "b-seeds.json").write_text(json.dumps(summary(
-        [0.2, 0.2], [0.4, 0.4], mirror_axes=[0], intensity_normalization="wm-peak")))
+        [0.2, 0.2], [0.4, 0.4], mirror_axes=[0], intensity_normalization="wm-peak",
+        foreground_ratio=0.33)))
     lines = readme_tables.render_sim2real(tmp_path).splitlines()
     assert len(lines) == 2 + 2 + 1
     # 07: mean 20.00, population std 10.00, one of two seeds above 20.56 (0.30);
@@ -37,7 +38,8 @@ def test_a_row_per_summary_with_mean_std_and_seeds_above_the_oracle(tmp_path):
     assert lines[2] == ("| v3 randomized (60 subjects, 2 mm) | `a-seeds.json` | 2 | 20.00 ± 10.00 "
                         "(1/2) | 50.00 ± 0.00 | 99.90 ± 0.10 | 55.00 ± 5.00 (2/2) "
                         "| 50.00 ± 0.00 | 99.90 ± 0.10 | 120 |")
-    assert "wm-peak normalisation, + mirroring x | `b-seeds.json`" in lines[3]
+    assert ("wm-peak normalisation, 0.33 of patches on lesions, + mirroring x | `b-seeds.json`"
+            in lines[3])
     assert lines[4].startswith("| FLAIR-threshold oracle") and "| 20.56 |" in lines[4]
 
 
@@ -204,3 +206,12 @@ def test_the_grid_versions_timing_shows_cpu_time_only_where_it_was_recorded(tmp_
         assert "v3 / v2: 1.056 (375.0 s against 355.0 s)" in text
     else:
         assert "| 1 | v3 | a0.3_b0.7/fold0 130.0 |" in text
+    assert "commit abcdef0, 2 cores" in text
+
+
+def test_a_timing_made_with_uncommitted_changes_says_so(tmp_path):
+    timing = grid_timing(True)
+    timing["made"]["uncommitted_changes"] = True
+    (tmp_path / "t.json").write_text(json.dumps(timing))
+    assert "commit abcdef0 with uncommitted changes, 2 cores" in \
+        readme_tables.render_grid_versions(tmp_path / "t.json")
