@@ -18,11 +18,18 @@ probabilities averaged, as nnU-Net predicts with its folds), written to
 ``<out>/ensemble/<row>/<subject>.json``.
 ``--mirror x`` (or ``x,y,z``) scores each model with test-time mirroring
 (``tversky-keras predict --mirror``), into ``results/sim2real-grid-mirror-x``.
+``--uncertainty`` (with ``--ensemble``) asks whether each row's ensemble knows
+where it errs (``reproduce.uncertainty``): every model and mirror is a member,
+and the voxel-wise nDSC and lesion-wise F1 retention curves of its predictive
+entropy and mutual information, against the ideal and random rankings, go to
+``<out>/ensemble/<row>/retention/<subject>.json``, ``<out>/retention.{json,md}``
+and the figure ``<out>/retention.png`` (the a=0.3, b=0.7 row, the paper's choice).
 
 Layout (a rerun skips every model already scored)::
 
     <out>/<grid folder name>/<row>/fold<k>/<subject>.json   one model on one subject
     <out>/sim2real-grid.{json,md}                          every row, every subject
+    <out>/retention.{json,md}, retention.png               with --uncertainty
 
 Only the scores are written, not the probability maps (50 models on two 1-mm
 scans would be 100 maps); ``tversky-keras predict --model <cell>/run/last.keras``
@@ -43,8 +50,9 @@ import numpy as np  # noqa: E402
 
 from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
+from reproduce import uncertainty  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
-    CHALLENGE_HEAD, CHALLENGE_SHOWN, oracle, score_subject)
+    CHALLENGE_HEAD, CHALLENGE_SHOWN, oracle, scan_reference, score_subject)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import mirror_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
@@ -55,7 +63,10 @@ from tversky_keras.saving import load_saved_model  # noqa: E402
 
 MODEL = Path("run") / "last.keras"  # the model the table tests: the fixed budget's last
 # What --out holds beside one folder per grid.
-OWN_FILES = ("ensemble", "sim2real-grid.json", "sim2real-grid.md")
+OWN_FILES = ("ensemble", "sim2real-grid.json", "sim2real-grid.md", "retention.json",
+             "retention.md", "retention.png")
+# The row whose retention curves the figure shows: the paper's choice.
+FIGURE_ROW = "a0.3_b0.7"
 SHOWN = ("dsc", "sensitivity", "specificity", "apr", "lesion_tpr", "lesion_fpr")
 
 
@@ -176,6 +187,50 @@ def score_models(models, subjects, out, mirror_axes=(), ensemble=False):
     return rows, ensembles
 
 
+def score_uncertainty(models, subjects, out, mirror_axes=()):
+    """Each row's ensemble, every model and mirror a member: its retention curves on every
+    subject (``reproduce.uncertainty.retention_scores``), written to
+    ``<out>/ensemble/<row>/retention/<subject>.json`` and skipped when written for the
+    same models and mirroring.
+
+    Returns:
+        ``{row: {subject id: that JSON}}``, rows in the grid's order.
+    """
+    by_row = {}
+    for _, alpha, beta, _, path in models:
+        by_row.setdefault(row_name(alpha, beta), []).append(str(path))
+    summary = {}
+    for row, paths in by_row.items():
+        loaded = None
+        for subject in subjects:
+            file = out / "ensemble" / row / "retention" / f"{subject.id}.json"
+            if file.is_file() and read_score(file, mirror_axes).get("ensemble") == paths:
+                summary.setdefault(row, {})[subject.id] = json.loads(file.read_text())
+                continue
+            started = time.perf_counter()
+            if loaded is None:
+                loaded = [load_saved_model(path, compile=False) for path in paths]
+            probability, _, maps = segment_subject(loaded, subject, mirror_axes=mirror_axes,
+                                                   uncertainty=True)
+            truth, brain, _ = scan_reference(subject)
+            entry = {"ensemble": paths, "mirror_axes": list(mirror_axes),
+                     "members": maps["members"],
+                     "measures": uncertainty.retention_scores(probability, maps, truth, brain)}
+            file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(entry, file)
+            summary.setdefault(row, {})[subject.id] = entry
+            entropy = entry["measures"]["entropy"]
+            print(f"uncertainty of the {row} ensemble ({entry['members']} members) on "
+                  f"{subject.id}: voxel nDSC AUC {entropy['voxel']['auc']:.3f} (ideal "
+                  f"{entropy['voxel']['ideal_auc']:.3f}, random "
+                  f"{entropy['voxel']['random_auc']:.3f}), lesion F1 AUC "
+                  f"{entropy['lesion']['auc']:.3f} ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
+        if loaded is not None:
+            keras.backend.clear_session()
+    return summary
+
+
 def summarise(rows):
     """Mean, standard deviation and count over each row's models, per subject.
 
@@ -276,6 +331,10 @@ def build_parser():
     parser.add_argument("--ensemble", action="store_true",
                         help="also score each row's models together, their probabilities "
                              "averaged (as nnU-Net ensembles its folds)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="with --ensemble: retention curves of each row's ensemble (every "
+                             "model and mirror a member): does its entropy point at its "
+                             "errors? Writes <out>/retention.{json,md,png}")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the scores and the table go (results/sim2real-grid, "
                              "-mirror-<axes> with --mirror)")
@@ -284,6 +343,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.uncertainty and not args.ensemble:
+        build_parser().error("--uncertainty scores each row's ensemble: give --ensemble too")
     return report.run_or_one_line("python -m reproduce.sim2real_grid", _run, args)
 
 
@@ -305,6 +366,9 @@ def _run(args):
     if args.ensemble:
         result["ensembles"] = ensemble_summary(ensembles)
         text += "\n\n" + ensemble_markdown(result["ensembles"])
+    if args.uncertainty:
+        _write_uncertainty(score_uncertainty(models, subjects, out, args.mirror), out,
+                           time.perf_counter() - started)
     write_json(result, out / "sim2real-grid.json")
     write_text(out / "sim2real-grid.md",
                "# The Table-1 grid's phantom-trained models on real subjects (percent, inside "
@@ -313,6 +377,21 @@ def _run(args):
                   if args.mirror else "") + ")\n\n" + text + "\n")
     print(f"\n{text}\n\ntotal {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _write_uncertainty(summary, out, seconds):
+    """``<out>/retention.{json,md}`` of every row, and the figure of ``FIGURE_ROW`` (else the
+    first row)."""
+    write_json({"made": report.provenance(seconds), "overlap": uncertainty.OVERLAP,
+                "rows": summary}, out / "retention.json")
+    text = uncertainty.markdown(summary)
+    write_text(out / "retention.md",
+               "# Does each row's ensemble know where it errs? (areas under the retention "
+               "curves of its predictive entropy, percent; lesions 26-connected, found when "
+               "any voxel overlaps)\n\n" + text + "\n")
+    uncertainty.figure(summary, FIGURE_ROW if FIGURE_ROW in summary else next(iter(summary)),
+                       out / "retention.png")
+    print(f"\n{text}")
 
 
 if __name__ == "__main__":

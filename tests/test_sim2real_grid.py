@@ -15,7 +15,7 @@ from reproduce.experiment import cell_folder
 from reproduce.scoring import scan_reference
 from tiny_data import write_tiny_subjects
 from tversky_keras.data import discover_subjects
-from tversky_keras.evaluation import challenge_metrics
+from tversky_keras.evaluation import challenge_metrics, lesion_detection, normalised_dsc
 from tversky_keras.inference import segment_subject
 
 
@@ -160,6 +160,51 @@ def test_each_row_as_an_ensemble_is_the_average_of_its_models(grids, capsys):
     assert sim2real_grid.main(command + ["--ensemble"]) == 0
     printed = capsys.readouterr().out
     assert "ensemble of" not in printed and "] phantom-v3-smoke" not in printed
+
+
+def test_each_rows_ensemble_retention_curves_end_at_its_own_scores(grids, capsys):
+    root, folders, out, command = grids
+    assert sim2real_grid.main(command + ["--ensemble", "--uncertainty"]) == 0
+    printed = capsys.readouterr().out
+    assert "uncertainty of the a0.5_b0.5 ensemble (2 members) on sub00" in printed
+    saved = json.loads((out / "retention.json").read_text())
+    assert set(saved["rows"]) == {"a0.5_b0.5", "a0.1_b0.9"}
+    assert {"date", "commit", "machine"} <= set(saved["made"]) and saved["overlap"] == "any"
+    models = [keras.saving.load_model(cell_folder(f, 0.5, 0.5, 0) / "run" / "last.keras")
+              for f in folders]
+    for subject in discover_subjects(root / "data"):
+        entry = saved["rows"]["a0.5_b0.5"][subject.id]
+        assert entry["members"] == 2 and set(entry["measures"]) == {"entropy",
+                                                                    "mutual_information"}
+        truth, brain, _ = scan_reference(subject)
+        predicted = (segment_subject(models, subject)[0] >= 0.5) & brain
+        entropy = entry["measures"]["entropy"]
+        # Everything retained: the ensemble's own nDSC and lesion F1 inside the brain.
+        assert entropy["voxel"]["ndsc"][-1] == pytest.approx(
+            normalised_dsc(truth, predicted, mask=brain))
+        assert entropy["voxel"]["voxels"] == brain.sum()
+        detection = lesion_detection(truth & brain, predicted)
+        assert entropy["lesion"]["f1"][-1] == pytest.approx(detection["lesion_f1"])
+        ranks = entropy["lesions"]
+        assert (ranks["correct"], ranks["false"]) == (detection["lesion_tp_pred"],
+                                                      detection["lesion_fp"])
+    table = (out / "retention.md").read_text().splitlines()
+    rows = [line.split(" | ")[:2] for line in table if line.startswith("| a=")]
+    assert rows == [["| a=0.5, b=0.5", "sub00"], ["| a=0.5, b=0.5", "sub01"],
+                    ["| a=0.1, b=0.9", "sub00"], ["| a=0.1, b=0.9", "sub01"]]   # paper's order
+    assert (out / "retention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Run again: read back, no model loaded.
+    assert sim2real_grid.main(command + ["--ensemble", "--uncertainty"]) == 0
+    assert "uncertainty of the" not in capsys.readouterr().out
+
+
+def test_uncertainty_without_an_ensemble_is_refused(grids, capsys):
+    _, _, _, command = grids
+    with pytest.raises(SystemExit) as stopped:
+        sim2real_grid.main(command + ["--uncertainty"])
+    assert stopped.value.code == 2
+    assert "--uncertainty scores each row's ensemble: give --ensemble too" in \
+        capsys.readouterr().err
 
 
 def subject_named(folder, name):

@@ -600,7 +600,8 @@ def _voxel_counts(truth, pred, n_voxels):
 
 
 def _ndsc(counts, reference_load):
-    tp, fp, fn, n_voxels = (int(count) for count in counts)
+    """nDSC of ``(TP, FP, FN, N)``; the counts may be expected (fractional) ones."""
+    tp, fp, fn, n_voxels = (float(count) for count in counts)
     n_true = tp + fn
     if n_true + fp == 0:
         return 1.0
