@@ -27,7 +27,7 @@ Layout (a rerun skips what is finished; other settings for the same folder are r
     results/<name>-seeds.{json,md}      with --seeds N: each subject's mean ± std
 
 ``<name>`` is ``sim2real-<profile>-v<version>-<recipe>``, then ``-<N>subjects``,
-``-<MM>mm``, ``-aA_bB``, ``-augment``, ``-wmpeak`` for settings off the recipe's
+``-<MM>mm``, ``-aA_bB``, ``-augment``, ``-wmpeak``, ``-oversample<R>`` for settings off the recipe's
 or the profile's, ``-mirror-<axes>`` (the unmirrored folder's network, not
 trained again), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
 """
@@ -122,7 +122,7 @@ def phantom_manifest(phantom, version):
 
 
 def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentation=False,
-                 intensity_normalization="zscore"):
+                 intensity_normalization="zscore", foreground_ratio=0.0):
     """The profile's training settings, on every phantom subject at the phantom's voxel size.
 
     The spacing is recorded in the saved model's ScanSpec, so ``segment_subject``
@@ -134,7 +134,8 @@ def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentatio
     return profile.train_config(n_subjects, alpha=alpha, beta=beta, monitor="val_dice",
                                 spacing=profile.spacing or profile.phantom_spacing, seed=seed,
                                 intensity_augmentation=intensity_augmentation,
-                                intensity_normalization=intensity_normalization)
+                                intensity_normalization=intensity_normalization,
+                                foreground_ratio=foreground_ratio)
 
 
 def check_settings(folder, settings):
@@ -207,6 +208,14 @@ def _mean_of_all(scores, key):
     return None if None in values else float(np.mean(values))
 
 
+def fraction(text):
+    """A number in [0, 1], for argparse."""
+    value = finite(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a fraction between 0 and 1")
+    return value
+
+
 def phantom_voxel_size(text):
     """A voxel size the phantom generator makes (``SPACING_RANGE_MM``), for argparse."""
     from tversky_keras.data.phantom import SPACING_RANGE_MM
@@ -266,6 +275,10 @@ def build_parser():
                         help="normalise each modality by its white-matter peak and IQR (the "
                              "default; writes <name>-wmpeak) or by its brain z-score, in "
                              "training and in inference alike")
+    parser.add_argument("--oversample", type=fraction, default=0.0, metavar="R",
+                        help="centre a fraction R of the training patches on a lesion voxel "
+                             "(nnU-Net's default is 0.33; default 0: patches uniform in the "
+                             "brain); writes <name>-oversample<R>")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -300,6 +313,8 @@ def experiment_name(args, profile):
         name += "-augment"
     if args.intensity_normalization != "zscore":
         name += "-wmpeak"
+    if args.oversample:
+        name += f"-oversample{args.oversample:g}"
     return name
 
 
@@ -369,7 +384,8 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
     """One training seed: train (or resume, or find finished) into ``run`` on the phantom,
     then segment and score every subject into ``root``."""
     config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), seed,
-                          args.intensity_augmentation, args.intensity_normalization)
+                          args.intensity_augmentation, args.intensity_normalization,
+                          args.oversample)
     settings = {"data": str(Path(args.data).resolve()), "profile": dataclasses.asdict(profile),
                 "recipe": dataclasses.asdict(recipe), "alpha": args.alpha, "beta": args.beta,
                 "threshold": THRESHOLD, "mirror_axes": list(args.mirror), "phantom": manifest,
@@ -449,6 +465,7 @@ def seed_summary(runs):
                "intensity_augmentation": first["training"]["intensity_augmentation"],
                "intensity_normalization": first["training"].get("intensity_normalization",
                                                                 "zscore"),
+               "foreground_ratio": first["training"].get("foreground_ratio", 0.0),
                "profile": first["profile"]["name"], "steps": first["training"]["epochs"]
                * first["training"]["steps_per_epoch"]},
             # Per seed, from the runs' own records (a rerun that only summarises keeps them).

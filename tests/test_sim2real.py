@@ -212,17 +212,29 @@ def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
     assert any(not np.array_equal(a, b) for a, b in zip(ours, theirs))
 
 
-def test_another_phantom_spacing_and_augmentation_train_into_their_own_folder(smoke_run):
+def test_another_phantom_spacing_augmentation_and_oversampling_train_into_their_own_folder(
+        smoke_run):
     folder, _, argv = smoke_run
-    assert sim2real.main([*argv, "--phantom-spacing", "6", "--intensity-augmentation"]) == 0
-    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment-wmpeak"
+    assert sim2real.main([*argv, "--phantom-spacing", "6", "--intensity-augmentation",
+                          "--oversample", "0.5"]) == 0
+    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment-wmpeak-oversample0.5"
     settings = json.loads((other / "settings.json").read_text())
     assert settings["training"]["intensity_augmentation"] is True
+    assert settings["training"]["foreground_ratio"] == 0.5
     assert settings["training"]["spacing"] == settings["phantom"]["spacing"] == 6.0
     model = keras.saving.load_model(other / "run" / "last.keras")
     assert scan_spec(model)["spacing"] == 6.0
     assert json.loads((folder / "settings.json").read_text())["training"][
         "intensity_augmentation"] is False
+
+
+@pytest.mark.parametrize("value, message", [("-0.1", "-0.1: a fraction between 0 and 1"),
+                                            ("1.5", "1.5: a fraction between 0 and 1"),
+                                            ("nan", "'nan' is not a finite number")])
+def test_an_oversampling_fraction_outside_zero_one_is_refused(capsys, value, message):
+    with pytest.raises(SystemExit):
+        sim2real.build_parser().parse_args(["--data", "d", "--oversample", value])
+    assert f"--oversample: {message}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["0.4", "9", "nan"])
@@ -304,6 +316,8 @@ def test_a_folder_recorded_before_a_training_setting_existed_is_accepted(tmp_pat
     (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-30subjects-wmpeak"),
     (["--intensity-normalization", "zscore", "--intensity-augmentation"],
      "sim2real-quick-v3-randomized-augment"),
+    (["--oversample", "0.33"], "sim2real-quick-v3-randomized-wmpeak-oversample0.33"),
+    (["--oversample", "0"], "sim2real-quick-v3-randomized-wmpeak"),
 ])
 def test_every_training_setting_names_its_own_folder(options, name):
     args = sim2real.build_parser().parse_args(["--data", "d", *options])
