@@ -233,6 +233,31 @@ def two_fold_split(subject_ids, seed=0):
     return [([i for i in ids if i not in test], test) for test in tests]
 
 
+def settings_difference(saved, wanted, name=""):
+    """``(dotted name, saved value, wanted value)`` of the first setting that differs, or
+    ``None``. A setting only one side records (added since the other was written) is not
+    compared."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        for key in (key for key in saved if key in wanted):
+            found = settings_difference(saved[key], wanted[key], f"{name}.{key}" if name else key)
+            if found:
+                return found
+        return None
+    return None if saved == wanted else (name, saved, wanted)
+
+
+def _comparable(described, other):
+    """``describe()``'s record as compared: the data by its resolved path, or, when both
+    records name a generated phantom, by the phantom's manifest alone (the same phantom in
+    another cache folder is the same data)."""
+    described = dict(described)
+    if "phantom" in described and "phantom" in other:
+        described.pop("data")
+    else:
+        described["data"] = str(Path(described["data"]).resolve())
+    return described
+
+
 @dataclasses.dataclass
 class Experiment:
     """One grid of cells on one data set with one profile and one seed."""
@@ -262,6 +287,30 @@ class Experiment:
         if manifest.is_file():  # the phantom's version, look and whose lesions
             described["phantom"] = json.loads(manifest.read_text())
         return described
+
+    def record(self):
+        """Write ``experiment.json``, or refuse a folder that records other settings.
+
+        A finished cell is skipped on a rerun, so a folder made with other
+        settings (another profile, seed, split or data) would be published
+        under this run's label without training anything.
+
+        Raises:
+            ValueError: naming the first setting that differs and both values.
+        """
+        path = self.root / "experiment.json"
+        wanted = self.describe()
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            difference = settings_difference(_comparable(saved, wanted),
+                                             _comparable(wanted, saved))
+            if difference:
+                name, before, now = difference
+                raise ValueError(f"{self.root} holds a grid made with other settings "
+                                 f"({path.name}): {name} is {before!r} there and {now!r} now; "
+                                 f"use another --name or --results, or delete that folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(wanted, path)
 
     def cells(self):
         return [(alpha, beta, fold) for alpha, beta in ROWS for fold in FOLDS]

@@ -20,6 +20,7 @@ import keras
 
 from reproduce.experiment import row_name
 from tversky_keras.claims import ClaimLost, current_holder, try_claim
+from tversky_keras.stopping import stopped_line
 from tversky_keras.training import TrainingDiverged
 
 
@@ -169,12 +170,17 @@ def share_the_cores(workers):
 
 
 def start_workers(argv, workers):
-    """The ``workers - 1`` helper processes: this command again, as ``--worker-of``."""
+    """The ``workers - 1`` helper processes: this command again, as ``--worker-of``.
+
+    Each in its own session, so that Ctrl-C at the terminal reaches the lead alone,
+    which stops them (``stopping_helpers``) and says so in one line: a helper
+    interrupted while still importing would print a traceback of its own."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     return [subprocess.Popen([sys.executable, "-m", "reproduce.table1", *argv, "--workers",
-                              str(workers), "--worker-of", str(index), str(workers)], env=env)
+                              str(workers), "--worker-of", str(index), str(workers)], env=env,
+                             start_new_session=True)
             for index in range(2, workers + 1)]
 
 
@@ -225,6 +231,7 @@ def _stop_helpers_and_exit(helpers):
     """
     def handler(number, frame):
         _stop_helpers(helpers)
+        print(stopped_line("python -m reproduce.table1", "terminated (SIGTERM)"), file=sys.stderr)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

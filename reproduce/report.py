@@ -38,14 +38,24 @@ def figure(value):
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def run_or_one_line(program, run, args):
+def run_or_one_line(program, run, args, quiet_stop=False):
     """``run(args)``'s exit code; bad data or settings (ValueError, OSError) print one
-    line naming ``program`` and give 1, never a traceback."""
-    try:
-        return run(args)
-    except (ValueError, OSError) as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return 1
+    line naming ``program`` and give 1, never a traceback. Ctrl-C gives one line and
+    130, SIGTERM one line and 143 (``tversky_keras.stopping``); ``quiet_stop``: no line
+    for them (a helper process, whose lead says it)."""
+    from tversky_keras.data.errors import data_warnings_as_lines
+    from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line
+
+    with one_line_on_sigterm(program, quiet=quiet_stop), data_warnings_as_lines(program):
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            if not quiet_stop:
+                print(stopped_line(program, "interrupted (Ctrl-C)"), file=sys.stderr)
+            return INTERRUPTED
+        except (ValueError, OSError) as error:
+            print(f"{program}: error: {error}", file=sys.stderr)
+            return 1
 
 
 def cpu_model():

@@ -136,7 +136,8 @@ def main(argv=None):
         parser.error("--no-wait assembles what is finished at once: it runs in one process "
                      "(leave out --workers)")
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return report.run_or_one_line("python -m reproduce.table1", _run, args)
+    return report.run_or_one_line("python -m reproduce.table1", _run, args,
+                                  quiet_stop=args.worker_of is not None)
 
 
 def _run(args):
@@ -177,8 +178,7 @@ def experiments(args, profile, data, base):
                                 foreground_ratio=args.oversample,
                                 mixed_precision=args.mixed_precision,
                                 cache_dir=args.cache / "preprocessed")
-        experiment.root.mkdir(parents=True, exist_ok=True)
-        write_json(experiment.describe(), experiment.root / "experiment.json")
+        experiment.record()
         yield name, experiment
 
 

@@ -1,5 +1,6 @@
 """Helpers for tests that start processes."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,19 +31,39 @@ def wait_for_child(pid, timeout_s, marker=""):
     raise AssertionError(f"process {pid} started no child {marker!r} within {timeout_s} s")
 
 
-def assert_sigterm_stops_the_child(module_args, marker):
+def assert_signal_stops_the_child(module_args, marker, number=signal.SIGTERM,
+                                  whole_group=False, says="run the same command again"):
     """``python -m MODULE ARGS`` started in the repository: once it has started its child
-    process (command line containing ``marker``), SIGTERM to it alone ends it with
-    128 + SIGTERM, its child stopped and reaped."""
+    process (command line containing ``marker``), the signal ``number`` (to it alone, or
+    to its whole process group as Ctrl-C at a terminal sends it) ends it with 128 +
+    ``number``, its child stopped and reaped, with no traceback and, unless ``says`` is
+    None, exactly one line holding ``says``.
+
+    Returns:
+        What the command printed (stdout and stderr)."""
     with tempfile.TemporaryFile() as log:
         parent = subprocess.Popen([sys.executable, "-m", *module_args], cwd=ROOT,
-                                  stdout=log, stderr=subprocess.STDOUT)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             child = wait_for_child(parent.pid, timeout_s=120, marker=marker)
-            parent.send_signal(signal.SIGTERM)
+            if whole_group:
+                os.killpg(parent.pid, number)
+            else:
+                parent.send_signal(number)
             code = parent.wait(timeout=60)
             log.seek(0)
-            assert code == 128 + signal.SIGTERM, (code, log.read().decode()[-3000:])
+            printed = log.read().decode()
+            assert code == 128 + number, (code, printed[-3000:])
             assert not Path(f"/proc/{child}").exists()
         finally:
             parent.kill()
+    assert "Traceback" not in printed, printed[-3000:]
+    if says is not None:
+        stopped = [line for line in printed.splitlines() if says in line]
+        assert len(stopped) == 1, printed[-3000:]
+    return printed
+
+
+def assert_sigterm_stops_the_child(module_args, marker, says="run the same command again"):
+    """``assert_signal_stops_the_child`` with SIGTERM to the parent alone."""
+    return assert_signal_stops_the_child(module_args, marker, says=says)

@@ -1,7 +1,10 @@
 """tversky_keras.data.cache: same arrays as load_subject, keyed by settings and files, atomic."""
 
+import dataclasses
 import json
 import os
+import shutil
+import socket
 
 import nibabel as nib
 import numpy as np
@@ -70,14 +73,60 @@ def test_a_changed_source_file_is_preprocessed_again_never_served_stale(writable
     before = cached_subject(writable_subjects[0], cache, **GRID)
     flair = writable_subjects[0].images["FLAIR"]
     image = nib.load(flair)
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 3.0 + 1.0, image.affine), flair)
+    data = np.asarray(image.dataobj)
+    # Another brain (not an affine change, which the z-score would undo), the same background.
+    nib.save(nib.Nifti1Image(np.where(data != 0, data ** 2 + 1.0, 0.0).astype(np.float32),
+                             image.affine), flair)
     after = cached_subject(writable_subjects[0], cache, **GRID)
     assert after.folder != before.folder
+    assert not np.array_equal(after.image, before.image)
     np.testing.assert_array_equal(after.image, load_subject(writable_subjects[0], **GRID).image)
-    # Touching a file (same bytes, new time) also counts as a change.
+    # Touching a file (same bytes, new time) is no change: the same entry.
     stat = flair.stat()
     os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert cached_subject(writable_subjects[0], cache, **GRID).folder not in (before.folder, after.folder)
+    assert cached_subject(writable_subjects[0], cache, **GRID).folder == after.folder
+
+
+def test_other_bytes_of_the_same_size_and_time_are_a_change(writable_subjects, tmp_path):
+    # An uncompressed mask rewritten with other lesions: same size, its time put back.
+    subject = writable_subjects[0]
+    mask = nib.load(subject.mask)
+    path = subject.mask.with_name("consensus_gt.nii")
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.uint8), mask.affine), path)
+    subject = dataclasses.replace(subject, mask=path)
+    cache = tmp_path / "cache"
+    before = cached_subject(subject, cache, **GRID)
+    stat, size = path.stat(), path.stat().st_size
+    other = np.zeros(mask.shape, np.uint8)
+    other[2:6, 2:6, 2:6] = 1
+    nib.save(nib.Nifti1Image(other, mask.affine), path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    after = cached_subject(subject, cache, **GRID)
+    assert after.folder != before.folder
+    np.testing.assert_array_equal(after.label, load_subject(subject, **GRID).label)
+    assert after.count("lesion") != before.count("lesion")
+
+
+def test_a_killed_writers_temporary_entry_is_removed_by_the_next_write(writable_subjects,
+                                                                       tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    entry = cached_subject(writable_subjects[0], cache, **GRID).folder
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    token = "0" * 32
+    dead = cache / f".{entry.name}-{host}-{int(gone.stdout)}-{token}.tmp"
+    live = cache / f".{entry.name}-{host}-{os.getpid()}-{token}.tmp"
+    for leftover in (dead, live):
+        leftover.mkdir()
+        (leftover / "image.npy").write_bytes(b"half written")
+    shutil.rmtree(entry)  # the entry is written again
+    cached_subject(writable_subjects[0], cache, **GRID)
+    assert not dead.exists() and live.exists()   # a live writer's folder is left alone
 
 
 def test_bad_input_raises_the_data_error_and_leaves_no_entry(writable_subjects, tmp_path):
@@ -88,19 +137,24 @@ def test_bad_input_raises_the_data_error_and_leaves_no_entry(writable_subjects, 
     assert entries(cache) == []
 
 
-def test_an_entry_appears_whole_or_not_at_all(writable_subjects, tmp_path, monkeypatch):
+# A full disk, as the OS says it and as numpy's short write says it.
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     OSError("322560 requested and 153568 written")])
+def test_an_entry_appears_whole_or_not_at_all(writable_subjects, tmp_path, monkeypatch, failure):
     cache = tmp_path / "cache"
     saved = []
 
     def failing_save(path, array):
         saved.append(path)
         if len(saved) == 3:
-            raise OSError(28, "No space left on device")
+            raise failure
         return real_save(path, array)
 
     real_save = np.save
     monkeypatch.setattr(np, "save", failing_save)
-    with pytest.raises(DataError, match="cannot write the preprocessed cache.*No space left"):
+    with pytest.raises(DataError, match=r"cannot write the preprocessed cache \(the disk is full "
+                                        r"or over quota \([\d,]+ MB free there; .*give another "
+                                        r"--cache\)"):
         cached_subject(writable_subjects[0], cache, **GRID)
     assert entries(cache) == []  # neither the entry nor its temporary folder
     monkeypatch.setattr(np, "save", real_save)

@@ -1,14 +1,22 @@
 """tversky_keras.data.io and .grid: reading NIfTI files, the network grid's round trip to the scan."""
 
+import gzip
+import io
+import warnings
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from tiny_data import write_nifti as write
+from tiny_data import write_tiny_subjects
 
 from tversky_keras.data import (
     DataError,
+    DataWarning,
     Geometry,
+    discover_subjects,
+    load_subject,
     crop_or_pad,
     from_grid,
     pad_to_multiple,
@@ -276,3 +284,79 @@ def test_read_mask_rejects_other_values(tmp_path, bad, shown):
 def test_a_voxel_size_that_makes_a_huge_grid_is_refused_before_allocating():
     with pytest.raises(ValueError, match=r"grid would be .* voxels .*--spacing"):
         to_grid(np.zeros((10, 10, 10), np.float32), spacing=1.0, target_spacing=1e-4)
+
+
+def test_a_mask_value_next_to_one_is_shown_with_every_digit(tmp_path):
+    data = np.zeros((4, 4, 4), np.float32)
+    data[0, 0, 0] = np.float32(1.0000001)
+    with pytest.raises(DataError, match=r"only 0 and 1, found also 1\.0000001$"):
+        read_mask(write(tmp_path / "mask.nii.gz", data))
+
+
+def rewrite_header(path, change):
+    """``path`` (a .nii.gz) with ``change(header)`` applied to its header bytes alone: the
+    voxel data stay as they were written, whatever the header now claims."""
+    raw = gzip.decompress(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw))
+    change(header)
+    path.write_bytes(gzip.compress(header.binaryblock + raw[len(header.binaryblock):]))
+    return path
+
+
+def test_a_gzip_file_whose_header_claims_more_than_it_can_hold_is_refused_at_once(tmp_path):
+    # A 1-KB file whose header claims 2000^3 int16 voxels (16 GB).
+    path = rewrite_header(write(tmp_path / "liar.nii.gz", np.zeros((4, 4, 4), np.int16)),
+                          lambda header: header.set_data_shape((2000, 2000, 2000)))
+    assert nib.load(path).shape == (2000, 2000, 2000) and path.stat().st_size < 2000
+    with pytest.raises(DataError, match=r"liar\.nii\.gz: the header claims 2000x2000x2000 "
+                                        r"voxels of int16 \(16 GB\), more than a [\d,]+-byte "
+                                        r"gzip file can hold"):
+        read_nifti(path)
+
+
+def test_a_file_without_orientation_is_read_with_a_warning_naming_it(tmp_path):
+    def no_orientation(header):
+        header["qform_code"] = 0
+        header["sform_code"] = 0
+
+    path = rewrite_header(write(tmp_path / "plain.nii.gz", np.ones((4, 4, 4), np.float32)),
+                          no_orientation)
+    with pytest.warns(DataWarning, match=r"plain\.nii\.gz: the header gives no orientation"):
+        read_nifti(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_nifti(write(tmp_path / "oriented.nii.gz", np.ones((4, 4, 4), np.float32)))
+
+
+def test_a_scaled_integer_scan_keeps_its_background_out_of_the_brain(tmp_path):
+    # int16 with scl_slope/scl_inter: a stored 0 reads as 1.1e-7, not 0.
+    write_tiny_subjects(tmp_path / "plain", n=1)
+    scaled = tmp_path / "scaled" / "sub00"
+    scaled.mkdir(parents=True)
+    for name in ("T1W", "T2W", "FLAIR", "consensus_gt"):
+        image = nib.load(tmp_path / "plain" / "sub00" / f"{name}.nii.gz")
+        if name != "consensus_gt":  # stored as int16 steps of 0.001, 0 reading as 1.1e-7
+            stored = np.round(np.asarray(image.dataobj) / 0.001).astype(np.int16)
+            image = nib.Nifti1Image(stored, image.affine)
+            image.header.set_slope_inter(0.001, 1.1e-7)
+        nib.save(image, scaled / f"{name}.nii.gz")
+    flair = nib.load(scaled / "FLAIR.nii.gz")
+    assert flair.get_data_dtype() == np.int16 and np.asarray(
+        flair.dataobj, np.float32).min() == np.float32(1.1e-7)
+    (plain,), (ours,) = (discover_subjects(tmp_path / k) for k in ("plain", "scaled"))
+    expected = load_subject(plain).brain
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(load_subject(ours).brain, expected)
+
+
+def test_a_brain_that_fills_the_field_of_view_is_a_warning_naming_the_file(tmp_path):
+    write_tiny_subjects(tmp_path, n=1)
+    for name in ("T1W", "T2W", "FLAIR"):
+        path = tmp_path / "sub00" / f"{name}.nii.gz"
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj) + 5.0, image.affine), path)
+    (subject,) = discover_subjects(tmp_path)
+    with pytest.warns(DataWarning, match=r"T1W\.nii\.gz: no voxel of subject sub00's scans is "
+                                         r"background.*give a brain mask"):
+        volume = load_subject(subject)
+    assert volume.brain.all()

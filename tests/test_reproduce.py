@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,11 +15,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from processes import assert_sigterm_stops_the_child
+from processes import assert_signal_stops_the_child, assert_sigterm_stops_the_child
 from reproduce import sim2real, table1
 from reproduce import table as table_module
 from reproduce.table import (assemble, markdown_table, per_fold_table, seed_markdown, seed_summary,
                              table_csv)
+from tiny_data import write_tiny_subjects
 from tversky_keras import claims
 from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, two_fold_split
 from reproduce.phantoms import phantom_folder
@@ -102,6 +104,44 @@ def test_rerun_skips_finished_cells(smoke_run, capsys):
     out = capsys.readouterr().out
     assert out.count("skip ") == 10
     assert (cell / "done.json").stat().st_mtime_ns == stamp
+
+
+def test_a_finished_grid_of_other_settings_is_refused_not_relabelled(smoke_run, tmp_path, capsys):
+    root, args = smoke_run
+    results = tmp_path / "results"
+    shutil.copytree(root / "results" / "phantom-v3-smoke", results / "phantom-v3-smoke")
+    before = (results / "phantom-v3-smoke" / "experiment.json").read_bytes()
+    # The quick profile into the smoke grid's folder: its ten cells must not be skipped
+    # as finished and published under the quick label.
+    # The smoke phantom given as --data: nothing is generated for the quick profile.
+    phantom = phantom_folder(table1.PROFILES["smoke"], root / "cache")
+    into = ["--data", str(phantom), "--results", str(results), "--name", "phantom-v3-smoke",
+            "--no-figures"]
+    assert table1.main(["--profile", "quick", *into]) == 1
+    err = capsys.readouterr().err
+    assert "holds a grid made with other settings (experiment.json): profile." in err
+    assert "use another --name or --results, or delete that folder" in err
+    assert (results / "phantom-v3-smoke" / "experiment.json").read_bytes() == before
+    assert (results / "phantom-v3-smoke" / "table1.json").read_bytes() == (
+        root / "results" / "phantom-v3-smoke" / "table1.json").read_bytes()
+    # Other data under the same name is refused the same way, naming the data.
+    write_tiny_subjects(tmp_path / "other", n=2)
+    other = [a if a != str(phantom) else str(tmp_path / "other") for a in into]
+    assert table1.main(["--profile", "smoke", *other]) == 1
+    assert f"data is '{phantom.resolve()}' there and '{(tmp_path / 'other').resolve()}' now" \
+        in capsys.readouterr().err
+
+
+def test_the_settings_record_compares_what_both_sides_record():
+    from reproduce.experiment import settings_difference
+
+    saved = {"seed": 0, "profile": {"epochs": 2, "depth": 2}, "folds": [1, 2]}
+    assert settings_difference(saved, {**saved}) is None
+    assert settings_difference(saved, {**saved, "profile": {"epochs": 10, "depth": 2}}) == (
+        "profile.epochs", 2, 10)
+    assert settings_difference(saved, {**saved, "folds": [2, 1]}) == ("folds", [1, 2], [2, 1])
+    # A setting recorded since (mixed_precision) is not held against an older record.
+    assert settings_difference(saved, {**saved, "mixed_precision": "auto"}) is None
 
 
 def test_table_from_partial_results_names_the_missing_cells(smoke_run, tmp_path):
@@ -255,6 +295,17 @@ def test_stopping_the_lead_process_stops_its_helpers(smoke_run, tmp_path):
         ["reproduce.table1", "--profile", "smoke", "--results", str(tmp_path / "results"),
          "--cache", str(root / "cache"), "--no-figures", "--workers", "2"],
         marker="--worker-of")
+
+
+def test_ctrl_c_stops_the_grid_and_its_helpers_with_one_line(smoke_run, tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C at a terminal: 130, one line, no
+    traceback from the lead or a helper."""
+    root, _ = smoke_run
+    printed = assert_signal_stops_the_child(
+        ["reproduce.table1", "--profile", "smoke", "--results", str(tmp_path / "results"),
+         "--cache", str(root / "cache"), "--no-figures", "--workers", "2"],
+        marker="--worker-of", number=signal.SIGINT, whole_group=True)
+    assert "python -m reproduce.table1: interrupted (Ctrl-C); finished work is kept" in printed
 
 
 def test_workers_are_refused_with_no_wait_and_below_one(capsys):
@@ -527,7 +578,7 @@ def test_an_experiment_name_cannot_leave_the_results_folder(name, problem, capsy
 def test_an_experiment_name_with_spaces_dashes_and_dots_is_a_folder_name(monkeypatch):
     parsed = []
     monkeypatch.setattr(table1.report, "run_or_one_line",
-                        lambda program, run, args: parsed.append(args.name))
+                        lambda program, run, args, **_: parsed.append(args.name))
     table1.main(["--name", "phantom v3.1-quick"])
     assert parsed == ["phantom v3.1-quick"]
 

@@ -2,13 +2,30 @@
 
 A reader (or a run resumed after ``kill -9``) sees the old file or the new
 one, never half of one.
+
+Folders filled in several steps (a cache entry, a set of segmentation files)
+are staged in a temporary folder named by its writer (:func:`owned_temporary`);
+a killed writer leaves it behind, and a later writer removes it once it is
+stale (:func:`remove_stale_temporaries`): its process is gone, or it is older
+than any write could take. Never while another live writer may be filling it.
 """
 
 import contextlib
+import glob
 import json
 import os
+import re
+import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
+
+from tversky_keras.claims import process_gone
+
+#: A temporary folder whose writer cannot be checked (another host, an older name)
+#: is stale when older than this (seconds): more than any single write takes.
+TEMPORARY_STALE_AFTER = 3600.0
 
 
 @contextlib.contextmanager
@@ -40,3 +57,37 @@ def write_text(path, text):
 def write_json(data, path):
     """Write ``data`` as indented, key-sorted JSON to ``path`` atomically."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def owned_temporary(folder, prefix):
+    """``folder/.<prefix>-<host>-<pid>-<random>.tmp``: a temporary name that says whose it is."""
+    return Path(folder) / f".{prefix}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}.tmp"
+
+
+def is_stale_temporary(path, prefix, stale_after=TEMPORARY_STALE_AFTER):
+    """Whether a leftover temporary of ``prefix``'s is abandoned: its writer, named in it
+    (:func:`owned_temporary`), ran on this host and no longer runs; or, for a writer that
+    cannot be checked (another host, a name without one), it is older than ``stale_after``
+    seconds."""
+    owned = re.fullmatch(re.escape(f".{prefix}-") + r"(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}\.tmp",
+                         Path(path).name)
+    if owned and process_gone(owned["host"], int(owned["pid"])):
+        return True
+    try:
+        return time.time() - Path(path).stat().st_mtime > stale_after
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_temporaries(folder, prefix, stale_after=TEMPORARY_STALE_AFTER):
+    """Remove ``prefix``'s abandoned temporaries in ``folder`` (``.<prefix>-*.tmp``, and
+    the older ``.<prefix>.*.tmp``; :func:`is_stale_temporary`); return how many."""
+    removed = 0
+    for leftover in Path(folder).glob(f".{glob.escape(prefix)}[-.]*.tmp"):
+        if is_stale_temporary(leftover, prefix, stale_after):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed

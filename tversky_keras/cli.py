@@ -4,11 +4,14 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tversky_keras.arguments import finite, mirror_option, seed  # noqa: E402
+from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
+from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
 
 
 def _triple(text):
@@ -125,6 +128,10 @@ def build_parser():
     for modality in ("T1W", "T2W", "FLAIR"):
         predict.add_argument(f"--{modality.lower()}", dest=modality, type=Path,
                              help=f"the {modality} file (instead of --input)")
+    predict.add_argument("--brain", type=Path, default=None,
+                         help="a brain mask in the scans' grid: predict inside it (default: the "
+                              "subject folder's brainmask if it has one, else the voxels where a "
+                              "scan is not background, as skull-stripped scans are)")
     predict.add_argument("--out", required=True, type=Path, help="output folder")
     predict.add_argument("--threshold", type=finite, default=0.5, help="mask threshold (0.5)")
     predict.add_argument("--window", type=_triple, default=None,
@@ -276,9 +283,10 @@ def _subject_for_predict(args):
         raise ValueError("give either --input SUBJECT_DIR or the modality files "
                          "(--t1w/--t2w/--flair), not both or neither")
     if args.input:
-        return subject_from_folder(args.input, require_mask=False)
+        subject = subject_from_folder(args.input, require_mask=False)
+        return subject if args.brain is None else replace(subject, brainmask=args.brain)
     return Subject(id=loose.get("FLAIR", next(iter(loose.values()))).name.split(".")[0],
-                   images=loose, mask=None, brainmask=None)
+                   images=loose, mask=None, brainmask=args.brain)
 
 
 def run_predict(args):
@@ -363,11 +371,13 @@ COMMANDS = {"synth": run_synth, "preprocess": run_preprocess, "train": run_train
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    program = f"tversky-keras {args.command}"
     try:
-        COMMANDS[args.command](args)
+        with one_line_on_sigterm(program), data_warnings_as_lines(program):
+            COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        print(stopped_line(program, "interrupted (Ctrl-C)"), file=sys.stderr)
+        return INTERRUPTED
     except (ValueError, OSError, RuntimeError) as error:
         print(f"tversky-keras {args.command}: error: {error}", file=sys.stderr)
         if type(error).__name__ == "WorkerLost":

@@ -11,12 +11,8 @@ come back once.
 
 import itertools
 import numbers
-import os
-import re
 import shutil
-import socket
 import time
-import uuid
 import weakref
 from pathlib import Path
 
@@ -24,8 +20,9 @@ import keras
 import numpy as np
 from scipy import ndimage, special
 
-from tversky_keras.atomic import write_json
-from tversky_keras.claims import current_holder, process_gone, try_claim
+from tversky_keras.atomic import (TEMPORARY_STALE_AFTER, owned_temporary,
+                                  remove_stale_temporaries, write_json)
+from tversky_keras.claims import current_holder, try_claim
 from tversky_keras.data import load_subject, pad_to_multiple, save_nifti_like
 from tversky_keras.data.grid import from_grid, grid_to_canonical
 from tversky_keras.models import MAX_INPUT_SIDE
@@ -43,8 +40,8 @@ PUBLISH_LOCK = ".segmentation.lock"
 PUBLISH_WAIT = 120.0
 # A temporary folder whose owner cannot be checked (another host) is stale when older
 # than any write could take: writing a whole-brain set takes seconds.
-STAGING_STALE_AFTER = 3600.0
-_STAGING_NAME = re.compile(r"\.segmentation-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}\.tmp")
+STAGING_STALE_AFTER = TEMPORARY_STALE_AFTER
+STAGING_PREFIX = "segmentation"
 
 
 def input_multiple(model):
@@ -566,22 +563,6 @@ def lesion_table(mask, affine, probability, uncertainty):
     return sorted(rows, key=lambda row: (-row["mean_entropy"], row["id"]))
 
 
-def _staging_is_stale(folder):
-    """Whether a leftover ``.segmentation-*.tmp`` folder's writer is gone.
-
-    Its name records the writer's host and pid: a writer on this host that
-    no longer runs is gone at once; any other (another host, an older name)
-    when the folder is older than ``STAGING_STALE_AFTER``.
-    """
-    match = _STAGING_NAME.fullmatch(folder.name)
-    if match and process_gone(match["host"], int(match["pid"])):
-        return True
-    try:
-        return time.time() - folder.stat().st_mtime > STAGING_STALE_AFTER
-    except FileNotFoundError:
-        return False
-
-
 def _publishing_claim(out_dir):
     """The claim on ``out_dir``'s publishing lock, waiting up to ``PUBLISH_WAIT`` seconds.
 
@@ -652,11 +633,8 @@ def write_segmentation(probability, geometry, out_dir, threshold=0.5, about=None
                          "mirrors): one prediction has no spread")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.glob(".segmentation-*.tmp"):
-        if _staging_is_stale(leftover):
-            shutil.rmtree(leftover, ignore_errors=True)
-    staging = out_dir / (f".segmentation-{socket.gethostname()}-{os.getpid()}-"
-                         f"{uuid.uuid4().hex}.tmp")
+    remove_stale_temporaries(out_dir, STAGING_PREFIX, STAGING_STALE_AFTER)
+    staging = owned_temporary(out_dir, STAGING_PREFIX)
     staging.mkdir()
     try:
         prob_name, mask_name = SEGMENTATION_FILES

@@ -8,7 +8,7 @@ to the scan.
 """
 
 from tversky_keras.data.cache import CachedVolume, cached_subject, default_cache_dir, preprocess
-from tversky_keras.data.errors import DataError
+from tversky_keras.data.errors import DataError, DataWarning
 from tversky_keras.data.grid import (
     Geometry,
     GridMapping,
@@ -33,6 +33,7 @@ __all__ = [
     "MODALITIES",
     "CachedVolume",
     "DataError",
+    "DataWarning",
     "Geometry",
     "GridMapping",
     "Subject",

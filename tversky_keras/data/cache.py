@@ -16,20 +16,22 @@ data set needs does not grow with its number of subjects::
     CACHE/<subject>-<key>/lesion_voxels.npy   int32 flat indices of the lesion voxels
 
 ``<key>`` hashes the preprocessing settings, this module's format version and
-the identity of every source file (resolved path, size, modification time), so
-a changed file or setting gives a new entry and a stale one is never read. An
-entry is written into a temporary sibling folder and renamed into place, so a
-killed run leaves no half entry, and processes preprocessing the same subject
-at once (workers of one training, cells of one grid) keep whichever finished
-first.
+the content of every source file (its size and the SHA-256 of its bytes), so a
+changed file or setting gives a new entry and a stale one is never read. An
+entry is written into a temporary sibling folder named by its writer and
+renamed into place, so a killed run leaves no half entry (the next write of that
+entry removes the leftover once its writer is gone), and processes
+preprocessing the same subject at once (workers of one training, cells of one
+grid) keep whichever finished first.
 """
 
 import base64
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +39,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tversky_keras.atomic import owned_temporary, remove_stale_temporaries
 from tversky_keras.data.errors import DataError
 from tversky_keras.data.grid import Geometry, GridMapping
 from tversky_keras.data.io import MODALITIES, check_modalities
@@ -63,13 +66,34 @@ def default_cache_dir():
 
 
 def file_identity(role, path):
-    """``[role, resolved path, size, mtime_ns]`` of a file: what tells it changed."""
+    """``[role, size, SHA-256 of the bytes]`` of a file: what tells its content changed.
+
+    The bytes, not the size and modification time: a file rewritten with other
+    content of the same size and its time put back (``cp -p``, ``rsync -t``, a
+    ``touch -r``) would otherwise keep its old entry. The digest is remembered
+    per process for a file whose size, times and inode have not changed, so a
+    subject read again in one run is hashed once.
+    """
     path = Path(path)
     try:
         stat = path.stat()
+        seen = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                stat.st_ino)
+        digest = _DIGESTS.get(seen)
+        if digest is None:
+            sha = hashlib.sha256()
+            with open(path, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    sha.update(block)
+            digest = sha.hexdigest()
+            _DIGESTS[seen] = digest
     except OSError as error:
         raise DataError(path, f"cannot read the {role} file ({error.strerror})") from error
-    return [role, str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [role, stat.st_size, digest]
+
+
+# (resolved path, size, mtime, ctime, inode) -> SHA-256 of the file's bytes, this process.
+_DIGESTS = {}
 
 
 def cache_key(subject, settings):
@@ -179,9 +203,11 @@ def _write_entry(volume, folder, settings):
     """Write ``volume`` as a cache entry at ``folder``, atomically (a renamed sibling folder)."""
     if type(volume.geometry.header).__name__ not in _HEADERS:
         raise DataError(volume.id, f"cannot cache a {type(volume.geometry.header).__name__}")
-    temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    temporary = owned_temporary(folder.parent, folder.name)
     try:
-        temporary.mkdir(parents=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder.parent, folder.name)
+        temporary.mkdir()
         np.save(temporary / "image.npy", np.ascontiguousarray(volume.image, np.float32))
         np.save(temporary / "brain.npy", np.asarray(volume.brain, bool))
         np.save(temporary / "brain_voxels.npy", volume.voxels("brain"))
@@ -203,9 +229,25 @@ def _write_entry(volume, folder, settings):
             if not (folder / _MANIFEST).is_file():
                 raise
     except OSError as error:
-        raise DataError(folder.parent, f"cannot write the preprocessed cache ({error})") from error
+        raise DataError(folder.parent, f"cannot write the preprocessed cache "
+                                       f"({_write_failure(error, folder.parent)})") from error
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _write_failure(error, folder):
+    """What a failed write means, in words: a full disk (ENOSPC, or numpy's short write
+    "N requested and M written", which is what a full disk gives it) says so."""
+    text = str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or re.search(r"\d+ requested and \d+ "
+                                                                r"written", text):
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:,.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return (f"the disk is full or over quota ({free} there; {text}): free some space or "
+                f"give another --cache")
+    return text
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,5 +1,6 @@
 """Reading NIfTI scans and lesion masks, with every failure reported as a DataError."""
 
+import warnings
 import zlib
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, io_orientation
 from nibabel.spatialimages import HeaderDataError
 
-from tversky_keras.data.errors import DataError
+from tversky_keras.data.errors import DataError, DataWarning
 
 MODALITIES = ("T1W", "T2W", "FLAIR")
 
@@ -60,6 +61,7 @@ def read_nifti(path):
         raise DataError(path, "file not found")
     try:
         image = nib.load(path)
+        _check_header(path, image)
         data = np.asarray(image.dataobj, dtype=np.float32)
     except _READ_ERRORS as error:
         raise DataError(path, f"cannot read the NIfTI file ({error})") from error
@@ -71,6 +73,55 @@ def read_nifti(path):
     if n_bad:
         raise DataError(path, f"{n_bad} voxels are NaN or infinite")
     return apply_orientation(data, io_orientation(image.affine)), image
+
+
+# Deflate expands at most 1032 times (RFC 1951's longest match, 258 bytes, in 2 bits):
+# a gzip file cannot hold more bytes than this many times its own size.
+_GZIP_MAX_EXPANSION = 1032
+
+
+def _check_header(path, image):
+    """Before any voxel is read: refuse a header whose data the file cannot hold, and warn
+    when it has no orientation.
+
+    A ``.nii.gz`` header claiming more voxels than its compressed bytes could expand
+    to is wrong (or the file is cut short): reading it would allocate the claimed
+    size first and fail only after. Orientation codes (qform and sform) of 0 mean
+    the file does not say where its axes point; the affine is then a guess.
+    """
+    n_bytes = int(np.prod(image.shape, dtype=object)) * image.get_data_dtype().itemsize
+    if path.name.endswith(".gz"):
+        room = path.stat().st_size * _GZIP_MAX_EXPANSION
+        if n_bytes > room:
+            raise DataError(path, f"the header claims {'x'.join(map(str, image.shape))} voxels "
+                                  f"of {image.get_data_dtype()} ({n_bytes / 1e9:.3g} GB), more "
+                                  f"than a {path.stat().st_size:,}-byte gzip file can hold (at "
+                                  f"most {room / 1e9:.3g} GB): the header is wrong or the "
+                                  f"file is cut short")
+    header = image.header
+    if "qform_code" in header and int(header["qform_code"]) == 0 and \
+            int(header["sform_code"]) == 0:
+        warnings.warn(f"{path}: the header gives no orientation (qform and sform codes are "
+                      f"0); its axes are taken as RAS with the voxel sizes it gives. Set the "
+                      f"orientation (e.g. fslorient, or nibabel's set_sform) if they are not",
+                      DataWarning, stacklevel=3)
+
+
+def background_value(image):
+    """What a stored 0 of ``image`` reads as, and the tolerance that finds it.
+
+    With ``scl_slope``/``scl_inter`` scaling a stored 0 reads as ``scl_inter``,
+    not 0, so skull-stripped scans have a background that ``!= 0`` cannot find.
+    For integer data a voxel within half a stored step of it (``|slope| / 2``)
+    was a stored 0; for float data only that value itself.
+
+    Returns:
+        ``(value, tolerance)``, floats.
+    """
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
+    integer = np.issubdtype(image.get_data_dtype(), np.integer)
+    return np.float32(inter).item(), (abs(slope) / 2 if integer else 0.0)
 
 
 def read_mask(path):
@@ -93,6 +144,8 @@ def binary_mask(data, path):
     """``data`` (read from ``path``) as uint8, or a DataError unless every voxel is 0 or 1."""
     binary = (data == 0) | (data == 1)
     if not binary.all():
-        shown = ", ".join(f"{v:g}" for v in np.unique(data[~binary])[:5])
+        # Every digit the value holds: 1.0000001 must not print as 1.
+        shown = ", ".join(np.format_float_positional(v, unique=True, trim="-")
+                          for v in np.unique(data[~binary])[:5])
         raise DataError(path, f"a mask must hold only 0 and 1, found also {shown}")
     return data.astype(np.uint8)

@@ -1,15 +1,17 @@
 """Finding the subjects of a data set on disk, and loading one as network-ready arrays."""
 
 import csv
+import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from tversky_keras.data.errors import DataError
+from tversky_keras.data.errors import DataError, DataWarning
 from tversky_keras.data.grid import Geometry, check_same_grid, to_grid
-from tversky_keras.data.io import MODALITIES, binary_mask, check_modalities, read_nifti
+from tversky_keras.data.io import (MODALITIES, background_value, binary_mask, check_modalities,
+                                  read_nifti)
 from tversky_keras.data.names import path_name
 from tversky_keras.data.normalize import normalize_method, normalize_in_brain
 
@@ -280,7 +282,7 @@ def load_subject(
         raise DataError(path, f"given for {' and '.join(names)} of subject {subject.id}: each "
                               f"modality needs its own scan")
     reference_path = subject.images[modalities[0]]
-    channels, reference = [], None
+    channels, backgrounds, reference = [], [], None
     for modality in modalities:
         path = subject.images[modality]
         data, image = read_nifti(path)
@@ -288,6 +290,7 @@ def load_subject(
             reference = image
         _check_same_grid(reference_path, reference, path, image)
         channels.append(data)
+        backgrounds.append(background_value(image))
 
     def read_aligned_mask(path):
         data, image = read_nifti(path)
@@ -297,7 +300,15 @@ def load_subject(
     if subject.brainmask is not None:
         brain = read_aligned_mask(subject.brainmask).astype(bool)
     else:
-        brain = np.logical_or.reduce([c != 0 for c in channels])
+        # Skull-stripped scans: the brain is where any scan differs from its background
+        # (what a stored 0 reads as, which scl_inter moves off 0).
+        brain = np.logical_or.reduce([np.abs(c - value) > tolerance
+                                      for c, (value, tolerance) in zip(channels, backgrounds)])
+        if brain.all():
+            warnings.warn(f"{reference_path}: no voxel of subject {subject.id}'s scans is "
+                          f"background, so the whole field of view is taken as its brain; if "
+                          f"the scans are not skull-stripped, give a brain mask (a brainmask "
+                          f"file, or predict --brain)", DataWarning, stacklevel=2)
     if not brain.any():
         raise DataError(subject.brainmask or reference_path,
                         "no brain voxels: the brain mask is empty, or every scan is all 0")

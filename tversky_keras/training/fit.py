@@ -7,6 +7,7 @@ finished epoch, and returns at once for a finished one.
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ import numpy as np
 
 from tversky_keras.atomic import write_json
 from tversky_keras.data.cache import preprocess
+from tversky_keras.data.errors import DataWarning
 from tversky_keras.models import unet3d
 from tversky_keras.run_folder import (RunRecorder, check_run_folder, claim_run_folder,
                                       resumed_epoch, run_record)
@@ -209,6 +211,13 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
             f"label ({', '.join(v.id for v in train_volumes[:5])}"
             f"{', ...' if len(train_volumes) > 5 else ''}): the loss has nothing to learn "
             f"from; check the label files")
+    if val_volumes and not any(v.count("lesion") for v in val_volumes):
+        # Pooled over the validation set, one subject with lesions is enough.
+        warnings.warn(
+            f"no validation subject has a lesion voxel ({', '.join(v.id for v in val_volumes[:5])}"
+            f"{', ...' if len(val_volumes) > 5 else ''}): {config.monitor}, which picks "
+            f"model.keras, can then only reward predicting nothing; choose by the loss "
+            f"(--monitor val_loss) or give --val subjects with lesions", DataWarning, stacklevel=2)
     backup_dir = run_dir / "backup"
     start_epoch = resumed_epoch(backup_dir)
     train_ds, val_ds = _datasets(config, strategy, train_volumes, val_volumes, start_epoch)

@@ -1,0 +1,53 @@
+"""Ending a long command on Ctrl-C or SIGTERM with one line, not a traceback.
+
+Every command's work is written whole or not at all (``tversky_keras.atomic``,
+the run folders' checkpoints, the claims), so stopping it anywhere loses at
+most the step in progress; a rerun of the same command resumes. What a person
+sees should say that, in one line, with the shell's exit status for the
+signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
+"""
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+INTERRUPTED = 128 + signal.SIGINT
+TERMINATED = 128 + signal.SIGTERM
+
+
+def stopped_line(program, how):
+    """``<program>: <how>; finished work is kept: run the same command again to resume``."""
+    return f"{program}: {how}; finished work is kept: run the same command again to resume"
+
+
+@contextlib.contextmanager
+def one_line_on_sigterm(program, quiet=False):
+    """While inside, SIGTERM prints :func:`stopped_line` (unless ``quiet``) and exits with
+    143 at once; the handler before is put back on leaving.
+
+    The exit is ``os._exit`` after flushing, not a raised ``SystemExit``: raised
+    wherever the signal lands, it can land inside TensorFlow's C++ (building a
+    tf.data pipeline, say), which turns it into a bare ``TypeError``. Outside the
+    main thread (where Python cannot install handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(number, frame):
+        if not quiet:
+            print(stopped_line(program, "terminated (SIGTERM)"), file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, RuntimeError):
+                pass
+        os._exit(128 + number)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
