@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from reproduce.experiment import (ROWS, cell_metrics, finished_cells, test_arrays,  # noqa: E402
                                   test_subjects)
+from tversky_keras.arguments import output_folder  # noqa: E402
 from tversky_keras.atomic import atomic_path  # noqa: E402
 from tversky_keras.evaluation import precision_recall_curve  # noqa: E402
 from tversky_keras.run_folder import log_dataframe  # noqa: E402
@@ -189,7 +190,7 @@ def main(argv=None):
                                      description="Regenerate the paper's figures from results.")
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="the results folder, or one experiment in it (results/)")
-    parser.add_argument("--figures", type=Path, default=Path("figures"),
+    parser.add_argument("--figures", type=output_folder, default=Path("figures"),
                         help="output folder; each experiment gets a subfolder (figures/)")
     args = parser.parse_args(argv)
     experiments = experiment_folders(args.results)

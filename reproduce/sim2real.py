@@ -51,7 +51,7 @@ from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
     CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, score_subject)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
-from tversky_keras.arguments import finite, mirror_option, natural  # noqa: E402
+from tversky_keras.arguments import finite, mirror_option, natural, output_folder  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
@@ -279,9 +279,9 @@ def build_parser():
                         help="centre a fraction R of the training patches on a lesion voxel "
                              "(nnU-Net's default is 0.33; default 0: patches uniform in the "
                              "brain); writes <name>-oversample<R>")
-    parser.add_argument("--results", type=Path, default=Path("results"),
+    parser.add_argument("--results", type=output_folder, default=Path("results"),
                         help="results folder (results/)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+    parser.add_argument("--cache", type=output_folder, default=DEFAULT_CACHE,
                         help="where the phantom is generated, and subjects preprocessed to "
                              "(CACHE/preprocessed)")
     return parser

@@ -54,7 +54,7 @@ from reproduce import uncertainty  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
     CHALLENGE_HEAD, CHALLENGE_SHOWN, oracle, scan_reference, score_subject)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
-from tversky_keras.arguments import mirror_option  # noqa: E402
+from tversky_keras.arguments import mirror_option, output_folder  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
 from tversky_keras.data.names import path_name  # noqa: E402
@@ -335,7 +335,7 @@ def build_parser():
                         help="with --ensemble: retention curves of each row's ensemble (every "
                              "model and mirror a member): does its entropy point at its "
                              "errors? Writes <out>/retention.{json,md,png}")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=output_folder, default=None,
                         help="where the scores and the table go (results/sim2real-grid, "
                              "-mirror-<axes> with --mirror)")
     return parser

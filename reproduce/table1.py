@@ -35,7 +35,7 @@ from reproduce.grid import (cell_name, cpu_cores, run_grid, share_the_cores,  # 
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.table import (assemble, challenge_seed_csv, challenge_seed_markdown,  # noqa: E402
                              challenge_seed_summary, seed_markdown, seed_summary, write_outputs)
-from tversky_keras.arguments import finite, natural  # noqa: E402
+from tversky_keras.arguments import finite, natural, output_folder  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import DataError  # noqa: E402
 from tversky_keras.data.names import path_name  # noqa: E402
@@ -67,9 +67,9 @@ def build_parser():
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
                         help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())
                              + " (default quick)")
-    parser.add_argument("--results", type=Path, default=Path("results"),
+    parser.add_argument("--results", type=output_folder, default=Path("results"),
                         help="results folder (results/)")
-    parser.add_argument("--figures", type=Path, default=None,
+    parser.add_argument("--figures", type=output_folder, default=None,
                         help="folder to put the <experiment>/ figures in (default: the results "
                              "folder, as <results>/<experiment>/figures/, so that a run never "
                              "changes the committed figures/; --figures figures replaces them)")
@@ -97,7 +97,7 @@ def build_parser():
                         help="experiment name (default: <data folder>-<profile>, or "
                              "phantom-v<version>-<profile>)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+    parser.add_argument("--cache", type=output_folder, default=DEFAULT_CACHE,
                         help="where the phantom is generated, and subjects preprocessed to "
                              "(CACHE/preprocessed)")
     parser.add_argument("--workers", type=workers_option, default=1,

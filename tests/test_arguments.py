@@ -63,3 +63,28 @@ def test_a_seed_out_of_range_is_refused_by_the_parser(tmp_path, capsys, value, p
         assert re.search(f"argument --seed: .*{problem}", capsys.readouterr().err)
     assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
 
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--model", "m.keras", "--input", "x", "--out", "{file}"],
+    ["train", "--data", "d", "--out", "{file}"],
+    ["preprocess", "--data", "d", "--out", "{file}"],
+])
+def test_an_output_folder_that_is_a_file_is_refused_in_one_line(tmp_path, capsys, argv):
+    file = tmp_path / "taken"
+    file.write_text("a user's file")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([a.format(file=file) for a in argv])
+    assert stopped.value.code == 2
+    assert f"--out: {file}: a file has that name; give a folder" in capsys.readouterr().err
+    assert file.read_text() == "a user's file"
+
+
+@pytest.mark.parametrize("parser, option", [(table1.build_parser, "--results"),
+                                            (table1.build_parser, "--figures"),
+                                            (sim2real.build_parser, "--results")])
+def test_the_reproductions_output_folders_refuse_a_file_too(tmp_path, capsys, parser, option):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--data", "d", option, str(tmp_path / "taken")])
+    assert "a file has that name; give a folder" in capsys.readouterr().err

@@ -421,3 +421,13 @@ def test_predict_uncertainty_needs_more_than_one_prediction(tiny_data, tiny_mode
     assert "--uncertainty needs --mirror and/or several --model" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_one_model_given_twice(tiny_data, tiny_model, tmp_path, capsys):
+    # Its "ensemble" would have no spread: a mutual information of 0 everywhere.
+    copy = tiny_model.parent / ".." / tiny_model.parent.name / tiny_model.name
+    assert main(["predict", "--model", str(tiny_model), str(copy), "--input",
+                 str(tiny_data / "sub00"), "--out", str(tmp_path / "out"), "--uncertainty"]) == 1
+    err = capsys.readouterr().err
+    assert f"--model: {copy} is given twice (as {tiny_model} too)" in err
+    assert not (tmp_path / "out").exists()

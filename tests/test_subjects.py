@@ -113,6 +113,16 @@ def test_manifest(tmp_path, rng):
     assert y.mask == tmp_path / "scans" / "y" / "consensus_gt.nii.gz"
 
 
+def test_a_manifest_saved_by_excel_with_a_bom_and_crlf_is_read(tmp_path, rng):
+    write_subject(tmp_path / "scans" / "x", rng)
+    files = [f"scans/x/{stem}.nii.gz" for stem in (*MODALITIES, "consensus_gt")]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes("subject,t1,t2,flair,mask\r\n".encode("utf-8-sig")
+                         + (",".join(["x", *files]) + "\r\n").encode())
+    (subject,) = discover_subjects(manifest)
+    assert subject.id == "x" and subject.mask == tmp_path / "scans" / "x" / "consensus_gt.nii.gz"
+
+
 def test_manifest_needs_only_the_chosen_columns(tmp_path, rng):
     write_subject(tmp_path / "x", rng)
     manifest = tmp_path / "flair.csv"

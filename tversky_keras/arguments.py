@@ -1,4 +1,5 @@
-"""Argparse option types shared by the command lines: checked numbers and mirror axes.
+"""Argparse option types shared by the command lines: checked numbers, mirror axes and
+output folders.
 
 ``tversky-keras`` (``tversky_keras.cli``) and the scripts under ``reproduce/``
 parse their numeric and test-time mirroring options with these, so that every
@@ -7,6 +8,7 @@ command refuses the same bad values with the same messages.
 
 import argparse
 import math
+from pathlib import Path
 
 MIRROR_AXES = {"x": 0, "y": 1, "z": 2}
 
@@ -48,3 +50,12 @@ def seed(text):
     if value > 2**32 - 1:
         raise argparse.ArgumentTypeError(f"{text} is above 2**32 - 1, the largest seed")
     return value
+
+
+def output_folder(text):
+    """A folder to write into: absent (it is made) or a folder, never an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a file has that name; give a folder "
+                                         f"(it is made if absent)")
+    return path

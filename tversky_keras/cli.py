@@ -9,7 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tversky_keras.arguments import finite, mirror_option, seed  # noqa: E402
+from tversky_keras.arguments import finite, mirror_option, output_folder, seed  # noqa: E402
 from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
 from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
 
@@ -37,7 +37,7 @@ def build_parser():
     synth = sub.add_parser("synth", help="write the synthetic MS-lesion phantom data set",
                            description="Write synthetic MS subjects as OUT/<id>/"
                                        "{T1W,T2W,FLAIR,consensus_gt}.nii.gz.")
-    synth.add_argument("--out", required=True, type=Path, help="output folder")
+    synth.add_argument("--out", required=True, type=output_folder, help="output folder")
     synth.add_argument("--subjects", type=int, default=15, help="number of subjects (15)")
     synth.add_argument("--seed", type=seed, default=0, help="random seed (0)")
     synth.add_argument("--spacing", type=finite, default=2.0, help="voxel size in mm (2.0)")
@@ -55,7 +55,7 @@ def build_parser():
                     "Give the same --modalities, --spacing and --depth as to train.")
     preprocess.add_argument("--data", required=True, type=Path,
                             help="data folder or manifest CSV (any layout discover_subjects reads)")
-    preprocess.add_argument("--out", type=Path, default=None,
+    preprocess.add_argument("--out", type=output_folder, default=None,
                             help="cache folder (default: $TVERSKY_KERAS_CACHE/preprocessed or "
                                  "~/.cache/tversky-keras/preprocessed)")
     _add_grid_options(preprocess)
@@ -65,7 +65,7 @@ def build_parser():
                                        "an interrupted run.")
     train.add_argument("--data", required=True, type=Path,
                        help="data folder or manifest CSV (any layout discover_subjects reads)")
-    train.add_argument("--out", required=True, type=Path, help="run folder")
+    train.add_argument("--out", required=True, type=output_folder, help="run folder")
     train.add_argument("--alpha", type=finite, default=0.5, help="weight of false positives (0.5)")
     train.add_argument("--beta", type=finite, default=0.5, help="weight of false negatives (0.5)")
     train.add_argument("--gamma", type=finite, default=1.0, help="focal Tversky exponent (1: off)")
@@ -77,7 +77,7 @@ def build_parser():
                        help="validation subjects: a count taken from the end of the sorted "
                             "list, or comma-separated ids (default 1; 0 for none)")
     _add_grid_options(train)
-    train.add_argument("--cache", type=Path, default=None,
+    train.add_argument("--cache", type=output_folder, default=None,
                        help="where subjects are preprocessed to (default: as for preprocess)")
     train.add_argument("--patch", type=_triple, default=None,
                        help="train on random patches of this size (default: whole volumes)")
@@ -132,7 +132,7 @@ def build_parser():
                          help="a brain mask in the scans' grid: predict inside it (default: the "
                               "subject folder's brainmask if it has one, else the voxels where a "
                               "scan is not background, as skull-stripped scans are)")
-    predict.add_argument("--out", required=True, type=Path, help="output folder")
+    predict.add_argument("--out", required=True, type=output_folder, help="output folder")
     predict.add_argument("--threshold", type=finite, default=0.5, help="mask threshold (0.5)")
     predict.add_argument("--window", type=_triple, default=None,
                          help="sliding-window size (default: the whole volume at once)")
@@ -304,6 +304,12 @@ def run_predict(args):
     if args.uncertainty and not args.mirror and len(args.model) < 2:
         raise ValueError("--uncertainty needs --mirror and/or several --model: one prediction "
                          "has no spread to measure")
+    seen = {}
+    for path in args.model:  # a second copy is no second opinion: the ensemble's spread is 0
+        twice = seen.setdefault(path.resolve(), path)
+        if twice is not path:
+            raise ValueError(f"--model: {path} is given twice (as {twice} too); an ensemble "
+                             f"needs different models")
     subject = _subject_for_predict(args)
     # Inference needs the weights only: an optimizer restored beside them is work thrown away.
     models = [load_saved_model(path, compile=False) for path in args.model]

@@ -178,7 +178,7 @@ def subject_from_folder(folder, modalities=MODALITIES, require_mask=True):
 
 def _subjects_from_manifest(manifest, modalities, require_mask):
     try:
-        with open(manifest, newline="") as file:
+        with open(manifest, newline="", encoding="utf-8-sig") as file:  # Excel writes a BOM
             reader = csv.reader(file)
             lines = [(reader.line_num, [cell.strip() for cell in line]) for line in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
