@@ -33,7 +33,7 @@ from tversky_keras.data import discover_subjects, load_subject
 from tversky_keras.data.grid import Geometry
 from tversky_keras.evaluation import challenge_metrics, lesion_metrics
 from tversky_keras.inference import segment_subject
-from tversky_keras.run_folder import log_dataframe
+from tversky_keras.run_folder import ADDED_LATER, log_dataframe
 from tversky_keras.training import TrainConfig, train
 
 ROWS = ((0.5, 0.5), (0.4, 0.6), (0.3, 0.7), (0.2, 0.8), (0.1, 0.9))
@@ -309,8 +309,34 @@ class Experiment:
                 raise ValueError(f"{self.root} holds a grid made with other settings "
                                  f"({path.name}): {name} is {before!r} there and {now!r} now; "
                                  f"use another --name or --results, or delete that folder")
+        else:  # an older folder: its finished cells' own records must agree before it says so
+            for cell in self.cells():
+                if self.is_done(*cell):
+                    self.check_finished_cell(*cell)
         self.root.mkdir(parents=True, exist_ok=True)
         write_json(wanted, path)
+
+    def check_finished_cell(self, alpha, beta, fold):
+        """Refuse a finished cell whose run trained with other settings than this
+        experiment gives it (a folder from before ``experiment.json`` was checked, or
+        one edited by hand): skipped, it would be published under this run's label.
+
+        Raises:
+            ValueError: naming the cell, the first setting that differs and both values.
+        """
+        path = self.cell_dir(alpha, beta, fold) / "run" / "config.json"
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        wanted = json.loads(json.dumps(self.train_config(alpha, beta, fold).to_json()))
+        difference = settings_difference({k: saved.get(k, ADDED_LATER.get(k)) for k in wanted
+                                          if k in saved or k in ADDED_LATER}, wanted)
+        if difference:
+            name, before, now = difference
+            raise ValueError(f"{self.cell_dir(alpha, beta, fold)} is finished with other "
+                             f"settings (run/config.json): {name} is {before!r} there and "
+                             f"{now!r} now; use another --name or --results, or delete that "
+                             f"folder")
 
     def cells(self):
         return [(alpha, beta, fold) for alpha, beta in ROWS for fold in FOLDS]

@@ -82,8 +82,10 @@ def run_grid(experiment, cells, wait=True, poll=10.0, workers=1, worker=None):
         each reported in one line and not retried by it.
     """
     for cell in cells:
-        if experiment.is_done(*cell) and worker is None:
-            print(f"skip {cell_name(cell)}: finished", flush=True)
+        if experiment.is_done(*cell):
+            experiment.check_finished_cell(*cell)
+            if worker is None:
+                print(f"skip {cell_name(cell)}: finished", flush=True)
     progress = GridProgress(total_epochs=0, workers=workers, worker=worker)
     reported = None
     failed = []

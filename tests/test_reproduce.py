@@ -132,6 +132,23 @@ def test_a_finished_grid_of_other_settings_is_refused_not_relabelled(smoke_run, 
         in capsys.readouterr().err
 
 
+def test_a_finished_cell_of_other_settings_is_refused_without_experiment_json(
+        smoke_run, tmp_path, capsys):
+    # A folder from before experiment.json was checked: the cells' own records still tell.
+    root, _ = smoke_run
+    results = tmp_path / "results"
+    shutil.copytree(root / "results" / "phantom-v3-smoke", results / "phantom-v3-smoke")
+    (results / "phantom-v3-smoke" / "experiment.json").unlink()
+    phantom = phantom_folder(table1.PROFILES["smoke"], root / "cache")
+    assert table1.main(["--profile", "quick", "--data", str(phantom), "--results", str(results),
+                        "--name", "phantom-v3-smoke", "--no-figures"]) == 1
+    err = capsys.readouterr().err
+    # The first setting of TrainConfig's that the smoke and quick profiles set apart.
+    assert ("a0.5_b0.5/fold0 is finished with other settings (run/config.json): pool_batch "
+            "is False there and True now") in err
+    assert not (results / "phantom-v3-smoke" / "experiment.json").exists()  # nothing relabelled
+
+
 def test_the_settings_record_compares_what_both_sides_record():
     from reproduce.experiment import settings_difference
 
