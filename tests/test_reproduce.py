@@ -325,6 +325,21 @@ def test_ctrl_c_stops_the_grid_and_its_helpers_with_one_line(smoke_run, tmp_path
     assert "python -m reproduce.table1: interrupted (Ctrl-C); finished work is kept" in printed
 
 
+def test_ctrl_c_in_one_process_is_one_line_and_130(smoke_run, tmp_path, monkeypatch, capsys):
+    root, _ = smoke_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # where Ctrl-C lands: inside a cell's training
+
+    monkeypatch.setattr(table1, "run_grid", interrupted)
+    phantom = phantom_folder(table1.PROFILES["smoke"], root / "cache")
+    assert table1.main(["--profile", "smoke", "--data", str(phantom), "--results",
+                        str(tmp_path), "--no-figures"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == ("python -m reproduce.table1: interrupted (Ctrl-C); finished work is "
+                           "kept: run the same command again to resume")
+
+
 def test_workers_are_refused_with_no_wait_and_below_one(capsys):
     for argv in (["--no-wait", "--workers", "2"], ["--workers", "0"], ["--workers", "x"]):
         with pytest.raises(SystemExit) as stopped:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from tiny_data import TINY_TRAINING, write_tiny_subjects
-from tversky_keras.data import discover_subjects
+from tversky_keras.data import DataWarning, discover_subjects
 from tversky_keras.scan_spec import scan_spec
 from tversky_keras.training import TrainConfig, TrainingDiverged, paper_schedule, train
 
@@ -392,6 +393,23 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(tiny_data, tmp_path
         train(config, subjects, [], tmp_path, verbose=0, callbacks=[PoisonWeights()])
     model = keras.saving.load_model(tmp_path / "last.keras", compile=False)
     assert all(np.isfinite(w).all() for w in model.get_weights())  # epoch 0's, intact
+
+
+def test_validation_without_a_lesion_voxel_is_a_warning_at_the_start(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    label = data / "sub02" / "consensus_gt.nii.gz"
+    image = nib.load(label)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), label)
+    subjects = discover_subjects(data)
+    # Recorded by hand, not pytest.warns: that would show Keras' upstream warnings again.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        train(TrainConfig(epochs=1, **TINY), subjects[:2], subjects[2:], tmp_path / "run",
+              verbose=0, cache_dir=tmp_path / "cache")
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert message.startswith("no validation subject has a lesion voxel (sub02): val_dice, "
+                              "which picks model.keras, can then only reward predicting nothing")
 
 
 def test_training_refuses_labels_without_a_lesion_and_writes_nothing(tiny_data, tmp_path):
