@@ -271,7 +271,9 @@ PAGES = {
         "is one `figures/sim2real-v3/<name>-seeds.json` written by `python -m "
         "reproduce.sim2real --seeds 5` (with the variant's options); percent, mean ± std "
         "over the training seeds, with how many seeds beat the best single FLAIR threshold "
-        "chosen knowing the answer (the oracle row).",
+        "chosen knowing the answer (the oracle row). The training times come from the "
+        "machines each file names (`made.machine`: CPU, cores, a GEMM reading): compare them "
+        "within a file, not across files.",
         ("sim2real-v3",)),
     "uncertainty.md": (
         "Uncertainty on the development patients",
