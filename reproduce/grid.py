@@ -20,7 +20,7 @@ import keras
 
 from reproduce.experiment import row_name
 from tversky_keras.claims import ClaimLost, current_holder, try_claim
-from tversky_keras.stopping import stopped_line
+from tversky_keras.stopping import exit_at_once, stopped_line
 from tversky_keras.training import TrainingDiverged
 
 
@@ -233,11 +233,5 @@ def _stop_helpers_and_exit(helpers):
     """
     def handler(number, frame):
         _stop_helpers(helpers)
-        print(stopped_line("python -m reproduce.table1", "terminated (SIGTERM)"), file=sys.stderr)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, RuntimeError):
-                pass
-        os._exit(128 + number)
+        exit_at_once(number, stopped_line("python -m reproduce.table1", "terminated (SIGTERM)"))
     return handler

@@ -22,6 +22,19 @@ def stopped_line(program, how):
     return f"{program}: {how}; finished work is kept: run the same command again to resume"
 
 
+def exit_at_once(number, line=None):
+    """Print ``line`` (if any) to stderr, flush both streams and leave with 128 + ``number``
+    at once (``os._exit``: no unwinding through whatever code the signal interrupted)."""
+    if line:
+        print(line, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, RuntimeError):
+            pass
+    os._exit(128 + number)
+
+
 @contextlib.contextmanager
 def one_line_on_sigterm(program, quiet=False):
     """While inside, SIGTERM prints :func:`stopped_line` (unless ``quiet``) and exits with
@@ -37,14 +50,7 @@ def one_line_on_sigterm(program, quiet=False):
         return
 
     def handler(number, frame):
-        if not quiet:
-            print(stopped_line(program, "terminated (SIGTERM)"), file=sys.stderr)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, RuntimeError):
-                pass
-        os._exit(128 + number)
+        exit_at_once(number, None if quiet else stopped_line(program, "terminated (SIGTERM)"))
 
     before = signal.signal(signal.SIGTERM, handler)
     try:
