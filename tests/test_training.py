@@ -56,6 +56,22 @@ def test_run_folder_holds_models_log_config_and_summary(finished_run):
     assert not (run_dir / "backup").exists() or not any((run_dir / "backup").iterdir())
 
 
+def test_the_train_step_is_traced_once_per_run(tiny_subjects, tmp_path, monkeypatch):
+    # Adam's slots made inside the first trace make tf.function trace the step a
+    # second time (tensorflow/tensorflow#48851); train builds them beforehand.
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+    traces = []
+    original = TensorFlowTrainer.train_step
+
+    def counted(self, data):
+        traces.append(1)   # runs once per trace, not per step
+        return original(self, data)
+
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", counted)
+    train(TrainConfig(epochs=2, **TINY), tiny_subjects[:2], [], tmp_path / "run", verbose=0)
+    assert len(traces) == 1
+
+
 def test_learning_rate_follows_the_paper_staircase():
     config = TrainConfig(learning_rate=1e-4)
     schedule = paper_schedule(config)

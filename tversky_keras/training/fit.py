@@ -229,6 +229,10 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
             initialise_from(model, config)
         model.compile(optimizer=paper_optimizer(config), loss=loss,
                       metrics=make_metrics(), jit_compile=jit)
+        # Adam's slots, built now rather than on the first step: variables made
+        # inside the first trace make tf.function trace the train step a second
+        # time (tensorflow/tensorflow#48851), seconds per run on a CPU.
+        model.optimizer.build(model.trainable_variables)
 
     monitor = config.monitor if val_ds is not None else config.monitor.removeprefix("val_")
     recorder = RunRecorder(own_dir, monitor, start_epoch)
