@@ -26,6 +26,42 @@ from tversky_keras.training import TrainConfig, train  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mslub-mni"
 
 
+# The suite runs on pytest-xdist workers (setup.cfg: -n auto), each test file on one
+# worker so that its module-scoped fixtures are made once; the files that read the
+# session's smoke grid (two minutes to make) share one worker, and go first.
+SMOKE_GRID_FILES = ("tests/test_reproduce.py", "tests/test_sim2real_grid.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most four (each imports TensorFlow, about
+    1 GB, and makes the session fixtures its tests need)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's ``loadfile`` with the smoke grid's files as one unit. (``--dist loadgroup``
+    would say it with marks, but it groups nothing under pytest 9.2:
+    pytest-dev/pytest-xdist#1386.) Another ``--dist`` given by hand is xdist's own."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            file = super()._split_scope(nodeid)
+            return SMOKE_GRID_FILES[0] if file in SMOKE_GRID_FILES else file
+
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The smoke grid's files first (``--no-loadscope-reorder`` keeps this order), so
+    that the longest unit of work starts at once."""
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in SMOKE_GRID_FILES)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

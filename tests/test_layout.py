@@ -74,3 +74,16 @@ def test_the_benchmarks_import_no_command_of_the_reproduction():
 def test_subpackages_import_one_way(module, forbidden):
     names = graph(module.split(".")[0])[module]
     assert sorted(n for n in names if n.startswith(forbidden)) == []
+
+
+def test_every_test_file_that_reads_the_smoke_grid_shares_its_worker():
+    """conftest's scheduler keeps the smoke grid's readers on one xdist worker; a file
+    missing from its list would make the grid again (two minutes) on another one."""
+    from conftest import SMOKE_GRID_FILES
+
+    def reads_the_grid(path):
+        return any(isinstance(node, ast.arg) and node.arg == "smoke_grid"
+                   for node in ast.walk(ast.parse(path.read_text())))
+
+    readers = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py") if reads_the_grid(p)}
+    assert readers == set(SMOKE_GRID_FILES)
