@@ -16,6 +16,7 @@ leaves half a file.
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -98,7 +99,9 @@ class RunRecorder(keras.callbacks.Callback):
         write_csv_atomically(self.rows, self.run_dir / "log.csv")
         save_model_atomically(self.model, self.run_dir / "last.keras")
         if self.monitor in logs and self._consider(logs[self.monitor], epoch):
-            save_model_atomically(self.model, self.run_dir / "model.keras")
+            # The model just saved as last.keras: its bytes copied, not serialised again.
+            with atomic_path(self.run_dir / "model.keras") as temporary:
+                shutil.copyfile(self.run_dir / "last.keras", temporary)
 
 
 def write_csv_atomically(rows, path):
