@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import SEED1_ROWS, SEEDS_ARGV
 from processes import assert_signal_stops_the_child, assert_sigterm_stops_the_child
 from reproduce import sim2real, table1
 from reproduce import table as table_module
@@ -554,9 +555,13 @@ def test_the_experiment_records_the_phantom_version_and_lesions(smoke_run):
 
 def test_seeds_summary_records_each_seeds_cell_time_and_where_it_was_made(smoke_run):
     root, args = smoke_run
-    assert table1.main([*args, "--seeds", "2", "--no-figures"]) == 0
+    assert table1.main([*args, *SEEDS_ARGV]) == 0
     summary = json.loads((root / "results" / "phantom-v3-smoke-seeds.json").read_text())
-    assert [row["n_seeds"] for row in summary["rows"]] == [2] * 5
+    # Seed 1 ran two rows: they have two seeds, the others one.
+    assert [row["n_seeds"] for row in summary["rows"]] == [
+        2 if f"a{a:g}_b{b:g}" in SEED1_ROWS else 1 for a, b in ROWS]
+    assert seed_markdown(summary["rows"]).endswith(
+        f" of {2 * (5 + len(SEED1_ROWS))}.")   # cells of both seeds
     expected = [sum(json.loads(p.read_text())["seconds"]
                     for p in (root / "results" / name).glob("*/fold*/done.json"))
                 for name in ("phantom-v3-smoke", "phantom-v3-smoke-seed1")]
@@ -674,10 +679,12 @@ def test_the_challenge_seeds_table_is_numpys_mean_and_std_over_the_seeds(smoke_r
     tables = [json.loads((results / name / "table1.json").read_text())
               for name in ("phantom-v3-smoke", "phantom-v3-smoke-seed1")]
     summary = json.loads((results / "phantom-v3-smoke-seeds.json").read_text())["challenge_rows"]
+    assert [row["n_seeds"] for row in summary] == [
+        2 if f"a{a:g}_b{b:g}" in SEED1_ROWS else 1 for a, b in ROWS]
     for index, row in enumerate(summary):
-        assert row["n_seeds"] == 2
+        scored = [t for t in tables if t["rows"][index].get("folds")]  # seed 1: two rows
         for key in ("ndsc", "lesion_f1", "hd95_mm", "assd_mm", "abs_volume_difference_ml"):
-            values = [t["rows"][index]["challenge"]["pooled"][key] for t in tables]
+            values = [t["rows"][index]["challenge"]["pooled"][key] for t in scored]
             assert row["mean"][key] == pytest.approx(np.mean(values), nan_ok=True)
             assert row["std"][key] == pytest.approx(np.std(values), nan_ok=True)
     text = (results / "phantom-v3-smoke-seeds-challenge.md").read_text()
