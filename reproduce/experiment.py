@@ -110,8 +110,11 @@ PROFILES = {
         base_filters=2, depth=2, learning_rate=1e-3, lr_decay_steps=1000,
         phantom_subjects=4, phantom_spacing=4.0),
     "quick": Profile(
-        name="quick", description="the whole grid in 10-20 minutes on a 2-core CPU: 2-mm "
-                                  "phantom, 32^3 patches, a small U-Net, Adam 3e-4, 800 steps",
+        name="quick", description="for a 2-core CPU: 2-mm phantom, 32^3 patches, a small "
+                                  "U-Net, Adam 3e-4, 800 steps per cell (the minutes its grids "
+                                  "took are on the Table 1 results page; a CPU without AVX-512, "
+                                  "where TensorFlow cannot use oneDNN, takes several times as "
+                                  "long)",
         spacing=None, patch_size=(32, 32, 32), batch_size=4, epochs=10, steps_per_epoch=80,
         base_filters=8, depth=3, learning_rate=3e-4, lr_decay_steps=1000,
         phantom_subjects=15, phantom_spacing=2.0, pool_batch=True),
@@ -249,8 +252,12 @@ def settings_difference(saved, wanted, name=""):
 def _comparable(described, other):
     """``describe()``'s record as compared: the data by its resolved path, or, when both
     records name a generated phantom, by the phantom's manifest alone (the same phantom in
-    another cache folder is the same data)."""
+    another cache folder is the same data). A profile's description is prose about the
+    settings, not one of them: a reworded one changes no grid."""
     described = dict(described)
+    if isinstance(described.get("profile"), dict):
+        described["profile"] = {k: v for k, v in described["profile"].items()
+                                if k != "description"}
     if "phantom" in described and "phantom" in other:
         described.pop("data")
     else:

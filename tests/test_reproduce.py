@@ -1,6 +1,7 @@
 """reproduce.table1 (with .experiment, .table): fold split, cells, table assembly, figures (smoke)."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -131,6 +132,22 @@ def test_a_finished_grid_of_other_settings_is_refused_not_relabelled(smoke_run, 
     assert table1.main(["--profile", "smoke", *other]) == 1
     assert f"data is '{phantom.resolve()}' there and '{(tmp_path / 'other').resolve()}' now" \
         in capsys.readouterr().err
+
+
+def test_a_reworded_profile_description_is_not_another_setting(smoke_phantom, tmp_path):
+    """The description is prose (it was reworded in 0.2.0): a folder recorded with the old
+    wording takes a rerun; a changed setting of the same profile is still refused."""
+    smoke = table1.PROFILES["smoke"]
+    table1.Experiment(tmp_path, smoke_phantom, smoke).record()
+    path = tmp_path / "experiment.json"
+    recorded = json.loads(path.read_text())
+    recorded["profile"]["description"] = "the whole grid in 10-20 minutes"
+    path.write_text(json.dumps(recorded))
+    table1.Experiment(tmp_path, smoke_phantom, smoke).record()
+    assert json.loads(path.read_text())["profile"]["description"] == smoke.description
+    longer = dataclasses.replace(smoke, epochs=smoke.epochs + 1)
+    with pytest.raises(ValueError, match=r"profile\.epochs is 2 there and 3 now"):
+        table1.Experiment(tmp_path, smoke_phantom, longer).record()
 
 
 def test_a_finished_cell_of_other_settings_is_refused_without_experiment_json(
