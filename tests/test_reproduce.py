@@ -24,7 +24,7 @@ from reproduce.table import (assemble, markdown_table, per_fold_table, seed_mark
                              table_csv)
 from tiny_data import write_tiny_subjects
 from tversky_keras import claims
-from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, two_fold_split
+from reproduce.experiment import METRICS, PAPER_TABLE1, ROWS, row_name, two_fold_split
 from reproduce.phantoms import phantom_folder
 from tversky_keras.data import discover_subjects
 from tversky_keras.evaluation import challenge_metrics
@@ -570,13 +570,15 @@ def test_the_experiment_records_the_phantom_version_and_lesions(smoke_run):
         "smoke"].phantom_subjects
 
 
+# The session's seed 1 ran two rows (conftest): they have two seeds, the others one.
+SEEDS_PER_ROW = [2 if row_name(alpha, beta) in SEED1_ROWS else 1 for alpha, beta in ROWS]
+
+
 def test_seeds_summary_records_each_seeds_cell_time_and_where_it_was_made(smoke_run):
     root, args = smoke_run
     assert table1.main([*args, *SEEDS_ARGV]) == 0
     summary = json.loads((root / "results" / "phantom-v3-smoke-seeds.json").read_text())
-    # Seed 1 ran two rows: they have two seeds, the others one.
-    assert [row["n_seeds"] for row in summary["rows"]] == [
-        2 if f"a{a:g}_b{b:g}" in SEED1_ROWS else 1 for a, b in ROWS]
+    assert [row["n_seeds"] for row in summary["rows"]] == SEEDS_PER_ROW
     assert seed_markdown(summary["rows"]).endswith(
         f" of {2 * (5 + len(SEED1_ROWS))}.")   # cells of both seeds
     expected = [sum(json.loads(p.read_text())["seconds"]
@@ -696,8 +698,7 @@ def test_the_challenge_seeds_table_is_numpys_mean_and_std_over_the_seeds(smoke_r
     tables = [json.loads((results / name / "table1.json").read_text())
               for name in ("phantom-v3-smoke", "phantom-v3-smoke-seed1")]
     summary = json.loads((results / "phantom-v3-smoke-seeds.json").read_text())["challenge_rows"]
-    assert [row["n_seeds"] for row in summary] == [
-        2 if f"a{a:g}_b{b:g}" in SEED1_ROWS else 1 for a, b in ROWS]
+    assert [row["n_seeds"] for row in summary] == SEEDS_PER_ROW
     for index, row in enumerate(summary):
         scored = [t for t in tables if t["rows"][index].get("folds")]  # seed 1: two rows
         for key in ("ndsc", "lesion_f1", "hd95_mm", "assd_mm", "abs_volume_difference_ml"):
