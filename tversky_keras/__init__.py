@@ -42,6 +42,9 @@ def _import_tensorflow_quietly():
         os.close(saved)
 
 
+from tversky_keras import cpu  # noqa: E402  (stdlib only)
+
+cpu.apply()  # TF_ENABLE_ONEDNN_OPTS, before TensorFlow reads it
 _import_tensorflow_quietly()
 
 from tversky_keras import losses, metrics, models, scan_spec  # noqa: E402  (registration)
@@ -65,7 +68,7 @@ from tversky_keras.models import unet3d  # noqa: E402
 # training and cli, imported where used (they pull in more of TensorFlow).
 __all__ = [
     "__version__",
-    "losses", "metrics", "models", "scan_spec",
+    "cpu", "losses", "metrics", "models", "scan_spec",
     "TverskyLoss", "DiceLoss", "TverskyCrossEntropyLoss", "tversky_index", "tversky_loss",
     "DiceScore", "Sensitivity", "Specificity", "FBetaScore", "PRAUC",
     "unet3d",
