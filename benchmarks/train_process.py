@@ -49,11 +49,14 @@ def measure(steps, steps_per_execution, volumes):
 
 
 def run_in_subprocess(steps, steps_per_execution=1, volumes=8, env=None, timeout=600):
-    """Run this module as a fresh Python process; returns its JSON result."""
+    """Run this module as a fresh Python process; returns its JSON result. ``env``'s
+    variables replace the parent's; a value of ``None`` removes one."""
     command = [sys.executable, "-m", "benchmarks.train_process", "--steps", str(steps),
                "--steps-per-execution", str(steps_per_execution), "--volumes", str(volumes)]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    environment = {k: v for k, v in environment.items() if v is not None}  # None: unset
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+                          env=environment)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -112,9 +112,7 @@ PROFILES = {
     "quick": Profile(
         name="quick", description="for a 2-core CPU: 2-mm phantom, 32^3 patches, a small "
                                   "U-Net, Adam 3e-4, 800 steps per cell (the minutes its grids "
-                                  "took are on the Table 1 results page; a CPU without AVX-512, "
-                                  "where TensorFlow cannot use oneDNN, takes several times as "
-                                  "long)",
+                                  "took are on the Table 1 results page, with their machines)",
         spacing=None, patch_size=(32, 32, 32), batch_size=4, epochs=10, steps_per_epoch=80,
         base_filters=8, depth=3, learning_rate=3e-4, lr_decay_steps=1000,
         phantom_subjects=15, phantom_spacing=2.0, pool_batch=True),
@@ -253,8 +251,9 @@ def _comparable(described, other):
     """``describe()``'s record as compared: the data by its resolved path, or, when both
     records name a generated phantom, by the phantom's manifest alone (the same phantom in
     another cache folder is the same data). A profile's description is prose about the
-    settings, not one of them: a reworded one changes no grid."""
-    described = dict(described)
+    settings, not one of them: a reworded one changes no grid. Nor is the CPU execution
+    (``tversky_keras.cpu``): oneDNN and Eigen train the same cells, to float tolerance."""
+    described = {k: v for k, v in described.items() if k != "cpu_execution"}
     if isinstance(described.get("profile"), dict):
         described["profile"] = {k: v for k, v in described["profile"].items()
                                 if k != "description"}
@@ -290,6 +289,9 @@ class Experiment:
                         for k, v in dataclasses.asdict(self.profile).items()},
             "folds": [{"train": tr, "test": te} for tr, te in self.split],
         }
+        from tversky_keras import cpu
+
+        described["cpu_execution"] = cpu.choice()  # which kernels: recorded, not compared
         manifest = Path(self.data) / "phantom.json"
         if manifest.is_file():  # the phantom's version, look and whose lesions
             described["phantom"] = json.loads(manifest.read_text())

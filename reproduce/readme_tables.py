@@ -21,6 +21,8 @@ files, never typed:
   reproduce.sim2real_grid --ensemble --mirror x --uncertainty`` wrote: the areas
   under each row's ensemble's retention curves on the real patients, against the
   ideal and random rankings, and how false and correct lesions rank.
+- ``cpu-kinds``: ``benchmarks/cpu-kinds.json``, what ``python -m benchmarks.cpu_kinds``
+  wrote: the quick training step under oneDNN, Eigen, JAX and PyTorch, with the machine.
 - ``benchmarks``: ``benchmarks/results.json``, what ``python -m benchmarks`` wrote: when,
   where and how it ran, then a table per section of its rows and the loss values.
 """
@@ -37,6 +39,7 @@ SIM2REAL = FIGURES / "sim2real-v3"
 TABLE1_SEEDS = FIGURES / "phantom-v3-quick" / "phantom-v3-quick-seeds.json"
 BENCHMARKS = FIGURES.parent / "benchmarks" / "results.json"
 GRID_VERSIONS = FIGURES.parent / "benchmarks" / "grid-versions.json"
+CPU_KINDS = FIGURES.parent / "benchmarks" / "cpu-kinds.json"
 RETENTION = FIGURES / "sim2real-grid-v3" / "retention.json"
 
 
@@ -231,6 +234,19 @@ def render_benchmarks(path=BENCHMARKS):
     return "\n\n".join(parts)
 
 
+def render_cpu_kinds(path=CPU_KINDS):
+    """``benchmarks/cpu-kinds.json``: the training step under each CPU execution
+    (``python -m benchmarks.cpu_kinds``), the one ``tversky_keras.cpu`` chooses among them."""
+    head = ("## CPU kernels and Keras backends\n\n"
+            "`import tversky_keras` turns TensorFlow's oneDNN kernels on where TensorFlow "
+            "would run its Eigen kernels on an x86 CPU with AVX2 (`tversky_keras.cpu`; "
+            "`TF_ENABLE_ONEDNN_OPTS` set by you wins). The rows that back that choice:\n\n")
+    if not Path(path).is_file():
+        return head + ("(No committed run yet: `python -m benchmarks.cpu_kinds --out "
+                       "benchmarks/cpu-kinds.json`.)")
+    return head + report.cpu_kinds_markdown(json.loads(Path(path).read_text()))
+
+
 def render_retention(path=RETENTION):
     """``sim2real_grid --uncertainty``'s ``retention.json``: the table of every row and
     subject, the figure beside it, and how it was made."""
@@ -303,7 +319,7 @@ PAGES = {
         "`benchmarks/results.json`; commit it and run `python -m reproduce.readme_tables "
         "--docs docs/results` to update this page. How the figures are measured, what they "
         "say, and the GPU runs: [Performance](../performance.md).",
-        ("benchmarks",)),
+        ("cpu-kinds", "benchmarks")),
 }
 
 
@@ -344,6 +360,8 @@ def main(argv=None):
     parser.add_argument("--grid-versions", type=Path, default=GRID_VERSIONS,
                         help="python -m benchmarks.bench_grid_versions' JSON "
                              "(benchmarks/grid-versions.json)")
+    parser.add_argument("--cpu-kinds", type=Path, default=CPU_KINDS,
+                        help="python -m benchmarks.cpu_kinds' JSON (benchmarks/cpu-kinds.json)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--readme", type=Path, help="write the table into this file")
     action.add_argument("--check", type=Path,
@@ -361,6 +379,7 @@ def _run(args):
               "table1-v3": render_table1(args.table1),
               "benchmarks": render_benchmarks(args.benchmarks),
               "grid-versions": render_grid_versions(args.grid_versions),
+              "cpu-kinds": render_cpu_kinds(args.cpu_kinds),
               "retention": render_retention(args.retention)}
     if args.docs or args.check_docs:
         return _pages(tables, args.docs or args.check_docs, check=bool(args.check_docs))

@@ -112,6 +112,8 @@ def provenance(seconds=None):
     import subprocess
     from pathlib import Path
 
+    from tversky_keras import cpu
+
     root = Path(__file__).resolve().parents[1]
 
     def git(*args):
@@ -125,8 +127,34 @@ def provenance(seconds=None):
             "commit": git("rev-parse", "HEAD") or None,
             "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
             "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                        "load_average": os.getloadavg(), "gemm_gflops": gemm_gflops()},
+                        "load_average": os.getloadavg(), "gemm_gflops": gemm_gflops(),
+                        "cpu_execution": cpu.choice()},
             "command": ["python", *sys.orig_argv[1:]]}
     if seconds is not None:
         made["seconds"] = round(float(seconds), 1)
     return made
+
+
+def cpu_kinds_markdown(record):
+    """The Markdown of one ``python -m benchmarks.cpu_kinds`` run (``benchmarks/cpu-kinds.json``):
+    its machine, then each CPU execution's median step and its ratio to oneDNN's."""
+    machine = record["machine"]
+    avx = "AVX-512" if machine.get("avx512") else "AVX2, no AVX-512"
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {avx}, GEMM "
+        f"{machine['gemm_gflops']:g} GFLOP/s; {record['made']['date'][:10]}; the quick "
+        f"profile's training step (`benchmarks.train_process`), {record['steps']} steps per "
+        f"process, median of {record['rounds']} interleaved rounds.",
+        "",
+        "| CPU execution | s/step (median) | x oneDNN | peak RSS MiB | each round s/step |",
+        "|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        label = row["label"] + (" (simulated)" if row["simulated"] else "")
+        ratio = "" if row["vs_onednn"] is None else f"{row['vs_onednn']:.2f}"
+        lines.append(f"| {label} | {row['median_step_s']:.3f} | {ratio} | "
+                     f"{row['peak_rss_mib']:.0f} | "
+                     f"{', '.join(f'{s:.3f}' for s in row['step_s'])} |")
+    for missing in record.get("missing", {}).values():
+        lines.append(f"| {missing['label']} | not measured: {missing['why']} | | | |")
+    return "\n".join(lines)

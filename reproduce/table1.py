@@ -35,6 +35,7 @@ from reproduce.grid import (cell_name, cpu_cores, run_grid, share_the_cores,  # 
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.table import (assemble, challenge_seed_csv, challenge_seed_markdown,  # noqa: E402
                              challenge_seed_summary, seed_markdown, seed_summary, write_outputs)
+from tversky_keras import cpu  # noqa: E402
 from tversky_keras.arguments import finite, natural, output_folder  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import DataError  # noqa: E402
@@ -162,6 +163,7 @@ def _run(args):
         return _help(args, profile, data, base, args.worker_of[0], workers)
     print(f"profile {profile.name}: {profile.description}")
     print(json.dumps(dataclasses.asdict(profile), default=list))
+    print(cpu.choice_line())
     if workers > 1:
         print(f"{workers} processes share the grid, {max(1, cpu_cores() // workers)} CPU "
               f"thread(s) each (--workers)", flush=True)

@@ -268,7 +268,11 @@ def run_train(args):
     from tversky_keras.data import discover_subjects
     from tversky_keras.training import train
 
+    from tversky_keras import cpu
+
     config = train_config(args)
+    if not args.quiet:
+        print(cpu.choice_line(), flush=True)
     subjects = discover_subjects(args.data, modalities=config.modalities)
     train_subjects, val_subjects = _split_validation(subjects, args.val)
     train(config, train_subjects, val_subjects, args.out, verbose=0 if args.quiet else 1,
@@ -295,7 +299,10 @@ def run_predict(args):
     from tversky_keras.saving import load_saved_model
     from tversky_keras.scan_spec import scan_spec
 
+    from tversky_keras import cpu
+
     check_threshold(args.threshold)
+    print(cpu.choice_line(), flush=True)
     if not 0 <= args.overlap < 1 or args.batch_size < 1:
         raise ValueError(f"--overlap must lie in [0, 1) and --batch-size be at least 1, got "
                          f"{args.overlap:g} and {args.batch_size}")

@@ -35,6 +35,9 @@ import sys
 from pathlib import Path
 
 VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+# Set beside VARIABLE when this package chose it, so that a child process (a table1
+# helper, a worker) records the choice as the package's, not as the user's.
+MARKER = "TVERSKY_KERAS_ONEDNN_CHOICE"
 
 # The CPU features with which TensorFlow turns oneDNN on by itself (IsMKLEnabled),
 # as /proc/cpuinfo names them.
@@ -76,6 +79,10 @@ def decide(environ, flags, machine, tensorflow_imported):
     x86 = machine.lower() in ("x86_64", "amd64", "i686", "x86")
     tensorflow_default = (None if flags is None or not x86
                           else any(f in flags for f in TENSORFLOW_ONEDNN_FEATURES))
+    if user is not None and environ.get(MARKER) == user:
+        return {"onednn": user == "1", "set_by": "tversky_keras", "set_variable": None,
+                "reason": f"{VARIABLE}={user}, inherited from the tversky_keras process that "
+                          f"started this one"}
     if user is not None:
         value = user.strip().lower()
         onednn = True if value in ("1", "true", "t", "yes") else (
@@ -117,7 +124,7 @@ def apply(environ=None):
         _CHOICE["avx2"] = None if flags is None else "avx2" in flags
         _CHOICE["avx512"] = None if flags is None else "avx512f" in flags
         if _CHOICE["set_variable"] is not None:
-            environ[VARIABLE] = _CHOICE["set_variable"]
+            environ[VARIABLE] = environ[MARKER] = _CHOICE["set_variable"]
     return choice()
 
 
