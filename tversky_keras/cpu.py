@@ -108,8 +108,7 @@ def decide(environ, flags, machine, tensorflow_imported):
                           "measured"}
     return {"onednn": True, "set_by": "tversky_keras", "set_variable": "1",
             "reason": "AVX2 without AVX-512 VNNI/BF16 or AMX, where TensorFlow's default "
-                      "Eigen kernels ran the training step about 5x slower "
-                      "(benchmarks/cpu-kinds.json)"}
+                      "Eigen kernels train several times slower (benchmarks/cpu-kinds.json)"}
 
 
 def apply(environ=None):
