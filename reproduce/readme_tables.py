@@ -108,7 +108,38 @@ def render_sim2real(folder=SIM2REAL):
     for subject_id in subject_ids:
         oracle += [report.percent(first["subjects"][subject_id]["threshold_dsc"]), "", ""]
     rows.append(oracle + [""])
+    rows += baseline_rows(found, subject_ids)
     return report.markdown_table(head, rows)
+
+
+def baseline_rows(found, subject_ids):
+    """The FLAIR-threshold baselines (``reproduce.scoring.threshold_baselines``) of the
+    summaries that recorded them: k from the other subject(s) once (it depends on the
+    real data alone), k from the phantom once per phantom (its version, recipe and size)."""
+    rows, seen = [], set()
+    for name, summary in found.items():
+        baselines = summary.get("baselines")
+        if not baselines:
+            continue
+        variant = summary["variant"]
+        phantom = (f"v{variant['phantom_version']} {variant['recipe']['name']}, "
+                   f"{variant['phantom_subjects']} subjects, {variant['phantom_spacing']:g} mm")
+        for key, label in (("leave_one_out", "FLAIR threshold, k chosen on the other "
+                                              "subject(s)"),
+                           ("phantom", f"FLAIR threshold, k chosen on the phantom ({phantom}; "
+                                       f"k = {baselines['phantom_k']:.2f})")):
+            if label in seen:
+                continue
+            seen.add(label)
+            row = [label, f"`{name}`", ""]
+            for subject_id in subject_ids:
+                scores = baselines["subjects"].get(subject_id, {}).get(key)
+                row += (["n/a", "", ""] if scores is None else
+                        [f"{report.percent(scores['dsc'])} (k = {scores['k']:.2f})",
+                         report.percent(scores["sensitivity"]),
+                         report.percent(scores["specificity"])])
+            rows.append(row + [""])
+    return rows
 
 
 def render_table1(path=TABLE1_SEEDS):

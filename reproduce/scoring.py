@@ -12,7 +12,9 @@ volumes) come with them, at the voxel size of the scan's file.
 import nibabel as nib
 import numpy as np
 
+from reproduce import report
 from reproduce.experiment import challenge_scores
+from tversky_keras.baseline import choose_k, leave_one_out_k, threshold_segmentation
 from tversky_keras.data import from_grid, load_subject, zscore_in_brain
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics
 
@@ -67,3 +69,66 @@ def score_subject(subject, probability, reference=None):
             "lesion_voxels": int(np.count_nonzero(truth & brain)),
             "n_true_lesions": ours["n_true_lesions"], "n_pred_lesions": ours["n_pred_lesions"],
             **challenge_scores(truth, probability, spacing, brain), "spacing_mm": list(spacing)}
+
+
+def _baseline_scores(truth, brain, zscore, k):
+    """The FLAIR threshold ``k``'s DSC, sensitivity and specificity inside the brain."""
+    if k is None:
+        return None
+    called = threshold_segmentation(zscore, brain, k)
+    scores = lesion_metrics(truth, called.astype(np.float32), threshold=THRESHOLD, mask=brain)
+    return {"k": float(k), **{m: scores[m] for m in ("dsc", "sensitivity", "specificity")}}
+
+
+def threshold_baselines(subjects, phantom_subjects):
+    """The two FLAIR-threshold baselines (``tversky_keras.baseline``) on every subject.
+
+    - ``leave_one_out``: each subject thresholded at the ``k`` chosen on the other
+      subjects (pooled DSC), none when there is only one;
+    - ``phantom``: every subject thresholded at the ``k`` chosen on the phantom's
+      subjects alone (the phantom-only baseline: no real scan chose it).
+
+    The z-score is ``scan_reference``'s (brain mean and std, unclipped), so ``k`` is in
+    the units of the oracle's ``threshold_flair_z``.
+
+    Returns:
+        ``{"phantom_k", "phantom_dsc" (pooled, on the phantom), "n_phantom_subjects",
+        "subjects": {id: {"leave_one_out": {k, dsc, sensitivity, specificity} | None,
+        "phantom": {...}}}}``.
+    """
+    references = {s.id: scan_reference(s) for s in subjects}
+    phantom = [scan_reference(s) for s in phantom_subjects]
+    phantom_k, phantom_dsc = choose_k(*zip(*[(t, z, b) for t, b, z in phantom]))
+    others = leave_one_out_k({i: (t, z, b) for i, (t, b, z) in references.items()})
+    return {
+        "normalization": "FLAIR z-score: brain mean and std, unclipped",
+        "phantom_k": phantom_k, "phantom_dsc": phantom_dsc,
+        "n_phantom_subjects": len(phantom),
+        "subjects": {i: {"leave_one_out": _baseline_scores(t, b, z, others[i]),
+                         "phantom": _baseline_scores(t, b, z, phantom_k)}
+                     for i, (t, b, z) in references.items()}}
+
+
+BASELINES = {"leave_one_out": "FLAIR threshold, k from the other subjects",
+             "phantom": "FLAIR threshold, k from the phantom"}
+
+
+def baselines_markdown(baselines, network=None):
+    """The FLAIR-threshold baselines per subject (``reproduce.scoring.threshold_baselines``):
+    each one's k, DSC, sensitivity and specificity in percent, beside the network's DSC
+    (``network``: ``{subject: text}``, e.g. a mean ± std over seeds) where given."""
+    head = ["subject", "method", "k (brain z)", "DSC", "sensitivity", "specificity"]
+    rows = []
+    for subject_id, methods in sorted(baselines["subjects"].items()):
+        if network is not None:
+            rows.append([subject_id, "the network", "", network.get(subject_id, "n/a"), "", ""])
+        for key, label in BASELINES.items():
+            scores = methods.get(key)
+            rows.append([subject_id, label] + (
+                ["n/a (one subject)", "", "", ""] if scores is None else
+                [f"{scores['k']:.2f}"] + [report.percent(scores[m])
+                                          for m in ("dsc", "sensitivity", "specificity")]))
+    return (report.markdown_table(head, rows) + f"\n\nk from the phantom: chosen on its "
+            f"{baselines['n_phantom_subjects']} subjects alone (pooled DSC there "
+            f"{report.percent(baselines['phantom_dsc'])}); k from the other subjects: chosen "
+            f"on every other subject of the data, their lesions known.")

@@ -49,9 +49,11 @@ from reproduce.experiment import PROFILES, SIM2REAL_PROFILES, row_name  # noqa: 
 from reproduce import report  # noqa: E402
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
-    CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, score_subject)
+    CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, baselines_markdown, score_subject,
+    threshold_baselines)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
-from tversky_keras.arguments import finite, mirror_option, natural, output_folder  # noqa: E402
+from tversky_keras.arguments import (finite, mirror_or_none, natural,  # noqa: E402
+                                     output_folder)
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
@@ -94,17 +96,17 @@ RECIPES = {
                          "domain randomisation: 4 times the profile's subjects (60 for quick), "
                          "each with its own contrasts, lesion contrast, bias field, resolution "
                          "and noise"),
+    "synthseg": Recipe("synthseg", "synthseg", 4,
+                       "SynthSeg-grade randomisation: 4 times the profile's subjects, each "
+                       "tissue's intensity drawn on its own (FLAIR's CSF down to nulled), "
+                       "lesions from barely visible to four times white matter, half of them "
+                       "with a looser skull strip's rim of non-brain tissue"),
 }
 DEFAULT_RECIPE = "randomized"
 # The recipe's normalisation and test-time mirroring (chosen on the development
 # patients, docs/reproduction.md): the white-matter peak does not move with the lesion load.
 DEFAULT_NORMALIZATION = "wm-peak"
 DEFAULT_MIRROR = (0,)
-
-
-def mirror_or_none(text):
-    """``--mirror``: RAS axes as ``tversky-keras predict --mirror``, or ``none``."""
-    return () if text.strip().lower() == "none" else mirror_option(text)
 
 
 def phantom_manifest(phantom, version):
@@ -336,7 +338,10 @@ def recipe_profile(args):
 
 
 def _run(args):
+    from tversky_keras import cpu
+
     started = time.perf_counter()
+    print(cpu.choice_line(), flush=True)
     profile = recipe_profile(args)
     trained = experiment_name(args, profile)
     base = trained + mirror_suffix(args.mirror)
@@ -347,6 +352,8 @@ def _run(args):
     phantom = phantom_data(profile, args.cache, args.phantom_version, recipe.appearance)
     manifest = phantom_manifest(phantom, args.phantom_version)
     phantom_subjects = discover_subjects(phantom)
+    baselines = threshold_baselines(subjects, phantom_subjects)
+    print(f"\nFLAIR-threshold baselines\n\n{baselines_markdown(baselines)}\n", flush=True)
     runs = {}
     for seed in range(args.seed, args.seed + args.seeds):
         tail = "" if seed == 0 else f"-seed{seed}"
@@ -354,13 +361,16 @@ def _run(args):
         # Mirroring is a way of predicting: the same seed's network, trained once.
         runs[name] = _train_and_segment(args, profile, recipe, manifest, phantom,
                                         phantom_subjects, subjects, seed, args.results / name,
-                                        args.results / (trained + tail) / RUN)
+                                        args.results / (trained + tail) / RUN, baselines)
         print(f"\n{name}: trained on the phantom only, tested on {args.data}\n\n"
               f"{subjects_markdown(runs[name]['subjects'])}", flush=True)
     if args.seeds > 1:
-        summary = {**seed_summary(runs),
+        summary = {**seed_summary(runs), "baselines": baselines,
                    "made": report.provenance(time.perf_counter() - started)}
-        text = seed_markdown(summary)
+        network = {i: f"{100 * s['dsc']['mean']:.2f} ± {100 * s['dsc']['std']:.2f}"
+                   for i, s in summary["subjects"].items()}
+        text = (seed_markdown(summary) + "\n\nFLAIR-threshold baselines (the network's DSC: "
+                "mean ± std over seeds)\n\n" + baselines_markdown(baselines, network))
         write_json(summary, args.results / f"{base}-seeds.json")
         write_text(args.results / f"{base}-seeds.md",
                    f"# Sim-to-real over {args.seeds} training seeds ({base}; percent, "
@@ -368,7 +378,7 @@ def _run(args):
         print(f"\n{base}: over {args.seeds} training seeds (mean ± std)\n\n{text}")
     if args.ensemble:
         name = f"{base}-ensemble{args.seeds}"
-        result = _ensemble(args, runs, subjects, args.results / name)
+        result = _ensemble(args, runs, subjects, args.results / name, baselines)
         summary = {**seed_summary({name: result}),
                    "made": report.provenance(time.perf_counter() - started)}
         summary["variant"]["ensemble"] = args.seeds
@@ -380,7 +390,7 @@ def _run(args):
 
 
 def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subjects, subjects,
-                       seed, root, run):
+                       seed, root, run, baselines=None):
     """One training seed: train (or resume, or find finished) into ``run`` on the phantom,
     then segment and score every subject into ``root``."""
     config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), seed,
@@ -404,20 +414,25 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
                          mirror_axes=args.mirror)
     result = {**settings, "seed": seed, "subjects": scores, "phantom_folder": str(phantom),
               "model": str(model_path), "model_spacing": scan_spec(model)["spacing"],
-              "training_summary": summary}
+              "training_summary": summary, "baselines": baselines}
     return write_result(result, root)
 
 
 def write_result(result, root):
     """``root/sim2real.{json,md}`` of one network's (or ensemble's) run; returns ``result``."""
     write_json(result, root / "sim2real.json")
+    baselines = ""
+    if result.get("baselines"):
+        network = {i: report.percent(s["dsc"]) for i, s in result["subjects"].items()}
+        baselines = ("\n## FLAIR-threshold baselines\n\n"
+                     f"{baselines_markdown(result['baselines'], network)}\n")
     write_text(root / "sim2real.md",
                f"# Sim-to-real ({root.name}; percent, inside the brain, in each scan's grid)\n\n"
-               f"{subjects_markdown(result['subjects'])}\n")
+               f"{subjects_markdown(result['subjects'])}\n{baselines}")
     return result
 
 
-def _ensemble(args, runs, subjects, root):
+def _ensemble(args, runs, subjects, root, baselines=None):
     """The seeds' networks as one ensemble: segment and score every subject into ``root``."""
     first = next(iter(runs.values()))
     models = [run["model"] for run in runs.values()]
@@ -431,7 +446,7 @@ def _ensemble(args, runs, subjects, root):
                         for run in runs.values()), 1)
     members = ", ".join(str(run["seed"]) for run in runs.values())
     result = {**settings, "seed": f"ensemble of seeds {members}", "subjects": scores,
-              "training_summary": {"seconds_this_session": seconds}}
+              "training_summary": {"seconds_this_session": seconds}, "baselines": baselines}
     return write_result(result, root)
 
 

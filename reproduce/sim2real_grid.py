@@ -52,7 +52,8 @@ from reproduce import report  # noqa: E402
 from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
 from reproduce import uncertainty  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
-    CHALLENGE_HEAD, CHALLENGE_SHOWN, oracle, scan_reference, score_subject)
+    CHALLENGE_HEAD, CHALLENGE_SHOWN, baselines_markdown, oracle, scan_reference, score_subject,
+    threshold_baselines)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import mirror_option, output_folder  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
@@ -98,6 +99,19 @@ def grid_models(grids):
     if not models:
         raise ValueError(f"no finished cell in {', '.join(map(str, grids))}")
     return models
+
+
+def grid_phantom(grids):
+    """The phantom the first grid trained on (its ``experiment.json``'s data, when that
+    folder still exists and holds a ``phantom.json``), else ``None``: the phantom-only
+    FLAIR-threshold baseline chooses its k there."""
+    for grid in grids:
+        record = Path(grid) / "experiment.json"
+        if record.is_file():
+            data = Path(json.loads(record.read_text()).get("data", ""))
+            if (data / "phantom.json").is_file():
+                return data
+    return None
 
 
 def read_score(path, mirror_axes):
@@ -366,6 +380,11 @@ def _run(args):
     if args.ensemble:
         result["ensembles"] = ensemble_summary(ensembles)
         text += "\n\n" + ensemble_markdown(result["ensembles"])
+    phantom = grid_phantom(args.grid)
+    if phantom is not None:
+        result["baselines"] = threshold_baselines(subjects, discover_subjects(phantom))
+        text += ("\n\n### FLAIR-threshold baselines (k from the grid's phantom, "
+                 f"{phantom.name})\n\n" + baselines_markdown(result["baselines"]))
     if args.uncertainty:
         _write_uncertainty(score_uncertainty(models, subjects, out, args.mirror), out,
                            time.perf_counter() - started)

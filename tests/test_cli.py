@@ -21,7 +21,7 @@ from tversky_keras.models import unet3d
 from tversky_keras.scan_spec import with_scan_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["synth", "train", "predict", "evaluate"]
+SUBCOMMANDS = ["synth", "train", "predict", "evaluate", "baseline"]
 SHAPE = (9, 10, 7)  # no size a multiple of 2: a U-Net cannot take it unpadded
 
 
@@ -432,3 +432,47 @@ def test_predict_refuses_one_model_given_twice(tiny_data, tiny_model, tmp_path, 
     err = capsys.readouterr().err
     assert f"--model: {copy} is given twice (as {tiny_model} too)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_baseline_thresholds_the_brain_z_scored_flair_in_the_files_own_geometry(tmp_path, capsys):
+    """mask = (FLAIR - brain mean) / brain SD >= K inside the brain, computed here with
+    numpy, written with the FLAIR's affine and its (left-handed) voxel order."""
+    rng = np.random.default_rng(0)
+    flair = rng.gamma(5.0, 20.0, SHAPE).astype(np.float32)
+    flair[:2] = 0  # outside the skull-stripped brain
+    affine = np.diag([-1.5, 1.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(flair, affine), tmp_path / "FLAIR.nii.gz")
+    assert main(["baseline", "--flair", str(tmp_path / "FLAIR.nii.gz"), "--k", "1.2",
+                 "--out", str(tmp_path / "out")]) == 0
+    brain = flair != 0
+    z = (flair - flair[brain].mean()) / flair[brain].std()
+    expected = (z >= 1.2) & brain
+    written = nib.load(tmp_path / "out" / "mask.nii.gz")
+    np.testing.assert_array_equal(np.asarray(written.dataobj), expected.astype(np.uint8))
+    np.testing.assert_allclose(written.affine, affine)
+    zscore = np.asarray(nib.load(tmp_path / "out" / "zscore.nii.gz").dataobj)
+    np.testing.assert_allclose(zscore[brain], z[brain], rtol=1e-5, atol=1e-5)
+    assert f"({expected.sum()} voxels at z >= 1.2)" in capsys.readouterr().out
+    # An explicit brain mask: nothing is called outside it.
+    region = np.zeros(SHAPE, np.uint8)
+    region[4:, :5] = 1
+    nib.save(nib.Nifti1Image(region, affine), tmp_path / "brain.nii.gz")
+    main(["baseline", "--flair", str(tmp_path / "FLAIR.nii.gz"), "--brain",
+          str(tmp_path / "brain.nii.gz"), "--k", "0", "--out", str(tmp_path / "out2")])
+    called = np.asarray(nib.load(tmp_path / "out2" / "mask.nii.gz").dataobj)
+    inside = region.astype(bool)
+    z = (flair - flair[inside].mean()) / flair[inside].std()
+    np.testing.assert_array_equal(called, ((z >= 0) & inside).astype(np.uint8))
+
+
+def test_baseline_refuses_a_flat_or_missing_flair_in_one_line(tmp_path, capsys):
+    nib.save(nib.Nifti1Image(np.full(SHAPE, 7.0, np.float32), np.eye(4)), tmp_path / "F.nii.gz")
+    assert main(["baseline", "--flair", str(tmp_path / "F.nii.gz"), "--k", "2",
+                 "--out", str(tmp_path / "out")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "F.nii.gz" in line and "one intensity" in line
+    assert not (tmp_path / "out" / "mask.nii.gz").exists()
+    assert main(["baseline", "--flair", str(tmp_path / "missing.nii.gz"), "--k", "2",
+                 "--out", str(tmp_path / "out")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "missing.nii.gz" in line

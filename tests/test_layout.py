@@ -7,7 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("reproduce.table1", "reproduce.sim2real", "reproduce.sim2real_grid",
-            "reproduce.readme_tables", "reproduce.realism")
+            "reproduce.readme_tables", "reproduce.realism", "reproduce.robustness",
+            "reproduce.histograms")
 
 
 def module_name(path):

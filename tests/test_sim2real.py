@@ -1,6 +1,7 @@
 """reproduce.sim2real: a phantom-trained model, outputs in each scan's geometry, an independent oracle."""
 
 import json
+from pathlib import Path
 
 import keras
 import nibabel as nib
@@ -330,3 +331,52 @@ def test_the_default_recipe_mirrors_and_none_turns_it_off():
     assert parse(["--data", "d", "--mirror", "none"]).mirror == ()
     assert parse(["--data", "d", "--mirror", "x,z"]).mirror == (0, 2)
     assert parse(["--data", "d"]).intensity_normalization == "wm-peak"
+
+
+def test_threshold_baselines_match_brute_force_on_the_other_subject_and_the_phantom(smoke_run):
+    """Each subject's leave-one-out k is the best threshold on the other subject's brain
+    z-scored FLAIR, tried value by value; the phantom's k is the phantom's pooled best
+    against a thousand other candidates; each baseline's DSC is recounted here."""
+    root, folders, _ = smoke_run
+    result = json.loads((root / "sim2real.json").read_text())
+    baselines = result["baselines"]
+
+    def reference(folder):
+        scans = [read(folder / f"{m}.nii.gz")[0] for m in ("T1W", "T2W", "FLAIR")]
+        brain = np.logical_or.reduce([scan != 0 for scan in scans])
+        flair = scans[2].astype(np.float64)
+        z = np.where(brain, (flair - flair[brain].mean()) / flair[brain].std(), 0)
+        return read(folder / "consensus_gt.nii.gz")[0] != 0, brain, z
+
+    def dsc_at(references, k):
+        tp = called = n_true = 0
+        for truth, brain, z in references:
+            mask = (z >= k) & brain
+            tp, called, n_true = tp + np.sum(mask & truth), called + mask.sum(), n_true + np.sum(
+                truth & brain)
+        return 2 * tp / (called + n_true)
+
+    scans = {f.name: reference(f) for f in folders}
+    for name, (truth, brain, z) in scans.items():
+        (other,) = [v for k, v in scans.items() if k != name]
+        candidates = np.unique(other[2][other[1]])
+        best = max(dsc_at([other], k) for k in candidates)
+        loo = baselines["subjects"][name]["leave_one_out"]
+        assert dsc_at([other], loo["k"]) == pytest.approx(best, abs=1e-6)
+        assert loo["dsc"] == pytest.approx(dsc_at([(truth, brain, z)], loo["k"]), abs=1e-6)
+        called = (z >= loo["k"]) & brain
+        assert loo["sensitivity"] == pytest.approx(np.sum(called & truth) / np.sum(truth & brain))
+        assert loo["specificity"] == pytest.approx(np.sum(~called & ~truth & brain)
+                                                   / np.sum(~truth & brain))
+    phantom = [reference(f) for f in sorted(Path(result["phantom_folder"]).iterdir())
+               if f.is_dir()]
+    assert len(phantom) == baselines["n_phantom_subjects"]
+    k = baselines["phantom_k"]
+    assert dsc_at(phantom, k) == pytest.approx(baselines["phantom_dsc"], abs=1e-6)
+    pooled = np.concatenate([z[b] for _, b, z in phantom])
+    for candidate in np.quantile(pooled, np.linspace(0.5, 1, 1000)):
+        assert dsc_at(phantom, candidate) <= baselines["phantom_dsc"] + 1e-9
+    for name, (truth, brain, z) in scans.items():
+        assert baselines["subjects"][name]["phantom"]["dsc"] == pytest.approx(
+            dsc_at([(truth, brain, z)], k), abs=1e-6)
+    assert "FLAIR threshold, k from the phantom" in (root / "sim2real.md").read_text()

@@ -270,3 +270,19 @@ def test_a_subject_name_with_spaces_dashes_and_dots_is_scored_under_it(grids, tm
         Path(folders[0].name, row, fold, "site 1-p.01.json")
         for row, fold in (("a0.5_b0.5", "fold0"), ("a0.1_b0.9", "fold0"), ("a0.1_b0.9", "fold1"))])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+def test_the_grids_phantom_gives_the_threshold_baselines(grids):
+    """The phantom-only baseline's k is chosen on the phantom the grid trained on (its
+    experiment.json's data), and each subject's DSC at that k is recounted here."""
+    root, folders, out, _ = grids
+    result = json.loads((out / "sim2real-grid.json").read_text())
+    phantom = Path(json.loads((folders[0] / "experiment.json").read_text())["data"])
+    baselines = result["baselines"]
+    assert baselines["n_phantom_subjects"] == len(discover_subjects(phantom))
+    for subject in discover_subjects(root / "data"):
+        truth, brain, z = scan_reference(subject)
+        called = (z >= baselines["phantom_k"]) & brain
+        expected = 2 * np.sum(called & truth) / (called.sum() + np.sum(truth & brain))
+        assert baselines["subjects"][subject.id]["phantom"]["dsc"] == pytest.approx(expected)
+    assert "FLAIR threshold, k from the phantom" in (out / "sim2real-grid.md").read_text()

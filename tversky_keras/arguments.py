@@ -59,3 +59,8 @@ def output_folder(text):
         raise argparse.ArgumentTypeError(f"{text}: a file has that name; give a folder "
                                          f"(it is made if absent)")
     return path
+
+
+def mirror_or_none(text):
+    """``--mirror``: RAS axes as ``tversky-keras predict --mirror``, or ``none`` (no axes)."""
+    return () if text.strip().lower() == "none" else mirror_option(text)

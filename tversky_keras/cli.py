@@ -1,4 +1,4 @@
-"""The ``tversky-keras`` command line: synth, preprocess, train, predict, evaluate."""
+"""The ``tversky-keras`` command line: synth, preprocess, train, predict, evaluate, baseline."""
 
 import argparse
 import json
@@ -175,6 +175,21 @@ def build_parser():
                                "(MSSEG-style), or IoU >= --min-overlap (Shifts; default 0.25)")
     evaluate.add_argument("--min-overlap", type=finite, default=None,
                           help="the fraction (or IoU) of --overlap fraction / iou")
+
+    baseline = sub.add_parser(
+        "baseline", help="the FLAIR-threshold baseline: brain-z-scored FLAIR >= K",
+        description="Write OUT/mask.nii.gz (uint8) and OUT/zscore.nii.gz (float32) in the "
+                    "FLAIR's own geometry: z = (FLAIR - brain mean) / brain SD inside the "
+                    "brain, lesion where z >= K. The one-line baseline a segmentation "
+                    "network has to beat (tversky_keras.baseline); choose K on other scans, "
+                    "never on the one you score.")
+    baseline.add_argument("--flair", required=True, type=Path, help="the FLAIR scan (NIfTI)")
+    baseline.add_argument("--brain", type=Path, default=None,
+                          help="a brain mask in the FLAIR's grid (default: its non-zero "
+                               "voxels, as a skull-stripped scan has them)")
+    baseline.add_argument("--k", required=True, type=finite,
+                          help="the threshold in brain z-score units")
+    baseline.add_argument("--out", required=True, type=output_folder, help="output folder")
     return parser
 
 
@@ -378,8 +393,44 @@ def run_evaluate(args):
     print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
 
 
+def run_baseline(args):
+    import nibabel as nib
+    import numpy as np
+
+    from tversky_keras.atomic import atomic_path
+    from tversky_keras.baseline import flair_zscore, threshold_segmentation
+    from tversky_keras.data.grid import check_same_grid
+    from tversky_keras.data.io import binary_mask, read_nifti
+
+    def stored(image):  # the file's own voxel order (read_nifti's is RAS)
+        return np.asarray(image.dataobj, np.float32).reshape(image.shape[:3])
+
+    _, image = read_nifti(args.flair)  # refuses a missing, bad or 4D file in one line
+    flair = stored(image)
+    if args.brain is None:
+        brain = flair != 0
+    else:
+        _, brain_image = read_nifti(args.brain)
+        check_same_grid(args.brain, brain_image, args.flair, image)
+        brain = binary_mask(stored(brain_image), args.brain).astype(bool)
+    try:
+        zscore = flair_zscore(flair, brain)
+    except ValueError as error:
+        raise ValueError(f"{args.flair}: {error}") from None
+    mask = threshold_segmentation(zscore, brain, args.k)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, data in (("zscore", zscore.astype(np.float32)), ("mask", mask.astype(np.uint8))):
+        out = nib.Nifti1Image(data, image.affine, image.header)
+        out.set_data_dtype(data.dtype)
+        out.header.set_slope_inter(1, 0)
+        with atomic_path(args.out / f"{name}.nii.gz") as temporary:
+            nib.save(out, temporary)
+    print(f"wrote {args.out / 'mask.nii.gz'} ({int(mask.sum())} voxels at z >= {args.k:g}) "
+          f"and {args.out / 'zscore.nii.gz'}")
+
+
 COMMANDS = {"synth": run_synth, "preprocess": run_preprocess, "train": run_train,
-            "predict": run_predict, "evaluate": run_evaluate}
+            "predict": run_predict, "evaluate": run_evaluate, "baseline": run_baseline}
 
 
 def main(argv=None):

@@ -216,3 +216,34 @@ _THIN_SLICE_MM = (0.8, 1.5)
 _SLICE_MM = (3.0, 6.0)
 # Rician noise sigma / WM intensity: SNR 25-200.
 _NOISE_RANGE = (0.005, 0.04)
+
+# === SynthSeg-grade appearance ("synthseg"; issue 31) ==================================
+
+# Literature for the idea, physics for the ranges, no real scan fitted: as SynthSeg
+# (Billot et al., Med. Image Anal. 2023), each tissue class's intensity is drawn on
+# its own, not scaled from the calibration, so that no ratio the calibration fixed
+# (FLAIR's CSF at 0.55-0.8 of white matter) survives in every subject. The ranges
+# are relative to white matter and follow what each sequence can show: FLAIR
+# suppresses free water, so CSF runs from fully nulled (0) to poorly suppressed;
+# T2W CSF is the brightest tissue; T1W CSF is the darkest; grey matter sits on
+# either side of white matter within what field strength and sequence give.
+# Classes: ventricular CSF, other CSF (sulci, cisterns), cortical GM, deep GM.
+_SYNTH_TISSUE = {"T1W": ((0.05, 0.6), (0.05, 0.7), (0.5, 0.95), (0.55, 1.0)),
+                 "T2W": ((1.5, 4.0), (1.3, 4.0), (1.0, 1.7), (0.85, 1.5)),
+                 "FLAIR": ((0.0, 0.45), (0.0, 0.8), (0.85, 1.5), (0.8, 1.4))}
+# The share of a brain-edge voxel that skull stripping cut off, relative to the
+# brain's mean: real brain masks are soft after registration, and what they keep
+# of the edge runs from dark (CSF, the cut) to tissue-bright.
+_SYNTH_EDGE_LEVEL = (0.0, 1.0)
+# Lesion contrast against white matter, from barely visible to very bright in
+# FLAIR and T2W (ratio up to about 4 in acute or confluent lesions), and from
+# iso- to markedly hypointense in T1W (black holes).
+_SYNTH_LESION_RATIO = {"T1W": (0.3, 1.05), "T2W": (1.05, 4.0), "FLAIR": (1.05, 4.0)}
+# A looser skull strip, as another centre's pipeline gives: with this
+# probability a rim of non-brain tissue (meninges, fat, marrow, muscle) stays
+# around the brain, this thick, at an intensity relative to white matter drawn
+# per modality from this range, with its own coarse texture.
+_SKULL_RIM_PROBABILITY = 0.5
+_SKULL_RIM_MM = (1.0, 6.0)
+_SKULL_RIM_INTENSITY = (0.1, 2.5)
+_SKULL_RIM_TEXTURE = 0.3

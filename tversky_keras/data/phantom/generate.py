@@ -15,7 +15,8 @@ from scipy import ndimage
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.phantom.anatomy import _deformed_anatomy
 from tversky_keras.data.phantom.calibration import _LESION_Z, _TEXTURE_MM
-from tversky_keras.data.phantom.imaging import _calibrated_image, _randomized_image
+from tversky_keras.data.phantom.imaging import (_calibrated_image, _randomized_image,
+                                                _skull_rim, _synthseg_image, _with_skull_rim)
 from tversky_keras.data.phantom.lesions import (LesionSource, _lesions, _load_quantile,
                                                 _real_lesions, lesion_loads, lesion_sources)
 from tversky_keras.data.phantom.template import _template
@@ -24,8 +25,10 @@ PHANTOM_VERSION = 3
 """The generator's current version, the default of every ``version`` argument."""
 PHANTOM_VERSIONS = (2, 3)
 """The versions it still makes, each reproduced exactly."""
-APPEARANCES = ("calibrated", "randomized")
-"""The ``appearance`` options: calibrated to real scans, or domain randomisation."""
+APPEARANCES = ("calibrated", "randomized", "synthseg")
+"""The ``appearance`` options: calibrated to real scans, domain randomisation around the
+calibration, or SynthSeg-grade randomisation (tissue intensities drawn on their own, dark
+CSF in FLAIR, lesions up to very bright, looser skull strips)."""
 SPACING_RANGE_MM = (0.5, 8.0)
 """The voxel sizes (mm) the generator makes, a design choice (the template is 1 mm)."""
 
@@ -88,7 +91,10 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
             embedded mask at random.
         appearance: ``"calibrated"`` (tissue and lesion contrasts matched to
             real MSLUB scans) or ``"randomized"`` (domain randomisation: the
-            subject's own draw of contrasts, bias, resolution and noise).
+            subject's own draw of contrasts, bias, resolution and noise) or
+            ``"synthseg"`` (each tissue's intensity drawn on its own, FLAIR's CSF
+            down to nulled, lesions up to four times white matter, and half the
+            subjects with a looser skull strip's rim of non-brain tissue).
 
     Returns:
         ``SyntheticSubject``.
@@ -123,9 +129,15 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
         images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), anatomy, lesion,
                                        spacing, texture)
                   for m in MODALITIES}
-    else:
+    elif appearance == "randomized":
         images = {m: _randomized_image(rng, m, anatomy, lesion, spacing, texture)
                   for m in MODALITIES}
+    else:
+        images = {m: _synthseg_image(rng, m, anatomy, lesion, spacing, texture)
+                  for m in MODALITIES}
+        rim = _skull_rim(rng, anatomy.brain, spacing)
+        if rim is not None:
+            images = _with_skull_rim(rng, images, rim, spacing)
     return SyntheticSubject(images=images, lesion=lesion[1].astype(np.uint8),
                             affine=template.affine, tissue=anatomy.tissue,
                             ventricle_distance_mm=anatomy.ventricle_distance_mm,

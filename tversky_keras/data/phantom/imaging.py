@@ -18,17 +18,24 @@ from tversky_keras.data.normalize import zscore_in_brain
 from tversky_keras.data.phantom.calibration import (_BIAS, _BIAS_MM, _BIAS_RANGE, _BLUR_VOXELS,
                                                     _CONTRAST_SCALE, _DEEP_WHITE,
                                                     _LESION_RATIO, _NOISE, _NOISE_RANGE, _RIM,
-                                                    _SLICE_MM, _TEXTURE, _THIN_SLICE_MM,
+                                                    _SKULL_RIM_INTENSITY, _SKULL_RIM_MM,
+                                                    _SKULL_RIM_PROBABILITY, _SKULL_RIM_TEXTURE,
+                                                    _SLICE_MM, _SYNTH_LESION_RATIO,
+                                                    _SYNTH_EDGE_LEVEL, _SYNTH_TISSUE, _TEXTURE,
+                                                    _THIN_SLICE_MM,
                                                     _TISSUE_INTENSITY, _VENTRICULAR_CSF_MM,
                                                     _VESSEL_INTENSITY)
 from tversky_keras.data.phantom.fields import _smooth_field
 
 
-def _tissue_image(anatomy, modality, rng, texture, spacing, intensities=None):
+def _tissue_image(anatomy, modality, rng, texture, spacing, intensities=None, edge_level=None):
     """Partial-volume sum of the tissue intensities, and the white-matter one.
 
     Each subject's tissue intensities vary by 1.5 %, as between scanners, or
-    are ``intensities`` (``_TISSUE_INTENSITY``'s five classes) when given."""
+    are ``intensities`` (``_TISSUE_INTENSITY``'s five classes) when given.
+    ``edge_level``: the brightness of the share of an edge voxel that skull
+    stripping cut off, relative to the brain's mean (default: the calibrated
+    1-mm shell's, ``1 - 0.5 / spacing``)."""
     if intensities is None:
         intensities = np.array(_TISSUE_INTENSITY[modality]) * (1 + 0.015 * rng.standard_normal(5))
     ventricular_csf, other_csf, gm, deep_gm, wm = intensities
@@ -48,7 +55,9 @@ def _tissue_image(anatomy, modality, rng, texture, spacing, intensities=None):
     # and those outside are 0 in z, the brain's mean. A coarser voxel's cut-off
     # share holds both, a 1-mm shell of half-dark and the rest at the mean.
     inside = tissue["CSF"] + tissue["GM"] + tissue["WM"]
-    background = np.mean(image[inside > 0.99]) * max(1.0 - 0.5 / spacing, 0.0)
+    if edge_level is None:
+        edge_level = max(1.0 - 0.5 / spacing, 0.0)
+    background = np.mean(image[inside > 0.99]) * edge_level
     image = image + (1 - inside) * background
     return image * (1 + _TEXTURE * texture), wm
 
@@ -122,3 +131,49 @@ def _randomized_image(rng, modality, anatomy, lesion, spacing, texture):
     sigma = _log_uniform(rng, *_NOISE_RANGE) * wm
     noise = sigma * rng.standard_normal((2,) + brain.shape, dtype=np.float32)
     return (np.hypot(clean + noise[0], noise[1]) * brain).astype(np.float32)
+
+
+def _synthseg_image(rng, modality, anatomy, lesion, spacing, texture):
+    """One modality with a SynthSeg-grade look: every tissue class's intensity drawn on
+    its own (``_SYNTH_TISSUE``, relative to white matter, FLAIR's CSF down to nulled),
+    lesion contrast from barely visible to very bright (``_SYNTH_LESION_RATIO``), then
+    the randomized look's bias field, resolution and noise."""
+    fraction, _, severity = lesion
+    brain = anatomy.brain
+    wm = 100.0
+    drawn = [rng.uniform(*bounds) for bounds in _SYNTH_TISSUE[modality]]
+    intensities = np.array([wm * value for value in drawn] + [wm])
+    edge_level = rng.uniform(*_SYNTH_EDGE_LEVEL)
+    base, wm = _tissue_image(anatomy, modality, rng, texture, spacing, intensities, edge_level)
+    ratio = _log_uniform(rng, *_SYNTH_LESION_RATIO[modality])
+    lesion_intensity = wm * ratio ** severity
+    bias = np.exp(rng.uniform(*_BIAS_RANGE) * _smooth_field(rng, brain.shape, spacing, _BIAS_MM))
+    clean = ndimage.gaussian_filter(
+        bias * ((1 - fraction) * base + fraction * lesion_intensity),
+        _acquisition_blur(rng, spacing))
+    sigma = _log_uniform(rng, *_NOISE_RANGE) * wm
+    noise = sigma * rng.standard_normal((2,) + brain.shape, dtype=np.float32)
+    return (np.hypot(clean + noise[0], noise[1]) * brain).astype(np.float32)
+
+
+def _skull_rim(rng, brain, spacing):
+    """With ``_SKULL_RIM_PROBABILITY``, the voxels within a drawn thickness
+    (``_SKULL_RIM_MM``) outside the brain that a looser skull strip keeps; else ``None``."""
+    if rng.uniform() >= _SKULL_RIM_PROBABILITY:
+        return None
+    thickness = rng.uniform(*_SKULL_RIM_MM)
+    outside = ndimage.distance_transform_edt(~brain, sampling=spacing)
+    rim = (outside > 0) & (outside <= thickness)
+    return rim if rim.any() else None
+
+
+def _with_skull_rim(rng, images, rim, spacing):
+    """``images`` with ``rim`` filled by non-brain tissue: per modality an intensity
+    relative to the brain's median (``_SKULL_RIM_INTENSITY``), coarsely textured."""
+    texture = 1 + _SKULL_RIM_TEXTURE * _smooth_field(rng, rim.shape, spacing, 8.0)
+    filled = {}
+    for modality, image in images.items():
+        level = rng.uniform(*_SKULL_RIM_INTENSITY) * float(np.median(image[image > 0]))
+        filled[modality] = np.where(rim, np.maximum(level * texture, 0.01 * level),
+                                    image).astype(np.float32)
+    return filled

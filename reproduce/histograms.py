@@ -1,0 +1,135 @@
+"""Do the phantom's draws cover real scans' whole-brain histograms? The realism check of issue 31.
+
+    python -m reproduce.histograms --data ../shared/data/mslub-mni \\
+        --phantom ~/.cache/tversky-keras/phantom-v3-60x2mm-seed0-synthseg \\
+        --phantom ~/.cache/tversky-keras/phantom-v3-60x2mm-seed0-randomized \\
+        --out figures/sim2real-v3/histograms.json
+
+Per scan and modality, inside the brain (the non-zero voxels of any modality, as
+``load_subject`` finds a skull-stripped brain), each statistic is relative to the
+brain's median, so that raw scanner units drop out: the 0.5th, 2nd, 10th and
+99th percentiles, and the fraction of brain voxels below half the median (dark
+CSF and cut brain edges: FLAIR's suppressed CSF sits there in real scans).
+Each phantom's subjects give a range per statistic; a real scan is *covered* in a
+modality when its fraction below half the median lies within that range. Real
+scans are read at their own voxel size, the phantom at the one it was made at.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from reproduce import report
+from tversky_keras.atomic import write_json, write_text
+from tversky_keras.data import discover_subjects
+from tversky_keras.data.io import MODALITIES, read_nifti
+
+PERCENTILES = (0.5, 2, 10, 99)
+STATISTICS = tuple(f"p{p:g}" for p in PERCENTILES) + ("below_half_median",)
+
+
+def brain_statistics(image, brain):
+    """``STATISTICS`` of one modality's brain voxels, each relative to their median.
+
+    Raises:
+        ValueError: an empty brain, or a brain median that is not positive.
+    """
+    values = np.asarray(image, np.float64)[np.asarray(brain, bool)]
+    if values.size == 0:
+        raise ValueError("the brain is empty")
+    median = float(np.median(values))
+    if not median > 0:
+        raise ValueError(f"the brain's median intensity is {median:g}, not positive")
+    found = {f"p{p:g}": float(np.percentile(values, p) / median) for p in PERCENTILES}
+    found["below_half_median"] = float(np.mean(values < 0.5 * median))
+    return found
+
+
+def scan_statistics(subject):
+    """``{modality: brain_statistics}`` of one subject's scans (the files as stored)."""
+    images = {m: read_nifti(path)[0] for m, path in subject.images.items()}
+    brain = np.logical_or.reduce([image != 0 for image in images.values()])
+    return {m: brain_statistics(images[m], brain) for m in MODALITIES if m in images}
+
+
+def phantom_ranges(per_subject):
+    """``{modality: {statistic: [min, max]}}`` over a phantom's subjects."""
+    modalities = next(iter(per_subject.values()))
+    return {m: {s: [min(v[m][s] for v in per_subject.values()),
+                    max(v[m][s] for v in per_subject.values())] for s in STATISTICS}
+            for m in modalities}
+
+
+def coverage(real, ranges, statistic="below_half_median"):
+    """``{subject: {modality: bool}}``: whether each real scan's ``statistic`` lies in the
+    phantom's range."""
+    return {subject: {m: ranges[m][statistic][0] <= values[m][statistic] <= ranges[m][statistic][1]
+                      for m in values if m in ranges}
+            for subject, values in real.items()}
+
+
+def render_markdown(record):
+    """The table of a ``histograms.json``: each real scan, then each phantom's range, per
+    modality, and whether every real scan is covered."""
+    head = ["scan", "modality"] + [s.replace("_", " ") for s in STATISTICS]
+    rows = []
+    for subject, values in sorted(record["real"].items()):
+        for m, found in values.items():
+            rows.append([f"{subject} (development)", m]
+                        + [f"{found[s]:.3f}" for s in STATISTICS])
+    for name, phantom in record["phantoms"].items():
+        for m, ranges in phantom["ranges"].items():
+            rows.append([f"{name} ({phantom['n_subjects']} subjects), range", m]
+                        + [f"{low:.3f}-{high:.3f}" for low, high in
+                           (ranges[s] for s in STATISTICS)])
+    lines = [report.markdown_table(head, rows), ""]
+    for name, phantom in record["phantoms"].items():
+        missed = [f"{subject} {m}" for subject, found in phantom["covered"].items()
+                  for m, ok in found.items() if not ok]
+        lines.append(f"- {name}: " + ("covers every development scan's fraction below half "
+                                      "the median in every modality" if not missed else
+                                      "does not cover " + ", ".join(missed)))
+    return "\n".join(lines)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m reproduce.histograms",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True,
+                        help="real subjects (any layout discover_subjects reads)")
+    parser.add_argument("--phantom", type=Path, action="append", required=True,
+                        help="a generated phantom folder (repeat for several)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the JSON to write (a .md beside it)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return report.run_or_one_line("python -m reproduce.histograms", _run, args)
+
+
+def _run(args):
+    real = {s.id: scan_statistics(s) for s in discover_subjects(args.data, require_mask=False)}
+    phantoms = {}
+    for folder in args.phantom:
+        per_subject = {s.id: scan_statistics(s)
+                       for s in discover_subjects(folder, require_mask=False)}
+        ranges = phantom_ranges(per_subject)
+        phantoms[folder.name] = {"n_subjects": len(per_subject), "ranges": ranges,
+                                 "covered": coverage(real, ranges), "subjects": per_subject}
+        print(f"{folder.name}: {len(per_subject)} subjects", flush=True)
+    record = {"data": str(args.data), "real": real, "phantoms": phantoms,
+              "made": report.provenance()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(record, args.out)
+    text = render_markdown(record)
+    write_text(args.out.with_suffix(".md"), text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""tversky_keras.baseline: the FLAIR threshold, checked against hand-worked cases and brute force."""
+
+import numpy as np
+import pytest
+
+from tversky_keras.baseline import (choose_k, flair_zscore, leave_one_out_k,
+                                    threshold_segmentation)
+
+
+def pooled_dsc(truths, zscores, brains, k):
+    tp = called = n_true = 0
+    for truth, z, brain in zip(truths, zscores, brains, strict=True):
+        mask = (z >= k) & brain
+        tp += np.sum(mask & truth)
+        called += mask.sum()
+        n_true += np.sum(truth & brain)
+    return 2 * tp / (called + n_true)
+
+
+def brute_force_k(truths, zscores, brains):
+    """Every brain value tried as k; the first (highest) of the best."""
+    candidates = np.unique(np.concatenate([z[b] for z, b in zip(zscores, brains)]))[::-1]
+    scores = [pooled_dsc(truths, zscores, brains, k) for k in candidates]
+    best = int(np.argmax(scores))
+    return float(candidates[best]), float(scores[best])
+
+
+def test_zscore_is_the_brains_mean_and_std_and_zero_outside():
+    rng = np.random.default_rng(0)
+    flair = rng.gamma(4.0, 50.0, (6, 7, 5))
+    brain = rng.random(flair.shape) > 0.3
+    z = flair_zscore(flair, brain)
+    values = flair[brain]
+    np.testing.assert_allclose(z[brain], (values - values.mean()) / values.std(), rtol=1e-5)
+    assert not z[~brain].any() and z.dtype == np.float32
+
+
+@pytest.mark.parametrize("flair,brain,message", [
+    (np.ones(4), np.zeros(4, bool), "brain mask is empty"),
+    (np.ones(4), np.ones(4, bool), "one intensity"),
+    (np.array([1.0, np.nan, 2.0]), np.ones(3, bool), "NaN or infinite"),
+    (np.ones(4), np.ones(3, bool), "differ in shape"),
+])
+def test_zscore_refuses_what_has_no_zscore(flair, brain, message):
+    with pytest.raises(ValueError, match=message):
+        flair_zscore(flair, brain)
+
+
+def test_threshold_calls_nothing_outside_the_brain():
+    z = np.array([5.0, 5.0, 1.0, -1.0])
+    brain = np.array([True, False, True, True])
+    assert threshold_segmentation(z, brain, 1.0).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="finite"):
+        threshold_segmentation(z, brain, float("inf"))
+
+
+def test_choose_k_hand_worked():
+    # Scan A: z 3, 2, 1, 0 with the first two lesion; scan B: 2.5, 1.5, 0.5, the first.
+    # k = 3: 2*1/(1+3) = 0.5; k = 2.5: 2*2/(2+3) = 0.8; k = 2: 2*3/(3+3) = 1.
+    truths = [np.array([1, 1, 0, 0], bool), np.array([1, 0, 0], bool)]
+    zscores = [np.array([3.0, 2.0, 1.0, 0.0]), np.array([2.5, 1.5, 0.5])]
+    brains = [np.ones(4, bool), np.ones(3, bool)]
+    assert choose_k(truths, zscores, brains) == (2.0, 1.0)
+
+
+def test_choose_k_matches_brute_force_on_random_scans():
+    rng = np.random.default_rng(1)
+    truths, zscores, brains = [], [], []
+    for _ in range(3):
+        truth = rng.random((9, 8, 7)) > 0.9
+        z = rng.normal(size=truth.shape) + 1.5 * truth
+        truths.append(truth)
+        zscores.append(z)
+        brains.append(rng.random(truth.shape) > 0.2)
+    k, dsc = choose_k(truths, zscores, brains)
+    expected_k, expected_dsc = brute_force_k(truths, zscores, brains)
+    assert dsc == pytest.approx(expected_dsc, abs=1e-12)
+    assert pooled_dsc(truths, zscores, brains, k) == pytest.approx(expected_dsc, abs=1e-12)
+    assert k == pytest.approx(expected_k)
+
+
+def test_leave_one_out_uses_only_the_other_scans():
+    rng = np.random.default_rng(2)
+    references = {}
+    for name, shift in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        truth = rng.random((10, 10, 6)) > 0.85
+        references[name] = (truth, rng.normal(size=truth.shape) + shift * truth,
+                            np.ones(truth.shape, bool))
+    chosen = leave_one_out_k(references)
+    for name in references:
+        others = [v for other, v in references.items() if other != name]
+        assert chosen[name] == choose_k(*zip(*others))[0]
+    assert leave_one_out_k({"a": references["a"]}) == {"a": None}
+
+
+def test_no_lesion_anywhere_gives_no_k():
+    assert choose_k([np.zeros(4, bool)], [np.arange(4.0)], [np.ones(4, bool)])[0] is None

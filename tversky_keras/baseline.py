@@ -1,0 +1,89 @@
+"""A FLAIR threshold: the one-line baseline a lesion segmenter has to beat.
+
+MS lesions are bright on FLAIR. Standardise FLAIR inside the brain,
+``z = (FLAIR - brain mean) / brain std``, and call every brain voxel with
+``z >= k`` a lesion. One number, ``k``, chosen on scans with known lesions, then
+applied unchanged to scans it has never seen. A network that does not beat it on
+a new patient has learnt less than that number carries.
+
+Unlike ``tversky_keras.evaluation.best_threshold_dsc`` (an oracle: ``k`` chosen on
+the very scan it is scored on, with its answer known), ``k`` here comes from
+other scans: ``choose_k`` picks it on a set of labelled scans (pooled: one ``k``
+for all), and ``leave_one_out_k`` gives each scan of a set the ``k`` chosen on the
+others.
+
+The z-score is the brain's mean and standard deviation, unclipped: clipping at a
+high percentile would cut off the lesions, which are where the threshold sits.
+
+Example:
+    >>> import numpy as np
+    >>> flair = np.array([1.0, 1.0, 1.0, 1.0, 5.0, 0.0])
+    >>> brain = np.array([True, True, True, True, True, False])
+    >>> z = flair_zscore(flair, brain)
+    >>> threshold_segmentation(z, brain, k=1.5).tolist()
+    [False, False, False, False, True, False]
+"""
+
+import numpy as np
+
+from tversky_keras.data.normalize import zscore_in_brain
+from tversky_keras.evaluation import best_threshold_dsc
+
+
+def flair_zscore(flair, brain):
+    """``(flair - mean) / std`` over the brain's voxels, 0 outside the brain (float32).
+
+    Raises:
+        ValueError: an empty brain, a brain of one intensity, non-finite values in the
+            brain, or arrays of different shapes.
+    """
+    flair = np.asarray(flair, np.float64)
+    brain = np.asarray(brain, bool)
+    if flair.shape != brain.shape:
+        raise ValueError(f"FLAIR {flair.shape} and brain mask {brain.shape} differ in shape")
+    values = flair[brain]
+    if values.size == 0:
+        raise ValueError("the brain mask is empty")
+    if not np.isfinite(values).all():
+        raise ValueError("FLAIR holds NaN or infinite values inside the brain")
+    if values.min() == values.max():
+        raise ValueError("FLAIR has one intensity throughout the brain: no z-score")
+    return zscore_in_brain(flair, brain, clip_percentiles=None)
+
+
+def threshold_segmentation(zscore, brain, k):
+    """The lesion mask ``zscore >= k`` inside ``brain`` (bool)."""
+    k = float(k)
+    if not np.isfinite(k):
+        raise ValueError(f"the threshold k must be finite, got {k}")
+    return (np.asarray(zscore) >= k) & np.asarray(brain, bool)
+
+
+def choose_k(truths, zscores, brains):
+    """The one ``k`` that maximises the pooled DSC over labelled scans.
+
+    Args:
+        truths, zscores, brains: lists (one entry per scan) of lesion masks,
+            ``flair_zscore`` maps and brain masks.
+
+    Returns:
+        ``(k, pooled DSC at k)``; ``k`` is ``None`` when the scans hold no lesion.
+    """
+    dsc, k = best_threshold_dsc(list(truths), list(zscores), mask=list(brains))
+    return (None if not np.isfinite(k) else float(k)), float(dsc)
+
+
+def leave_one_out_k(references):
+    """For each scan, the ``k`` chosen (``choose_k``) on all the others.
+
+    Args:
+        references: ``{id: (truth, zscore, brain)}``.
+
+    Returns:
+        ``{id: k}``; ``None`` for every scan when there are fewer than two.
+    """
+    chosen = {}
+    for scan_id in references:
+        others = [value for other, value in references.items() if other != scan_id]
+        chosen[scan_id] = choose_k(*zip(*others))[0] if others else None
+    return chosen
