@@ -498,3 +498,34 @@ def test_bad_options_are_named(kwargs, message):
 def test_bad_lesion_sources_are_named(names, mirrored, message):
     with pytest.raises(ValueError, match=message):
         LesionSource(names, mirrored)
+
+
+def test_synthseg_looks_draw_each_tissue_on_its_own_with_dark_flair_csf_and_skull_rims():
+    """The SynthSeg-grade appearance: FLAIR's CSF from nulled to poorly suppressed (its
+    ratio to white matter within the drawn range, partial volume aside), lesion ratios up
+    to 4, and some subjects with a rim of non-brain tissue outside the brain."""
+    from tversky_keras.data.phantom.calibration import _SYNTH_LESION_RATIO, _SYNTH_TISSUE
+
+    source = LesionSource(("patient12",), (False,))
+    subjects = [synthesize_subject(subject_seed(0, i), 3.0, version=3, lesion_source=source,
+                                   appearance="synthseg") for i in range(6)]
+    rims = 0
+    for subject in subjects:
+        brain = sum(subject.tissue.values()) > 0
+        outside = ~brain & (subject.images["FLAIR"] > 0)
+        rims += bool(outside.any())
+        for image in subject.images.values():   # the rim is in every modality or none
+            assert np.array_equal(~brain & (image > 0), outside)
+        for modality, (csf_ratio, lesion_ratio) in contrasts(subject).items():
+            csf_ranges = _SYNTH_TISSUE[modality][:2]   # ventricular and other CSF
+            low, high = min(r[0] for r in csf_ranges), max(r[1] for r in csf_ranges)
+            # Noise (Rician: never below its floor) and partial volume widen the range.
+            assert low - 0.15 < csf_ratio < 1.15 * high + 0.05, (modality, csf_ratio)
+            low, high = _SYNTH_LESION_RATIO[modality]
+            assert 0.8 * low < lesion_ratio < 1.2 * high, (modality, lesion_ratio)
+    assert 0 < rims < len(subjects)   # half the subjects on average, drawn
+    assert min(contrasts(s)["FLAIR"][0] for s in subjects) < 0.5   # dark CSF is drawn
+    again = synthesize_subject(subject_seed(0, 0), 3.0, version=3, lesion_source=source,
+                               appearance="synthseg")
+    for modality, image in subjects[0].images.items():
+        np.testing.assert_array_equal(image, again.images[modality])
