@@ -529,3 +529,27 @@ def test_synthseg_looks_draw_each_tissue_on_its_own_with_dark_flair_csf_and_skul
                                appearance="synthseg")
     for modality, image in subjects[0].images.items():
         np.testing.assert_array_equal(image, again.images[modality])
+
+
+def test_a_phantom_made_in_parallel_is_byte_identical_to_the_serial_one(tmp_path, capsys):
+    """Two worker processes write the same bytes as this process alone, and report the
+    subjects in order."""
+    from tversky_keras.data.phantom.dataset import default_workers
+
+    for name, workers in (("serial", 1), ("parallel", 2)):
+        synthesize_dataset(tmp_path / name, n_subjects=3, seed=5, spacing=6.0,
+                           appearance="synthseg", workers=workers)
+    printed = capsys.readouterr().err
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*")
+                   if p.is_file())
+    assert len(files) == 3 * 4 + 1
+    for path in files:
+        assert (tmp_path / "serial" / path).read_bytes() == (tmp_path / "parallel" /
+                                                             path).read_bytes(), path
+    lines = printed.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["phantom 1/3", "phantom 2/3",
+                                                       "phantom 3/3"] * 2
+    assert lines[:3] == lines[3:]
+    assert default_workers(60, 2.0) >= 1 and default_workers(3, 6.0) == 1
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        synthesize_dataset(tmp_path / "none", n_subjects=1, spacing=6.0, workers=0)

@@ -44,9 +44,16 @@ def build_parser():
     synth.add_argument("--phantom-version", type=int, choices=(2, 3), default=3,
                        help="generator version: 3 (default) carries real MSLUB patients' lesions, "
                             "2 the earlier drawn ovoids")
-    synth.add_argument("--appearance", choices=("calibrated", "randomized"), default="calibrated",
+    synth.add_argument("--appearance", choices=("calibrated", "randomized", "synthseg"),
+                       default="calibrated",
                        help="calibrated (default): the look of real MSLUB scans; randomized: "
-                            "each subject its own contrasts, bias, resolution and noise")
+                            "each subject its own contrasts, bias, resolution and noise; "
+                            "synthseg: each tissue's intensity drawn on its own (FLAIR's CSF "
+                            "down to nulled), lesions up to very bright, looser skull strips")
+    synth.add_argument("--workers", type=int, default=None,
+                       help="processes that make subjects at once (default: one per core when "
+                            "the data set is big enough to repay their start, else 1); the "
+                            "files are the same bytes whatever the number")
 
     preprocess = sub.add_parser(
         "preprocess", help="decode, resample and normalise a data set once, into the cache",
@@ -233,7 +240,7 @@ def run_synth(args):
 
     folders = synthesize_dataset(args.out, n_subjects=args.subjects, seed=args.seed,
                                  spacing=args.spacing, version=args.phantom_version,
-                                 appearance=args.appearance)
+                                 appearance=args.appearance, workers=args.workers)
     print(f"wrote {len(folders)} subjects to {args.out}")
 
 

@@ -7,7 +7,10 @@ real scans alike.
 """
 
 import json
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +18,7 @@ import nibabel as nib
 from tversky_keras.atomic import atomic_path, write_text
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.phantom.generate import (PHANTOM_VERSION, check_generator,
-                                                 dataset_subjects)
+                                                 dataset_subject)
 from tversky_keras.data.phantom.lesions import lesion_sources
 from tversky_keras.data.subjects import MASK_NAME
 
@@ -64,8 +67,46 @@ def _save_nifti(folder, name, array, affine):
         nib.save(image, temporary)
 
 
+# A worker process pays for its start (Python, the package and TensorFlow's import:
+# several seconds), so the subjects are made in parallel only when the serial work is
+# at least this many 2-mm subjects (about 3-4 s each on one core).
+PARALLEL_FROM_SUBJECTS_AT_2MM = 8
+
+
+def available_cores():
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(n_subjects, spacing):
+    """One process per core when the data set is big enough to repay their start
+    (``PARALLEL_FROM_SUBJECTS_AT_2MM``), else 1 (made in this process)."""
+    work = n_subjects * (2.0 / float(spacing)) ** 3
+    if work < PARALLEL_FROM_SUBJECTS_AT_2MM:
+        return 1
+    return max(1, min(available_cores(), n_subjects))
+
+
+def _write_subject(folder, index, n_subjects, seed, spacing, version, appearance):
+    """Make subject ``index`` and write its files into ``folder``; returns what the
+    progress line says (its lesion load in mm^3 and whose lesions)."""
+    subject = dataset_subject(index, n_subjects, seed, spacing, version, appearance)
+    folder.mkdir(exist_ok=True)
+    for modality, image in subject.images.items():
+        _save_nifti(folder, modality, image, subject.affine)
+    _save_nifti(folder, MASK_NAME, subject.lesion, subject.affine)
+    return float(subject.lesion.sum() * spacing**3), subject.lesion_source
+
+
+def _write_subject_task(arguments):
+    return _write_subject(*arguments)
+
+
 def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=True,
-                       version=PHANTOM_VERSION, appearance="calibrated"):
+                       version=PHANTOM_VERSION, appearance="calibrated", workers=None):
     """Write a synthetic data set as ``out_dir/<id>/{T1W,T2W,FLAIR,consensus_gt}.nii.gz``.
 
     The subjects are ``dataset_subjects(n_subjects, seed, spacing, version,
@@ -85,7 +126,12 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
         spacing: voxel size in mm.
         progress: print one line per subject to stderr.
         version: the generator's version (3, or 2 to reproduce the earlier phantom).
-        appearance: ``"calibrated"`` or ``"randomized"`` (``synthesize_subject``).
+        appearance: ``"calibrated"``, ``"randomized"`` or ``"synthseg"``
+            (``synthesize_subject``).
+        workers: processes that make subjects at once (``None``: ``default_workers``,
+            one per core for a data set big enough to repay their start; 1: this
+            process). Each subject depends on its own seed alone, so the files are
+            the same bytes whatever the number.
 
     Returns:
         list of the subjects' folders (``Path``).
@@ -110,17 +156,27 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
     out_dir.mkdir(parents=True, exist_ok=True)
     writing.touch()
     _remove_phantom(out_dir, old)
-    subjects = dataset_subjects(n_subjects, seed, spacing, version, appearance)
-    for index, (folder, subject) in enumerate(zip(folders, subjects)):
-        folder.mkdir(exist_ok=True)
-        for modality, image in subject.images.items():
-            _save_nifti(folder, modality, image, subject.affine)
-        _save_nifti(folder, MASK_NAME, subject.lesion, subject.affine)
-        if progress:
-            lesions = f", lesions of {subject.lesion_source}" if subject.lesion_source else ""
-            print(f"phantom {index + 1}/{n_subjects}: {folder.name}, lesion load "
-                  f"{subject.lesion.sum() * spacing**3:.0f} mm^3{lesions}", file=sys.stderr,
-                  flush=True)
+    workers = default_workers(n_subjects, spacing) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    tasks = [(folder, index, n_subjects, seed, spacing, version, appearance)
+             for index, folder in enumerate(folders)]
+    if workers == 1:
+        made = map(_write_subject_task, tasks)
+        _report(made, folders, n_subjects, progress)
+    else:
+        # spawn, not fork: the caller may hold TensorFlow's threads, which fork does not copy.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            _report(pool.map(_write_subject_task, tasks), folders, n_subjects, progress)
     write_text(out_dir / "phantom.json", json.dumps(manifest, indent=1))
     writing.unlink(missing_ok=True)
     return folders
+
+
+def _report(made, folders, n_subjects, progress):
+    """Consume ``made`` (each subject's load and lesion source, in order), a line each."""
+    for index, (folder, (load, source)) in enumerate(zip(folders, made)):
+        if progress:
+            lesions = f", lesions of {source}" if source else ""
+            print(f"phantom {index + 1}/{n_subjects}: {folder.name}, lesion load "
+                  f"{load:.0f} mm^3{lesions}", file=sys.stderr, flush=True)
