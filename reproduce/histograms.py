@@ -16,6 +16,7 @@ scans are read at their own voxel size, the phantom at the one it was made at.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tversky_keras.data.io import MODALITIES, read_nifti
 
 PERCENTILES = (0.5, 2, 10, 99)
 STATISTICS = tuple(f"p{p:g}" for p in PERCENTILES) + ("below_half_median",)
+assert STATISTICS == report.HISTOGRAM_STATISTICS
 
 
 def brain_statistics(image, brain):
@@ -70,30 +72,6 @@ def coverage(real, ranges, statistic="below_half_median"):
             for subject, values in real.items()}
 
 
-def render_markdown(record):
-    """The table of a ``histograms.json``: each real scan, then each phantom's range, per
-    modality, and whether every real scan is covered."""
-    head = ["scan", "modality"] + [s.replace("_", " ") for s in STATISTICS]
-    rows = []
-    for subject, values in sorted(record["real"].items()):
-        for m, found in values.items():
-            rows.append([f"{subject} (development)", m]
-                        + [f"{found[s]:.3f}" for s in STATISTICS])
-    for name, phantom in record["phantoms"].items():
-        for m, ranges in phantom["ranges"].items():
-            rows.append([f"{name} ({phantom['n_subjects']} subjects), range", m]
-                        + [f"{low:.3f}-{high:.3f}" for low, high in
-                           (ranges[s] for s in STATISTICS)])
-    lines = [report.markdown_table(head, rows), ""]
-    for name, phantom in record["phantoms"].items():
-        missed = [f"{subject} {m}" for subject, found in phantom["covered"].items()
-                  for m, ok in found.items() if not ok]
-        lines.append(f"- {name}: " + ("covers every development scan's fraction below half "
-                                      "the median in every modality" if not missed else
-                                      "does not cover " + ", ".join(missed)))
-    return "\n".join(lines)
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m reproduce.histograms",
                                      description=__doc__.split("\n\n")[0])
@@ -125,7 +103,8 @@ def _run(args):
               "made": report.provenance()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(record, args.out)
-    text = render_markdown(record)
+    # Rendered as read back (keys sorted), so a page made from the committed JSON is the same.
+    text = report.histograms_markdown(json.loads(json.dumps(record, sort_keys=True)))
     write_text(args.out.with_suffix(".md"), text + "\n")
     print(text)
     return 0

@@ -41,6 +41,7 @@ BENCHMARKS = FIGURES.parent / "benchmarks" / "results.json"
 GRID_VERSIONS = FIGURES.parent / "benchmarks" / "grid-versions.json"
 CPU_KINDS = FIGURES.parent / "benchmarks" / "cpu-kinds.json"
 RETENTION = FIGURES / "sim2real-grid-v3" / "retention.json"
+HISTOGRAMS = SIM2REAL / "histograms.json"
 
 
 def markers(block):
@@ -278,6 +279,60 @@ def render_cpu_kinds(path=CPU_KINDS):
     return head + report.cpu_kinds_markdown(json.loads(Path(path).read_text()))
 
 
+def render_robustness(folder=SIM2REAL):
+    """Every ``robustness-*.json`` in ``folder`` (``python -m reproduce.robustness``, copied
+    there): per transform and subject, each file's DSC and its change from the unchanged
+    scan in points, then the added lesions' sensitivity (lesion-load)."""
+    found = {path.name: json.loads(path.read_text())
+             for path in sorted(Path(folder).glob("robustness-*.json"))}
+    if not found:
+        return ("(No committed run yet: `python -m reproduce.robustness --data PATH --model "
+                "MODEL --out DIR`, then copy `DIR/robustness.json` to "
+                "`figures/sim2real-v3/robustness-<name>.json`.)")
+    subjects = sorted({s for record in found.values() for s in record["subjects"]})
+    order = []
+    for record in found.values():
+        order += [name for name in record.get("order", record["transforms"]) if name not in order]
+    head = ["transform", "item"] + [f"{name} {subject} DSC (Δ points)" for name in found
+                                    for subject in subjects]
+    rows = []
+    for transform in order:
+        item = next((r["transforms"][transform]["item"] for r in found.values()
+                     if transform in r["transforms"]), "")
+        row = [transform, item]
+        for record in found.values():
+            for subject in subjects:
+                cell = record["subjects"].get(subject, {}).get(transform)
+                base = record["subjects"].get(subject, {}).get("unchanged")
+                if cell is None:
+                    row.append("")
+                    continue
+                text = report.percent(cell["dsc"])
+                if transform != "unchanged" and base:
+                    text += f" ({100 * (cell['dsc'] - base['dsc']):+.1f})"
+                if "added_sensitivity" in cell:
+                    text += f"; added lesions found {report.percent(cell['added_sensitivity'])}"
+                row.append(text)
+        rows.append(row)
+    described = []
+    for name, record in found.items():
+        settings = record["settings"]
+        trained = ", ".join(Path(m).parent.parent.name for m in settings["models"])
+        mirror = "".join("xyz"[a] for a in settings["mirror_axes"]) or "none"
+        described.append(f"`{name}`: {trained} (seed {settings['seed']}, mirroring {mirror}, "
+                         f"{record['made']['date'][:10]})")
+    models = "; ".join(described)
+    return report.markdown_table(head, rows) + f"\n\nModels: {models}."
+
+
+def render_histograms(path=HISTOGRAMS):
+    """``figures/sim2real-v3/histograms.json`` (``python -m reproduce.histograms``)."""
+    if not Path(path).is_file():
+        return ("(No committed run yet: `python -m reproduce.histograms --data PATH --phantom "
+                "FOLDER --out figures/sim2real-v3/histograms.json`.)")
+    return report.histograms_markdown(json.loads(Path(path).read_text()))
+
+
 def render_retention(path=RETENTION):
     """``sim2real_grid --uncertainty``'s ``retention.json``: the table of every row and
     subject, the figure beside it, and how it was made."""
@@ -338,6 +393,23 @@ PAGES = {
         "`figures/sim2real-grid-v3/` and run `python -m reproduce.readme_tables --docs "
         "docs/results` to update this page.",
         ("retention",)),
+    "robustness.md": (
+        "Invariance suite and phantom realism on the development patients",
+        "Would the network survive another scanner or centre? `python -m reproduce.robustness` "
+        "changes the two real MSLUB patients the project holds (**development patients**) the "
+        "way another scanner, protocol or skull strip would (items (a)-(h) of issue 31: "
+        "intensity scale and offset, gamma, a ±20 % bias field, 5-mm FLAIR and T2W slices, a "
+        "4-6 mm rim of non-brain tissue, the brain scaled by ±12 %, T1W grey-white contrast "
+        "halved, and the confluent lesions of high-load patients pasted into the white "
+        "matter) and segments each changed scan with the same network. Each cell is the "
+        "DSC in percent at probability 0.5 inside the patient's brain, with its change from "
+        "the unchanged scan in points; for the pasted lesions also the share of them found. "
+        "The second table compares whole-brain intensity histograms (each statistic relative "
+        "to the brain's median) of the two patients with the range over each training "
+        "phantom's subjects (`python -m reproduce.histograms`). Copy the runs' JSON to "
+        "`figures/sim2real-v3/` and run `python -m reproduce.readme_tables --docs "
+        "docs/results` to update this page.",
+        ("robustness", "histograms")),
     "benchmarks.md": (
         "Benchmarks",
         "`python -m benchmarks` measures the package against the same U-Net in PyTorch with "
@@ -411,6 +483,8 @@ def _run(args):
               "benchmarks": render_benchmarks(args.benchmarks),
               "grid-versions": render_grid_versions(args.grid_versions),
               "cpu-kinds": render_cpu_kinds(args.cpu_kinds),
+              "robustness": render_robustness(args.sim2real),
+              "histograms": render_histograms(args.sim2real / "histograms.json"),
               "retention": render_retention(args.retention)}
     if args.docs or args.check_docs:
         return _pages(tables, args.docs or args.check_docs, check=bool(args.check_docs))

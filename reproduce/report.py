@@ -158,3 +158,31 @@ def cpu_kinds_markdown(record):
     for missing in record.get("missing", {}).values():
         lines.append(f"| {missing['label']} | not measured: {missing['why']} | | | |")
     return "\n".join(lines)
+
+
+# reproduce.histograms' statistics, in its order.
+HISTOGRAM_STATISTICS = ("p0.5", "p2", "p10", "p99", "below_half_median")
+
+
+def histograms_markdown(record):
+    """The table of a ``python -m reproduce.histograms`` JSON: each real scan, then each
+    phantom's range, per modality, and whether every real scan is covered."""
+    head = ["scan", "modality"] + [s.replace("_", " ") for s in HISTOGRAM_STATISTICS]
+    rows = []
+    for subject, values in sorted(record["real"].items()):
+        for m, found in values.items():
+            rows.append([f"{subject} (development)", m]
+                        + [f"{found[s]:.3f}" for s in HISTOGRAM_STATISTICS])
+    for name, phantom in record["phantoms"].items():
+        for m, ranges in phantom["ranges"].items():
+            rows.append([f"{name} ({phantom['n_subjects']} subjects), range", m]
+                        + [f"{low:.3f}-{high:.3f}" for low, high in
+                           (ranges[s] for s in HISTOGRAM_STATISTICS)])
+    lines = [markdown_table(head, rows), ""]
+    for name, phantom in record["phantoms"].items():
+        missed = [f"{subject} {m}" for subject, found in phantom["covered"].items()
+                  for m, ok in found.items() if not ok]
+        lines.append(f"- {name}: " + ("covers every development scan's fraction below half "
+                                      "the median in every modality" if not missed else
+                                      "does not cover " + ", ".join(missed)))
+    return "\n".join(lines)

@@ -798,7 +798,7 @@ def _run(args):
             print(_progress(subject.id, name, finished_cells(args.out, subject.id)), flush=True)
     results = {subject.id: finished_cells(args.out, subject.id) for subject in subjects}
     shown = [name for name in TRANSFORMS if any(name in cells for cells in results.values())]
-    record = {"settings": settings,
+    record = {"settings": settings, "order": [UNCHANGED, *shown],
               "transforms": {name: {"item": TRANSFORMS[name].item,
                                     "description": TRANSFORMS[name].description}
                              for name in shown},

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from reproduce import histograms
+from reproduce import histograms, report
 
 
 def test_brain_statistics_hand_worked():
@@ -75,6 +75,6 @@ def test_the_command_writes_strict_json_and_names_what_is_not_covered(tmp_path, 
     assert phantom["ranges"]["FLAIR"]["below_half_median"] == pytest.approx([0.0, 0.05])
     assert phantom["covered"]["p1"] == {"T1W": True, "T2W": True, "FLAIR": False}
     text = (tmp_path / "out" / "h.md").read_text()
-    assert "does not cover p1 FLAIR" in text
+    assert "does not cover p1 FLAIR" in text and text.strip() == report.histograms_markdown(record)
     assert not math.isnan(phantom["ranges"]["T1W"]["p99"][0])
     assert text.strip() in capsys.readouterr().out
