@@ -20,10 +20,11 @@ MARKER = "<!-- cli-reference -->"
 # (title, module whose main(argv) parses argv, the argv before --help)
 COMMANDS = [("tversky-keras", "tversky_keras.cli", [])] + [
     (f"tversky-keras {sub}", "tversky_keras.cli", [sub])
-    for sub in ("synth", "preprocess", "train", "predict", "evaluate")
+    for sub in ("synth", "preprocess", "train", "predict", "evaluate", "baseline")
 ] + [(f"python -m {module}", module, []) for module in (
     "reproduce.table1", "reproduce.sim2real", "reproduce.sim2real_grid",
-    "reproduce.realism", "reproduce.figures", "reproduce.readme_tables")]
+    "reproduce.realism", "reproduce.robustness", "reproduce.histograms", "reproduce.figures",
+    "reproduce.readme_tables")]
 
 
 def help_text(module, argv):
