@@ -113,6 +113,41 @@ def render_sim2real(folder=SIM2REAL):
     return report.markdown_table(head, rows)
 
 
+# The default sim2real recipe's summary (python -m reproduce.sim2real --data PATH --seeds 5).
+DEFAULT_SIM2REAL = "sim2real-quick-v3-randomized-wmpeak-mirror-x-seeds.json"
+
+
+def render_sim2real_baselines(folder=SIM2REAL):
+    """The README's sentence on the default sim-to-real recipe against the FLAIR-threshold
+    baselines, from its committed ``-seeds.json`` (which records the baselines)."""
+    path = Path(folder) / DEFAULT_SIM2REAL
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    baselines = summary.get("baselines")
+    if not baselines:
+        return (f"(No committed run of the default recipe with its baselines yet: "
+                f"`figures/sim2real-v3/{DEFAULT_SIM2REAL}` from `python -m reproduce.sim2real "
+                f"--data PATH --seeds 5`.)")
+    n = len(summary["seeds"])
+    parts, beaten = [], []
+    for subject_id, s in sorted(summary["subjects"].items()):
+        methods = baselines["subjects"][subject_id]
+        shown = {key: methods.get(key) for key in ("leave_one_out", "phantom")}
+        parts.append(f"{subject_id} {100 * s['dsc']['mean']:.1f} ± {100 * s['dsc']['std']:.1f} "
+                     f"against " + " and ".join(
+                         f"{100 * scores['dsc']:.1f} ({label})" for key, label in
+                         (("leave_one_out", "k from the other patient"),
+                          ("phantom", "k from the phantom"))
+                         if (scores := shown[key]) is not None))
+        beaten.append(all(s["dsc"]["mean"] > scores["dsc"] for scores in shown.values()
+                          if scores is not None))
+    verdict = ("beats both baselines on every development patient" if all(beaten) else
+               "does **not** beat both baselines on every development patient")
+    return (f"On the two development patients, the default recipe's DSC (percent, mean ± std "
+            f"over {n} training seeds) is {'; '.join(parts)}, the FLAIR-threshold baselines "
+            f"(brain z-score >= k): it {verdict}. These patients chose the recipe; see the "
+            f"[sim-to-real results](docs/results/sim2real.md).")
+
+
 def baseline_rows(found, subject_ids):
     """The FLAIR-threshold baselines (``reproduce.scoring.threshold_baselines``) of the
     summaries that recorded them: k from the other subject(s) once (it depends on the
@@ -483,6 +518,7 @@ def _run(args):
               "benchmarks": render_benchmarks(args.benchmarks),
               "grid-versions": render_grid_versions(args.grid_versions),
               "cpu-kinds": render_cpu_kinds(args.cpu_kinds),
+              "sim2real-baselines": render_sim2real_baselines(args.sim2real),
               "robustness": render_robustness(args.sim2real),
               "histograms": render_histograms(args.sim2real / "histograms.json"),
               "retention": render_retention(args.retention)}
