@@ -408,7 +408,11 @@ PAGES = {
         "is one `figures/sim2real-v3/<name>-seeds.json` written by `python -m "
         "reproduce.sim2real --seeds 5` (with the variant's options); percent, mean ± std "
         "over the training seeds, with how many seeds beat the best single FLAIR threshold "
-        "chosen knowing the answer (the oracle row). The training times come from the "
+        "chosen knowing the answer (the oracle row). The rows after the oracle are the "
+        "FLAIR-threshold baselines a network has to beat, recorded by the runs that computed "
+        "them: brain z-scored FLAIR >= k, with k chosen on the other patient (its lesions "
+        "known) or on the training phantom alone; neither looks at the scored patient's "
+        "lesions. The training times come from the "
         "machines each file names (`made.machine`: CPU, cores, a GEMM reading): compare them "
         "within a file, not across files.",
         ("sim2real-v3",)),

@@ -236,3 +236,37 @@ def test_a_cache_array_of_another_shape_is_found_when_the_entry_is_opened(cached
     np.save(entry / "label.npy", np.zeros((2, 2, 2), np.uint8))
     with pytest.raises(DataError, match=r"label.npy: holds shape \(2, 2, 2\), its manifest"):
         cached_subject(subject, cache)
+
+
+def test_cached_arrays_are_opened_one_header_at_a_time(cached, monkeypatch):
+    """numpy reads a .npy header with ast.literal_eval, which CPython 3.11-3.12 breaks
+    when threads parse at once (python/cpython#106905: a SystemError that stopped a
+    sim-to-real training under tf.data's parallel calls): every np.load of an entry's
+    arrays runs under the module's lock, and many threads still read the right arrays."""
+    import threading
+
+    from tversky_keras.data import cache as cache_module
+
+    subject, cache, entry = cached
+    volume = CachedVolume(entry)
+    real_load, unlocked = np.load, []
+
+    def checking_load(*args, **kwargs):
+        if not cache_module._NPY_HEADER_LOCK.locked():
+            unlocked.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module.np, "load", checking_load)
+    expected = np.asarray(volume.voxels("brain"))
+    results = []
+
+    def read():
+        for _ in range(20):
+            results.append(np.array_equal(volume.voxels("brain"), expected))
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert unlocked == [] and len(results) == 160 and all(results)

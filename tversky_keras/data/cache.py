@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,13 @@ from tversky_keras.data.io import MODALITIES, check_modalities
 from tversky_keras.data.names import portable_name
 from tversky_keras.data.normalize import normalize_method
 from tversky_keras.data.subjects import Volume, load_subject
+
+# numpy parses a .npy header with ast.literal_eval, and CPython 3.11-3.12 can raise
+# "SystemError: AST constructor recursion depth mismatch" when threads parse at once
+# (python/cpython#106905). tf.data's parallel calls open cached arrays from several
+# threads (make_dataset), so the headers are read one at a time; the arrays themselves
+# are memory-mapped and read in parallel as before.
+_NPY_HEADER_LOCK = threading.Lock()
 
 # Bump when what an entry holds, or how it is computed, changes.
 CACHE_FORMAT = 1
@@ -276,7 +284,8 @@ class CachedVolume:
     def _array(self, name):
         path = Path(self.folder) / f"{name}.npy"
         try:
-            return np.load(path, mmap_mode="r")
+            with _NPY_HEADER_LOCK:
+                return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as error:
             raise DataError(path, f"unreadable cache file ({error}); delete {self.folder}") \
                 from error
