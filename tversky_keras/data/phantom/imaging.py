@@ -116,13 +116,20 @@ def _acquisition_blur(rng, spacing):
 def _randomized_image(rng, modality, anatomy, lesion, spacing, texture):
     """One modality with a random look (the ranges above): tissue and lesion
     contrasts, bias field, resolution and noise of the subject's own draw."""
-    fraction, _, severity = lesion
     brain = anatomy.brain
     calibrated = np.array(_TISSUE_INTENSITY[modality])
     scale = rng.uniform(*_CONTRAST_SCALE, size=5)
     intensities = 100.0 * (calibrated / 100.0) ** scale
     base, wm = _tissue_image(anatomy, modality, rng, texture, spacing, intensities)
-    ratio = _log_uniform(rng, *_LESION_RATIO[modality])
+    return _acquired(rng, base, wm, lesion, brain, spacing, _LESION_RATIO[modality])
+
+
+def _acquired(rng, base, wm, lesion, brain, spacing, lesion_ratio):
+    """The tissue image ``base`` with the lesions at a ratio to white matter drawn from
+    ``lesion_ratio``, through a random bias field, acquisition blur and Rician noise:
+    what both random looks share, drawn in this order."""
+    fraction, _, severity = lesion
+    ratio = _log_uniform(rng, *lesion_ratio)
     lesion_intensity = wm * ratio ** severity
     bias = np.exp(rng.uniform(*_BIAS_RANGE) * _smooth_field(rng, brain.shape, spacing, _BIAS_MM))
     clean = ndimage.gaussian_filter(
@@ -138,22 +145,13 @@ def _synthseg_image(rng, modality, anatomy, lesion, spacing, texture):
     its own (``_SYNTH_TISSUE``, relative to white matter, FLAIR's CSF down to nulled),
     lesion contrast from barely visible to very bright (``_SYNTH_LESION_RATIO``), then
     the randomized look's bias field, resolution and noise."""
-    fraction, _, severity = lesion
     brain = anatomy.brain
     wm = 100.0
     drawn = [rng.uniform(*bounds) for bounds in _SYNTH_TISSUE[modality]]
     intensities = np.array([wm * value for value in drawn] + [wm])
     edge_level = rng.uniform(*_SYNTH_EDGE_LEVEL)
     base, wm = _tissue_image(anatomy, modality, rng, texture, spacing, intensities, edge_level)
-    ratio = _log_uniform(rng, *_SYNTH_LESION_RATIO[modality])
-    lesion_intensity = wm * ratio ** severity
-    bias = np.exp(rng.uniform(*_BIAS_RANGE) * _smooth_field(rng, brain.shape, spacing, _BIAS_MM))
-    clean = ndimage.gaussian_filter(
-        bias * ((1 - fraction) * base + fraction * lesion_intensity),
-        _acquisition_blur(rng, spacing))
-    sigma = _log_uniform(rng, *_NOISE_RANGE) * wm
-    noise = sigma * rng.standard_normal((2,) + brain.shape, dtype=np.float32)
-    return (np.hypot(clean + noise[0], noise[1]) * brain).astype(np.float32)
+    return _acquired(rng, base, wm, lesion, brain, spacing, _SYNTH_LESION_RATIO[modality])
 
 
 def _skull_rim(rng, brain, spacing):
