@@ -142,6 +142,11 @@ def render_sim2real_baselines(folder=SIM2REAL):
                           if scores is not None))
     verdict = ("beats both baselines on every development patient" if all(beaten) else
                "does **not** beat both baselines on every development patient")
+    called_nothing = sum(all(s["sensitivity"]["values"][i] == 0 for s in
+                             summary["subjects"].values()) for i in range(n))
+    if called_nothing:
+        verdict += (f"; {called_nothing} of the {n} seeds' networks called no lesion at all "
+                    f"(a collapsed training), which the means include")
     return (f"On the two development patients, the default recipe's DSC (percent, mean ± std "
             f"over {n} training seeds) is {'; '.join(parts)}, the FLAIR-threshold baselines "
             f"(brain z-score >= k): it {verdict}. These patients chose the recipe; see the "

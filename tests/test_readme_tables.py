@@ -215,3 +215,40 @@ def test_a_timing_made_with_uncommitted_changes_says_so(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(timing))
     assert "commit abcdef0 with uncommitted changes, 2 cores" in \
         readme_tables.render_grid_versions(tmp_path / "t.json")
+
+
+def with_baselines(record, loo, phantom, sensitivities=None):
+    """``record`` with FLAIR-threshold baselines (DSC per subject) and per-seed sensitivities."""
+    record["baselines"] = {
+        "phantom_k": 2.4, "phantom_dsc": 0.5, "n_phantom_subjects": 60,
+        "subjects": {s: {"leave_one_out": {"k": 1.7, "dsc": loo[s], "sensitivity": 0.3,
+                                           "specificity": 0.99},
+                         "phantom": {"k": 2.4, "dsc": phantom[s], "sensitivity": 0.1,
+                                     "specificity": 0.999}}
+                     for s in ("patient07", "patient26")}}
+    for subject, values in (sensitivities or {}).items():
+        record["subjects"][subject]["sensitivity"]["values"] = values
+    for subject in record["subjects"]:
+        record["subjects"][subject]["sensitivity"].setdefault("values", [0.5, 0.5])
+    return record
+
+
+@pytest.mark.parametrize("loo, phantom, sensitivities, verdict, collapsed", [
+    ({"patient07": 0.10, "patient26": 0.20}, {"patient07": 0.05, "patient26": 0.30}, None,
+     "it beats both baselines on every development patient", False),
+    ({"patient07": 0.14, "patient26": 0.02}, {"patient07": 0.16, "patient26": 0.0}, None,
+     "it does **not** beat both baselines", False),
+    ({"patient07": 0.10, "patient26": 0.20}, {"patient07": 0.05, "patient26": 0.30},
+     {"patient07": [0.5, 0.0], "patient26": [0.4, 0.0]}, "it beats both baselines", True),
+])
+def test_the_readme_sentence_says_whether_the_default_beats_both_baselines(
+        tmp_path, loo, phantom, sensitivities, verdict, collapsed):
+    # patient07 0.12 ± 0.02 and patient26 0.45 ± 0.05 over two seeds
+    record = with_baselines(summary([0.10, 0.14], [0.40, 0.50]), loo, phantom, sensitivities)
+    (tmp_path / readme_tables.DEFAULT_SIM2REAL).write_text(json.dumps(record))
+    text = readme_tables.render_sim2real_baselines(tmp_path)
+    assert verdict in text
+    assert "patient07 12.0 ± 2.0 against " + f"{100 * loo['patient07']:.1f}" in text
+    assert ("1 of the 2 seeds' networks called no lesion" in text) is collapsed
+    (tmp_path / readme_tables.DEFAULT_SIM2REAL).unlink()
+    assert "No committed run" in readme_tables.render_sim2real_baselines(tmp_path)
