@@ -39,6 +39,7 @@ def phantom_data(profile, cache=DEFAULT_CACHE, version=None, appearance="calibra
     """
     # Looked up at each call, so that a test can stand in for the generator.
     from tversky_keras.data.phantom import PHANTOM_VERSION, synthesize_dataset
+    from tversky_keras.data.phantom.dataset import default_workers
 
     version = PHANTOM_VERSION if version is None else version
     folder = phantom_folder(profile, cache, version, appearance)
@@ -50,7 +51,9 @@ def phantom_data(profile, cache=DEFAULT_CACHE, version=None, appearance="calibra
     try:
         synthesize_dataset(temporary, n_subjects=profile.phantom_subjects, seed=0,
                            spacing=profile.phantom_spacing, version=version,
-                           appearance=appearance)
+                           appearance=appearance,
+                           workers=default_workers(profile.phantom_subjects,
+                                                   profile.phantom_spacing))
         _rename_into_place(temporary, folder)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -553,3 +553,25 @@ def test_a_phantom_made_in_parallel_is_byte_identical_to_the_serial_one(tmp_path
     assert default_workers(60, 2.0) >= 1 and default_workers(3, 6.0) == 1
     with pytest.raises(ValueError, match="workers must be at least 1"):
         synthesize_dataset(tmp_path / "none", n_subjects=1, spacing=6.0, workers=0)
+
+
+def test_workers_that_cannot_start_fall_back_to_this_process(tmp_path):
+    """A script read from standard input cannot be re-run by spawned workers (their start
+    fails): the phantom is then made in the calling process, with one line saying so, and
+    its files are the same bytes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("from tversky_keras.data.phantom import synthesize_dataset\n"
+              f"synthesize_dataset({str(tmp_path / 'p')!r}, n_subjects=2, seed=1, spacing=6.0,"
+              " progress=False, workers=2)\n")
+    done = subprocess.run([sys.executable, "-"], input=script, cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "worker processes could not run" in done.stderr
+    synthesize_dataset(tmp_path / "serial", n_subjects=2, seed=1, spacing=6.0, progress=False)
+    for path in (tmp_path / "serial").rglob("*.nii.gz"):
+        assert path.read_bytes() == (tmp_path / "p" / path.relative_to(tmp_path / "serial")
+                                     ).read_bytes()

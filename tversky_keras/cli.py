@@ -237,10 +237,13 @@ def _split_validation(subjects, val):
 
 def run_synth(args):
     from tversky_keras.data.phantom import synthesize_dataset
+    from tversky_keras.data.phantom.dataset import default_workers
 
     folders = synthesize_dataset(args.out, n_subjects=args.subjects, seed=args.seed,
                                  spacing=args.spacing, version=args.phantom_version,
-                                 appearance=args.appearance, workers=args.workers)
+                                 appearance=args.appearance,
+                                 workers=(default_workers(args.subjects, args.spacing)
+                                          if args.workers is None else args.workers))
     print(f"wrote {len(folders)} subjects to {args.out}")
 
 
