@@ -27,9 +27,7 @@ from tversky_keras.atomic import write_json, write_text
 from tversky_keras.data import discover_subjects
 from tversky_keras.data.io import MODALITIES, read_nifti
 
-PERCENTILES = (0.5, 2, 10, 99)
-STATISTICS = tuple(f"p{p:g}" for p in PERCENTILES) + ("below_half_median",)
-assert STATISTICS == report.HISTOGRAM_STATISTICS
+PERCENTILES, STATISTICS = report.HISTOGRAM_PERCENTILES, report.HISTOGRAM_STATISTICS
 
 
 def brain_statistics(image, brain):

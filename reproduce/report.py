@@ -58,6 +58,31 @@ def run_or_one_line(program, run, args, quiet_stop=False):
             return 1
 
 
+def record_settings(folder, settings, comparable=None):
+    """Write ``settings`` to ``folder/settings.json`` (``folder`` made if absent) and return
+    ``[]``; or, where that file already holds other settings, write nothing and return the
+    sorted names of those that differ, so that the command refuses the folder in its own
+    words (a finished result there would be skipped, not redone).
+
+    ``comparable``: maps a record to what is compared (e.g. settings added since with
+    their defaults); both the saved and the wanted record go through it.
+    """
+    import json
+    from pathlib import Path
+
+    from tversky_keras.atomic import write_json
+
+    comparable = comparable or (lambda values: values)
+    path = Path(folder) / "settings.json"
+    if path.is_file():
+        saved, wanted = comparable(json.loads(path.read_text())), comparable(settings)
+        return sorted(key for key in set(saved) | set(wanted)
+                      if (key in saved, saved.get(key)) != (key in wanted, wanted.get(key)))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_json(settings, path)
+    return []
+
+
 def cpu_model():
     """The CPU's model name (``/proc/cpuinfo``'s ``model name``), or what ``platform`` says
     where there is no such file."""
@@ -160,8 +185,10 @@ def cpu_kinds_markdown(record):
     return "\n".join(lines)
 
 
-# reproduce.histograms' statistics, in its order.
-HISTOGRAM_STATISTICS = ("p0.5", "p2", "p10", "p99", "below_half_median")
+# reproduce.histograms' statistics, in its order: these percentiles of the brain, then
+# the share of it below half its median.
+HISTOGRAM_PERCENTILES = (0.5, 2, 10, 99)
+HISTOGRAM_STATISTICS = tuple(f"p{p:g}" for p in HISTOGRAM_PERCENTILES) + ("below_half_median",)
 
 
 def histograms_markdown(record):

@@ -653,17 +653,10 @@ def run_cell(models, subject, scan, geometry, name, folder, seed, mirror_axes, a
 def record_settings(folder, settings):
     """Write ``settings.json`` into ``folder``, or refuse (ValueError) a folder whose
     finished cells were made with other settings: they would be skipped, not redone."""
-    path = folder / "settings.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = sorted(key for key in set(saved) | set(settings)
-                         if saved.get(key) != settings.get(key))
-        if changed:
-            raise ValueError(f"{folder} holds results made with other settings "
-                             f"({', '.join(changed)}): give another --out, or delete it")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(settings, path)
+    changed = report.record_settings(folder, settings)
+    if changed:
+        raise ValueError(f"{folder} holds results made with other settings "
+                         f"({', '.join(changed)}): give another --out, or delete it")
 
 
 def _points(value, base):

@@ -148,16 +148,10 @@ def check_settings(folder, settings):
         # A training setting added since the folder was made: it had the default then.
         return {**values, "training": {**ADDED_LATER, **values.get("training", {})}}
 
-    path = folder / "settings.json"
-    if path.is_file():
-        saved, wanted = with_defaults(json.loads(path.read_text())), with_defaults(settings)
-        if saved != wanted:
-            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-            raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}): "
-                             f"use another --results folder, or delete it")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(settings, path)
+    changed = report.record_settings(folder, settings, with_defaults)
+    if changed:
+        raise SystemExit(f"{folder} holds a run with other settings ({', '.join(changed)}): "
+                         f"use another --results folder, or delete it")
 
 
 def segment_all(model, subjects, root, about, mirror_axes=()):

@@ -19,7 +19,8 @@ import nibabel as nib
 from tversky_keras.atomic import atomic_path, write_text
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.phantom.generate import (PHANTOM_VERSION, check_generator,
-                                                 dataset_subject)
+                                                 dataset_draws, subject_seed,
+                                                 synthesize_subject)
 from tversky_keras.data.phantom.lesions import lesion_sources
 from tversky_keras.data.subjects import MASK_NAME
 
@@ -93,10 +94,12 @@ def default_workers(n_subjects, spacing):
     return max(1, min(available_cores(), n_subjects))
 
 
-def _write_subject(folder, index, n_subjects, seed, spacing, version, appearance):
-    """Make subject ``index`` and write its files into ``folder``; returns what the
-    progress line says (its lesion load in mm^3 and whose lesions)."""
-    subject = dataset_subject(index, n_subjects, seed, spacing, version, appearance)
+def _write_subject(folder, index, draw, seed, spacing, version, appearance):
+    """Make subject ``index`` (its ``dataset_draws`` entry ``draw``) and write its files
+    into ``folder``; returns what the progress line says (its lesion load in mm^3 and
+    whose lesions)."""
+    subject = synthesize_subject(subject_seed(seed, index), spacing, version=version,
+                                 appearance=appearance, **draw)
     folder.mkdir(exist_ok=True)
     for modality, image in subject.images.items():
         _save_nifti(folder, modality, image, subject.affine)
@@ -166,8 +169,9 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
     workers = default_workers(n_subjects, spacing) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    tasks = [(folder, index, n_subjects, seed, spacing, version, appearance)
-             for index, folder in enumerate(folders)]
+    draws = dataset_draws(n_subjects, seed, version)
+    tasks = [(folder, index, draw, seed, spacing, version, appearance)
+             for index, (folder, draw) in enumerate(zip(folders, draws, strict=True))]
     if workers == 1:
         made = map(_write_subject_task, tasks)
         _report(made, folders, n_subjects, progress)

@@ -156,25 +156,19 @@ def dataset_subjects(n_subjects, seed=0, spacing=2.0, version=PHANTOM_VERSION,
     Yields:
         ``SyntheticSubject``.
     """
-    for index in range(len(dataset_draws(n_subjects, seed, version))):
-        yield dataset_subject(index, n_subjects, seed, spacing, version, appearance)
+    for index, draw in enumerate(dataset_draws(n_subjects, seed, version)):
+        yield synthesize_subject(subject_seed(seed, index), spacing, version=version,
+                                 appearance=appearance, **draw)
 
 
 def dataset_draws(n_subjects, seed=0, version=PHANTOM_VERSION):
     """Each subject's own draw of a data set: version 2's stratified load
     (``lesion_loads``) or version 3's lesion source (``lesion_sources``), as keyword
-    arguments of ``synthesize_subject``."""
+    arguments of ``synthesize_subject``. Subject ``i`` depends on
+    ``subject_seed(seed, i)`` and its draw alone, so subjects can be made in any order,
+    or at once."""
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be at least 1, got {n_subjects}")
     if version == 2:
         return [{"lesion_load_mm3": load} for load in lesion_loads(n_subjects, seed)]
     return [{"lesion_source": source} for source in lesion_sources(n_subjects, seed)]
-
-
-def dataset_subject(index, n_subjects, seed=0, spacing=2.0, version=PHANTOM_VERSION,
-                    appearance="calibrated"):
-    """Subject ``index`` of ``dataset_subjects(n_subjects, ...)`` alone: each depends on
-    its own seed and draw only, so they can be made in any order, or at once."""
-    draw = dataset_draws(n_subjects, seed, version)[index]
-    return synthesize_subject(subject_seed(seed, index), spacing, version=version,
-                              appearance=appearance, **draw)
