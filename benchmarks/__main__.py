@@ -6,7 +6,6 @@ the machine and the versions to JSON.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -146,8 +145,10 @@ def main(argv=None):
     sections = {name: {k: v for k, v in section.items() if k != "rows"}
                 for name, section in results.items()}
     opts.json.parent.mkdir(parents=True, exist_ok=True)
-    opts.json.write_text(json.dumps({**info, "rows": [row.to_json() for row in rows],
-                                     "sections": sections}, indent=2, default=str) + "\n")
+    from tversky_keras.atomic import dumps
+
+    opts.json.write_text(dumps({**info, "rows": [row.to_json() for row in rows],
+                                "sections": sections}, default=str) + "\n")
     print(f"wrote {opts.json}")
     return 0
 

@@ -25,7 +25,6 @@ without it (its cold and warm runs are then the same run twice).
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -232,7 +231,9 @@ def main(argv=None):
     print(f"\n`tversky-keras train --val 0 --patch {opts.patch} --batch-size 4 --base-filters 8 "
           f"--depth 3 --epochs 1 --steps {opts.steps} --pool-batch`; {os.cpu_count()} CPUs")
     if opts.json:
-        opts.json.write_text(json.dumps(results, indent=1) + "\n")
+        from tversky_keras.atomic import dumps
+
+        opts.json.write_text(dumps(results, indent=1) + "\n")
     return 0
 
 

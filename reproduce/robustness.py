@@ -65,7 +65,7 @@ from reproduce import report  # noqa: E402
 from reproduce.scoring import THRESHOLD  # noqa: E402
 from tversky_keras.arguments import mirror_or_none, output_folder  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
-from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.atomic import strict, write_json, write_text  # noqa: E402
 from tversky_keras.data import (MODALITIES, discover_subjects, from_grid, load_subject,  # noqa: E402
                                 save_nifti_like, subject_from_folder)
 from tversky_keras.data.grid import Geometry, canonical_affine  # noqa: E402
@@ -611,20 +611,6 @@ def score_scan(scan, probability, added=None):
                    "added_sensitivity": on_added["sensitivity"],
                    "added_lesion_tpr": on_added["lesion_tpr"]}
     return scores
-
-
-def strict(value):
-    """``value`` with every NaN or infinite float as ``None`` and NumPy numbers as Python's,
-    for strict JSON."""
-    if isinstance(value, dict):
-        return {key: strict(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def run_cell(models, subject, scan, geometry, name, folder, seed, mirror_axes, about):

@@ -27,9 +27,9 @@ Layout (a rerun skips what is finished; other settings for the same folder are r
     results/<name>-seeds.{json,md}      with --seeds N: each subject's mean ± std
 
 ``<name>`` is ``sim2real-<profile>-v<version>-<recipe>``, then ``-<N>subjects``,
-``-<MM>mm``, ``-aA_bB``, ``-augment``, ``-wmpeak``, ``-oversample<R>`` for settings off the recipe's
-or the profile's, ``-mirror-<axes>`` (the unmirrored folder's network, not
-trained again), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
+``-<MM>mm``, ``-aA_bB``, ``-augment``, ``-wmpeak``, ``-oversample<R>``, ``-ce<W>`` for
+settings off the recipe's or the profile's, ``-mirror-<axes>`` (the unmirrored folder's
+network, not trained again), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
 """
 
 import argparse
@@ -124,7 +124,7 @@ def phantom_manifest(phantom, version):
 
 
 def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentation=False,
-                 intensity_normalization="zscore", foreground_ratio=0.0):
+                 intensity_normalization="zscore", foreground_ratio=0.0, ce_weight=0.0):
     """The profile's training settings, on every phantom subject at the phantom's voxel size.
 
     The spacing is recorded in the saved model's ScanSpec, so ``segment_subject``
@@ -137,7 +137,7 @@ def train_config(profile, alpha, beta, n_subjects, seed=0, intensity_augmentatio
                                 spacing=profile.spacing or profile.phantom_spacing, seed=seed,
                                 intensity_augmentation=intensity_augmentation,
                                 intensity_normalization=intensity_normalization,
-                                foreground_ratio=foreground_ratio)
+                                foreground_ratio=foreground_ratio, ce_weight=ce_weight)
 
 
 def check_settings(folder, settings):
@@ -212,6 +212,14 @@ def fraction(text):
     return value
 
 
+def non_negative(text):
+    """A finite number of at least 0, for argparse."""
+    value = finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a number of at least 0")
+    return value
+
+
 def phantom_voxel_size(text):
     """A voxel size the phantom generator makes (``SPACING_RANGE_MM``), for argparse."""
     from tversky_keras.data.phantom import SPACING_RANGE_MM
@@ -275,6 +283,10 @@ def build_parser():
                         help="centre a fraction R of the training patches on a lesion voxel "
                              "(nnU-Net's default is 0.33; default 0: patches uniform in the "
                              "brain); writes <name>-oversample<R>")
+    parser.add_argument("--ce-weight", type=non_negative, default=0.0, metavar="W",
+                        help="add W times the voxel-averaged cross-entropy to the Tversky loss "
+                             "(nnU-Net trains with Dice plus cross-entropy); default 0: the "
+                             "Tversky loss alone; writes <name>-ce<W>")
     parser.add_argument("--results", type=output_folder, default=Path("results"),
                         help="results folder (results/)")
     parser.add_argument("--cache", type=output_folder, default=DEFAULT_CACHE,
@@ -311,6 +323,8 @@ def experiment_name(args, profile):
         name += "-wmpeak"
     if args.oversample:
         name += f"-oversample{args.oversample:g}"
+    if args.ce_weight:
+        name += f"-ce{args.ce_weight:g}"
     return name
 
 
@@ -389,7 +403,7 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
     then segment and score every subject into ``root``."""
     config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), seed,
                           args.intensity_augmentation, args.intensity_normalization,
-                          args.oversample)
+                          args.oversample, args.ce_weight)
     settings = {"data": str(Path(args.data).resolve()), "profile": dataclasses.asdict(profile),
                 "recipe": dataclasses.asdict(recipe), "alpha": args.alpha, "beta": args.beta,
                 "threshold": THRESHOLD, "mirror_axes": list(args.mirror), "phantom": manifest,
@@ -455,14 +469,10 @@ def seed_summary(runs):
     for subject_id in first["subjects"]:
         scores = [run["subjects"][subject_id] for run in runs.values()]
         subjects[subject_id] = {
-            **{key: {"mean": float(np.mean([s[key] for s in scores])),
-                     "std": float(np.std([s[key] for s in scores])),
-                     "values": [float(s[key]) for s in scores]} for key in SUMMARISED},
+            **{key: _over_seeds(scores, key) for key in SUMMARISED},
             # Scores written before the challenge metrics existed have none to summarise.
-            **{key: ({"mean": float(np.mean([s[key] for s in scores])),
-                      "std": float(np.std([s[key] for s in scores])),
-                      "values": [float(s[key]) for s in scores]}
-                     if all(key in s for s in scores) else None) for key in CHALLENGE_SHOWN},
+            **{key: (_over_seeds(scores, key) if all(key in s for s in scores) else None)
+               for key in CHALLENGE_SHOWN},
             "threshold_dsc": float(scores[0]["threshold_dsc"]),
             "lesion_voxels": int(scores[0]["lesion_voxels"]),
             "above_oracle": int(sum(s["dsc"] > s["threshold_dsc"] for s in scores))}
@@ -475,6 +485,7 @@ def seed_summary(runs):
                "intensity_normalization": first["training"].get("intensity_normalization",
                                                                 "zscore"),
                "foreground_ratio": first["training"].get("foreground_ratio", 0.0),
+               "ce_weight": first["training"].get("ce_weight", 0.0),
                "profile": first["profile"]["name"], "steps": first["training"]["epochs"]
                * first["training"]["steps_per_epoch"]},
             # Per seed, from the runs' own records (a rerun that only summarises keeps them).
@@ -483,6 +494,15 @@ def seed_summary(runs):
                         "segmentation": [round(sum(s["seconds"] for s in run["subjects"].values()),
                                                1) for run in runs.values()]},
             "subjects": subjects}
+
+
+def _over_seeds(scores, key):
+    """Mean, std and values of ``key`` over the seeds' scores. A value undefined for its
+    scan (NaN, read back from JSON as ``None``: an HD95 with nothing predicted) makes the
+    mean and std undefined too, written as ``null``."""
+    values = np.array([s[key] for s in scores], dtype=float)  # None -> nan
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+            "values": values.tolist()}
 
 
 def seed_markdown(summary):

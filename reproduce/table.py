@@ -17,7 +17,6 @@ and the table names its cells.
 
 import csv
 import io
-import json
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from reproduce import report
 from reproduce.experiment import (CHALLENGE_OVERLAP, FOLDS, METRICS, PAPER_TABLE1, ROWS,
                                   cell_metrics, challenge_scores, final_training_loss,
                                   row_name, test_arrays, test_file, test_spacing)
-from tversky_keras.atomic import write_text
+from tversky_keras.atomic import dumps, write_text
 from tversky_keras.evaluation import lesion_metrics
 
 # A cell whose network calls no test voxel lesion, or whose training ended at a
@@ -195,11 +194,18 @@ def write_outputs(table, folder):
                  f"pooled over both test folds, and per-subject mean ± std)\n\n"
                  + challenge_markdown(table) + "\n")
     for name, content in (("table1.md", text), ("table1.csv", table_csv(table)),
-                          ("table1.json", json.dumps(table, indent=2, sort_keys=True) + "\n"),
+                          ("table1.json", dumps(table) + "\n"),
                           ("table1-challenge.md", challenge),
                           ("table1-challenge.csv", challenge_csv(table))):
         write_text(folder / name, content)
     return text
+
+
+def _stat(function, values):
+    """``function`` of each key's values over seeds; ``None`` for a key no seed has. A value
+    read back from JSON as ``null`` (undefined) counts as NaN, so the statistic is undefined."""
+    return {key: float(function(np.array(v, dtype=float))) if v else None
+            for key, v in values.items()}
 
 
 def seed_summary(tables):
@@ -211,8 +217,7 @@ def seed_summary(tables):
         collapsed = sum(len(t["rows"][index].get("collapsed_folds", [])) for t in tables)
         rows.append({"alpha": alpha, "beta": beta, "n_seeds": len(values["dsc"]),
                      "collapsed_cells": collapsed,
-                     "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
-                     "std": {m: float(np.std(v)) if v else None for m, v in values.items()}})
+                     "mean": _stat(np.mean, values), "std": _stat(np.std, values)})
     return rows
 
 
@@ -286,8 +291,7 @@ def challenge_seed_summary(tables):
                   if t["rows"][index].get("challenge")]
         values = {k: [s[k] for s in scored] for k in CHALLENGE_KEYS}
         rows.append({"alpha": alpha, "beta": beta, "n_seeds": len(scored),
-                     "mean": {k: float(np.mean(v)) if v else None for k, v in values.items()},
-                     "std": {k: float(np.std(v)) if v else None for k, v in values.items()}})
+                     "mean": _stat(np.mean, values), "std": _stat(np.std, values)})
     return rows
 
 

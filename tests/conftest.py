@@ -146,3 +146,35 @@ def smoke_grid(tmp_path_factory, smoke_cache):
     assert table1.main(args) == 0                    # seed 0, its figures
     assert table1.main([*args, *SEEDS_ARGV]) == 0     # seed 1's rows and the summary
     return root, args
+
+
+def strict_json(text, source="JSON"):
+    """Parse ``text`` as RFC 8259 JSON, which has no NaN or Infinity (Python's json module
+    accepts them unless told otherwise)."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"{source}: {constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def every_json_written_is_strict(tmp_path_factory):
+    """After each test file: every ``.json`` its tests wrote under the session's temporary
+    folders (run folders, caches, results, ...) parses as strict JSON."""
+    import time
+
+    started = time.time() - 1.0
+    yield
+    base = tmp_path_factory.getbasetemp()
+    bad = []
+    for path in base.rglob("*.json"):
+        try:
+            if path.stat().st_mtime >= started and path.is_file():
+                strict_json(path.read_text(), str(path))
+        except (ValueError, UnicodeDecodeError) as error:
+            bad.append(f"{path}: {error}")
+        except FileNotFoundError:  # removed while walking
+            continue
+    assert not bad, "JSON that is not strict JSON:\n" + "\n".join(bad)

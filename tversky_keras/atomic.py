@@ -13,6 +13,8 @@ than any write could take. Never while another live writer may be filling it.
 import contextlib
 import glob
 import json
+import math
+import numbers
 import os
 import re
 import shutil
@@ -54,9 +56,56 @@ def write_text(path, text):
         temporary.write_text(text)
 
 
+#: The sibling key that says a value written as ``null`` was infinite: ``<key>_infinite``.
+INFINITE_FLAG = "{}_infinite"
+
+
+def strict(value):
+    """``value`` as strict JSON (RFC 8259) holds it: NaN, which marks a value undefined for
+    its input, becomes ``None``; an infinite number becomes ``None`` too, and in a mapping
+    its key gains a sibling ``<key>_infinite`` set to ``"+inf"`` or ``"-inf"``. NumPy numbers
+    and arrays become Python's; tuples become lists.
+
+    >>> strict({"hd95_mm": float("nan"), "relative_volume_difference": float("inf")})
+    {'hd95_mm': None, 'relative_volume_difference': None, 'relative_volume_difference_infinite': '+inf'}
+    """
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            result[key] = strict(item)
+            if _is_infinite(item):
+                result[INFINITE_FLAG.format(key)] = "+inf" if item > 0 else "-inf"
+        return result
+    if isinstance(value, (list, tuple)):
+        return [strict(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # NumPy
+        return strict(value.tolist())
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _is_infinite(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isinf(value))
+
+
+def dumps(data, indent=2, default=None):
+    """``data`` as strict, key-sorted JSON text (:func:`strict`): what every JSON file the
+    project writes and every JSON it prints holds. Anything left that strict JSON cannot
+    hold raises ``ValueError``."""
+    return json.dumps(strict(data), indent=indent, sort_keys=True, allow_nan=False,
+                      default=default)
+
+
 def write_json(data, path):
-    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write ``data`` as indented, key-sorted strict JSON (:func:`dumps`) to ``path``
+    atomically."""
+    write_text(path, dumps(data) + "\n")
 
 
 def owned_temporary(folder, prefix):

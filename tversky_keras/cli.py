@@ -1,7 +1,6 @@
 """The ``tversky-keras`` command line: synth, preprocess, train, predict, evaluate, baseline."""
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import replace
@@ -9,6 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tversky_keras.atomic import dumps  # noqa: E402
 from tversky_keras.arguments import finite, mirror_option, output_folder, seed  # noqa: E402
 from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
 from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
@@ -400,7 +400,7 @@ def run_evaluate(args):
     result.update(challenge_metrics(truth, prediction, spacing, threshold=args.threshold,
                                     overlap=args.overlap, min_overlap=args.min_overlap,
                                     mask=brain))
-    print(json.dumps({k: v for k, v in result.items() if k != "pr_curve"}, indent=2))
+    print(dumps({k: v for k, v in result.items() if k != "pr_curve"}))
 
 
 def run_baseline(args):
