@@ -62,10 +62,11 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from scipy import ndimage  # noqa: E402
 
 from reproduce import report  # noqa: E402
-from reproduce.scoring import THRESHOLD  # noqa: E402
-from tversky_keras.arguments import mirror_or_none, output_folder  # noqa: E402
+from reproduce.scoring import THRESHOLD, scan_reference  # noqa: E402
+from tversky_keras.arguments import finite, mirror_or_none, output_folder  # noqa: E402
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import strict, write_json, write_text  # noqa: E402
+from tversky_keras.baseline import threshold_union  # noqa: E402
 from tversky_keras.data import (MODALITIES, discover_subjects, from_grid, load_subject,  # noqa: E402
                                 save_nifti_like, subject_from_folder)
 from tversky_keras.data.grid import Geometry, canonical_affine  # noqa: E402
@@ -613,9 +614,14 @@ def score_scan(scan, probability, added=None):
     return scores
 
 
-def run_cell(models, subject, scan, geometry, name, folder, seed, mirror_axes, about):
+def run_cell(models, subject, scan, geometry, name, folder, seed, mirror_axes, about,
+             union_k=None):
     """Change ``scan`` by transform ``name`` (``UNCHANGED``: as it is), write, segment and
-    score it into ``folder``; ``metrics.json`` last. Returns the metrics."""
+    score it into ``folder``; ``metrics.json`` last. Returns the metrics.
+
+    ``union_k``: the probability raised to 1 where the written scan's FLAIR brain z-score
+    (its brain as ``load_subject`` finds it, rim included) reaches it
+    (``tversky_keras.baseline.threshold_union``)."""
     started = time.perf_counter()
     changed, added, extra = scan, None, {}
     if name != UNCHANGED:
@@ -624,8 +630,12 @@ def run_cell(models, subject, scan, geometry, name, folder, seed, mirror_axes, a
             changed, added, extra = (changed.scan, changed.added,
                                      {"normalisation": changed.normalisation})
     write_scan(changed, geometry, folder, added)
-    probability, probability_geometry = segment_subject(models, subject_from_folder(folder),
+    written = subject_from_folder(folder)
+    probability, probability_geometry = segment_subject(models, written,
                                                         mirror_axes=mirror_axes)
+    if union_k is not None:
+        _, brain, flair_z = scan_reference(written)
+        probability = threshold_union(probability, flair_z, brain, union_k)
     write_segmentation(probability, probability_geometry, folder, threshold=THRESHOLD,
                        about={**about, "subject": subject.id, "transform": name})
     # In canonical order, as read_nifti reads a file: the order the Scan's arrays are in.
@@ -684,9 +694,13 @@ def render_markdown(record):
                              + [f"{before[k]:+.3f} → {after[k]:+.3f}"
                                 for k in ("normal_zscore", "normal_wm_peak")])
     mirror = "".join("xyz"[axis] for axis in settings["mirror_axes"]) or "none"
+    union = settings.get("threshold_union_k")
+    union = ("" if union is None else
+             f" The models' mask is united with the FLAIR threshold z >= {union:.3f} (each "
+             f"changed scan's brain z-score).")
     lines = [f"# Invariance suite (percent, inside the brain, at probability {THRESHOLD})", "",
              f"Models: {', '.join(settings['models'])} (probabilities averaged); test-time "
-             f"mirroring: {mirror}; seed {settings['seed']}.", "",
+             f"mirroring: {mirror}; seed {settings['seed']}.{union}", "",
              report.markdown_table(head, rows), "",
              "Transforms:", ""]
     lines += [f"- `{name}` ({record['transforms'][name]['item']}): "
@@ -733,6 +747,11 @@ def build_parser():
     parser.add_argument("--seed", type=seed_option, default=0,
                         help="seed of the random transforms (0); each cell draws from its own "
                              "generator of seed, subject and transform")
+    parser.add_argument("--threshold-union", type=finite, default=None, metavar="K",
+                        help="unite the model's mask with the FLAIR threshold z >= K, the "
+                             "brain z-score of each changed scan as written (reproduce.sim2real "
+                             "--threshold-union phantom: its threshold_union_k); default: the "
+                             "model alone")
     parser.add_argument("--out", type=output_folder, required=True,
                         help="output folder (made if absent; a rerun skips finished cells)")
     return parser
@@ -760,9 +779,13 @@ def _run(args):
     settings = {"data": str(Path(args.data).resolve()),
                 "models": [str(Path(path).resolve()) for path in args.model],
                 "mirror_axes": list(args.mirror), "seed": args.seed, "threshold": THRESHOLD}
+    if args.threshold_union is not None:  # only then: earlier folders stay valid
+        settings["threshold_union_k"] = args.threshold_union
     record_settings(args.out, settings)
     models = [load_saved_model(path) for path in args.model]
-    about = {"models": settings["models"], "mirror_axes": settings["mirror_axes"]}
+    about = {"models": settings["models"], "mirror_axes": settings["mirror_axes"],
+             **({} if args.threshold_union is None else
+                {"threshold_union_k": args.threshold_union})}
     for subject in subjects:
         scan = geometry = None
         for name in [UNCHANGED, *args.transforms]:
@@ -773,7 +796,7 @@ def _run(args):
                 if scan is None:
                     scan, geometry = read_scan(subject)
                 run_cell(models, subject, scan, geometry, name, folder, args.seed,
-                         args.mirror, about)
+                         args.mirror, about, args.threshold_union)
             print(_progress(subject.id, name, finished_cells(args.out, subject.id)), flush=True)
     results = {subject.id: finished_cells(args.out, subject.id) for subject in subjects}
     shown = [name for name in TRANSFORMS if any(name in cells for cells in results.values())]

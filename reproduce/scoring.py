@@ -49,10 +49,11 @@ def scan_spacing(subject):
     return tuple(float(z) for z in nib.load(subject.images["FLAIR"]).header.get_zooms()[:3])
 
 
-def oracle(subject):
-    """Truth and brain of a subject (``scan_reference``) and its FLAIR-threshold
-    oracle: ``(truth, brain, best DSC, its FLAIR z threshold)``."""
-    truth, brain, flair = scan_reference(subject)
+def oracle(subject, reference=None):
+    """Truth and brain of a subject (``scan_reference``, or ``reference`` when already
+    read) and its FLAIR-threshold oracle: ``(truth, brain, best DSC, its FLAIR z
+    threshold)``."""
+    truth, brain, flair = reference or scan_reference(subject)
     return (truth, brain) + tuple(best_threshold_dsc(truth, flair, mask=brain))
 
 

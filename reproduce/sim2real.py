@@ -14,8 +14,13 @@ does not beat that oracle has learnt less than one number would have.
 The default recipe (chosen on the development patients 07 and 26; docs/reproduction.md):
 phantom version 3 with domain randomisation (``--recipe randomized``: 60
 subjects for the quick profile, each its own look), the white-matter-peak
-normalisation (``--intensity-normalization wm-peak``) and test-time
-left-right mirroring (``--mirror x``; ``none`` turns it off).
+normalisation (``--intensity-normalization wm-peak``), test-time
+left-right mirroring (``--mirror x``; ``none`` turns it off) and, at test time, the
+network's mask united with the FLAIR threshold whose k was chosen on the phantom alone
+(``--threshold-union phantom``; ``none``: the network alone). No real label enters
+any of it; the union is a one-line lever beside the network, and the tables say what
+each part scores on its own (the network alone in ``--threshold-union none``'s folders,
+the threshold alone in the baselines).
 
 Layout (a rerun skips what is finished; other settings for the same folder are refused)::
 
@@ -29,7 +34,8 @@ Layout (a rerun skips what is finished; other settings for the same folder are r
 ``<name>`` is ``sim2real-<profile>-v<version>-<recipe>``, then ``-<N>subjects``,
 ``-<MM>mm``, ``-aA_bB``, ``-augment``, ``-wmpeak``, ``-oversample<R>``, ``-ce<W>`` for
 settings off the recipe's or the profile's, ``-mirror-<axes>`` (the unmirrored folder's
-network, not trained again), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
+network, not trained again), ``-union`` (the same network, its mask united with the
+phantom-k threshold), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
 """
 
 import argparse
@@ -49,13 +55,14 @@ from reproduce.experiment import PROFILES, SIM2REAL_PROFILES, row_name  # noqa: 
 from reproduce import report  # noqa: E402
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
-    CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, baselines_markdown, score_subject,
-    threshold_baselines)
+    CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, baselines_markdown, oracle, scan_reference,
+    score_subject, threshold_baselines)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import (finite, mirror_or_none, natural,  # noqa: E402
                                      output_folder)
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
+from tversky_keras.baseline import threshold_union  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
 from tversky_keras.data.names import path_name  # noqa: E402
 from tversky_keras.inference import segment_subject, write_segmentation  # noqa: E402
@@ -107,6 +114,9 @@ DEFAULT_RECIPE = "randomized"
 # patients, docs/reproduction.md): the white-matter peak does not move with the lesion load.
 DEFAULT_NORMALIZATION = "wm-peak"
 DEFAULT_MIRROR = (0,)
+# Test-time: the network's mask united with the phantom-k FLAIR threshold (chosen on the
+# development patients over 5 seeds, docs/reproduction.md; --threshold-union none: off).
+DEFAULT_UNION = "phantom"
 
 
 def phantom_manifest(phantom, version):
@@ -154,11 +164,12 @@ def check_settings(folder, settings):
                          f"use another --results folder, or delete it")
 
 
-def segment_all(model, subjects, root, about, mirror_axes=()):
+def segment_all(model, subjects, root, about, mirror_axes=(), union_k=None):
     """Segment and score every subject without ``metrics.json``; return all subjects' metrics.
 
     ``about`` (the model) is recorded beside each segmentation; ``mirror_axes``:
-    test-time mirroring (``segment_subject``).
+    test-time mirroring (``segment_subject``); ``union_k``: the probability raised to 1
+    where the FLAIR z-score reaches it (``tversky_keras.baseline.threshold_union``).
     """
     scores = {}
     for subject in subjects:
@@ -169,10 +180,16 @@ def segment_all(model, subjects, root, about, mirror_axes=()):
         else:
             started = time.perf_counter()
             probability, geometry = segment_subject(model, subject, mirror_axes=mirror_axes)
+            reference = scan_reference(subject)
+            if union_k is not None:
+                _, brain, flair_z = reference
+                probability = threshold_union(probability, flair_z, brain, union_k)
             write_segmentation(probability, geometry, folder, threshold=THRESHOLD,
                                about={**about, "subject": subject.id,
-                                      "mirror_axes": list(mirror_axes)})
-            result = score_subject(subject, probability)
+                                      "mirror_axes": list(mirror_axes),
+                                      **({} if union_k is None else
+                                         {"threshold_union_k": union_k})})
+            result = score_subject(subject, probability, oracle(subject, reference))
             result["seconds"] = round(time.perf_counter() - started, 1)
             write_json(result, done)
             print(f"{subject.id}: DSC {result['dsc']:.3f} (FLAIR-threshold oracle "
@@ -268,6 +285,13 @@ def build_parser():
                         help="test-time mirroring along these RAS axes (x = left-right, the "
                              "default), as tversky-keras predict --mirror, or none; writes "
                              "<name>-mirror-<axes>")
+    parser.add_argument("--threshold-union", choices=("phantom", "none"),
+                        default=DEFAULT_UNION,
+                        help="phantom (the default): unite the network's mask with the FLAIR "
+                             "threshold at the k chosen on the phantom alone (the phantom "
+                             "baseline's k, no real label; the probability is raised to 1 "
+                             "where FLAIR's brain z-score reaches k), written to "
+                             "<name>-union; none: the network alone")
     parser.add_argument("--phantom-spacing", type=phantom_voxel_size, default=None, metavar="MM",
                         help="generate the phantom at this voxel size and train on it (default: "
                              "the profile's, 2 mm for quick); writes <name>-<MM>mm")
@@ -352,7 +376,8 @@ def _run(args):
     print(cpu.choice_line(), flush=True)
     profile = recipe_profile(args)
     trained = experiment_name(args, profile)
-    base = trained + mirror_suffix(args.mirror)
+    base = trained + mirror_suffix(args.mirror) + ("-union" if args.threshold_union != "none"
+                                                   else "")
     subjects = discover_subjects(args.data)
     for subject in subjects:  # each is written to <results>/<name>/<subject>/
         path_name(subject.id, "subject", args.data, reserved=OWN_FILES)
@@ -362,6 +387,14 @@ def _run(args):
     phantom_subjects = discover_subjects(phantom)
     baselines = threshold_baselines(subjects, phantom_subjects)
     print(f"\nFLAIR-threshold baselines\n\n{baselines_markdown(baselines)}\n", flush=True)
+    union_k = None
+    if args.threshold_union == "phantom":
+        union_k = baselines["phantom_k"]
+        if union_k is None:
+            raise SystemExit(f"{phantom}: the phantom holds no lesion to choose the FLAIR "
+                             f"threshold's k on: give --threshold-union none")
+        print(f"test-time: the network's mask united with FLAIR z >= {union_k:.3f} (k from "
+              f"the phantom alone)", flush=True)
     runs = {}
     for seed in range(args.seed, args.seed + args.seeds):
         tail = "" if seed == 0 else f"-seed{seed}"
@@ -369,7 +402,8 @@ def _run(args):
         # Mirroring is a way of predicting: the same seed's network, trained once.
         runs[name] = _train_and_segment(args, profile, recipe, manifest, phantom,
                                         phantom_subjects, subjects, seed, args.results / name,
-                                        args.results / (trained + tail) / RUN, baselines)
+                                        args.results / (trained + tail) / RUN, baselines,
+                                        union_k)
         print(f"\n{name}: trained on the phantom only, tested on {args.data}\n\n"
               f"{subjects_markdown(runs[name]['subjects'])}", flush=True)
     if args.seeds > 1:
@@ -386,7 +420,7 @@ def _run(args):
         print(f"\n{base}: over {args.seeds} training seeds (mean ± std)\n\n{text}")
     if args.ensemble:
         name = f"{base}-ensemble{args.seeds}"
-        result = _ensemble(args, runs, subjects, args.results / name, baselines)
+        result = _ensemble(args, runs, subjects, args.results / name, baselines, union_k)
         summary = {**seed_summary({name: result}),
                    "made": report.provenance(time.perf_counter() - started)}
         summary["variant"]["ensemble"] = args.seeds
@@ -398,7 +432,7 @@ def _run(args):
 
 
 def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subjects, subjects,
-                       seed, root, run, baselines=None):
+                       seed, root, run, baselines=None, union_k=None):
     """One training seed: train (or resume, or find finished) into ``run`` on the phantom,
     then segment and score every subject into ``root``."""
     config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), seed,
@@ -408,6 +442,8 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
                 "recipe": dataclasses.asdict(recipe), "alpha": args.alpha, "beta": args.beta,
                 "threshold": THRESHOLD, "mirror_axes": list(args.mirror), "phantom": manifest,
                 "training": config.to_json()}
+    if union_k is not None:  # only then: folders written before the option stay valid
+        settings["threshold_union_k"] = union_k
     settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
     check_settings(root, settings)
     print(f"profile {profile.name}, recipe {recipe.name}, seed {seed}: training on "
@@ -419,7 +455,7 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
     model_path = run / "last.keras"
     model = keras.saving.load_model(model_path)
     scores = segment_all(model, subjects, root, about={"model": str(model_path)},
-                         mirror_axes=args.mirror)
+                         mirror_axes=args.mirror, union_k=union_k)
     result = {**settings, "seed": seed, "subjects": scores, "phantom_folder": str(phantom),
               "model": str(model_path), "model_spacing": scan_spec(model)["spacing"],
               "training_summary": summary, "baselines": baselines}
@@ -440,16 +476,18 @@ def write_result(result, root):
     return result
 
 
-def _ensemble(args, runs, subjects, root, baselines=None):
+def _ensemble(args, runs, subjects, root, baselines=None, union_k=None):
     """The seeds' networks as one ensemble: segment and score every subject into ``root``."""
     first = next(iter(runs.values()))
     models = [run["model"] for run in runs.values()]
     settings = {**{k: first[k] for k in ("data", "profile", "recipe", "alpha", "beta",
                                          "threshold", "mirror_axes", "phantom", "training")},
                 "ensemble": models}
+    if union_k is not None:
+        settings["threshold_union_k"] = union_k
     check_settings(root, json.loads(json.dumps(settings)))
     scores = segment_all([keras.saving.load_model(path) for path in models], subjects, root,
-                         about={"ensemble": models}, mirror_axes=args.mirror)
+                         about={"ensemble": models}, mirror_axes=args.mirror, union_k=union_k)
     seconds = round(sum(run["training_summary"]["seconds_this_session"]
                         for run in runs.values()), 1)
     members = ", ".join(str(run["seed"]) for run in runs.values())
@@ -486,6 +524,7 @@ def seed_summary(runs):
                                                                 "zscore"),
                "foreground_ratio": first["training"].get("foreground_ratio", 0.0),
                "ce_weight": first["training"].get("ce_weight", 0.0),
+               "threshold_union_k": first.get("threshold_union_k"),
                "profile": first["profile"]["name"], "steps": first["training"]["epochs"]
                * first["training"]["steps_per_epoch"]},
             # Per seed, from the runs' own records (a rerun that only summarises keeps them).

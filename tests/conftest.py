@@ -178,3 +178,11 @@ def every_json_written_is_strict(tmp_path_factory):
         except FileNotFoundError:  # removed while walking
             continue
     assert not bad, "JSON that is not strict JSON:\n" + "\n".join(bad)
+
+
+def json_approx(expected, **tolerance):
+    """What strict JSON holds for the number ``expected`` (``tversky_keras.atomic.strict``):
+    ``None`` for NaN and infinities (and ``None``), else ``pytest.approx(expected)``."""
+    if expected is None or not np.isfinite(expected):
+        return None
+    return pytest.approx(float(expected), **tolerance)

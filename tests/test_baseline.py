@@ -95,3 +95,20 @@ def test_leave_one_out_uses_only_the_other_scans():
 
 def test_no_lesion_anywhere_gives_no_k():
     assert choose_k([np.zeros(4, bool)], [np.arange(4.0)], [np.ones(4, bool)])[0] is None
+
+
+def test_threshold_union_is_the_union_of_the_two_masks_at_every_mask_threshold(rng):
+    from tversky_keras.baseline import threshold_union
+
+    probability = rng.random((6, 5, 4)).astype(np.float32)
+    zscore = rng.normal(size=(6, 5, 4)).astype(np.float32)
+    brain = rng.random((6, 5, 4)) > 0.2
+    united = threshold_union(probability, zscore, brain, k=1.0)
+    called = (zscore >= 1.0) & brain
+    assert united.dtype == np.float32
+    for t in (0.1, 0.5, 0.9, 1.0):
+        np.testing.assert_array_equal(united >= t, (probability >= t) | called)
+    with pytest.raises(ValueError, match="differ in shape"):
+        threshold_union(probability[:5], zscore, brain, k=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        threshold_union(probability, zscore, brain, k=float("nan"))

@@ -300,3 +300,36 @@ def test_pr_auc_counts_nan_scores_in_the_lowest_bin_instead_of_crashing():
     with_nan.update_state(truth, np.stack([1 - scores, scores], -1))
     zeros.update_state(truth, np.stack([1 - as_zero, as_zero], -1))
     assert float(with_nan.result()) == pytest.approx(float(zeros.result()))
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0])
+@pytest.mark.parametrize("cls", [DiceScore, Sensitivity, Specificity, FBetaScore, PRAUC])
+def test_an_invalid_weight_gives_nan_never_a_score_and_clean_batches_do_not_hide_it(
+        rng, cls, bad):
+    truth = (rng.random((1, 8, 8, 8, 1)) > 0.7).astype("float32")
+    score = rng.random((1, 8, 8, 8, 1)).astype("float32")
+    weight = np.ones((1, 8, 8, 8), "float32")
+    weight[0, 0, 0, 0] = bad  # one voxel's weight, a background voxel or a lesion voxel
+    metric = cls()
+    metric.update_state(truth, score, sample_weight=weight)
+    for _ in range(3):
+        metric.update_state(truth, score)
+    assert np.isnan(float(metric.result()))
+    metric.reset_state()
+    metric.update_state(truth, score)
+    assert np.isfinite(float(metric.result()))
+
+
+def test_an_empty_denominator_keeps_its_documented_value():
+    nothing = np.zeros((1, 4, 1, 1, 1), "float32")
+    for cls, expected in ((DiceScore, 1.0), (Sensitivity, 1.0), (FBetaScore, 1.0),
+                          (PRAUC, 0.0)):
+        metric = cls()
+        metric.update_state(nothing, nothing, sample_weight=np.ones((1, 4, 1, 1), "float32"))
+        assert float(metric.result()) == expected, cls.__name__
+
+
+@pytest.mark.parametrize("beta", [np.nan, np.inf, 0.0, -1.0])
+def test_fbeta_refuses_a_beta_that_is_not_a_finite_positive_number(beta):
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+        FBetaScore(beta=beta)

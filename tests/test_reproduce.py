@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import SEED1_ROWS, SEEDS_ARGV
+from conftest import SEED1_ROWS, SEEDS_ARGV, json_approx
 from processes import assert_signal_stops_the_child, assert_sigterm_stops_the_child
 from reproduce import sim2real, table1
 from reproduce import table as table_module
@@ -643,7 +643,7 @@ def assert_same_scores(saved, expected):
     """Every key of ``expected`` (a ``challenge_metrics`` dict) in ``saved``, nan equal to nan."""
     for key, value in expected.items():
         if isinstance(value, float):
-            assert saved[key] == pytest.approx(value, nan_ok=True, rel=1e-9, abs=1e-12), key
+            assert saved[key] == json_approx(value, rel=1e-9, abs=1e-12), key
         else:
             assert saved[key] == value, key
 
@@ -702,9 +702,10 @@ def test_the_challenge_seeds_table_is_numpys_mean_and_std_over_the_seeds(smoke_r
     for index, row in enumerate(summary):
         scored = [t for t in tables if t["rows"][index].get("folds")]  # seed 1: two rows
         for key in ("ndsc", "lesion_f1", "hd95_mm", "assd_mm", "abs_volume_difference_ml"):
-            values = [t["rows"][index]["challenge"]["pooled"][key] for t in scored]
-            assert row["mean"][key] == pytest.approx(np.mean(values), nan_ok=True)
-            assert row["std"][key] == pytest.approx(np.std(values), nan_ok=True)
+            values = np.array([t["rows"][index]["challenge"]["pooled"][key] for t in scored],
+                              dtype=float)  # null (undefined) as nan
+            assert row["mean"][key] == json_approx(np.mean(values))
+            assert row["std"][key] == json_approx(np.std(values))
     text = (results / "phantom-v3-smoke-seeds-challenge.md").read_text()
     assert "nDSC (%)" in text and text.count("| a=") == 5
     with open(results / "phantom-v3-smoke-seeds-challenge.csv", newline="") as f:

@@ -4,6 +4,7 @@ an independent computation, and the command end to end on a tiny subject."""
 import json
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
@@ -283,3 +284,29 @@ def test_the_command_scores_each_transform_beside_the_unchanged_scan_and_resumes
     assert robustness.main([*argv[:-4], "--transforms", "h", "--out", str(tmp_path / "h")]) == 1
     error = capsys.readouterr().err
     assert "182x218x182" in error and len(error.strip().splitlines()) == 1
+
+
+def test_the_threshold_union_uses_each_changed_scans_own_flair_zscore(tiny_model, tmp_path):
+    from reproduce.scoring import scan_reference
+
+    write_tiny_subjects(tmp_path / "data", n=1)
+    plain = ["--data", str(tmp_path / "data"), "--model", str(tiny_model), "--mirror", "none",
+             "--transforms", "rim"]
+    assert robustness.main([*plain, "--out", str(tmp_path / "alone")]) == 0
+    assert robustness.main([*plain, "--threshold-union", "1.5", "--out",
+                            str(tmp_path / "union")]) == 0
+    record = json.loads((tmp_path / "union" / "robustness.json").read_text())
+    assert record["settings"]["threshold_union_k"] == 1.5
+    assert "z >= 1.500" in (tmp_path / "union" / "robustness.md").read_text()
+    for name in ("unchanged", "rim"):
+        alone = nib.load(tmp_path / "alone" / "sub00" / name / "probability.nii.gz").get_fdata()
+        united = nib.load(tmp_path / "union" / "sub00" / name / "probability.nii.gz").get_fdata()
+        written = robustness.subject_from_folder(tmp_path / "union" / "sub00" / name)
+        _, brain, flair_z = scan_reference(written)  # the rim is in the written scan's brain
+        called = (flair_z >= 1.5) & brain
+        assert called.any()
+        np.testing.assert_allclose(united[called], 1.0)
+        np.testing.assert_allclose(united[~called], alone[~called], atol=1e-6)
+    # Another k for the same folder is refused: its finished cells would be skipped.
+    assert robustness.main([*plain, "--threshold-union", "2", "--out",
+                            str(tmp_path / "union")]) == 1

@@ -10,7 +10,9 @@ import pytest
 
 from reproduce import sim2real
 from reproduce.experiment import PROFILES
+from conftest import json_approx
 from tiny_data import write_tiny_subjects
+from tversky_keras.atomic import strict
 from tversky_keras.evaluation import challenge_metrics
 from tversky_keras.scan_spec import scan_spec
 
@@ -44,7 +46,8 @@ def smoke_run(tmp_path_factory):
     folders = write_tiny_subjects(root / "data", n=2, affine=LAS)
     make_clipping_matter(folders[0])
     argv = ["--data", str(root / "data"), "--profile", "smoke", "--results",
-            str(root / "results"), "--cache", str(root / "cache"), "--mirror", "none"]
+            str(root / "results"), "--cache", str(root / "cache"), "--mirror", "none",
+            "--threshold-union", "none"]
     assert sim2real.main(argv) == 0
     return root / "results" / "sim2real-smoke-v3-randomized-wmpeak", folders, argv
 
@@ -120,8 +123,8 @@ def test_challenge_metrics_match_the_written_probability_at_the_scans_zooms(smok
         expected = challenge_metrics(truth, probability, zooms, threshold=0.5, overlap="any",
                                      mask=brain)
         scores = result["subjects"][folder.name]
-        for key, value in expected.items():
-            assert scores[key] == (pytest.approx(value, nan_ok=True, abs=1e-9)
+        for key, value in strict(expected).items():  # JSON holds NaN as null
+            assert scores[key] == (pytest.approx(value, abs=1e-9)
                                    if isinstance(value, float) else value), key
     text = (root / "sim2real.md").read_text()
     assert "| nDSC | lesion F1 | HD95 mm |" in text
@@ -273,13 +276,40 @@ def test_seeds_report_each_subjects_mean_and_std_of_the_seed_files(smoke_run):
         entry = summary["subjects"][folder.name]
         for key in ("dsc", "sensitivity", "specificity", "ndsc", "lesion_f1", "hd95_mm",
                     "abs_volume_difference_ml"):
-            values = [s[key] for s in scores]
-            assert entry[key]["mean"] == pytest.approx(np.mean(values), nan_ok=True)
-            assert entry[key]["std"] == pytest.approx(np.std(values), nan_ok=True)
+            values = np.array([s[key] for s in scores], dtype=float)  # null (undefined): nan
+            assert entry[key]["mean"] == json_approx(np.mean(values)), key
+            assert entry[key]["std"] == json_approx(np.std(values)), key
         assert entry["above_oracle"] == sum(s["dsc"] > s["threshold_dsc"] for s in scores)
     assert {"date", "commit", "machine", "command"} <= set(summary["made"])
     assert summary["seconds"]["training"] == [r["training_summary"]["seconds_this_session"]
                                               for r in runs]
+
+
+def test_threshold_union_raises_the_networks_probability_where_the_phantom_k_calls(smoke_run):
+    from reproduce.scoring import scan_reference
+
+    root, folders, argv = smoke_run
+    assert sim2real.main([*argv, "--threshold-union", "phantom"]) == 0
+    united = root.with_name(root.name + "-union")
+    assert not (united / "run").exists()  # the same network, not trained again
+    result = json.loads((united / "sim2real.json").read_text())
+    k = result["threshold_union_k"]
+    assert k == result["baselines"]["phantom_k"] and np.isfinite(k)
+    for subject in sim2real.discover_subjects(folders[0].parent):
+        network, _ = read(root / subject.id / "probability.nii.gz")
+        written, _ = read(united / subject.id / "probability.nii.gz")
+        truth, brain, flair_z = scan_reference(subject)
+        called = (flair_z >= k) & brain
+        # Independently: 1 where the threshold calls, the network's probability elsewhere.
+        np.testing.assert_allclose(written[called], 1.0)
+        np.testing.assert_allclose(written[~called], network[~called], atol=1e-6)
+        mask = read(united / subject.id / "mask.nii.gz")[0] != 0
+        np.testing.assert_array_equal(mask, (network >= 0.5) | called)
+        tp = np.sum(mask & truth & brain)
+        assert result["subjects"][subject.id]["dsc"] == pytest.approx(
+            2 * tp / (np.sum(mask & brain) + np.sum(truth & brain)))
+    # The network alone stays in its own folder, untouched.
+    assert json.loads((root / "sim2real.json").read_text()).get("threshold_union_k") is None
 
 
 def test_mirroring_predicts_with_the_seeds_network_without_training_again(smoke_run):
@@ -328,6 +358,7 @@ def test_every_training_setting_names_its_own_folder(options, name):
 def test_the_default_recipe_mirrors_and_none_turns_it_off():
     parse = sim2real.build_parser().parse_args
     assert parse(["--data", "d"]).mirror == (0,)
+    assert parse(["--data", "d"]).threshold_union == "phantom"
     assert parse(["--data", "d", "--mirror", "none"]).mirror == ()
     assert parse(["--data", "d", "--mirror", "x,z"]).mirror == (0, 2)
     assert parse(["--data", "d"]).intensity_normalization == "wm-peak"

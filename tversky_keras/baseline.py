@@ -59,6 +59,28 @@ def threshold_segmentation(zscore, brain, k):
     return (np.asarray(zscore) >= k) & np.asarray(brain, bool)
 
 
+def threshold_union(probability, zscore, brain, k):
+    """The network's lesion probability raised to 1 wherever the FLAIR threshold calls a
+    lesion (``threshold_segmentation(zscore, brain, k)``): at any mask threshold up to 1,
+    its mask is the network's mask united with the threshold's (float32).
+
+    A label-free, test-time lever: where a network trained on synthetic scans calls
+    almost nothing on a real one, the one-line threshold still finds the brightest
+    lesions; where the network is sure, it keeps its own calls.
+
+    >>> import numpy as np
+    >>> threshold_union(np.array([0.9, 0.2, 0.1]), np.array([0.0, 3.0, 1.0]),
+    ...                 np.array([True, True, True]), k=2.0).tolist()
+    [0.8999999761581543, 1.0, 0.10000000149011612]
+    """
+    probability = np.asarray(probability, np.float32)
+    called = threshold_segmentation(zscore, brain, k)
+    if called.shape != probability.shape:
+        raise ValueError(f"probability {probability.shape} and FLAIR z-score {called.shape} "
+                         f"differ in shape")
+    return np.where(called, np.float32(1.0), probability)
+
+
 def choose_k(truths, zscores, brains):
     """The one ``k`` that maximises the pooled DSC over labelled scans.
 

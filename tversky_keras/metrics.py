@@ -12,8 +12,11 @@ result over many batches equals the result over their concatenation.
 Empty denominators: a ratio whose denominator is 0 has nothing to find and
 nothing wrongly found, and scores 1.0: DSC and F-beta when TP + FP + FN = 0,
 sensitivity when TP + FN = 0, specificity when TN + FP = 0. PR AUC is 0.0 when
-there are no lesion voxels.
+there are no lesion voxels. That rule is for valid input only: a NaN or negative
+`sample_weight` makes every result NaN (until `reset_state`), never a score.
 """
+
+import math
 
 import keras
 from keras import ops
@@ -22,9 +25,12 @@ from tversky_keras.losses import class_maps
 
 
 def _ratio(numerator, denominator, empty=1.0):
-    """`numerator / denominator`, or `empty` where the denominator is 0."""
-    nonzero = denominator > 0
-    return ops.where(nonzero, numerator / ops.where(nonzero, denominator, 1.0), empty)
+    """`numerator / denominator`; `empty` where the denominator is exactly 0 (nothing to
+    find); NaN where it is NaN or negative, which only invalid weights make: never a
+    perfect score from bad input."""
+    positive = denominator > 0
+    value = numerator / ops.where(positive, denominator, 1.0)
+    return ops.where(positive, value, ops.where(denominator == 0, empty, float("nan")))
 
 
 def _lesion_voxels(y_true, y_pred, class_id, sample_weight):
@@ -41,6 +47,9 @@ def _lesion_voxels(y_true, y_pred, class_id, sample_weight):
         for _ in range(len(truth.shape) - len(weight.shape)):
             weight = ops.expand_dims(weight, -1)
         weight = ops.reshape(ops.broadcast_to(weight, ops.shape(truth)), (-1,))
+        # A NaN or negative weight is no weight: it makes the counts, and so the result,
+        # NaN until reset_state (a negative one could otherwise cancel a positive one).
+        weight = ops.where(weight >= 0, weight, float("nan"))
     return ops.reshape(truth, (-1,)), ops.reshape(score[..., class_id], (-1,)), weight
 
 
@@ -115,10 +124,12 @@ class LesionConfusionMetric(keras.metrics.Metric):
             _total(selected, weight) for selected in (ops.logical_and(truth, predicted), truth, predicted)
         )
         total = ops.cast(ops.shape(truth)[0], "float64") if weight is None else ops.sum(weight)
-        self.true_positives.assign_add(tp)
-        self.false_positives.assign_add(flagged - tp)
+        # 0, or NaN when a weight anywhere is invalid: then every count is NaN.
+        invalid = 0.0 if weight is None else 0.0 * total
+        self.true_positives.assign_add(tp + invalid)
+        self.false_positives.assign_add(flagged - tp + invalid)
         self.true_negatives.assign_add(total - positives - flagged + tp)
-        self.false_negatives.assign_add(positives - tp)
+        self.false_negatives.assign_add(positives - tp + invalid)
 
     def score(self, tp, fp, tn, fn):
         raise NotImplementedError
@@ -218,8 +229,8 @@ class FBetaScore(LesionConfusionMetric):
         name: str = "fbeta_score",
         dtype: str | None = None,
     ) -> None:
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0, got beta={beta}")
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got beta={beta}")
         super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
         self.beta = float(beta)
 
