@@ -252,3 +252,22 @@ def test_the_readme_sentence_says_whether_the_default_beats_both_baselines(
     assert ("1 of the 2 seeds' networks called no lesion" in text) is collapsed
     (tmp_path / readme_tables.DEFAULT_SIM2REAL).unlink()
     assert "No committed run" in readme_tables.render_sim2real_baselines(tmp_path)
+
+
+def test_the_readme_sentence_on_a_union_default_gives_the_networks_alone_beside_it(tmp_path):
+    loo, phantom = {"patient07": 0.10, "patient26": 0.02}, {"patient07": 0.15, "patient26": 0.0}
+    united = with_baselines(summary([0.16, 0.20], [0.40, 0.50]), loo, phantom)
+    united["variant"]["threshold_union_k"] = 2.4419
+    alone = with_baselines(summary([0.10, 0.14], [0.40, 0.0]), loo, phantom,
+                           {"patient07": [0.3, 0.0], "patient26": [0.4, 0.0]})
+    (tmp_path / readme_tables.DEFAULT_SIM2REAL).write_text(json.dumps(united))
+    text = readme_tables.render_sim2real_baselines(tmp_path)
+    assert "united with the FLAIR threshold z >= 2.44 whose k was chosen on the phantom alone" \
+        in text
+    assert "patient07 18.0 ± 2.0 against 10.0" in text and "beats both baselines" in text
+    assert "networks alone" not in text  # their summary is not committed
+    (tmp_path / readme_tables.network_alone_name(readme_tables.DEFAULT_SIM2REAL)).write_text(
+        json.dumps(alone))
+    text = readme_tables.render_sim2real_baselines(tmp_path)
+    assert "the same networks alone score patient07 12.0 ± 2.0; patient26 20.0 ± 20.0" in text
+    assert "1 of the 2 seeds' networks called no lesion at all" in text

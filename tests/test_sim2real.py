@@ -49,7 +49,7 @@ def smoke_run(tmp_path_factory):
             str(root / "results"), "--cache", str(root / "cache"), "--mirror", "none",
             "--threshold-union", "none"]
     assert sim2real.main(argv) == 0
-    return root / "results" / "sim2real-smoke-v3-randomized-wmpeak", folders, argv
+    return root / "results" / "sim2real-smoke-v3-randomized-wmpeak-ce1", folders, argv
 
 
 def read(path):
@@ -87,6 +87,7 @@ def test_json_has_every_metric_and_the_settings(smoke_run):
     assert (result["alpha"], result["beta"]) == (0.3, 0.7)
     assert result["profile"]["name"] == "smoke"
     assert result["training"]["spacing"] == PROFILES["smoke"].phantom_spacing
+    assert result["training"]["ce_weight"] == 1.0  # the recipe's Tversky + cross-entropy
     assert result["phantom"]["spacing"] == PROFILES["smoke"].phantom_spacing
     assert "| sub00 |" in (root / "sim2real.md").read_text()
 
@@ -206,7 +207,7 @@ def test_a_subject_name_that_cannot_be_a_results_folder_is_refused_before_any_wo
 def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--seed", "3"]) == 0
-    seeded = folder.parent / "sim2real-smoke-v3-randomized-wmpeak-seed3"
+    seeded = folder.parent / "sim2real-smoke-v3-randomized-wmpeak-ce1-seed3"
     settings = json.loads((seeded / "settings.json").read_text())
     assert settings["training"]["seed"] == 3
     assert json.loads((folder / "settings.json").read_text())["training"]["seed"] == 0
@@ -221,7 +222,7 @@ def test_another_phantom_spacing_augmentation_and_oversampling_train_into_their_
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--phantom-spacing", "6", "--intensity-augmentation",
                           "--oversample", "0.5"]) == 0
-    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment-wmpeak-oversample0.5"
+    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment-wmpeak-oversample0.5-ce1"
     settings = json.loads((other / "settings.json").read_text())
     assert settings["training"]["intensity_augmentation"] is True
     assert settings["training"]["foreground_ratio"] == 0.5
@@ -339,16 +340,18 @@ def test_a_folder_recorded_before_a_training_setting_existed_is_accepted(tmp_pat
 
 
 @pytest.mark.parametrize("options, name", [
-    ([], "sim2real-quick-v3-randomized-wmpeak"),
-    (["--recipe", "calibrated"], "sim2real-quick-v3-calibrated-wmpeak"),
-    (["--phantom-version", "2", "--recipe", "calibrated", "--intensity-normalization", "zscore"],
-     "sim2real-quick-v2-calibrated"),
-    (["--phantom-subjects", "60"], "sim2real-quick-v3-randomized-wmpeak"),
-    (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-30subjects-wmpeak"),
+    ([], "sim2real-quick-v3-randomized-wmpeak-ce1"),
+    (["--recipe", "calibrated"], "sim2real-quick-v3-calibrated-wmpeak-ce1"),
+    (["--phantom-version", "2", "--recipe", "calibrated", "--intensity-normalization", "zscore",
+      "--ce-weight", "0"], "sim2real-quick-v2-calibrated"),
+    (["--phantom-subjects", "60"], "sim2real-quick-v3-randomized-wmpeak-ce1"),
+    (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-30subjects-wmpeak-ce1"),
     (["--intensity-normalization", "zscore", "--intensity-augmentation"],
-     "sim2real-quick-v3-randomized-augment"),
-    (["--oversample", "0.33"], "sim2real-quick-v3-randomized-wmpeak-oversample0.33"),
-    (["--oversample", "0"], "sim2real-quick-v3-randomized-wmpeak"),
+     "sim2real-quick-v3-randomized-augment-ce1"),
+    (["--oversample", "0.33"], "sim2real-quick-v3-randomized-wmpeak-oversample0.33-ce1"),
+    (["--oversample", "0"], "sim2real-quick-v3-randomized-wmpeak-ce1"),
+    (["--ce-weight", "0"], "sim2real-quick-v3-randomized-wmpeak"),
+    (["--ce-weight", "0.5"], "sim2real-quick-v3-randomized-wmpeak-ce0.5"),
 ])
 def test_every_training_setting_names_its_own_folder(options, name):
     args = sim2real.build_parser().parse_args(["--data", "d", *options])
@@ -359,6 +362,7 @@ def test_the_default_recipe_mirrors_and_none_turns_it_off():
     parse = sim2real.build_parser().parse_args
     assert parse(["--data", "d"]).mirror == (0,)
     assert parse(["--data", "d"]).threshold_union == "phantom"
+    assert parse(["--data", "d"]).ce_weight == 1.0
     assert parse(["--data", "d", "--mirror", "none"]).mirror == ()
     assert parse(["--data", "d", "--mirror", "x,z"]).mirror == (0, 2)
     assert parse(["--data", "d"]).intensity_normalization == "wm-peak"
