@@ -75,9 +75,11 @@ def variant_label(variant):
 
 
 def summaries(folder):
-    """Every ``*-seeds.json`` in ``folder``, by file name."""
+    """Every sim2real ``*-seeds.json`` in ``folder``, by file name (the invariance suite's
+    ``robustness-*`` summaries have their own page)."""
     return {path.name: json.loads(path.read_text())
-            for path in sorted(Path(folder).glob("*-seeds.json"))}
+            for path in sorted(Path(folder).glob("*-seeds.json"))
+            if not path.name.startswith("robustness-")}
 
 
 def render_sim2real(folder=SIM2REAL):
@@ -375,22 +377,62 @@ def render_robustness(folder=SIM2REAL):
                 if cell is None:
                     row.append("")
                     continue
-                text = report.percent(cell["dsc"])
-                if transform != "unchanged" and base:
-                    text += f" ({100 * (cell['dsc'] - base['dsc']):+.1f})"
-                if "added_sensitivity" in cell:
-                    text += f"; added lesions found {report.percent(cell['added_sensitivity'])}"
-                row.append(text)
+                row.append(_robustness_cell(cell, base, transform))
         rows.append(row)
     described = []
     for name, record in found.items():
         settings = record["settings"]
         trained = ", ".join(Path(m).parent.parent.name for m in settings["models"])
         mirror = "".join("xyz"[a] for a in settings["mirror_axes"]) or "none"
-        described.append(f"`{name}`: {trained} (seed {settings['seed']}, mirroring {mirror}, "
-                         f"{record['made']['date'][:10]})")
+        union = settings.get("threshold_union_k")
+        union = "" if union is None else f", mask united with FLAIR z >= {union:.2f}"
+        seeds = (f"{record['seeds']} training seeds' networks, each alone; mean ± std"
+                 if "seeds" in record else "one network")
+        described.append(f"`{name}`: {trained} ({seeds}; transform seed {settings['seed']}, "
+                         f"mirroring {mirror}{union}, {record['made']['date'][:10]})")
     models = "; ".join(described)
-    return report.markdown_table(head, rows) + f"\n\nModels: {models}."
+    verdicts = [_robustness_verdict(name, record) for name, record in found.items()
+                if "seeds" in record]
+    return (report.markdown_table(head, rows) + f"\n\nModels: {models}."
+            + "".join(f"\n\n{v}" for v in verdicts))
+
+
+def _robustness_cell(cell, base, transform):
+    """One file's cell: DSC (Δ points from the unchanged scan), and the added lesions'
+    sensitivity; over seeds (``reproduce.robustness_seeds``) the mean ± std and mean Δ."""
+    if isinstance(cell["dsc"], dict):
+        text = f"{100 * cell['dsc']['mean']:.2f} ± {100 * cell['dsc']['std']:.2f}"
+        if "delta_dsc" in cell:
+            text += f" ({100 * cell['delta_dsc']['mean']:+.1f})"
+        if "added_sensitivity" in cell:
+            text += (f"; added lesions found "
+                     f"{report.percent(cell['added_sensitivity']['mean'])} %")
+        return text
+    text = report.percent(cell["dsc"])
+    if transform != "unchanged" and base:
+        text += f" ({100 * (cell['dsc'] - base['dsc']):+.1f})"
+    if "added_sensitivity" in cell:
+        text += f"; added lesions found {report.percent(cell['added_sensitivity'])} %"
+    return text
+
+
+def _robustness_verdict(name, record):
+    """Whether a seeds summary meets issue 31's bar: no transform (a)-(g) moves the mean DSC
+    by more than 5 points, and lesion-load's added lesions are found at 60 % or more."""
+    parts = []
+    for subject_id, change in sorted(record["largest_change"].items()):
+        added = record["subjects"][subject_id].get("lesion-load", {}).get("added_sensitivity")
+        parts.append(f"{subject_id}: {change['transform']} "
+                     f"{100 * change['delta_dsc_mean']:+.1f} points"
+                     + ("" if added is None else
+                        f", added lesions found {report.percent(added['mean'])} %"))
+    within = all(abs(c["delta_dsc_mean"]) <= 0.05 for c in record["largest_change"].values())
+    found = all(e.get("lesion-load", {}).get("added_sensitivity", {}).get("mean", 1.0) >= 0.6
+                for e in record["subjects"].values())
+    verdict = ("meets" if within and found else "does **not** meet")
+    return (f"`{name}`, the largest mean change of (a)-(g) and the added lesions found: "
+            f"{'; '.join(parts)}. It {verdict} the bar of no change above 5 points and 60 % "
+            f"of the added lesions found.")
 
 
 def render_histograms(path=HISTOGRAMS):

@@ -310,3 +310,52 @@ def test_the_threshold_union_uses_each_changed_scans_own_flair_zscore(tiny_model
     # Another k for the same folder is refused: its finished cells would be skipped.
     assert robustness.main([*plain, "--threshold-union", "2", "--out",
                             str(tmp_path / "union")]) == 1
+
+
+def robustness_record(dsc, added=None, union=None):
+    """A robustness.json of one seed: ``dsc`` per transform of patient26."""
+    cells = {name: {"dsc": value, "sensitivity": value / 2, "specificity": 0.999}
+             for name, value in dsc.items()}
+    if added is not None:
+        cells["lesion-load"]["added_sensitivity"] = added
+    settings = {"data": "/d", "models": [f"/m{len(dsc)}"], "mirror_axes": [0], "seed": 0,
+                "threshold": 0.5}
+    if union is not None:
+        settings["threshold_union_k"] = union
+    return {"settings": settings, "order": list(dsc),
+            "transforms": {n: {"item": "x", "description": "y"} for n in dsc if n != "unchanged"},
+            "subjects": {"patient26": cells}, "made": {"date": "2026-12-07"}}
+
+
+def test_the_seeds_summary_gives_each_cells_mean_and_the_largest_change(tmp_path):
+    from reproduce import robustness_seeds
+
+    runs = []
+    for index, (base, rim, gamma, added) in enumerate(((0.5, 0.4, 0.48, 0.2),
+                                                      (0.6, 0.3, 0.62, 0.4))):
+        run = tmp_path / f"seed{index}"
+        run.mkdir()
+        (run / "robustness.json").write_text(json.dumps(robustness_record(
+            {"unchanged": base, "rim": rim, "gamma0.6": gamma, "lesion-load": 0.1}, added)))
+        runs.append(run)
+    out = tmp_path / "summary" / "robustness-x-seeds.json"
+    assert robustness_seeds.main([*map(str, runs), "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    cell = summary["subjects"]["patient26"]
+    assert cell["rim"]["dsc"]["mean"] == pytest.approx(0.35)
+    assert cell["rim"]["delta_dsc"]["values"] == pytest.approx([-0.1, -0.3])
+    assert cell["rim"]["delta_dsc"]["std"] == pytest.approx(0.1)
+    assert cell["lesion-load"]["added_sensitivity"]["mean"] == pytest.approx(0.3)
+    # lesion-load (h) is judged on its added lesions, not on the change of DSC
+    assert summary["largest_change"]["patient26"] == {"transform": "rim",
+                                                      "delta_dsc_mean": pytest.approx(-0.2)}
+    from reproduce import readme_tables
+
+    text = readme_tables.render_robustness(out.parent)
+    assert "35.00 ± 5.00 (-20.0)" in text and "does **not** meet" in text
+    assert "2 training seeds' networks, each alone" in text
+    # Runs of another suite (another union k) are refused in one line.
+    (runs[1] / "robustness.json").write_text(json.dumps(robustness_record(
+        {"unchanged": 0.5}, union=2.0)))
+    assert robustness_seeds.main([*map(str, runs), "--out", str(out)]) == 1
+    assert robustness_seeds.main([str(tmp_path / "absent"), "--out", str(out)]) == 1
