@@ -104,6 +104,10 @@ RECIPES = {
                          "domain randomisation: 4 times the profile's subjects (60 for quick), "
                          "each with its own contrasts, lesion contrast, bias field, resolution "
                          "and noise"),
+    "randomized-rim": Recipe("randomized-rim", "randomized-rim", 4,
+                             "the randomized recipe's subjects, the same voxels inside the "
+                             "brain, half of them with a looser skull strip's rim of non-brain "
+                             "tissue (1-6 mm, its own intensity per modality)"),
     "synthseg": Recipe("synthseg", "synthseg", 4,
                        "SynthSeg-grade randomisation: 4 times the profile's subjects, each "
                        "tissue's intensity drawn on its own (FLAIR's CSF down to nulled), "

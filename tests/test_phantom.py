@@ -531,6 +531,32 @@ def test_synthseg_looks_draw_each_tissue_on_its_own_with_dark_flair_csf_and_skul
         np.testing.assert_array_equal(image, again.images[modality])
 
 
+def test_randomized_rim_keeps_the_randomized_brain_and_adds_rims_to_some_subjects():
+    """``randomized-rim`` is the randomized subject voxel for voxel inside the brain and
+    zero where the randomized one is zero, except a rim of 1-6 mm of non-brain tissue,
+    the same in every modality, drawn for some subjects and not others."""
+    from tversky_keras.data.phantom.calibration import _SKULL_RIM_MM
+
+    rims = 0
+    for index in range(6):
+        plain = synthesize_subject(subject_seed(3, index), 4.0, appearance="randomized")
+        rimmed = synthesize_subject(subject_seed(3, index), 4.0, appearance="randomized-rim")
+        brain = sum(plain.tissue.values()) > 0
+        np.testing.assert_array_equal(plain.lesion, rimmed.lesion)
+        added = [(image != 0) & (plain.images[modality] == 0)
+                 for modality, image in rimmed.images.items()]
+        for modality, image in rimmed.images.items():
+            np.testing.assert_array_equal(image[brain], plain.images[modality][brain])
+            changed = image != plain.images[modality]
+            assert not (changed & brain).any()
+            np.testing.assert_array_equal(changed, added[0])
+        if added[0].any():
+            rims += 1
+            distance = ndimage.distance_transform_edt(~brain, sampling=4.0)
+            assert distance[added[0]].max() <= _SKULL_RIM_MM[1] + 1e-6
+    assert 0 < rims < 6
+
+
 def test_a_phantom_made_in_parallel_is_byte_identical_to_the_serial_one(tmp_path, capsys):
     """Two worker processes write the same bytes as this process alone, and report the
     subjects in order."""

@@ -44,10 +44,13 @@ def build_parser():
     synth.add_argument("--phantom-version", type=int, choices=(2, 3), default=3,
                        help="generator version: 3 (default) carries real MSLUB patients' lesions, "
                             "2 the earlier drawn ovoids")
-    synth.add_argument("--appearance", choices=("calibrated", "randomized", "synthseg"),
+    synth.add_argument("--appearance",
+                       choices=("calibrated", "randomized", "randomized-rim", "synthseg"),
                        default="calibrated",
                        help="calibrated (default): the look of real MSLUB scans; randomized: "
                             "each subject its own contrasts, bias, resolution and noise; "
+                            "randomized-rim: the same, half the subjects with a looser skull "
+                            "strip's rim of non-brain tissue; "
                             "synthseg: each tissue's intensity drawn on its own (FLAIR's CSF "
                             "down to nulled), lesions up to very bright, looser skull strips")
     synth.add_argument("--workers", type=int, default=None,

@@ -132,7 +132,7 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
         spacing: voxel size in mm.
         progress: print one line per subject to stderr.
         version: the generator's version (3, or 2 to reproduce the earlier phantom).
-        appearance: ``"calibrated"``, ``"randomized"`` or ``"synthseg"``
+        appearance: ``"calibrated"``, ``"randomized"``, ``"randomized-rim"`` or ``"synthseg"``
             (``synthesize_subject``).
         workers: processes that make subjects at once (1, the default: this
             process; ``None``: ``default_workers``, one per core for a data set big

@@ -25,10 +25,11 @@ PHANTOM_VERSION = 3
 """The generator's current version, the default of every ``version`` argument."""
 PHANTOM_VERSIONS = (2, 3)
 """The versions it still makes, each reproduced exactly."""
-APPEARANCES = ("calibrated", "randomized", "synthseg")
+APPEARANCES = ("calibrated", "randomized", "randomized-rim", "synthseg")
 """The ``appearance`` options: calibrated to real scans, domain randomisation around the
-calibration, or SynthSeg-grade randomisation (tissue intensities drawn on their own, dark
-CSF in FLAIR, lesions up to very bright, looser skull strips)."""
+calibration, the same with half the subjects given a looser skull strip's rim, or
+SynthSeg-grade randomisation (tissue intensities drawn on their own, dark CSF in FLAIR,
+lesions up to very bright, looser skull strips)."""
 SPACING_RANGE_MM = (0.5, 8.0)
 """The voxel sizes (mm) the generator makes, a design choice (the template is 1 mm)."""
 
@@ -92,6 +93,8 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
         appearance: ``"calibrated"`` (tissue and lesion contrasts matched to
             real MSLUB scans) or ``"randomized"`` (domain randomisation: the
             subject's own draw of contrasts, bias, resolution and noise) or
+            ``"randomized-rim"`` (the randomized subject, the same voxels inside the
+            brain, and half the subjects with a looser skull strip's rim) or
             ``"synthseg"`` (each tissue's intensity drawn on its own, FLAIR's CSF
             down to nulled, lesions up to four times white matter, and half the
             subjects with a looser skull strip's rim of non-brain tissue).
@@ -129,12 +132,13 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
         images = {m: _calibrated_image(rng, m, rng.uniform(*_LESION_Z[m]), anatomy, lesion,
                                        spacing, texture)
                   for m in MODALITIES}
-    elif appearance == "randomized":
+    elif appearance.startswith("randomized"):
         images = {m: _randomized_image(rng, m, anatomy, lesion, spacing, texture)
                   for m in MODALITIES}
     else:
         images = {m: _synthseg_image(rng, m, anatomy, lesion, spacing, texture)
                   for m in MODALITIES}
+    if appearance in ("synthseg", "randomized-rim"):  # drawn last: the brain's voxels stay
         rim = _skull_rim(rng, anatomy.brain, spacing)
         if rim is not None:
             images = _with_skull_rim(rng, images, rim, spacing)
