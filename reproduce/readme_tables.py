@@ -29,6 +29,7 @@ files, never typed:
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -65,8 +66,10 @@ def variant_label(variant):
     if variant["mirror_axes"]:
         label += ", + mirroring " + ",".join("xyz"[a] for a in variant["mirror_axes"])
     if variant.get("threshold_union_k") is not None:
+        core = variant.get("threshold_union_core_mm")
         label += (f", ∪ FLAIR threshold (k = {variant['threshold_union_k']:.2f} from the "
-                  f"phantom)")
+                  f"phantom" + ("" if core is None else f"; core statistics, {core:g} mm")
+                  + ")")
     if variant.get("ensemble"):
         label += f", ensemble of {variant['ensemble']} seeds' networks"
     if variant.get("profile", "quick") != "quick":
@@ -122,12 +125,19 @@ def render_sim2real(folder=SIM2REAL):
 
 # The default sim2real recipe's summary (python -m reproduce.sim2real --data PATH --seeds 5):
 # its networks' masks united with the phantom-k FLAIR threshold; the networks alone beside it.
-DEFAULT_SIM2REAL = "sim2real-quick-v3-randomized-wmpeak-ce1-mirror-x-union-seeds.json"
+DEFAULT_SIM2REAL = "sim2real-quick-v3-randomized-wmpeak-ce1-mirror-x-union-core6-seeds.json"
+
+
+# The README sentence's baselines, in order; the core-statistics ones where recorded.
+BASELINE_LABELS = {"leave_one_out": "k from the other patient",
+                   "phantom": "k from the phantom",
+                   "leave_one_out_core": "core statistics, k from the other patient",
+                   "phantom_core": "core statistics, k from the phantom"}
 
 
 def network_alone_name(name):
     """The ``-seeds.json`` of the same networks without the threshold union."""
-    return name.replace("-union-seeds.json", "-seeds.json")
+    return re.sub(r"-union(-core[0-9.]+)?-seeds\.json$", "-seeds.json", name)
 
 
 def render_sim2real_baselines(folder=SIM2REAL):
@@ -145,18 +155,17 @@ def render_sim2real_baselines(folder=SIM2REAL):
     parts, beaten = [], []
     for subject_id, s in sorted(summary["subjects"].items()):
         methods = baselines["subjects"][subject_id]
-        shown = {key: methods.get(key) for key in ("leave_one_out", "phantom")}
+        shown = {key: methods[key] for key in BASELINE_LABELS if key in methods}
         parts.append(f"{subject_id} {_mean_std(s['dsc'])} "
-                     f"against " + " and ".join(
-                         f"{100 * scores['dsc']:.1f} ({label})" for key, label in
-                         (("leave_one_out", "k from the other patient"),
-                          ("phantom", "k from the phantom"))
-                         if (scores := shown[key]) is not None))
+                     f"against " + ", ".join(
+                         f"{100 * scores['dsc']:.1f} ({BASELINE_LABELS[key]})"
+                         for key, scores in shown.items() if scores is not None))
         beaten.append(all(s["dsc"]["mean"] > scores["dsc"] for scores in shown.values()
                           if scores is not None))
-    verdict = ("beats both baselines on every development patient" if all(beaten) else
-               "does **not** beat both baselines on every development patient")
+    verdict = ("beats every baseline on every development patient" if all(beaten) else
+               "does **not** beat every baseline on every development patient")
     union = summary.get("variant", {}).get("threshold_union_k")
+    core = summary.get("variant", {}).get("threshold_union_core_mm")
     alone_path = Path(folder) / network_alone_name(DEFAULT_SIM2REAL)
     networks = summary
     if union is not None and alone_path.is_file():
@@ -172,7 +181,9 @@ def render_sim2real_baselines(folder=SIM2REAL):
                     f"called no lesion at all (a collapsed training), which the means include")
     what = ("the default recipe" if union is None else
             f"the default recipe, each network's mask united with the FLAIR threshold "
-            f"z >= {union:.2f} whose k was chosen on the phantom alone,")
+            f"z >= {union:.2f}" + ("" if core is None else
+                                   f" (its mean and std from the brain deeper than {core:g} mm)")
+            + " whose k was chosen on the phantom alone,")
     return (f"On the two development patients, {what} scores a DSC (percent, mean ± std "
             f"over {n} training seeds) of {'; '.join(parts)}, the FLAIR-threshold baselines "
             f"(brain z-score >= k): it {verdict}. These patients chose the recipe; see the "
@@ -195,10 +206,17 @@ def baseline_rows(found, subject_ids):
         variant = summary["variant"]
         phantom = (f"v{variant['phantom_version']} {variant['recipe']['name']}, "
                    f"{variant['phantom_subjects']} subjects, {variant['phantom_spacing']:g} mm")
-        for key, label in (("leave_one_out", "FLAIR threshold, k chosen on the other "
-                                              "subject(s)"),
-                           ("phantom", f"FLAIR threshold, k chosen on the phantom ({phantom}; "
-                                       f"k = {baselines['phantom_k']:.2f})")):
+        core = (f"core statistics (brain deeper than {baselines['core_mm']:g} mm), "
+                if "core_mm" in baselines else "")
+        rows_of = [("leave_one_out", "FLAIR threshold, k chosen on the other subject(s)"),
+                   ("phantom", f"FLAIR threshold, k chosen on the phantom ({phantom}; "
+                               f"k = {baselines['phantom_k']:.2f})")]
+        if core:
+            rows_of += [("leave_one_out_core", f"FLAIR threshold, {core}k chosen on the other "
+                                               f"subject(s)"),
+                        ("phantom_core", f"FLAIR threshold, {core}k chosen on the phantom "
+                                         f"({phantom}; k = {baselines['phantom_core_k']:.2f})")]
+        for key, label in rows_of:
             if label in seen:
                 continue
             seen.add(label)
@@ -384,8 +402,9 @@ def render_robustness(folder=SIM2REAL):
         settings = record["settings"]
         trained = ", ".join(Path(m).parent.parent.name for m in settings["models"])
         mirror = "".join("xyz"[a] for a in settings["mirror_axes"]) or "none"
-        union = settings.get("threshold_union_k")
+        union, core = settings.get("threshold_union_k"), settings.get("threshold_union_core_mm")
         union = "" if union is None else f", mask united with FLAIR z >= {union:.2f}"
+        union += "" if core is None else f" (core statistics, {core:g} mm)"
         seeds = (f"{record['seeds']} training seeds' networks, each alone; mean ± std"
                  if "seeds" in record else "one network")
         described.append(f"`{name}`: {trained} ({seeds}; transform seed {settings['seed']}, "

@@ -63,7 +63,8 @@ from scipy import ndimage  # noqa: E402
 
 from reproduce import report  # noqa: E402
 from reproduce.scoring import THRESHOLD, scan_reference  # noqa: E402
-from tversky_keras.arguments import finite, mirror_or_none, output_folder  # noqa: E402
+from tversky_keras.arguments import (finite, mirror_or_none, non_negative,  # noqa: E402
+                                     output_folder)
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import strict, write_json, write_text  # noqa: E402
 from tversky_keras.baseline import threshold_union  # noqa: E402
@@ -615,13 +616,14 @@ def score_scan(scan, probability, added=None):
 
 
 def run_cell(models, subject, scan, geometry, name, folder, seed, mirror_axes, about,
-             union_k=None):
+             union=None):
     """Change ``scan`` by transform ``name`` (``UNCHANGED``: as it is), write, segment and
     score it into ``folder``; ``metrics.json`` last. Returns the metrics.
 
-    ``union_k``: the probability raised to 1 where the written scan's FLAIR brain z-score
-    (its brain as ``load_subject`` finds it, rim included) reaches it
-    (``tversky_keras.baseline.threshold_union``)."""
+    ``union``: ``{"threshold_union_k": k}``, and ``"threshold_union_core_mm"`` if given:
+    the probability raised to 1 where the written scan's FLAIR brain z-score (its brain as
+    ``load_subject`` finds it, rim included; the mean and std read over the brain deeper
+    than the core depth when given) reaches k (``tversky_keras.baseline.threshold_union``)."""
     started = time.perf_counter()
     changed, added, extra = scan, None, {}
     if name != UNCHANGED:
@@ -633,9 +635,9 @@ def run_cell(models, subject, scan, geometry, name, folder, seed, mirror_axes, a
     written = subject_from_folder(folder)
     probability, probability_geometry = segment_subject(models, written,
                                                         mirror_axes=mirror_axes)
-    if union_k is not None:
-        _, brain, flair_z = scan_reference(written)
-        probability = threshold_union(probability, flair_z, brain, union_k)
+    if union is not None:
+        _, brain, flair_z = scan_reference(written, union.get("threshold_union_core_mm", 0.0))
+        probability = threshold_union(probability, flair_z, brain, union["threshold_union_k"])
     write_segmentation(probability, probability_geometry, folder, threshold=THRESHOLD,
                        about={**about, "subject": subject.id, "transform": name})
     # In canonical order, as read_nifti reads a file: the order the Scan's arrays are in.
@@ -694,10 +696,13 @@ def render_markdown(record):
                              + [f"{before[k]:+.3f} → {after[k]:+.3f}"
                                 for k in ("normal_zscore", "normal_wm_peak")])
     mirror = "".join("xyz"[axis] for axis in settings["mirror_axes"]) or "none"
-    union = settings.get("threshold_union_k")
+    union, core = settings.get("threshold_union_k"), settings.get("threshold_union_core_mm")
     union = ("" if union is None else
              f" The models' mask is united with the FLAIR threshold z >= {union:.3f} (each "
-             f"changed scan's brain z-score).")
+             f"changed scan's brain z-score"
+             + ("" if core is None else f", its mean and std from the brain deeper than "
+                                        f"{core:g} mm")
+             + ").")
     lines = [f"# Invariance suite (percent, inside the brain, at probability {THRESHOLD})", "",
              f"Models: {', '.join(settings['models'])} (probabilities averaged); test-time "
              f"mirroring: {mirror}; seed {settings['seed']}.{union}", "",
@@ -752,6 +757,11 @@ def build_parser():
                              "brain z-score of each changed scan as written (reproduce.sim2real "
                              "--threshold-union phantom: its threshold_union_k); default: the "
                              "model alone")
+    parser.add_argument("--union-core-mm", type=non_negative, default=0.0, metavar="MM",
+                        help="with --threshold-union: read the z-score's mean and std over the "
+                             "changed scan's brain deeper than MM mm (sim2real "
+                             "--threshold-union phantom-core: its threshold_union_core_mm); "
+                             "default 0: the whole brain")
     parser.add_argument("--out", type=output_folder, required=True,
                         help="output folder (made if absent; a rerun skips finished cells)")
     return parser
@@ -779,13 +789,18 @@ def _run(args):
     settings = {"data": str(Path(args.data).resolve()),
                 "models": [str(Path(path).resolve()) for path in args.model],
                 "mirror_axes": list(args.mirror), "seed": args.seed, "threshold": THRESHOLD}
+    union = None
     if args.threshold_union is not None:  # only then: earlier folders stay valid
-        settings["threshold_union_k"] = args.threshold_union
+        union = {"threshold_union_k": args.threshold_union}
+        if args.union_core_mm:
+            union["threshold_union_core_mm"] = args.union_core_mm
+    elif args.union_core_mm:
+        raise ValueError("--union-core-mm is for --threshold-union K")
+    settings |= union or {}
     record_settings(args.out, settings)
     models = [load_saved_model(path) for path in args.model]
     about = {"models": settings["models"], "mirror_axes": settings["mirror_axes"],
-             **({} if args.threshold_union is None else
-                {"threshold_union_k": args.threshold_union})}
+             **(union or {})}
     for subject in subjects:
         scan = geometry = None
         for name in [UNCHANGED, *args.transforms]:
@@ -796,7 +811,7 @@ def _run(args):
                 if scan is None:
                     scan, geometry = read_scan(subject)
                 run_cell(models, subject, scan, geometry, name, folder, args.seed,
-                         args.mirror, about, args.threshold_union)
+                         args.mirror, about, union)
             print(_progress(subject.id, name, finished_cells(args.out, subject.id)), flush=True)
     results = {subject.id: finished_cells(args.out, subject.id) for subject in subjects}
     shown = [name for name in TRANSFORMS if any(name in cells for cells in results.values())]

@@ -41,7 +41,7 @@ def summarise(records, runs):
     for run, record in zip(runs, records):
         settings = record["settings"]
         differing = [key for key in ("data", "mirror_axes", "seed", "threshold",
-                                     "threshold_union_k")
+                                     "threshold_union_k", "threshold_union_core_mm")
                      if settings.get(key) != first.get(key)]
         if differing:
             raise ValueError(f"{run}: made with other settings than {runs[0]} "

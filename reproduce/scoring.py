@@ -14,7 +14,8 @@ import numpy as np
 
 from reproduce import report
 from reproduce.experiment import challenge_scores
-from tversky_keras.baseline import choose_k, leave_one_out_k, threshold_segmentation
+from tversky_keras.baseline import (CORE_MM, choose_k, flair_zscore, leave_one_out_k,
+                                   threshold_segmentation)
 from tversky_keras.data import from_grid, load_subject, zscore_in_brain
 from tversky_keras.evaluation import best_threshold_dsc, lesion_metrics
 
@@ -25,8 +26,11 @@ CHALLENGE_HEAD = ["nDSC", "lesion F1", "HD95 mm", "|volume difference| mL"]
 REPORTED = ("dsc", "sensitivity", "specificity", "lesion_tpr", "lesion_fpr")
 
 
-def scan_reference(subject):
+def scan_reference(subject, core_mm=0.0):
     """Truth, brain and brain z-scored FLAIR of a subject, in its file's own voxel order.
+
+    ``core_mm``: the z-score's mean and std read over the brain deeper than that
+    (``tversky_keras.baseline.flair_zscore``); 0: the whole brain.
 
     The brain is ``load_subject``'s (the brain mask, else the non-zero voxels),
     and the arrays are those of the scan's grid, as the written segmentation.
@@ -39,7 +43,14 @@ def scan_reference(subject):
     def native(array, order):
         return from_grid(array, volume.geometry, order=order)
 
-    flair = zscore_in_brain(volume.image[..., 0], volume.brain, clip_percentiles=None)
+    if core_mm:
+        try:
+            flair = flair_zscore(volume.image[..., 0], volume.brain, volume.geometry.spacing,
+                                 core_mm)
+        except ValueError as error:
+            raise ValueError(f"{subject.images['FLAIR']}: {error}") from None
+    else:
+        flair = zscore_in_brain(volume.image[..., 0], volume.brain, clip_percentiles=None)
     return native(volume.label, 0).astype(bool), native(volume.brain, 0), native(flair, 1)
 
 
@@ -81,37 +92,55 @@ def _baseline_scores(truth, brain, zscore, k):
     return {"k": float(k), **{m: scores[m] for m in ("dsc", "sensitivity", "specificity")}}
 
 
-def threshold_baselines(subjects, phantom_subjects):
-    """The two FLAIR-threshold baselines (``tversky_keras.baseline``) on every subject.
+def threshold_baselines(subjects, phantom_subjects, core_mm=CORE_MM):
+    """The FLAIR-threshold baselines (``tversky_keras.baseline``) on every subject.
 
     - ``leave_one_out``: each subject thresholded at the ``k`` chosen on the other
       subjects (pooled DSC), none when there is only one;
     - ``phantom``: every subject thresholded at the ``k`` chosen on the phantom's
-      subjects alone (the phantom-only baseline: no real scan chose it).
+      subjects alone (the phantom-only baseline: no real scan chose it);
+    - ``leave_one_out_core`` and ``phantom_core``: the same with the z-score's mean and
+      std read over the brain deeper than ``core_mm`` (``flair_zscore``), when
+      ``core_mm`` is not 0 and every brain has voxels that deep (else ``"core_skipped"``
+      says which has none).
 
-    The z-score is ``scan_reference``'s (brain mean and std, unclipped), so ``k`` is in
-    the units of the oracle's ``threshold_flair_z``.
+    The whole-brain z-score is ``scan_reference``'s (brain mean and std, unclipped), so
+    ``k`` is in the units of the oracle's ``threshold_flair_z``.
 
     Returns:
         ``{"phantom_k", "phantom_dsc" (pooled, on the phantom), "n_phantom_subjects",
+        "core_mm", "phantom_core_k", "phantom_core_dsc",
         "subjects": {id: {"leave_one_out": {k, dsc, sensitivity, specificity} | None,
-        "phantom": {...}}}}``.
+        "phantom": {...}, "leave_one_out_core": ..., "phantom_core": ...}}}``.
     """
-    references = {s.id: scan_reference(s) for s in subjects}
-    phantom = [scan_reference(s) for s in phantom_subjects]
-    phantom_k, phantom_dsc = choose_k(*zip(*[(t, z, b) for t, b, z in phantom]))
-    others = leave_one_out_k({i: (t, z, b) for i, (t, b, z) in references.items()})
-    return {
-        "normalization": "FLAIR z-score: brain mean and std, unclipped",
-        "phantom_k": phantom_k, "phantom_dsc": phantom_dsc,
-        "n_phantom_subjects": len(phantom),
-        "subjects": {i: {"leave_one_out": _baseline_scores(t, b, z, others[i]),
-                         "phantom": _baseline_scores(t, b, z, phantom_k)}
-                     for i, (t, b, z) in references.items()}}
+    result = {"normalization": "FLAIR z-score: brain mean and std, unclipped",
+              "n_phantom_subjects": len(phantom_subjects), "subjects": {}}
+    for suffix, depth in (("", 0.0),) + ((("_core", float(core_mm)),) if core_mm else ()):
+        try:
+            references = {s.id: scan_reference(s, depth) for s in subjects}
+            phantom = [scan_reference(s, depth) for s in phantom_subjects]
+        except ValueError as error:
+            if not depth:
+                raise
+            result["core_skipped"] = str(error)  # a brain too small: no core rows
+            return result
+        phantom_k, phantom_dsc = choose_k(*zip(*[(t, z, b) for t, b, z in phantom]))
+        others = leave_one_out_k({i: (t, z, b) for i, (t, b, z) in references.items()})
+        result |= {f"phantom{suffix}_k": phantom_k, f"phantom{suffix}_dsc": phantom_dsc}
+        for i, (t, b, z) in references.items():
+            result["subjects"].setdefault(i, {}).update({
+                f"leave_one_out{suffix}": _baseline_scores(t, b, z, others[i]),
+                f"phantom{suffix}": _baseline_scores(t, b, z, phantom_k)})
+    if core_mm:
+        result["core_mm"] = float(core_mm)
+    return result
 
 
 BASELINES = {"leave_one_out": "FLAIR threshold, k from the other subjects",
-             "phantom": "FLAIR threshold, k from the phantom"}
+             "phantom": "FLAIR threshold, k from the phantom",
+             "leave_one_out_core": "FLAIR threshold (core statistics), k from the other "
+                                   "subjects",
+             "phantom_core": "FLAIR threshold (core statistics), k from the phantom"}
 
 
 def baselines_markdown(baselines, network=None):
@@ -124,6 +153,8 @@ def baselines_markdown(baselines, network=None):
         if network is not None:
             rows.append([subject_id, "the network", "", network.get(subject_id, "n/a"), "", ""])
         for key, label in BASELINES.items():
+            if key not in methods:  # core rows: only in baselines made with core_mm
+                continue
             scores = methods.get(key)
             rows.append([subject_id, label] + (
                 ["n/a (one subject)", "", "", ""] if scores is None else
@@ -132,4 +163,8 @@ def baselines_markdown(baselines, network=None):
     return (report.markdown_table(head, rows) + f"\n\nk from the phantom: chosen on its "
             f"{baselines['n_phantom_subjects']} subjects alone (pooled DSC there "
             f"{report.percent(baselines['phantom_dsc'])}); k from the other subjects: chosen "
-            f"on every other subject of the data, their lesions known.")
+            f"on every other subject of the data, their lesions known."
+            + ("" if "core_mm" not in baselines else
+               f" Core statistics: the z-score's mean and std read over the brain deeper "
+               f"than {baselines['core_mm']:g} mm from its edge (k from the phantom "
+               f"{baselines['phantom_core_k']:.2f})."))

@@ -17,8 +17,10 @@ subjects for the quick profile, each its own look), the white-matter-peak
 normalisation (``--intensity-normalization wm-peak``), the Tversky loss plus the
 cross-entropy (``--ce-weight 1``, as nnU-Net adds it to Dice), test-time
 left-right mirroring (``--mirror x``; ``none`` turns it off) and, at test time, the
-network's mask united with the FLAIR threshold whose k was chosen on the phantom alone
-(``--threshold-union phantom``; ``none``: the network alone). No real label enters
+network's mask united with the FLAIR threshold whose k was chosen on the phantom alone,
+its z-score's mean and std read over the brain deeper than 6 mm
+(``--threshold-union phantom-core``; ``phantom``: over the whole brain; ``none``: the
+network alone). No real label enters
 any of it; the union is a one-line lever beside the network, and the tables say what
 each part scores on its own (the network alone in ``--threshold-union none``'s folders,
 the threshold alone in the baselines).
@@ -35,8 +37,8 @@ Layout (a rerun skips what is finished; other settings for the same folder are r
 ``<name>`` is ``sim2real-<profile>-v<version>-<recipe>``, then ``-<N>subjects``,
 ``-<MM>mm``, ``-aA_bB``, ``-augment``, ``-wmpeak``, ``-oversample<R>``, ``-ce<W>`` for
 settings off the recipe's or the profile's, ``-mirror-<axes>`` (the unmirrored folder's
-network, not trained again), ``-union`` (the same network, its mask united with the
-phantom-k threshold), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
+network, not trained again), ``-union`` or ``-union-core6`` (the same network, its mask
+united with the phantom-k threshold), ``-seed<N>`` for another training seed and ``-ensemble<N>``.
 """
 
 import argparse
@@ -59,11 +61,11 @@ from reproduce.scoring import (  # noqa: E402
     CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, baselines_markdown, oracle, scan_reference,
     score_subject, threshold_baselines)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
-from tversky_keras.arguments import (finite, mirror_or_none, natural,  # noqa: E402
+from tversky_keras.arguments import (finite, mirror_or_none, natural, non_negative,  # noqa: E402
                                      output_folder)
 from tversky_keras.arguments import seed as seed_option  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
-from tversky_keras.baseline import threshold_union  # noqa: E402
+from tversky_keras.baseline import CORE_MM, threshold_union  # noqa: E402
 from tversky_keras.data import discover_subjects  # noqa: E402
 from tversky_keras.data.names import path_name  # noqa: E402
 from tversky_keras.inference import segment_subject, write_segmentation  # noqa: E402
@@ -122,9 +124,12 @@ DEFAULT_MIRROR = (0,)
 # The Tversky loss plus the voxel-averaged cross-entropy (nnU-Net's Dice + CE): with the
 # Tversky loss alone 1 of 5 seeds collapsed to calling nothing (docs/reproduction.md).
 DEFAULT_CE_WEIGHT = 1.0
-# Test-time: the network's mask united with the phantom-k FLAIR threshold (chosen on the
-# development patients over 5 seeds, docs/reproduction.md; --threshold-union none: off).
-DEFAULT_UNION = "phantom"
+# Test-time: the network's mask united with the phantom-k FLAIR threshold, its z-score read
+# over the brain's core (chosen on the development patients over 5 seeds,
+# docs/reproduction.md; --threshold-union none: off).
+DEFAULT_UNION = "phantom-core"
+# Each --threshold-union's folder suffix (the core depth is the baselines' CORE_MM).
+UNION_SUFFIX = {"phantom": "-union", "phantom-core": f"-union-core{CORE_MM:g}", "none": ""}
 
 
 def phantom_manifest(phantom, version):
@@ -172,12 +177,34 @@ def check_settings(folder, settings):
                          f"use another --results folder, or delete it")
 
 
-def segment_all(model, subjects, root, about, mirror_axes=(), union_k=None):
+def union_settings(choice, baselines, phantom):
+    """``--threshold-union``'s settings: ``None`` (``none``), else ``{"threshold_union_k"}``
+    (``phantom``: the phantom baseline's k), with ``"threshold_union_core_mm"`` for
+    ``phantom-core`` (the core-statistics phantom baseline's k and depth)."""
+    if choice == "none":
+        return None
+    key = "phantom_core_k" if choice == "phantom-core" else "phantom_k"
+    if key not in baselines:
+        raise SystemExit(f"{choice}: no core statistics ({baselines.get('core_skipped')}): "
+                         f"give --threshold-union phantom or none")
+    k = baselines.get(key)
+    if k is None:
+        raise SystemExit(f"{phantom}: the phantom holds no lesion to choose the FLAIR "
+                         f"threshold's k on: give --threshold-union none")
+    union = {"threshold_union_k": k}
+    if choice == "phantom-core":
+        union["threshold_union_core_mm"] = baselines["core_mm"]
+    return union
+
+
+def segment_all(model, subjects, root, about, mirror_axes=(), union=None):
     """Segment and score every subject without ``metrics.json``; return all subjects' metrics.
 
     ``about`` (the model) is recorded beside each segmentation; ``mirror_axes``:
-    test-time mirroring (``segment_subject``); ``union_k``: the probability raised to 1
-    where the FLAIR z-score reaches it (``tversky_keras.baseline.threshold_union``).
+    test-time mirroring (``segment_subject``); ``union`` (``union_settings``): the
+    probability raised to 1 where the FLAIR z-score reaches its ``threshold_union_k``
+    (``tversky_keras.baseline.threshold_union``), the z-score's statistics read over the
+    brain deeper than its ``threshold_union_core_mm`` when given.
     """
     scores = {}
     for subject in subjects:
@@ -189,14 +216,16 @@ def segment_all(model, subjects, root, about, mirror_axes=(), union_k=None):
             started = time.perf_counter()
             probability, geometry = segment_subject(model, subject, mirror_axes=mirror_axes)
             reference = scan_reference(subject)
-            if union_k is not None:
-                _, brain, flair_z = reference
-                probability = threshold_union(probability, flair_z, brain, union_k)
+            if union is not None:
+                core_mm = union.get("threshold_union_core_mm", 0.0)
+                _, brain, flair_z = (scan_reference(subject, core_mm) if core_mm
+                                     else reference)
+                probability = threshold_union(probability, flair_z, brain,
+                                              union["threshold_union_k"])
             write_segmentation(probability, geometry, folder, threshold=THRESHOLD,
                                about={**about, "subject": subject.id,
                                       "mirror_axes": list(mirror_axes),
-                                      **({} if union_k is None else
-                                         {"threshold_union_k": union_k})})
+                                      **(union or {})})
             result = score_subject(subject, probability, oracle(subject, reference))
             result["seconds"] = round(time.perf_counter() - started, 1)
             write_json(result, done)
@@ -234,14 +263,6 @@ def fraction(text):
     value = finite(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text}: a fraction between 0 and 1")
-    return value
-
-
-def non_negative(text):
-    """A finite number of at least 0, for argparse."""
-    value = finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: a number of at least 0")
     return value
 
 
@@ -293,13 +314,16 @@ def build_parser():
                         help="test-time mirroring along these RAS axes (x = left-right, the "
                              "default), as tversky-keras predict --mirror, or none; writes "
                              "<name>-mirror-<axes>")
-    parser.add_argument("--threshold-union", choices=("phantom", "none"),
+    parser.add_argument("--threshold-union", choices=sorted(UNION_SUFFIX),
                         default=DEFAULT_UNION,
-                        help="phantom (the default): unite the network's mask with the FLAIR "
-                             "threshold at the k chosen on the phantom alone (the phantom "
-                             "baseline's k, no real label; the probability is raised to 1 "
-                             "where FLAIR's brain z-score reaches k), written to "
-                             "<name>-union; none: the network alone")
+                        help=f"phantom: unite the network's mask with the FLAIR threshold at "
+                             f"the k chosen on the phantom alone (the phantom baseline's k, no "
+                             f"real label; the probability is raised to 1 where FLAIR's brain "
+                             f"z-score reaches k), written to <name>-union; phantom-core: the "
+                             f"same with the z-score's mean and std read over the brain deeper "
+                             f"than {CORE_MM:g} mm (the core-statistics phantom baseline), "
+                             f"written to <name>{UNION_SUFFIX['phantom-core']}; none: the "
+                             f"network alone (default {DEFAULT_UNION})")
     parser.add_argument("--phantom-spacing", type=phantom_voxel_size, default=None, metavar="MM",
                         help="generate the phantom at this voxel size and train on it (default: "
                              "the profile's, 2 mm for quick); writes <name>-<MM>mm")
@@ -386,8 +410,7 @@ def _run(args):
     print(cpu.choice_line(), flush=True)
     profile = recipe_profile(args)
     trained = experiment_name(args, profile)
-    base = trained + mirror_suffix(args.mirror) + ("-union" if args.threshold_union != "none"
-                                                   else "")
+    base = trained + mirror_suffix(args.mirror) + UNION_SUFFIX[args.threshold_union]
     subjects = discover_subjects(args.data)
     for subject in subjects:  # each is written to <results>/<name>/<subject>/
         path_name(subject.id, "subject", args.data, reserved=OWN_FILES)
@@ -397,14 +420,13 @@ def _run(args):
     phantom_subjects = discover_subjects(phantom)
     baselines = threshold_baselines(subjects, phantom_subjects)
     print(f"\nFLAIR-threshold baselines\n\n{baselines_markdown(baselines)}\n", flush=True)
-    union_k = None
-    if args.threshold_union == "phantom":
-        union_k = baselines["phantom_k"]
-        if union_k is None:
-            raise SystemExit(f"{phantom}: the phantom holds no lesion to choose the FLAIR "
-                             f"threshold's k on: give --threshold-union none")
-        print(f"test-time: the network's mask united with FLAIR z >= {union_k:.3f} (k from "
-              f"the phantom alone)", flush=True)
+    union = union_settings(args.threshold_union, baselines, phantom)
+    if union is not None:
+        print(f"test-time: the network's mask united with FLAIR z >= "
+              f"{union['threshold_union_k']:.3f} (k from the phantom alone"
+              + (f"; z's statistics from the brain deeper than "
+                 f"{union['threshold_union_core_mm']:g} mm" if len(union) > 1 else "")
+              + ")", flush=True)
     runs = {}
     for seed in range(args.seed, args.seed + args.seeds):
         tail = "" if seed == 0 else f"-seed{seed}"
@@ -413,7 +435,7 @@ def _run(args):
         runs[name] = _train_and_segment(args, profile, recipe, manifest, phantom,
                                         phantom_subjects, subjects, seed, args.results / name,
                                         args.results / (trained + tail) / RUN, baselines,
-                                        union_k)
+                                        union)
         print(f"\n{name}: trained on the phantom only, tested on {args.data}\n\n"
               f"{subjects_markdown(runs[name]['subjects'])}", flush=True)
     if args.seeds > 1:
@@ -430,7 +452,7 @@ def _run(args):
         print(f"\n{base}: over {args.seeds} training seeds (mean ± std)\n\n{text}")
     if args.ensemble:
         name = f"{base}-ensemble{args.seeds}"
-        result = _ensemble(args, runs, subjects, args.results / name, baselines, union_k)
+        result = _ensemble(args, runs, subjects, args.results / name, baselines, union)
         summary = {**seed_summary({name: result}),
                    "made": report.provenance(time.perf_counter() - started)}
         summary["variant"]["ensemble"] = args.seeds
@@ -442,7 +464,7 @@ def _run(args):
 
 
 def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subjects, subjects,
-                       seed, root, run, baselines=None, union_k=None):
+                       seed, root, run, baselines=None, union=None):
     """One training seed: train (or resume, or find finished) into ``run`` on the phantom,
     then segment and score every subject into ``root``."""
     config = train_config(profile, args.alpha, args.beta, len(phantom_subjects), seed,
@@ -452,8 +474,7 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
                 "recipe": dataclasses.asdict(recipe), "alpha": args.alpha, "beta": args.beta,
                 "threshold": THRESHOLD, "mirror_axes": list(args.mirror), "phantom": manifest,
                 "training": config.to_json()}
-    if union_k is not None:  # only then: folders written before the option stay valid
-        settings["threshold_union_k"] = union_k
+    settings |= union or {}  # only with a union: folders written before stay valid
     settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
     check_settings(root, settings)
     print(f"profile {profile.name}, recipe {recipe.name}, seed {seed}: training on "
@@ -465,7 +486,7 @@ def _train_and_segment(args, profile, recipe, manifest, phantom, phantom_subject
     model_path = run / "last.keras"
     model = keras.saving.load_model(model_path)
     scores = segment_all(model, subjects, root, about={"model": str(model_path)},
-                         mirror_axes=args.mirror, union_k=union_k)
+                         mirror_axes=args.mirror, union=union)
     result = {**settings, "seed": seed, "subjects": scores, "phantom_folder": str(phantom),
               "model": str(model_path), "model_spacing": scan_spec(model)["spacing"],
               "training_summary": summary, "baselines": baselines}
@@ -486,18 +507,17 @@ def write_result(result, root):
     return result
 
 
-def _ensemble(args, runs, subjects, root, baselines=None, union_k=None):
+def _ensemble(args, runs, subjects, root, baselines=None, union=None):
     """The seeds' networks as one ensemble: segment and score every subject into ``root``."""
     first = next(iter(runs.values()))
     models = [run["model"] for run in runs.values()]
     settings = {**{k: first[k] for k in ("data", "profile", "recipe", "alpha", "beta",
                                          "threshold", "mirror_axes", "phantom", "training")},
                 "ensemble": models}
-    if union_k is not None:
-        settings["threshold_union_k"] = union_k
+    settings |= union or {}
     check_settings(root, json.loads(json.dumps(settings)))
     scores = segment_all([keras.saving.load_model(path) for path in models], subjects, root,
-                         about={"ensemble": models}, mirror_axes=args.mirror, union_k=union_k)
+                         about={"ensemble": models}, mirror_axes=args.mirror, union=union)
     seconds = round(sum(run["training_summary"]["seconds_this_session"]
                         for run in runs.values()), 1)
     members = ", ".join(str(run["seed"]) for run in runs.values())
@@ -535,6 +555,7 @@ def seed_summary(runs):
                "foreground_ratio": first["training"].get("foreground_ratio", 0.0),
                "ce_weight": first["training"].get("ce_weight", 0.0),
                "threshold_union_k": first.get("threshold_union_k"),
+               "threshold_union_core_mm": first.get("threshold_union_core_mm"),
                "profile": first["profile"]["name"], "steps": first["training"]["epochs"]
                * first["training"]["steps_per_epoch"]},
             # Per seed, from the runs' own records (a rerun that only summarises keeps them).

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tversky_keras.baseline import (choose_k, flair_zscore, leave_one_out_k,
+from tversky_keras.baseline import (brain_core, choose_k, flair_zscore, leave_one_out_k,
                                     threshold_segmentation)
 
 
@@ -44,6 +44,57 @@ def test_zscore_is_the_brains_mean_and_std_and_zero_outside():
 def test_zscore_refuses_what_has_no_zscore(flair, brain, message):
     with pytest.raises(ValueError, match=message):
         flair_zscore(flair, brain)
+
+
+def test_the_core_is_the_brain_farther_than_the_depth_from_outside_by_brute_force():
+    """Each brain voxel's distance (mm, at an anisotropic voxel size) to the nearest
+    voxel outside the brain or outside the grid, tried against every such voxel."""
+    rng = np.random.default_rng(1)
+    brain = np.zeros((9, 10, 7), bool)
+    brain[1:8, 1:9, 1:6] = rng.random((7, 8, 5)) > 0.15
+    spacing = (1.0, 1.5, 2.0)
+    padded = np.pad(brain, 1)
+    outside = np.argwhere(~padded) - 1
+    inside = np.argwhere(brain)
+    distance = np.sqrt((((inside[:, None, :] - outside[None]) * spacing) ** 2).sum(-1)).min(1)
+    for depth in (0.0, 1.0, 1.6, 2.5):
+        expected = np.zeros_like(brain)
+        expected[tuple(inside[distance > depth].T)] = True
+        np.testing.assert_array_equal(brain_core(brain, spacing, depth),
+                                      expected if depth else brain)
+    with pytest.raises(ValueError, match="core depth"):
+        brain_core(brain, spacing, -1.0)
+
+
+def test_core_zscore_reads_the_core_and_applies_to_the_whole_brain():
+    """A rim of very bright and very dark voxels around a brain moves the whole-brain
+    z-score of the brain's voxels, not the core one's (read past the rim)."""
+    rng = np.random.default_rng(2)
+    flair = rng.normal(100.0, 10.0, (30, 30, 30))
+    grid = np.indices(flair.shape) - 14.5
+    radius = np.sqrt((grid ** 2).sum(0))
+    brain, rimmed = radius < 10, radius < 13
+    rim = rimmed & ~brain
+    changed = flair.copy()
+    changed[rim] = np.where(rng.random(rim.sum()) > 0.5, 400.0, 5.0)
+    core = brain_core(brain, 1.0, 6.0)   # checked by brute force above
+    assert 0 < core.sum() < brain.sum() and (radius[core] < 10 - 5).all()
+    values = flair[core]
+    expected = (flair - values.mean()) / values.std()
+    z = flair_zscore(flair, brain, spacing=1.0, core_mm=6.0)
+    np.testing.assert_allclose(z[brain], expected[brain], rtol=1e-4, atol=1e-4)
+    assert not z[~brain].any()
+    # With the rim in the brain mask: the core (deeper than 6 mm of the rimmed brain)
+    # lies inside the brain, so the brain's voxels keep nearly their z; the whole
+    # brain's statistics move them by far more.
+    near = flair_zscore(changed, rimmed, spacing=1.0, core_mm=6.0)
+    whole = flair_zscore(changed, rimmed)
+    assert np.abs(near[brain] - z[brain]).max() < 0.5
+    assert np.abs(whole[brain] - z[brain]).max() > 1.0
+    with pytest.raises(ValueError, match="voxel size"):
+        flair_zscore(flair, brain, core_mm=6.0)
+    with pytest.raises(ValueError, match="no voxels deeper than 20 mm"):
+        flair_zscore(flair, brain, spacing=1.0, core_mm=20.0)
 
 
 def test_threshold_calls_nothing_outside_the_brain():

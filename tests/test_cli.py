@@ -465,6 +465,31 @@ def test_baseline_thresholds_the_brain_z_scored_flair_in_the_files_own_geometry(
     np.testing.assert_array_equal(called, ((z >= 0) & inside).astype(np.uint8))
 
 
+def test_baseline_core_mm_reads_the_statistics_deeper_than_the_depth_at_the_files_zooms(
+        tmp_path, capsys):
+    from tversky_keras.baseline import brain_core
+
+    rng = np.random.default_rng(1)
+    flair = rng.gamma(5.0, 20.0, SHAPE).astype(np.float32)
+    flair[:2] = 0
+    affine = np.diag([-1.5, 1.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(flair, affine), tmp_path / "FLAIR.nii.gz")
+    assert main(["baseline", "--flair", str(tmp_path / "FLAIR.nii.gz"), "--k", "0.5",
+                 "--core-mm", "3", "--out", str(tmp_path / "out")]) == 0
+    brain = flair != 0
+    core = brain_core(brain, (1.5, 1.5, 2.0), 3.0)
+    assert 0 < core.sum() < brain.sum()
+    z = (flair.astype(np.float64) - flair[core].mean()) / flair[core].std()
+    zscore = np.asarray(nib.load(tmp_path / "out" / "zscore.nii.gz").dataobj)
+    np.testing.assert_allclose(zscore[brain], z[brain], rtol=1e-4, atol=1e-4)
+    assert "deeper than 3 mm" in capsys.readouterr().out
+    assert main(["baseline", "--flair", str(tmp_path / "FLAIR.nii.gz"), "--k", "0.5",
+                 "--core-mm", "50", "--out", str(tmp_path / "out2")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "FLAIR.nii.gz" in line and "deeper than 50 mm" in line
+    assert not (tmp_path / "out2" / "mask.nii.gz").exists()
+
+
 def test_baseline_refuses_a_flat_or_missing_flair_in_one_line(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.full(SHAPE, 7.0, np.float32), np.eye(4)), tmp_path / "F.nii.gz")
     assert main(["baseline", "--flair", str(tmp_path / "F.nii.gz"), "--k", "2",

@@ -217,8 +217,9 @@ def test_a_timing_made_with_uncommitted_changes_says_so(tmp_path):
         readme_tables.render_grid_versions(tmp_path / "t.json")
 
 
-def with_baselines(record, loo, phantom, sensitivities=None):
-    """``record`` with FLAIR-threshold baselines (DSC per subject) and per-seed sensitivities."""
+def with_baselines(record, loo, phantom, sensitivities=None, core=None):
+    """``record`` with FLAIR-threshold baselines (DSC per subject), the core-statistics
+    phantom baseline's when ``core`` is given, and per-seed sensitivities."""
     record["baselines"] = {
         "phantom_k": 2.4, "phantom_dsc": 0.5, "n_phantom_subjects": 60,
         "subjects": {s: {"leave_one_out": {"k": 1.7, "dsc": loo[s], "sensitivity": 0.3,
@@ -226,6 +227,11 @@ def with_baselines(record, loo, phantom, sensitivities=None):
                          "phantom": {"k": 2.4, "dsc": phantom[s], "sensitivity": 0.1,
                                      "specificity": 0.999}}
                      for s in ("patient07", "patient26")}}
+    if core is not None:
+        record["baselines"] |= {"core_mm": 6.0, "phantom_core_k": 2.41}
+        for s, dsc in core.items():
+            record["baselines"]["subjects"][s]["phantom_core"] = {
+                "k": 2.41, "dsc": dsc, "sensitivity": 0.2, "specificity": 0.998}
     for subject, values in (sensitivities or {}).items():
         record["subjects"][subject]["sensitivity"]["values"] = values
     for subject in record["subjects"]:
@@ -233,23 +239,28 @@ def with_baselines(record, loo, phantom, sensitivities=None):
     return record
 
 
-@pytest.mark.parametrize("loo, phantom, sensitivities, verdict, collapsed", [
+@pytest.mark.parametrize("loo, phantom, sensitivities, core, verdict, collapsed", [
     ({"patient07": 0.10, "patient26": 0.20}, {"patient07": 0.05, "patient26": 0.30}, None,
-     "it beats both baselines on every development patient", False),
+     None, "it beats every baseline on every development patient", False),
     ({"patient07": 0.14, "patient26": 0.02}, {"patient07": 0.16, "patient26": 0.0}, None,
-     "it does **not** beat both baselines", False),
+     None, "it does **not** beat every baseline", False),
     ({"patient07": 0.10, "patient26": 0.20}, {"patient07": 0.05, "patient26": 0.30},
-     {"patient07": [0.5, 0.0], "patient26": [0.4, 0.0]}, "it beats both baselines", True),
+     {"patient07": [0.5, 0.0], "patient26": [0.4, 0.0]}, None, "it beats every baseline", True),
+    # The core-statistics phantom baseline above the network on patient07 (0.12).
+    ({"patient07": 0.10, "patient26": 0.20}, {"patient07": 0.05, "patient26": 0.30}, None,
+     {"patient07": 0.125, "patient26": 0.2}, "it does **not** beat every baseline", False),
 ])
-def test_the_readme_sentence_says_whether_the_default_beats_both_baselines(
-        tmp_path, loo, phantom, sensitivities, verdict, collapsed):
+def test_the_readme_sentence_says_whether_the_default_beats_every_baseline(
+        tmp_path, loo, phantom, sensitivities, core, verdict, collapsed):
     # patient07 0.12 ± 0.02 and patient26 0.45 ± 0.05 over two seeds
-    record = with_baselines(summary([0.10, 0.14], [0.40, 0.50]), loo, phantom, sensitivities)
+    record = with_baselines(summary([0.10, 0.14], [0.40, 0.50]), loo, phantom, sensitivities,
+                            core)
     (tmp_path / readme_tables.DEFAULT_SIM2REAL).write_text(json.dumps(record))
     text = readme_tables.render_sim2real_baselines(tmp_path)
     assert verdict in text
     assert "patient07 12.0 ± 2.0 against " + f"{100 * loo['patient07']:.1f}" in text
     assert ("1 of the 2 seeds' networks called no lesion" in text) is collapsed
+    assert ("12.5 (core statistics, k from the phantom)" in text) is (core is not None)
     (tmp_path / readme_tables.DEFAULT_SIM2REAL).unlink()
     assert "No committed run" in readme_tables.render_sim2real_baselines(tmp_path)
 
@@ -264,10 +275,18 @@ def test_the_readme_sentence_on_a_union_default_gives_the_networks_alone_beside_
     text = readme_tables.render_sim2real_baselines(tmp_path)
     assert "united with the FLAIR threshold z >= 2.44 whose k was chosen on the phantom alone" \
         in text
-    assert "patient07 18.0 ± 2.0 against 10.0" in text and "beats both baselines" in text
+    assert "patient07 18.0 ± 2.0 against 10.0" in text and "beats every baseline" in text
     assert "networks alone" not in text  # their summary is not committed
     (tmp_path / readme_tables.network_alone_name(readme_tables.DEFAULT_SIM2REAL)).write_text(
         json.dumps(alone))
     text = readme_tables.render_sim2real_baselines(tmp_path)
     assert "the same networks alone score patient07 12.0 ± 2.0; patient26 20.0 ± 20.0" in text
     assert "1 of the 2 seeds' networks called no lesion at all" in text
+    # A core-statistics union: its depth in the sentence, and the networks alone are the
+    # same name without the union's suffix.
+    assert readme_tables.network_alone_name("x-mirror-x-union-core6-seeds.json") == \
+        "x-mirror-x-seeds.json"
+    united["variant"]["threshold_union_core_mm"] = 6.0
+    (tmp_path / readme_tables.DEFAULT_SIM2REAL).write_text(json.dumps(united))
+    assert "z >= 2.44 (its mean and std from the brain deeper than 6 mm) whose k" in \
+        readme_tables.render_sim2real_baselines(tmp_path)

@@ -313,6 +313,27 @@ def test_threshold_union_raises_the_networks_probability_where_the_phantom_k_cal
     assert json.loads((root / "sim2real.json").read_text()).get("threshold_union_k") is None
 
 
+def test_the_core_union_thresholds_the_core_statistics_z_at_the_core_phantom_k(smoke_run):
+    from reproduce.scoring import scan_reference
+
+    root, folders, argv = smoke_run
+    assert sim2real.main([*argv, "--threshold-union", "phantom-core"]) == 0
+    united = root.with_name(root.name + "-union-core6")
+    assert not (united / "run").exists()
+    result = json.loads((united / "sim2real.json").read_text())
+    k = result["threshold_union_k"]
+    assert k == result["baselines"]["phantom_core_k"] and result["threshold_union_core_mm"] == 6
+    for subject in sim2real.discover_subjects(folders[0].parent):
+        network, _ = read(root / subject.id / "probability.nii.gz")
+        written, _ = read(united / subject.id / "probability.nii.gz")
+        _, brain, flair_z = scan_reference(subject, 6.0)
+        called = (flair_z >= k) & brain
+        np.testing.assert_allclose(written[called], 1.0)
+        np.testing.assert_allclose(written[~called], network[~called], atol=1e-6)
+        about = json.loads((united / subject.id / "segmentation.json").read_text())
+        assert about["threshold_union_core_mm"] == 6.0
+
+
 def test_mirroring_predicts_with_the_seeds_network_without_training_again(smoke_run):
     root, folders, argv = smoke_run
     assert sim2real.main([*argv, "--mirror", "x"]) == 0
@@ -361,7 +382,7 @@ def test_every_training_setting_names_its_own_folder(options, name):
 def test_the_default_recipe_mirrors_and_none_turns_it_off():
     parse = sim2real.build_parser().parse_args
     assert parse(["--data", "d"]).mirror == (0,)
-    assert parse(["--data", "d"]).threshold_union == "phantom"
+    assert parse(["--data", "d"]).threshold_union == "phantom-core"
     assert parse(["--data", "d"]).ce_weight == 1.0
     assert parse(["--data", "d", "--mirror", "none"]).mirror == ()
     assert parse(["--data", "d", "--mirror", "x,z"]).mirror == (0, 2)
@@ -415,3 +436,35 @@ def test_threshold_baselines_match_brute_force_on_the_other_subject_and_the_phan
         assert baselines["subjects"][name]["phantom"]["dsc"] == pytest.approx(
             dsc_at([(truth, brain, z)], k), abs=1e-6)
     assert "FLAIR threshold, k from the phantom" in (root / "sim2real.md").read_text()
+
+    # Core statistics: the mean and std of the brain deeper than 6 mm, applied to the brain.
+    from tversky_keras.baseline import brain_core
+
+    def core(reference_of_scan, folder):
+        truth, brain, _ = reference_of_scan
+        flair = read(folder / "FLAIR.nii.gz")[0].astype(np.float64)
+        spacing = np.abs(np.diag(nib.load(folder / "FLAIR.nii.gz").affine)[:3])
+        inner = flair[brain_core(brain, spacing, baselines["core_mm"])]
+        # float32, as the package stores a z-score: k is one of its values.
+        z = np.where(brain, (flair - inner.mean()) / inner.std(), 0).astype(np.float32)
+        return truth, brain, z
+
+    assert baselines["core_mm"] == 6.0
+    cores = {f.name: core(scans[f.name], f) for f in folders}
+    for name, (truth, brain, z) in cores.items():
+        (other,) = [v for n, v in cores.items() if n != name]
+        best = max(dsc_at([other], c) for c in np.unique(other[2][other[1]]))
+        loo = baselines["subjects"][name]["leave_one_out_core"]
+        assert dsc_at([other], loo["k"]) == pytest.approx(best, abs=1e-6)
+        assert loo["dsc"] == pytest.approx(dsc_at([(truth, brain, z)], loo["k"]), abs=1e-6)
+    phantom_folders = sorted(f for f in Path(result["phantom_folder"]).iterdir() if f.is_dir())
+    phantom_core = [core(reference(f), f) for f in phantom_folders]
+    k = baselines["phantom_core_k"]
+    assert dsc_at(phantom_core, k) == pytest.approx(baselines["phantom_core_dsc"], abs=1e-6)
+    pooled = np.concatenate([z[b] for _, b, z in phantom_core])
+    for candidate in np.quantile(pooled, np.linspace(0.5, 1, 300)):
+        assert dsc_at(phantom_core, candidate) <= baselines["phantom_core_dsc"] + 1e-9
+    for name, (truth, brain, z) in cores.items():
+        assert baselines["subjects"][name]["phantom_core"]["dsc"] == pytest.approx(
+            dsc_at([(truth, brain, z)], k), abs=1e-6)
+    assert "(core statistics), k from the phantom" in (root / "sim2real.md").read_text()

@@ -33,6 +33,14 @@ def finite(text):
     return value
 
 
+def non_negative(text):
+    """A finite float option of at least 0."""
+    value = finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a number of at least 0")
+    return value
+
+
 def natural(text):
     """A non-negative integer option."""
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tversky_keras.atomic import dumps  # noqa: E402
-from tversky_keras.arguments import finite, mirror_option, output_folder, seed  # noqa: E402
+from tversky_keras.arguments import (finite, mirror_option, non_negative,  # noqa: E402
+                                     output_folder, seed)
 from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
 from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
 
@@ -199,6 +200,11 @@ def build_parser():
                                "voxels, as a skull-stripped scan has them)")
     baseline.add_argument("--k", required=True, type=finite,
                           help="the threshold in brain z-score units")
+    baseline.add_argument("--core-mm", type=non_negative, default=0.0, metavar="MM",
+                          help="read the z-score's mean and SD over the brain deeper than MM "
+                               "mm from its edge (6 is the package's CORE_MM: past a looser "
+                               "skull strip's rim); default 0: the whole brain. K must come "
+                               "from the same statistics")
     baseline.add_argument("--out", required=True, type=output_folder, help="output folder")
     return parser
 
@@ -427,7 +433,7 @@ def run_baseline(args):
         check_same_grid(args.brain, brain_image, args.flair, image)
         brain = binary_mask(stored(brain_image), args.brain).astype(bool)
     try:
-        zscore = flair_zscore(flair, brain)
+        zscore = flair_zscore(flair, brain, image.header.get_zooms()[:3], args.core_mm)
     except ValueError as error:
         raise ValueError(f"{args.flair}: {error}") from None
     mask = threshold_segmentation(zscore, brain, args.k)
@@ -438,8 +444,9 @@ def run_baseline(args):
         out.header.set_slope_inter(1, 0)
         with atomic_path(args.out / f"{name}.nii.gz") as temporary:
             nib.save(out, temporary)
-    print(f"wrote {args.out / 'mask.nii.gz'} ({int(mask.sum())} voxels at z >= {args.k:g}) "
-          f"and {args.out / 'zscore.nii.gz'}")
+    core = f", mean and SD from the brain deeper than {args.core_mm:g} mm" if args.core_mm else ""
+    print(f"wrote {args.out / 'mask.nii.gz'} ({int(mask.sum())} voxels at z >= {args.k:g}"
+          f"{core}) and {args.out / 'zscore.nii.gz'}")
 
 
 COMMANDS = {"synth": run_synth, "preprocess": run_preprocess, "train": run_train,
