@@ -501,3 +501,32 @@ def test_baseline_refuses_a_flat_or_missing_flair_in_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert "missing.nii.gz" in line
+
+
+def test_predict_refuses_a_window_overlap_of_hours_without_force(tiny_data, tiny_model,
+                                                                  tmp_path, capsys):
+    argv = ["predict", "--model", str(tiny_model), "--input", str(tiny_data / "sub00"),
+            "--window", "8,8,8", "--overlap", "0.95", "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "windows" in line and "--force" in line and "--overlap" in line
+    assert not (tmp_path / "out").exists()
+    assert main([*argv, "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "1,989 windows of 8x8x8 per prediction" in out  # 13 x 17 x 9 starts
+    assert (tmp_path / "out" / "mask.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("command, says", [("predict", "start over"), ("train", "resume")])
+def test_only_a_command_that_resumes_says_resume_when_stopped(monkeypatch, capsys, command, says):
+    from tversky_keras import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, command, interrupted)
+    argv = {"predict": ["predict", "--model", "m.keras", "--input", "x", "--out", "o"],
+            "train": ["train", "--data", "d", "--out", "o"]}[command]
+    assert main(argv) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert says in line and (("resume" in line) is (command == "train"))

@@ -617,3 +617,45 @@ def test_only_stale_temporary_folders_are_removed(tmp_path):
     write_segmentation(probabilities(0), geometry(), tmp_path)
     left = {key for key, name in names.items() if (tmp_path / name).exists()}
     assert left == {"live", "elsewhere"}   # a writer that may still be filling its folder
+
+
+@pytest.mark.parametrize("overlap, expected", [(0.5, 36), (0.75, 112), (0.0, 3 * 2 * 2)])
+def test_window_count_by_hand(overlap, expected):
+    # 20 x 28 x 13 in windows of 8 x 16 x 8: at overlap 0.5 steps 4, 8, 4 give starts
+    # 0,4,8,12 | 0,8,12 | 0,4,5; at 0.75 steps 2, 4, 2 give 7 x 4 x 4; at 0 steps 8, 16, 8
+    # give 0,8,12 | 0,12 | 0,5 (the last window flush with the end).
+    assert inference.window_count((20, 28, 13), (8, 16, 8), overlap) == expected
+
+
+def test_the_batch_is_capped_at_the_windows_there_are(model, monkeypatch):
+    """A batch size far above the windows of a scan predicts each window once, in batches
+    of at most that many (no zero-filled windows), on the device and the host loop alike."""
+    image = np.random.default_rng(4).standard_normal((8, 8, 8, 3)).astype(np.float32)
+    seen = []
+    original = inference.window_sums
+    monkeypatch.setattr(inference, "window_sums", lambda m, v, corners, w, batch_size: (
+        seen.append((len(corners), batch_size)) or original(m, v, corners, w, batch_size)))
+    expected = predict_volume(model, image, window=(8, 8, 8), batch_size=1)
+    capped = predict_volume(model, image, window=(8, 8, 8), batch_size=100_000)
+    np.testing.assert_allclose(capped, expected, rtol=1e-6, atol=1e-6)
+    assert seen == [(1, 1), (1, 1)]
+    shapes = []
+    host = model.predict_on_batch
+    monkeypatch.setattr(model, "predict_on_batch", lambda batch: shapes.append(batch.shape[0])
+                        or host(batch), raising=False)
+    predict_volume(model, image, window=(8, 8, 8), batch_size=100_000, device_windows=False)
+    assert shapes == [1]
+
+
+def test_many_windows_are_counted_aloud_and_refused_above_the_bound(model):
+    image = np.zeros((20, 28, 13, 3), np.float32)
+    lines = []
+    predict_volume(model, image, window=(8, 16, 8), overlap=0.5, mirror_axes=(0,),
+                   max_window_factor=20, report=lines.append)
+    assert lines == ["36 windows of 8x16x8 per prediction, 2 predictions (mirrored)",
+                     "prediction 1/2 done", "prediction 2/2 done"]
+    # Overlap 0.99: steps of 1 voxel, 13 x 13 x 6 = 1,014 windows, 28 times 36.
+    with pytest.raises(ValueError, match=r"cuts 1,014 windows .* 28 times the 36 at overlap "
+                                         r"0.5: .*--force"):
+        predict_volume(model, image, window=(8, 16, 8), overlap=0.99, max_window_factor=20)
+    assert inference.window_count(image.shape[:3], (8, 16, 8), 0.99) == 1014

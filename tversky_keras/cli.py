@@ -14,6 +14,10 @@ from tversky_keras.arguments import (finite, mirror_option, non_negative,  # noq
 from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
 from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
 
+# predict refuses a --window and --overlap that cut more than this many times the windows
+# of overlap 0.5, unless --force (tversky_keras.inference.check_window_work).
+MAX_WINDOW_FACTOR = 20
+
 
 def _triple(text):
     """'48' -> (48, 48, 48); '64,64,32' -> (64, 64, 32)."""
@@ -148,7 +152,12 @@ def build_parser():
     predict.add_argument("--window", type=_triple, default=None,
                          help="sliding-window size (default: the whole volume at once)")
     predict.add_argument("--overlap", type=finite, default=0.5, help="window overlap (0.5)")
-    predict.add_argument("--batch-size", type=int, default=1, help="windows per batch")
+    predict.add_argument("--batch-size", type=int, default=1,
+                         help="windows per batch (at most the windows there are)")
+    predict.add_argument("--force", action="store_true",
+                         help=f"run a --window and --overlap that cut more than "
+                              f"{MAX_WINDOW_FACTOR} times the windows of overlap 0.5 (refused "
+                              f"without it: a tiny window at overlap 0.99 is hours of work)")
     predict.add_argument("--mirror", type=mirror_option, default=(),
                          help="test-time mirroring, as nnU-Net: also predict the scan flipped "
                               "along every combination of these axes of the RAS orientation "
@@ -362,7 +371,9 @@ def run_predict(args):
     probability, geometry, *maps = segment_subject(
         models if len(models) > 1 else models[0], subject, window=args.window,
         overlap=args.overlap, batch_size=args.batch_size, modalities=args.modalities,
-        spacing=args.spacing, mirror_axes=args.mirror, uncertainty=args.uncertainty)
+        spacing=args.spacing, mirror_axes=args.mirror, uncertainty=args.uncertainty,
+        max_window_factor=None if args.force else MAX_WINDOW_FACTOR,
+        report=lambda line: print(f"predict: {line}", flush=True))
     about = {"model": str(args.model[0].resolve()), "mirror_axes": list(args.mirror),
              "inputs": {m: str(Path(p).resolve()) for m, p in subject.images.items()}}
     if len(models) > 1:
@@ -449,6 +460,10 @@ def run_baseline(args):
           f"{core}) and {args.out / 'zscore.nii.gz'}")
 
 
+# Commands whose rerun continues where a stopped one left off (train's checkpoints, the
+# preprocessing cache); the others write their outputs whole at the end and start over.
+RESUMES = ("train", "preprocess")
+
 COMMANDS = {"synth": run_synth, "preprocess": run_preprocess, "train": run_train,
             "predict": run_predict, "evaluate": run_evaluate, "baseline": run_baseline}
 
@@ -457,10 +472,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     program = f"tversky-keras {args.command}"
     try:
-        with one_line_on_sigterm(program), data_warnings_as_lines(program):
+        resumes = args.command in RESUMES
+        with one_line_on_sigterm(program, resumes=resumes), data_warnings_as_lines(program):
             COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print(stopped_line(program, "interrupted (Ctrl-C)"), file=sys.stderr)
+        print(stopped_line(program, "interrupted (Ctrl-C)", resumes=args.command in RESUMES),
+              file=sys.stderr)
         return INTERRUPTED
     except (ValueError, OSError, RuntimeError) as error:
         print(f"tversky-keras {args.command}: error: {error}", file=sys.stderr)

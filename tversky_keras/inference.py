@@ -82,6 +82,51 @@ def window_starts(size, window, step):
     return starts + [size - window]
 
 
+DEFAULT_OVERLAP = 0.5
+"""``predict_volume``'s default overlap, the reference of ``max_window_factor``."""
+
+
+def window_corners(shape, window, overlap):
+    """The corners of the windows that tile a volume of ``shape`` (already padded to at
+    least ``window``) at ``overlap``, in the order they are predicted."""
+    steps = [max(1, int(round(w * (1 - overlap)))) for w in window]
+    return [(i, j, k)
+            for i in window_starts(shape[0], window[0], steps[0])
+            for j in window_starts(shape[1], window[1], steps[1])
+            for k in window_starts(shape[2], window[2], steps[2])]
+
+
+def window_count(shape, window, overlap):
+    """How many windows ``predict_volume`` cuts from a volume of ``shape`` at ``overlap``
+    (one prediction; mirroring repeats them)."""
+    padded = [max(int(s), int(w)) for s, w in zip(shape, window)]
+    return len(window_corners(padded, tuple(int(w) for w in window), overlap))
+
+
+def check_window_work(shape, window, overlap, multiple_of, max_window_factor=None,
+                      predictions=1, report=None):
+    """Refuse a window and overlap that cut more than ``max_window_factor`` times the
+    windows of ``DEFAULT_OVERLAP`` (ValueError, naming both counts), and ``report`` the
+    count. A window the model cannot take is left to ``predict_volume``'s own check."""
+    try:
+        window = tuple(int(w) for w in window)
+        if len(window) != 3 or any(w < 1 or w % multiple_of for w in window):
+            return
+    except (TypeError, ValueError):
+        return
+    count = window_count(shape, window, overlap)
+    reference = window_count(shape, window, DEFAULT_OVERLAP)
+    if max_window_factor is not None and count > max_window_factor * reference:
+        raise ValueError(
+            f"window {'x'.join(map(str, window))} at overlap {overlap:g} cuts {count:,} windows "
+            f"from this {'x'.join(map(str, shape))} volume, {count / reference:.0f} times the "
+            f"{reference:,} at overlap {DEFAULT_OVERLAP:g}: lower --overlap or raise --window, "
+            f"or give --force to run them")
+    if report is not None:
+        report(f"{count:,} windows of {'x'.join(map(str, window))} per prediction"
+               + (f", {predictions} predictions (mirrored)" if predictions > 1 else ""))
+
+
 def _pad_to(image, shape):
     pads = [(0, max(t - s, 0)) for s, t in zip(image.shape[:3], shape)] + [(0, 0)]
     return np.pad(image, pads)
@@ -108,7 +153,8 @@ def check_mirror_axes(mirror_axes):
 
 
 def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", batch_size=1,
-                   multiple_of=None, device_windows=True, mirror_axes=(), members=None):
+                   multiple_of=None, device_windows=True, mirror_axes=(), members=None,
+                   max_window_factor=None, report=None):
     """Class probabilities for a whole image ``(X, Y, Z, C)``.
 
     Args:
@@ -136,6 +182,13 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
             prediction (each mirror) is added, for ``uncertainty_maps``;
             ``segment_subject`` passes one through every model of an
             ensemble. ``None``: the members are not kept.
+        max_window_factor: refuse (ValueError) a window and overlap that cut more
+            than this many times the windows that overlap ``DEFAULT_OVERLAP`` cuts
+            (``window_count``): a tiny window at overlap 0.99 is hours of work.
+            ``None``: no bound.
+        report: called with one line (the windows per prediction and the
+            predictions) before the work starts, and a line after each
+            prediction; ``None``: silent.
 
     Returns:
         float32 array ``(X, Y, Z, n_classes)``.
@@ -156,8 +209,11 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         raise ValueError(f"blend={blend!r}: choose gaussian or constant")
     flips = [combo for k in range(len(mirror_axes) + 1)
              for combo in itertools.combinations(mirror_axes, k)]
+    if window is not None:
+        check_window_work(image.shape[:3], window, overlap, multiple_of or input_multiple(model),
+                          max_window_factor, len(flips), report)
     total = None
-    for axes in flips:
+    for number, axes in enumerate(flips, 1):
         flipped = np.flip(image, axes) if axes else image
         probs = _predict_once(model, flipped, window, overlap, blend, batch_size, multiple_of,
                               device_windows)
@@ -165,6 +221,8 @@ def predict_volume(model, image, window=None, overlap=0.5, blend="gaussian", bat
         if members is not None:
             members.add(lesion_probability(probs))
         total = probs if total is None else total + probs
+        if report is not None and len(flips) > 1:
+            report(f"prediction {number}/{len(flips)} done")
     return (total / len(flips)).astype(np.float32)
 
 
@@ -187,11 +245,9 @@ def _predict_once(model, image, window, overlap, blend, batch_size, multiple_of,
         raise ValueError(f"window={window}: need three sizes, each a multiple of {multiple_of} "
                          f"and at most {MAX_INPUT_SIDE}")
     padded = _pad_to(image, window)
-    steps = [max(1, int(round(w * (1 - overlap)))) for w in window]
-    corners = [(i, j, k)
-               for i in window_starts(padded.shape[0], window[0], steps[0])
-               for j in window_starts(padded.shape[1], window[1], steps[1])
-               for k in window_starts(padded.shape[2], window[2], steps[2])]
+    corners = window_corners(padded.shape[:3], window, overlap)
+    # More windows per batch than there are would only predict zero-filled windows.
+    batch_size = min(batch_size, len(corners))
     weights = gaussian_importance(window) if blend == "gaussian" else np.ones(window, np.float32)
     norm = np.zeros(padded.shape[:3], np.float32)
     for i, j, k in corners:
@@ -428,7 +484,8 @@ def check_ensemble(models, names=None):
 
 
 def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, modalities=None,
-                    spacing=None, canonical=False, mirror_axes=(), uncertainty=False):
+                    spacing=None, canonical=False, mirror_axes=(), uncertainty=False,
+                    max_window_factor=None, report=None):
     """Lesion probability of a subject in the scan's own voxel grid.
 
     The subject is read and normalised as in training, on the grid recorded in
@@ -455,6 +512,9 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
     member of ``uncertainty_maps``, accumulated as running sums
     (``MemberSums``), and the maps are masked by the brain and mapped back to
     the scan exactly as the probability is.
+
+    ``max_window_factor`` and ``report``: as ``predict_volume``'s (``report`` also
+    hears which model of an ensemble is predicting).
 
     Returns:
         ``(probability, geometry)``: float32 array in the scan's grid and the
@@ -490,10 +550,13 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
                           multiple_of=input_multiple(model), normalize=normalization)
     members = MemberSums() if uncertainty else None
     probs = 0.0
-    for each in models:  # a running sum: one map in memory, however many models
+    for number, each in enumerate(models, 1):  # a running sum: one map, however many models
+        if report is not None and len(models) > 1:
+            report(f"model {number}/{len(models)}")
         probs = probs + predict_volume(each, volume.image, window=window, overlap=overlap,
                                        batch_size=batch_size, mirror_axes=mirror_axes,
-                                       members=members)
+                                       members=members, max_window_factor=max_window_factor,
+                                       report=report)
     probs = probs / len(models)
     lesion = np.where(volume.brain, lesion_probability(probs), 0.0).astype(np.float32)
     if not np.isfinite(lesion).all():

@@ -17,8 +17,13 @@ INTERRUPTED = 128 + signal.SIGINT
 TERMINATED = 128 + signal.SIGTERM
 
 
-def stopped_line(program, how):
-    """``<program>: <how>; finished work is kept: run the same command again to resume``."""
+def stopped_line(program, how, resumes=True):
+    """``<program>: <how>; finished work is kept: run the same command again to resume``;
+    for a command that cannot resume (``resumes=False``: it writes its outputs whole at
+    the end), that nothing was written and a rerun starts over."""
+    if not resumes:
+        return (f"{program}: {how}; nothing was written (outputs are written whole at the "
+                f"end): run the same command again to start over")
     return f"{program}: {how}; finished work is kept: run the same command again to resume"
 
 
@@ -36,7 +41,7 @@ def exit_at_once(number, line=None):
 
 
 @contextlib.contextmanager
-def one_line_on_sigterm(program, quiet=False):
+def one_line_on_sigterm(program, quiet=False, resumes=True):
     """While inside, SIGTERM prints :func:`stopped_line` (unless ``quiet``) and exits with
     143 at once; the handler before is put back on leaving.
 
@@ -50,7 +55,8 @@ def one_line_on_sigterm(program, quiet=False):
         return
 
     def handler(number, frame):
-        exit_at_once(number, None if quiet else stopped_line(program, "terminated (SIGTERM)"))
+        exit_at_once(number, None if quiet else stopped_line(program, "terminated (SIGTERM)",
+                                                             resumes))
 
     before = signal.signal(signal.SIGTERM, handler)
     try:
