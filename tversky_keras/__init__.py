@@ -42,7 +42,30 @@ def _import_tensorflow_quietly():
         os.close(saved)
 
 
+from tversky_keras import backend as _backend  # noqa: E402  (stdlib only)
 from tversky_keras import cpu  # noqa: E402  (stdlib only)
+
+
+class BackendError(ImportError):
+    """The Keras backend asked for cannot load (``tversky_keras.backend.problem``)."""
+
+
+def _check_backend():
+    """Refuse, in one line, a Keras backend that cannot load, before Keras tries it; the
+    ``tversky-keras`` command prints that line alone and exits with status 1."""
+    line = _backend.problem()
+    if line is None:
+        return
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else None
+    command = os.path.basename(sys.argv[0] if sys.argv else "")
+    if command == "tversky-keras" or module in ("tversky_keras", "tversky_keras.cli"):
+        print(f"tversky-keras: error: {line}", file=sys.stderr)
+        sys.exit(1)
+    raise BackendError(line)
+
+
+_check_backend()
 
 cpu.apply()  # TF_ENABLE_ONEDNN_OPTS, before TensorFlow reads it
 _import_tensorflow_quietly()
