@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 
@@ -235,6 +236,43 @@ def test_a_cache_array_of_another_shape_is_found_when_the_entry_is_opened(cached
     subject, cache, entry = cached
     np.save(entry / "label.npy", np.zeros((2, 2, 2), np.uint8))
     with pytest.raises(DataError, match=r"label.npy: holds shape \(2, 2, 2\), its manifest"):
+        cached_subject(subject, cache)
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("image.npy", "second half zeroed"), ("label.npy", "wiped"), ("brain_voxels.npy", "one byte"),
+])
+def test_bytes_overwritten_in_place_are_found_when_the_entry_is_opened(cached, name, damage):
+    """The same size, the same header, other bytes: the recorded CRC-32 finds them."""
+    subject, cache, entry = cached
+    path = entry / name
+    size = path.stat().st_size
+    header = 128  # numpy's .npy header of these arrays
+    with open(path, "r+b") as f:
+        if damage == "one byte":
+            f.seek(size - 1)
+            byte = f.read(1)
+            f.seek(size - 1)
+            f.write(bytes([byte[0] ^ 1]))
+        else:
+            start = header if damage == "wiped" else size // 2
+            original = np.load(path)  # the damage must change something
+            f.seek(start)
+            f.write(bytes(size - start))
+    assert path.stat().st_size == size
+    if damage != "one byte":
+        assert not np.array_equal(np.load(path), original)
+    with pytest.raises(DataError, match=rf"{name}: its bytes changed since it was written .*"
+                                        rf"delete {re.escape(str(entry))}"):
+        cached_subject(subject, cache)
+
+
+def test_an_entry_without_checksums_is_refused(cached):
+    subject, cache, entry = cached
+    manifest = json.loads((entry / "volume.json").read_text())
+    del manifest["files"]
+    (entry / "volume.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="records no checksums"):
         cached_subject(subject, cache)
 
 
