@@ -56,6 +56,40 @@ def test_run_folder_holds_models_log_config_and_summary(finished_run):
     assert not (run_dir / "backup").exists() or not any((run_dir / "backup").iterdir())
 
 
+@pytest.mark.parametrize("name, damage, message", [
+    ("last.keras", "truncate", r"last.keras: damaged .*delete"),
+    ("model.keras", "flip", r"model.keras: damaged .*delete"),
+    ("last.keras", "remove", r"last.keras: missing, though summary.json says the run finished"),
+    ("summary.json", "truncate", r"summary.json: unreadable run summary"),
+    ("config.json", "truncate", r"config.json: unreadable run record"),
+])
+def test_a_finished_runs_damaged_file_is_named(finished_run, tiny_subjects, tmp_path, name,
+                                               damage, message):
+    run_dir, config, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / name
+    if damage == "remove":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:  # one byte inside the zip's first member, the size kept
+        data = bytearray(path.read_bytes())
+        data[100] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=message):
+        train(config, tiny_subjects[:2], tiny_subjects[2:], copy, verbose=0)
+
+
+def test_a_finished_run_says_it_has_nothing_to_train(finished_run, tiny_subjects, capsys):
+    run_dir, config, summary = finished_run
+    assert train(config, tiny_subjects[:2], tiny_subjects[2:], run_dir, verbose=2) == summary
+    assert "finished earlier (2 epochs, 2 asked for); nothing to train" in capsys.readouterr().out
+    more = TrainConfig(**{**config.to_json(), "epochs": 3})
+    with pytest.raises(ValueError, match=r"config.json: .*other settings or data \(epochs\)"):
+        train(more, tiny_subjects[:2], tiny_subjects[2:], run_dir, verbose=0)
+
+
 def test_the_train_step_is_traced_once_per_run(tiny_subjects, tmp_path, monkeypatch):
     # Adam's slots made inside the first trace make tf.function trace the step a
     # second time (tensorflow/tensorflow#48851); train builds them beforehand.

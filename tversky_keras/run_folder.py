@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import shutil
+import zipfile
 from pathlib import Path
 
 import keras
@@ -31,6 +32,36 @@ def save_model_atomically(model, path):
     """Save to a temporary name beside ``path``, then rename: never a half file."""
     with atomic_path(path) as temporary:
         model.save(temporary)
+
+
+def read_json_file(path, what):
+    """A run folder's JSON file, or a ValueError naming it when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable {what} ({error}); delete it (or the run folder) "
+                         f"and run again") from None
+
+
+def check_finished_models(run_dir):
+    """A finished run's saved models, each a whole zip whose members pass their CRC-32
+    (``zipfile.ZipFile.testzip``), or a ValueError naming the damaged or missing one."""
+    run_dir = Path(run_dir)
+    for name, required in (("last.keras", True), ("model.keras", False)):
+        path = run_dir / name
+        if not path.is_file():
+            if required:
+                raise ValueError(f"{path}: missing, though summary.json says the run finished; "
+                                 f"delete {run_dir} to train it again")
+            continue
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile, EOFError) as error:
+            bad = str(error)
+        if bad is not None:
+            raise ValueError(f"{path}: damaged ({bad}); the run finished, but this model "
+                             f"cannot be loaded: delete {run_dir} to train it again")
 
 
 def read_log(path):
@@ -174,7 +205,7 @@ def check_run_folder(run_dir, record):
     """
     path = Path(run_dir) / "config.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json_file(path, "run record")
         changed = differences(saved, record)
         if changed:
             raise ValueError(

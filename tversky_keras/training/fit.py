@@ -5,7 +5,6 @@ Starting the same command again resumes an interrupted run from its last
 finished epoch, and returns at once for a finished one.
 """
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -17,8 +16,9 @@ from tversky_keras.atomic import write_json
 from tversky_keras.data.cache import preprocess
 from tversky_keras.data.errors import DataWarning
 from tversky_keras.models import unet3d
-from tversky_keras.run_folder import (RunRecorder, check_run_folder, claim_run_folder,
-                                      resumed_epoch, run_record)
+from tversky_keras.run_folder import (RunRecorder, check_finished_models, check_run_folder,
+                                      claim_run_folder, read_json_file, resumed_epoch,
+                                      run_record)
 from tversky_keras.saving import load_saved_model
 from tversky_keras.scan_spec import scan_spec, with_scan_spec
 from tversky_keras.training.config import make_loss, make_metrics, paper_optimizer, resolve_acceleration
@@ -101,7 +101,12 @@ def train(config, train_subjects, val_subjects, run_dir, verbose=1, callbacks=()
         # Every worker asks the chief's folder whether the run is finished.
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
-            return json.loads(summary_path.read_text())
+            summary = read_json_file(summary_path, "run summary")
+            check_finished_models(run_dir)
+            if verbose:
+                print(f"{run_dir}: finished earlier ({summary.get('epochs')} epochs, "
+                      f"{config.epochs} asked for); nothing to train", flush=True)
+            return summary
 
         keras.utils.set_random_seed(config.seed)
         mixed, jit = resolve_acceleration(config)
