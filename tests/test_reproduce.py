@@ -336,9 +336,12 @@ def test_ctrl_c_stops_the_grid_and_its_helpers_with_one_line(smoke_run, tmp_path
     """SIGINT to the whole process group, as Ctrl-C at a terminal: 130, one line, no
     traceback from the lead or a helper."""
     root, _ = smoke_run
+    # Twenty seeds' grids (200 cells): the work cannot all finish between the helper's
+    # start and the signal however loaded the machine, so the test waits for a state
+    # (the helper running), never for a time.
     printed = assert_signal_stops_the_child(
         ["reproduce.table1", "--profile", "smoke", "--results", str(tmp_path / "results"),
-         "--cache", str(root / "cache"), "--no-figures", "--workers", "2"],
+         "--cache", str(root / "cache"), "--no-figures", "--workers", "2", "--seeds", "20"],
         marker="--worker-of", number=signal.SIGINT, whole_group=True)
     assert "python -m reproduce.table1: interrupted (Ctrl-C); finished work is kept" in printed
 
