@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import socket
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -160,6 +161,18 @@ def test_an_entry_appears_whole_or_not_at_all(writable_subjects, tmp_path, monke
     assert entries(cache) == []  # neither the entry nor its temporary folder
     monkeypatch.setattr(np, "save", real_save)
     assert cached_subject(writable_subjects[0], cache, **GRID).count("brain") > 0
+
+
+@pytest.mark.parametrize("number", [13, 30])  # EACCES (an unwritable HOME), EROFS
+def test_an_unwritable_cache_folder_points_to_cache_and_the_variable(writable_subjects, tmp_path,
+                                                                     monkeypatch, number):
+    def refused(path):
+        raise OSError(number, os.strerror(number), str(path))
+
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refused(self))
+    with pytest.raises(DataError, match=r"cannot be written; give --cache DIR, or set "
+                                        r"TVERSKY_KERAS_CACHE"):
+        cached_subject(writable_subjects[0], tmp_path / "cache", **GRID)
 
 
 def test_a_racing_writer_keeps_the_entry_that_landed_first(writable_subjects, tmp_path):

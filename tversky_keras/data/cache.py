@@ -274,6 +274,9 @@ def _write_failure(error, folder):
             free = "free space unknown"
         return (f"the disk is full or over quota ({free} there; {text}): free some space or "
                 f"give another --cache")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{text}: this folder cannot be written; give --cache DIR, or set "
+                f"TVERSKY_KERAS_CACHE to a folder that can")
     return text
 
 

@@ -262,10 +262,13 @@ def _fit(config, train_subjects, val_subjects, run_dir, own_dir, strategy, verbo
         raise
     if recorder.diverged_at is not None:
         batch, value = recorder.diverged_at
+        # Counted as Keras' progress bar counts them ("Epoch 2/3", steps from 1).
+        where = f"step {batch + 1}" if isinstance(batch, int) else batch
         raise TrainingDiverged(
-            f"{run_dir}: the training diverged (loss {value}) at batch {batch} of epoch "
-            f"{len(recorder.rows)}; stopped without saving that epoch. Try a lower "
-            f"learning rate, or check the input data for extreme or missing values.")
+            f"{run_dir}: the training diverged (loss {value}) at {where} of epoch "
+            f"{len(recorder.rows) + 1}/{config.epochs}; stopped without saving that epoch. "
+            f"Try a lower learning rate, or check the input data for extreme or missing "
+            f"values.")
 
     last = recorder.rows[-1]
     summary = {
