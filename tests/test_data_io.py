@@ -360,3 +360,11 @@ def test_a_brain_that_fills_the_field_of_view_is_a_warning_naming_the_file(tmp_p
                                          r"background.*give a brain mask"):
         volume = load_subject(subject)
     assert volume.brain.all()
+
+
+def test_an_analyze_file_is_read_with_a_warning_that_it_has_no_orientation(tmp_path):
+    data = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    nib.save(nib.AnalyzeImage(data, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "scan.img")
+    with pytest.warns(DataWarning, match=r"scan\.img: an Analyze header gives no orientation"):
+        read, _ = read_nifti(tmp_path / "scan.img")
+    assert read.shape == (4, 5, 3)

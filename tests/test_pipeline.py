@@ -262,3 +262,19 @@ def test_training_passes_intensity_augmentation_to_the_stream(monkeypatch):
         config = TrainConfig(patch_size=(4, 4, 4), depth=2, intensity_augmentation=on)
         _datasets(config, None, [coordinate_volume((6, 6, 6))], [], 0)
         assert seen[-1]["intensity_augmentation"] is on
+
+
+def test_a_patch_mostly_padding_is_warned_about_naming_the_subject(rng):
+    import warnings
+
+    from tversky_keras.data import DataWarning
+
+    small = volume(rng.normal(size=(4, 5, 4, 1)), np.zeros((4, 5, 4)), id="small")
+    # 16^3 patch on 4x5x4: 80 of 4,096 voxels are the scan, 98 % padding.
+    with pytest.warns(DataWarning, match=r"subject small: the patch 16x16x16 is larger than its "
+                                         r"4x5x4 volume, so 98% of each of its patches"):
+        make_dataset([small], patch_size=16, batch_size=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        make_dataset([small], patch_size=(4, 4, 4), batch_size=1)  # no padding
+        make_dataset([small], patch_size=(4, 5, 8), batch_size=1)  # half: not above the bound

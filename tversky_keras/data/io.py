@@ -99,8 +99,12 @@ def _check_header(path, image):
                                   f"most {room / 1e9:.3g} GB): the header is wrong or the "
                                   f"file is cut short")
     header = image.header
-    if "qform_code" in header and int(header["qform_code"]) == 0 and \
-            int(header["sform_code"]) == 0:
+    if "qform_code" not in header:  # Analyze 7.5 (.img/.hdr): no orientation field at all
+        warnings.warn(f"{path}: an Analyze header gives no orientation; its axes are taken as "
+                      f"nibabel's Analyze default (x right to left, LAS) with the voxel sizes "
+                      f"it gives. Convert it to NIfTI with its orientation set if they are not",
+                      DataWarning, stacklevel=3)
+    elif int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
         warnings.warn(f"{path}: the header gives no orientation (qform and sform codes are "
                       f"0); its axes are taken as RAS with the voxel sizes it gives. Set the "
                       f"orientation (e.g. fslorient, or nibabel's set_sform) if they are not",

@@ -11,12 +11,17 @@ that they are made several times faster than a training step eats them.
 """
 
 import functools
+import warnings
 
 import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
+from tversky_keras.data.errors import DataWarning
 from tversky_keras.data.grid import crop_or_pad
+
+# A patch more than this share padding (it is larger than its volume) is warned about.
+PADDING_WARNING = 0.5
 
 # Intensity augmentation, per example: nnU-Net's default transforms (Isensee
 # et al., Nat Methods 2021, its default data augmentation) with their
@@ -174,6 +179,15 @@ def _check_options(
     for volume in volumes:
         if not volume.count("brain"):
             raise ValueError(f"volume {volume.id} has no brain voxels to centre patches on")
+    padding = {v.id: 1 - np.prod(np.minimum(v.shape, patch_size)) / np.prod(patch_size)
+               for v in volumes}
+    worst = max(padding, key=padding.get)
+    if padding[worst] > PADDING_WARNING:
+        shape = next(v.shape for v in volumes if v.id == worst)
+        warnings.warn(f"subject {worst}: the patch {'x'.join(map(str, patch_size))} is larger "
+                      f"than its {'x'.join(map(str, shape))} volume, so {padding[worst]:.0%} of "
+                      f"each of its patches is padding; a patch no larger than the volumes "
+                      f"trains on the scans themselves", DataWarning, stacklevel=3)
     return patch_size
 
 
