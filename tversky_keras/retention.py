@@ -125,9 +125,12 @@ def lesion_retention_curve(y_true, y_pred, uncertainty, overlap="any", min_overl
     - **random**: the expected number of false lesions kept, ``(k / n) FP``.
 
     Args:
-        y_true, y_pred: binary masks of the same shape.
+        y_true: binary mask.
+        y_pred: binary mask of the same shape.
         uncertainty: real voxel map of that shape, larger = less certain.
-        overlap, min_overlap, connectivity: as ``lesion_detection``.
+        overlap: as ``lesion_detection``.
+        min_overlap: as ``lesion_detection``.
+        connectivity: as ``lesion_detection``.
 
     Returns:
         dict: ``fractions``, ``f1``, ``ideal``, ``random`` (lists), their areas
