@@ -321,3 +321,23 @@ def test_cached_arrays_are_opened_one_header_at_a_time(cached, monkeypatch):
     for thread in threads:
         thread.join()
     assert unlocked == [] and len(results) == 160 and all(results)
+
+
+def test_a_run_folders_record_of_its_data_does_not_follow_the_cache_format(writable_subjects,
+                                                                           monkeypatch):
+    """Run folders made before the cache's format changed recorded this digest of their
+    subjects (format 1, no settings): it must not change with CACHE_FORMAT, or every
+    finished run would be refused as trained on other data."""
+    import hashlib
+
+    from tversky_keras.data import cache
+    from tversky_keras.data.cache import file_identity, source_digest
+
+    subject = writable_subjects[0]
+    files = [file_identity(m, p) for m, p in sorted(subject.images.items())]
+    files.append(file_identity("mask", subject.mask))
+    content = {"format": 1, "id": subject.id, "settings": {}, "files": files}
+    expected = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+    assert source_digest(subject) == expected
+    monkeypatch.setattr(cache, "CACHE_FORMAT", 99)
+    assert source_digest(subject) == expected

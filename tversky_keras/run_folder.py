@@ -25,7 +25,7 @@ import numpy as np
 
 from tversky_keras.atomic import atomic_path
 from tversky_keras.claims import current_holder, try_claim
-from tversky_keras.data.cache import cache_key, file_identity
+from tversky_keras.data.cache import file_identity, source_digest
 
 
 def save_model_atomically(model, path):
@@ -160,7 +160,7 @@ def run_record(config, train_subjects, val_subjects):
     run folder can tell another data set, another split or a changed file.
     """
     def digests(subjects):
-        return {s.id: cache_key(s, settings={}) for s in subjects}
+        return {s.id: source_digest(s) for s in subjects}
 
     record = {**config.to_json(),
               "data": {"train": digests(train_subjects), "val": digests(val_subjects)}}

@@ -112,14 +112,22 @@ def file_identity(role, path):
 _DIGESTS = {}
 
 
-def cache_key(subject, settings):
+def cache_key(subject, settings, cache_format=CACHE_FORMAT):
     """A hex digest of the format, the settings and every source file's identity."""
     files = [file_identity(m, p) for m, p in sorted(subject.images.items())]
     for role in ("mask", "brainmask"):
         if getattr(subject, role) is not None:
             files.append(file_identity(role, getattr(subject, role)))
-    content = {"format": CACHE_FORMAT, "id": subject.id, "settings": settings, "files": files}
+    content = {"format": cache_format, "id": subject.id, "settings": settings, "files": files}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def source_digest(subject):
+    """A hex digest of a subject's id and source files' identity alone: what a run folder
+    records of its data (``tversky_keras.run_folder.run_record``). It is ``cache_key``
+    with no settings at format 1, whatever ``CACHE_FORMAT`` is now, so the records of
+    runs made before the cache's format changed still match their data."""
+    return cache_key(subject, settings={}, cache_format=1)
 
 
 def _settings(modalities, target_spacing, target_shape, multiple_of, normalize):
