@@ -21,6 +21,7 @@ running it, so that no cell runs twice.
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -149,7 +150,21 @@ def challenge_scores(truth, probability, spacing, brain):
 
 
 def row_name(alpha, beta):
+    """A row's folder name: ``row_name(0.3, 0.7)`` is ``a0.3_b0.7`` (``row_penalties``'s
+    inverse)."""
     return f"a{alpha:g}_b{beta:g}"
+
+
+def row_penalties(name):
+    """``(alpha, beta)`` of a row name, ``row_name``'s inverse: ``a0.3_b0.7`` -> (0.3, 0.7).
+
+    >>> row_penalties(row_name(0.3, 0.7))
+    (0.3, 0.7)
+    """
+    match = re.fullmatch(r"a([^_]+)_b(.+)", name)
+    if match is None:
+        raise ValueError(f"{name!r} is no row name (a<alpha>_b<beta>, e.g. a0.3_b0.7)")
+    return float(match[1]), float(match[2])
 
 
 # --- the results folder's layout: the one reader (table1, figures and the cells use it) ---
@@ -176,17 +191,17 @@ def cell_metrics(cell):
     return json.loads((Path(cell) / "metrics.json").read_text())
 
 
-def test_file(cell, subject_id):
+def held_out_file(cell, subject_id):
     """``<cell>/test/<id>.npz``: one test subject's arrays."""
     return Path(cell) / "test" / f"{subject_id}.npz"
 
 
-def test_subjects(cell):
+def held_out_subjects(cell):
     """``{subject id: test array file}`` of a cell, sorted by id."""
     return {path.stem: path for path in sorted((Path(cell) / "test").glob("*.npz"))}
 
 
-def test_arrays(path, names=TEST_ARRAYS):
+def held_out_arrays(path, names=TEST_ARRAYS):
     """One test subject's arrays from its file: probability (float32), label, brain, flair."""
     with np.load(path) as data:
         arrays = {name: data[name] for name in names}
@@ -195,7 +210,7 @@ def test_arrays(path, names=TEST_ARRAYS):
     return arrays
 
 
-def test_spacing(path, subject=None):
+def held_out_spacing(path, subject=None):
     """The voxel size in mm (canonical axes) of a test file's arrays, or ``None`` if unknown.
 
     Cells written before the spacing was saved in the file fall back on the
@@ -400,7 +415,7 @@ class Experiment:
             flair = scan.image[..., list(config.modalities).index("FLAIR")] \
                 if "FLAIR" in config.modalities else scan.image[..., -1]
             spacing = scan.geometry.spacing  # along the canonical axes, as the arrays
-            with atomic_path(test_file(cell, subject_id)) as temporary:
+            with atomic_path(held_out_file(cell, subject_id)) as temporary:
                 np.savez_compressed(temporary, probability=prob.astype(np.float16), label=label,
                                     brain=brain, flair=flair.astype(np.float16),
                                     spacing=np.asarray(spacing, float))

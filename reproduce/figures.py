@@ -22,8 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reproduce.experiment import (ROWS, cell_metrics, finished_cells, test_arrays,  # noqa: E402
-                                  test_subjects)
+from reproduce.experiment import (ROWS, cell_metrics, finished_cells, held_out_arrays,  # noqa: E402
+                                  held_out_subjects)
 from tversky_keras.arguments import output_folder  # noqa: E402
 from tversky_keras.atomic import atomic_path  # noqa: E402
 from tversky_keras.evaluation import precision_recall_curve  # noqa: E402
@@ -36,7 +36,7 @@ def _test_files(cells):
     """{subject id: test array file} over the finished folds of one row."""
     files = {}
     for cell in cells:
-        files.update(test_subjects(cell))
+        files.update(held_out_subjects(cell))
     return files
 
 
@@ -67,7 +67,7 @@ def _pr_panel(ax, cells_by_row, subject, title):
         for subject_id, path in _test_files(cells).items():
             if subject is not None and subject_id != subject:
                 continue
-            arrays = test_arrays(path, ("label", "probability", "brain"))
+            arrays = held_out_arrays(path, ("label", "probability", "brain"))
             truths.append(arrays["label"][arrays["brain"]])
             probs.append(arrays["probability"][arrays["brain"]])
         if not truths or not np.concatenate(truths).any():
@@ -118,7 +118,7 @@ def segmentation_figure(cells_by_row, subject, title, path, n_slices=3):
     for key, cells in cells_by_row.items():
         file = _test_files(cells).get(subject)
         if file is not None:
-            loaded[key] = test_arrays(file, ("label", "probability", "flair"))
+            loaded[key] = held_out_arrays(file, ("label", "probability", "flair"))
     if not loaded:
         return None
     slices = lesion_slices(next(iter(loaded.values()))["label"], n_slices)

@@ -49,7 +49,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reproduce import report  # noqa: E402
-from reproduce.experiment import FOLDS, ROWS, cell_folder, is_finished, row_name  # noqa: E402
+from reproduce.experiment import (FOLDS, ROWS, cell_folder, is_finished, row_name,  # noqa: E402
+                                  row_penalties)
 from reproduce import uncertainty  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
     CHALLENGE_HEAD, CHALLENGE_SHOWN, baselines_markdown, oracle, scan_reference, score_subject,
@@ -286,18 +287,14 @@ HEAD = ["penalties", "models", "DSC", "sensitivity", "specificity", "APR", "lesi
         "lesion FPR", "above the oracle"] + CHALLENGE_HEAD
 
 
-def _alpha(row):
-    """alpha of a row name (``a0.3_b0.7`` -> 0.3): the table runs as the paper's, 0.5 first."""
-    return float(row[1:].split("_b")[0])
-
-
 def _tables(summary, title, cells):
     """One table per subject (``title(subject id, an entry)`` above it), a line per row."""
     parts = []
     for subject_id, by_row in sorted(summary.items()):
         parts.append(title(subject_id, next(iter(by_row.values()))))
         lines = []
-        for row, entry in sorted(by_row.items(), key=lambda item: -_alpha(item[0])):
+        # As the paper's table runs: alpha 0.5 first.
+        for row, entry in sorted(by_row.items(), key=lambda item: -row_penalties(item[0])[0]):
             alpha, beta = row[1:].split("_b")
             lines.append([f"a={alpha}, b={beta}", entry["models"], *cells(entry)])
         parts.append(report.markdown_table(HEAD, lines))

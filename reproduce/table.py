@@ -23,7 +23,7 @@ import numpy as np
 from reproduce import report
 from reproduce.experiment import (CHALLENGE_OVERLAP, FOLDS, METRICS, PAPER_TABLE1, ROWS,
                                   cell_metrics, challenge_scores, final_training_loss,
-                                  row_name, test_arrays, test_file, test_spacing)
+                                  row_name, held_out_arrays, held_out_file, held_out_spacing)
 from tversky_keras.atomic import dumps, write_text
 from tversky_keras.evaluation import lesion_metrics
 
@@ -42,9 +42,9 @@ CHALLENGE_KEYS = tuple(key for key, *_ in CHALLENGE)
 def _load_cell_arrays(experiment, alpha, beta, fold):
     cell = experiment.cell_dir(alpha, beta, fold)
     for subject_id in experiment.split[fold][1]:
-        path = test_file(cell, subject_id)
-        arrays = test_arrays(path, ("label", "probability", "brain"))
-        spacing = test_spacing(path, experiment.subjects.get(subject_id))
+        path = held_out_file(cell, subject_id)
+        arrays = held_out_arrays(path, ("label", "probability", "brain"))
+        spacing = held_out_spacing(path, experiment.subjects.get(subject_id))
         yield subject_id, arrays["label"], arrays["probability"], arrays["brain"], spacing
 
 

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from reproduce import report  # noqa: E402
+from reproduce.experiment import row_penalties  # noqa: E402
 from reproduce.scoring import THRESHOLD  # noqa: E402
 from tversky_keras.atomic import atomic_path  # noqa: E402
 from tversky_keras.retention import lesion_retention_curve, voxel_retention_curve  # noqa: E402
@@ -82,7 +83,7 @@ def markdown(summary, measure="entropy"):
     against the ideal and random rankings, and the lesion ranks (percent for areas)."""
     rows = []
     # The paper's order, 0.5/0.5 first (the JSON's keys are sorted).
-    for row, by_subject in sorted(summary.items(), key=lambda item: -_alpha(item[0])):
+    for row, by_subject in sorted(summary.items(), key=lambda item: -row_penalties(item[0])[0]):
         alpha, beta = row[1:].split("_b")
         for subject_id, entry in sorted(by_subject.items()):
             scores = entry["measures"][measure]
@@ -96,11 +97,6 @@ def markdown(summary, measure="entropy"):
                          f"{_maybe(ranks['correct_mean'])} / {_maybe(ranks['false_mean'])}",
                          _maybe(ranks["false_vs_correct_auroc"], 2)])
     return report.markdown_table(HEAD, rows)
-
-
-def _alpha(row):
-    """alpha of a row name: ``a0.3_b0.7`` -> 0.3."""
-    return float(row[1:].split("_b")[0])
 
 
 def _maybe(value, digits=3):

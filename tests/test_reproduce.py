@@ -747,3 +747,13 @@ def test_cells_from_before_the_challenge_metrics_still_make_both_tables(smoke_ru
     assert text.count("n/a") == 5 * (5 + 2 * 5) and "Not scored" in text
     assert "53.42" in (tmp_path / "out" / "table1.md").read_text()
     assert table_module.challenge_seed_summary([table])[0]["mean"]["ndsc"] is None
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.5, 0.5), (0.3, 0.7), (0.1, 0.9), (0.05, 0.95)])
+def test_row_penalties_is_row_names_inverse(alpha, beta):
+    from reproduce.experiment import row_penalties
+
+    assert row_name(alpha, beta) == f"a{alpha:g}_b{beta:g}"
+    assert row_penalties(row_name(alpha, beta)) == (alpha, beta)
+    with pytest.raises(ValueError, match="no row name"):
+        row_penalties("fold0")
