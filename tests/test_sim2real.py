@@ -49,7 +49,7 @@ def smoke_run(tmp_path_factory):
             str(root / "results"), "--cache", str(root / "cache"), "--mirror", "none",
             "--threshold-union", "none"]
     assert sim2real.main(argv) == 0
-    return root / "results" / "sim2real-smoke-v3-randomized-wmpeak-ce1", folders, argv
+    return root / "results" / "sim2real-smoke-v3-randomized-rim-wmpeak-ce1", folders, argv
 
 
 def read(path):
@@ -207,7 +207,7 @@ def test_a_subject_name_that_cannot_be_a_results_folder_is_refused_before_any_wo
 def test_another_seed_trains_another_model_into_its_own_folder(smoke_run):
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--seed", "3"]) == 0
-    seeded = folder.parent / "sim2real-smoke-v3-randomized-wmpeak-ce1-seed3"
+    seeded = folder.parent / "sim2real-smoke-v3-randomized-rim-wmpeak-ce1-seed3"
     settings = json.loads((seeded / "settings.json").read_text())
     assert settings["training"]["seed"] == 3
     assert json.loads((folder / "settings.json").read_text())["training"]["seed"] == 0
@@ -222,7 +222,7 @@ def test_another_phantom_spacing_augmentation_and_oversampling_train_into_their_
     folder, _, argv = smoke_run
     assert sim2real.main([*argv, "--phantom-spacing", "6", "--intensity-augmentation",
                           "--oversample", "0.5"]) == 0
-    other = folder.parent / "sim2real-smoke-v3-randomized-6mm-augment-wmpeak-oversample0.5-ce1"
+    other = folder.parent / "sim2real-smoke-v3-randomized-rim-6mm-augment-wmpeak-oversample0.5-ce1"
     settings = json.loads((other / "settings.json").read_text())
     assert settings["training"]["intensity_augmentation"] is True
     assert settings["training"]["foreground_ratio"] == 0.5
@@ -255,9 +255,9 @@ def test_a_phantom_spacing_the_generator_cannot_make_is_refused(tmp_path, capsys
 def test_the_default_recipe_trains_on_four_randomized_looks_per_profile_subject(smoke_run):
     root, _, _ = smoke_run
     result = json.loads((root / "sim2real.json").read_text())
-    assert result["recipe"]["name"] == sim2real.DEFAULT_RECIPE == "randomized"
+    assert result["recipe"]["name"] == sim2real.DEFAULT_RECIPE == "randomized-rim"
     assert result["phantom"]["version"] == 3
-    assert result["phantom"]["appearance"] == "randomized"
+    assert result["phantom"]["appearance"] == "randomized-rim"
     assert result["phantom"]["n_subjects"] == 4 * PROFILES["smoke"].phantom_subjects
     assert result["training_summary"]["n_train"] == result["phantom"]["n_subjects"]
     assert result["training"]["intensity_normalization"] == "wm-peak"
@@ -361,18 +361,18 @@ def test_a_folder_recorded_before_a_training_setting_existed_is_accepted(tmp_pat
 
 
 @pytest.mark.parametrize("options, name", [
-    ([], "sim2real-quick-v3-randomized-wmpeak-ce1"),
+    ([], "sim2real-quick-v3-randomized-rim-wmpeak-ce1"),
     (["--recipe", "calibrated"], "sim2real-quick-v3-calibrated-wmpeak-ce1"),
     (["--phantom-version", "2", "--recipe", "calibrated", "--intensity-normalization", "zscore",
       "--ce-weight", "0"], "sim2real-quick-v2-calibrated"),
-    (["--phantom-subjects", "60"], "sim2real-quick-v3-randomized-wmpeak-ce1"),
-    (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-30subjects-wmpeak-ce1"),
+    (["--phantom-subjects", "60"], "sim2real-quick-v3-randomized-rim-wmpeak-ce1"),
+    (["--phantom-subjects", "30"], "sim2real-quick-v3-randomized-rim-30subjects-wmpeak-ce1"),
     (["--intensity-normalization", "zscore", "--intensity-augmentation"],
-     "sim2real-quick-v3-randomized-augment-ce1"),
-    (["--oversample", "0.33"], "sim2real-quick-v3-randomized-wmpeak-oversample0.33-ce1"),
-    (["--oversample", "0"], "sim2real-quick-v3-randomized-wmpeak-ce1"),
-    (["--ce-weight", "0"], "sim2real-quick-v3-randomized-wmpeak"),
-    (["--ce-weight", "0.5"], "sim2real-quick-v3-randomized-wmpeak-ce0.5"),
+     "sim2real-quick-v3-randomized-rim-augment-ce1"),
+    (["--oversample", "0.33"], "sim2real-quick-v3-randomized-rim-wmpeak-oversample0.33-ce1"),
+    (["--oversample", "0"], "sim2real-quick-v3-randomized-rim-wmpeak-ce1"),
+    (["--ce-weight", "0"], "sim2real-quick-v3-randomized-rim-wmpeak"),
+    (["--ce-weight", "0.5"], "sim2real-quick-v3-randomized-rim-wmpeak-ce0.5"),
 ])
 def test_every_training_setting_names_its_own_folder(options, name):
     args = sim2real.build_parser().parse_args(["--data", "d", *options])
@@ -382,7 +382,7 @@ def test_every_training_setting_names_its_own_folder(options, name):
 def test_the_default_recipe_mirrors_and_none_turns_it_off():
     parse = sim2real.build_parser().parse_args
     assert parse(["--data", "d"]).mirror == (0,)
-    assert parse(["--data", "d"]).threshold_union == "phantom-core"
+    assert parse(["--data", "d"]).threshold_union == "phantom"
     assert parse(["--data", "d"]).ce_weight == 1.0
     assert parse(["--data", "d", "--mirror", "none"]).mirror == ()
     assert parse(["--data", "d", "--mirror", "x,z"]).mirror == (0, 2)
