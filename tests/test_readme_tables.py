@@ -290,3 +290,22 @@ def test_the_readme_sentence_on_a_union_default_gives_the_networks_alone_beside_
     (tmp_path / readme_tables.DEFAULT_SIM2REAL).write_text(json.dumps(united))
     assert "z >= 2.44 (its mean and std from the brain deeper than 6 mm) whose k" in \
         readme_tables.render_sim2real_baselines(tmp_path)
+
+
+def test_the_readme_sentence_names_a_stronger_threshold_of_another_phantom(tmp_path):
+    """The default beats its own phantom's baselines, but another committed summary's
+    phantom gives a threshold above it on patient07: the sentence says so, with that
+    phantom and k; a weaker one elsewhere is not mentioned."""
+    loo, phantom = {"patient07": 0.10, "patient26": 0.02}, {"patient07": 0.11, "patient26": 0.0}
+    default = with_baselines(summary([0.10, 0.14], [0.40, 0.50]), loo, phantom)
+    (tmp_path / readme_tables.DEFAULT_SIM2REAL).write_text(json.dumps(default))
+    text = readme_tables.render_sim2real_baselines(tmp_path)
+    assert "it beats every baseline" in text and "another committed phantom" not in text
+    other = with_baselines(summary([0.1, 0.1], [0.3, 0.3]), loo, phantom,
+                           core={"patient07": 0.201, "patient26": 0.3})
+    other["variant"]["recipe"]["name"] = "calibrated"
+    (tmp_path / "other-seeds.json").write_text(json.dumps(other))
+    text = readme_tables.render_sim2real_baselines(tmp_path)
+    assert ("but a threshold of another committed phantom scores higher on patient07 20.1 "
+            "(core statistics, k from the phantom, the calibrated phantom's k = 2.41)") in text
+    assert "patient26 30.0" not in text  # below the default's 45.0 there

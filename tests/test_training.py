@@ -473,3 +473,16 @@ def test_training_refuses_labels_without_a_lesion_and_writes_nothing(tiny_data, 
         train(TrainConfig(epochs=1, **TINY), discover_subjects(empty), [], tmp_path / "run",
               verbose=0, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epoch,loss\n0,0.5\nzero,0.4\n", r"log.csv: line 3 is no training log row"),
+    ("epoch,loss\n0,not-a-number\n", r"log.csv: line 2 is no training log row"),
+    ("\x00\x01garbage\n1,2,3\n", r"log.csv: line 2 is no training log row"),
+])
+def test_a_garbage_training_log_is_named(tmp_path, text, message):
+    from tversky_keras.run_folder import read_log as package_read_log
+
+    (tmp_path / "log.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        package_read_log(tmp_path / "log.csv")

@@ -65,11 +65,29 @@ def check_finished_models(run_dir):
 
 
 def read_log(path):
-    """The rows of a run's ``log.csv`` as dicts of strings; none if it does not exist."""
+    """The rows of a run's ``log.csv`` as dicts of strings; none if it does not exist.
+
+    Raises:
+        ValueError: naming the file and line, when a row has no whole-number epoch or a
+            value that is not a number (a damaged or foreign file).
+    """
+    path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path}: unreadable training log ({error}); delete it (or the run "
+                         f"folder) and run again") from None
+    for line, row in enumerate(rows, 2):
+        try:
+            int(row["epoch"])
+            [float(value) for key, value in row.items() if key != "epoch" and value != ""]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: line {line} is no training log row ({error!r}); delete "
+                             f"it (or the run folder) and run again") from None
+    return rows
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -93,9 +111,14 @@ class RunRecorder(keras.callbacks.Callback):
         self.best_epoch = None
 
     def on_train_begin(self, logs=None):
-        rows = read_log(self.run_dir / "log.csv")
+        path = self.run_dir / "log.csv"
+        rows = read_log(path)
         self.rows = [r for r in rows if int(r["epoch"]) < self.start_epoch]
         for row in self.rows:
+            if row.get(self.monitor) in (None, ""):
+                raise ValueError(f"{path}: epoch {row['epoch']} has no {self.monitor}, which "
+                                 f"this run monitors; delete it (or the run folder) and run "
+                                 f"again")
             self._consider(float(row[self.monitor]), int(row["epoch"]))
 
     def on_train_batch_end(self, batch, logs=None):
