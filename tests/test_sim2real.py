@@ -146,7 +146,9 @@ def test_a_rerun_skips_finished_work_and_other_settings_are_refused(smoke_run, t
     assert sim2real.main(argv) == 0
     assert {f.name: (root / f.name / "probability.nii.gz").stat().st_mtime_ns
             for f in folders} == written
-    assert capsys.readouterr().out.count("finished") == len(folders)
+    out = capsys.readouterr().out
+    assert [f"skip {f.name}: finished" in out for f in folders] == [True] * len(folders)
+    assert "finished earlier" in out and "nothing to train" in out  # the run, not retrained
     assert json.loads((root / "sim2real.json").read_text()) == before
     other = tmp_path / "other"
     write_tiny_subjects(other, n=1)
