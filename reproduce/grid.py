@@ -211,13 +211,23 @@ def stopping_helpers(workers):
             signal.signal(signal.SIGTERM, handler)
 
 
-def _stop_helpers(helpers):
-    """Terminate the helper processes still running, and reap them all."""
+# Seconds a helper has to end after SIGTERM before it is killed: one stuck in C++ code
+# (TensorFlow's import, a tf.data call) runs no Python signal handler until it returns.
+HELPER_GRACE_S = 20
+
+
+def _stop_helpers(helpers, grace_s=HELPER_GRACE_S):
+    """Terminate the helper processes still running, and reap them all; one still running
+    ``grace_s`` seconds after SIGTERM is killed, so the lead never waits on a stuck one."""
     for process in helpers:
         if process.poll() is None:
             process.terminate()
     for process in helpers:
-        process.wait()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _stop_helpers_and_exit(helpers):

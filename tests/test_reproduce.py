@@ -757,3 +757,28 @@ def test_row_penalties_is_row_names_inverse(alpha, beta):
     assert row_penalties(row_name(alpha, beta)) == (alpha, beta)
     with pytest.raises(ValueError, match="no row name"):
         row_penalties("fold0")
+
+
+def test_a_helper_that_ignores_sigterm_is_killed_after_its_grace(tmp_path):
+    """The lead never waits forever on a helper stuck where no Python signal handler runs
+    (stood in for by one that ignores SIGTERM)."""
+    import subprocess
+    import sys
+    import time
+
+    from reproduce import grid
+
+    ready = tmp_path / "ready"
+    stuck = subprocess.Popen([sys.executable, "-c",
+                              "import signal, time, pathlib; "
+                              "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                              f"pathlib.Path({str(ready)!r}).touch(); time.sleep(600)"])
+    try:
+        while not ready.exists() and stuck.poll() is None:
+            time.sleep(0.05)  # polling a condition: the handler is in place
+        assert stuck.poll() is None
+        grid._stop_helpers([stuck], grace_s=0.5)
+        assert stuck.returncode == -signal.SIGKILL
+    finally:
+        stuck.kill()
+        stuck.wait()
