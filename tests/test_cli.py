@@ -530,3 +530,58 @@ def test_only_a_command_that_resumes_says_resume_when_stopped(monkeypatch, capsy
     assert main(argv) == 130
     (line,) = capsys.readouterr().err.splitlines()
     assert says in line and (("resume" in line) is (command == "train"))
+
+
+def test_predict_and_baseline_refuse_an_out_that_would_replace_their_inputs(tiny_data, tiny_model,
+                                                                            tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    subject = tmp_path / "sub00"
+    shutil.copytree(tiny_data / "sub00", subject)
+    flair = nib.load(subject / "FLAIR.nii.gz")
+    brain = (np.asarray(flair.dataobj) != 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(brain, flair.affine), subject / "mask.nii.gz")
+    shutil.copy(subject / "FLAIR.nii.gz", subject / "zscore.nii.gz")
+
+    def digests():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in subject.iterdir()}
+
+    before = digests()
+    assert main(["predict", "--model", str(tiny_model), "--input", str(subject), "--brain",
+                 str(subject / "mask.nii.gz"), "--out", str(subject)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "writing mask.nii.gz there would replace the input" in line
+    assert main(["baseline", "--flair", str(subject / "zscore.nii.gz"), "--brain",
+                 str(subject / "mask.nii.gz"), "--k", "2", "--out", str(subject / ".." /
+                                                                   subject.name)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "writing zscore.nii.gz there would replace the input" in line
+    assert digests() == before  # nothing written over
+
+
+def test_evaluate_measures_distances_along_the_scans_own_axes(tmp_path, capsys):
+    """Stored axes permuted, 5-mm voxels along the stored first axis (world z): two
+    squares two slices apart are 10 mm apart (scipy on world coordinates agrees)."""
+    from scipy.spatial.distance import cdist
+
+    affine = np.array([[0, 0, 1.0, 0], [0, 1.0, 0, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]])
+    truth = np.zeros((10, 20, 20), np.uint8)
+    prediction = truth.copy()
+    truth[3, 8:12, 8:12] = 1
+    prediction[5, 8:12, 8:12] = 1
+    for name, data in (("t", truth), ("p", prediction)):
+        image = nib.Nifti1Image(data, affine)
+        image.set_qform(affine, 1)
+        image.set_sform(affine, 1)
+        nib.save(image, tmp_path / f"{name}.nii.gz")
+    assert main(["evaluate", "--prediction", str(tmp_path / "p.nii.gz"), "--truth",
+                 str(tmp_path / "t.nii.gz")]) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    def world(mask):
+        return nib.affines.apply_affine(affine, np.argwhere(mask))
+
+    expected = cdist(world(prediction), world(truth)).min(axis=1).min()
+    assert expected == pytest.approx(10.0)
+    assert result["hd95_mm"] == pytest.approx(10.0) and result["assd_mm"] == pytest.approx(10.0)

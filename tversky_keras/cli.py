@@ -322,6 +322,18 @@ def run_train(args):
           cache_dir=args.cache)
 
 
+def refuse_overwriting_inputs(out, names, inputs):
+    """A ValueError when writing ``out/<name>`` for a name in ``names`` would replace one
+    of ``inputs`` (paths, compared resolved: symlinks and ``..`` included), before any
+    work: an output folder that is the input's own folder must not eat its scans."""
+    given = {Path(path).resolve(): Path(path) for path in inputs if path is not None}
+    for name in names:
+        target = (Path(out) / name).resolve()
+        if target in given:
+            raise ValueError(f"--out {out}: writing {name} there would replace the input "
+                             f"{given[target]}; give another output folder")
+
+
 def _subject_for_predict(args):
     from tversky_keras.data import Subject, subject_from_folder
 
@@ -361,6 +373,10 @@ def run_predict(args):
             raise ValueError(f"--model: {path} is given twice (as {twice} too); an ensemble "
                              f"needs different models")
     subject = _subject_for_predict(args)
+    refuse_overwriting_inputs(
+        args.out, ("probability.nii.gz", "mask.nii.gz", "uncertainty.nii.gz", "lesions.json",
+                   "segmentation.json"),
+        [*subject.images.values(), subject.brainmask, subject.mask, *args.model])
     # Inference needs the weights only: an optimizer restored beside them is work thrown away.
     models = [load_saved_model(path, compile=False) for path in args.model]
     check_ensemble(models, names=args.model)
@@ -416,11 +432,23 @@ def run_evaluate(args):
             raise ValueError(f"{args.brain}: the mask is empty: no voxel to score")
     result = lesion_metrics(truth, prediction, threshold=args.threshold, mask=brain)
     # The challenges' metrics after the paper's; the lesion counts they share agree.
-    spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
+    spacing = ras_spacing(truth_image)  # read_nifti's arrays are in RAS order
     result.update(challenge_metrics(truth, prediction, spacing, threshold=args.threshold,
                                     overlap=args.overlap, min_overlap=args.min_overlap,
                                     mask=brain))
     print(dumps({k: v for k, v in result.items() if k != "pr_curve"}))
+
+
+def ras_spacing(image):
+    """The voxel size in mm along the axes of ``read_nifti``'s arrays (RAS order), from the
+    header's zooms, which are in the file's storage order."""
+    from nibabel.orientations import io_orientation
+
+    zooms = [float(z) for z in image.header.get_zooms()[:3]]
+    spacing = [0.0] * 3
+    for stored, (axis, _) in enumerate(io_orientation(image.affine)):
+        spacing[int(axis)] = zooms[stored]
+    return tuple(spacing)
 
 
 def run_baseline(args):
@@ -435,6 +463,8 @@ def run_baseline(args):
     def stored(image):  # the file's own voxel order (read_nifti's is RAS)
         return np.asarray(image.dataobj, np.float32).reshape(image.shape[:3])
 
+    refuse_overwriting_inputs(args.out, ("zscore.nii.gz", "mask.nii.gz"),
+                              [args.flair, args.brain])
     _, image = read_nifti(args.flair)  # refuses a missing, bad or 4D file in one line
     flair = stored(image)
     if args.brain is None:
