@@ -425,3 +425,29 @@ def test_an_empty_or_constant_scan_is_refused_not_normalised(tmp_path, rng, case
         write(folder / "brainmask.nii.gz", np.zeros(SHAPE, np.uint8))
     with pytest.raises(DataError, match=problem):
         load_subject(subject_from_folder(folder))
+
+
+def test_two_subjects_reading_one_file_are_refused(tmp_path):
+    from tiny_data import write_tiny_subjects
+    from tversky_keras.data import DataError, discover_subjects
+
+    write_tiny_subjects(tmp_path / "real", n=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a").symlink_to(tmp_path / "real" / "sub00")
+    (data / "b").symlink_to(tmp_path / "real" / "sub00")
+    with pytest.raises(DataError, match="subjects a and b read the same file"):
+        discover_subjects(data)
+
+
+def test_a_manifest_naming_a_column_twice_is_refused(tmp_path):
+    from tiny_data import write_tiny_subjects
+    from tversky_keras.data import DataError, discover_subjects
+
+    write_tiny_subjects(tmp_path, n=2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("subject,t1,t2,flair,mask,flair\n"
+                        "s0,sub00/T1W.nii.gz,sub00/T2W.nii.gz,sub00/FLAIR.nii.gz,"
+                        "sub00/consensus_gt.nii.gz,sub01/FLAIR.nii.gz\n")
+    with pytest.raises(DataError, match="names the column flair more than once"):
+        discover_subjects(manifest)

@@ -133,7 +133,22 @@ def discover_subjects(root, modalities=MODALITIES, require_mask=True):
         subjects = [subject_from_folder(folder, modalities, require_mask) for folder in folders]
     if not subjects:
         raise DataError(root, "no subjects found; looked for " + "; ".join(LAYOUTS))
+    _refuse_shared_files(root, subjects)
     return sorted(subjects, key=lambda s: s.id)
+
+
+def _refuse_shared_files(root, subjects):
+    """A DataError when two subjects read the same scan file (symlinked folders, a manifest
+    listing one file twice): the same scan would be trained and validated on, or counted
+    twice, without a word."""
+    owner = {}
+    for subject in subjects:
+        for path in subject.images.values():
+            resolved = Path(path).resolve()
+            other = owner.setdefault(resolved, subject.id)
+            if other != subject.id:
+                raise DataError(root, f"subjects {other} and {subject.id} read the same file "
+                                      f"{resolved}: one scan would count as two subjects")
 
 
 def _candidates(folder, name):
@@ -185,6 +200,10 @@ def _subjects_from_manifest(manifest, modalities, require_mask):
         raise DataError(manifest, f"cannot read the manifest ({error})") from error
     lines = [(number, line) for number, line in lines if any(line)]  # blank lines
     columns = [c.lower() for c in lines[0][1]] if lines else []
+    twice = sorted({c for c in columns if c and columns.count(c) > 1})
+    if twice:  # dict(zip(...)) would keep the last one's file without a word
+        raise DataError(manifest, f"the header names the column {', '.join(twice)} more than "
+                                  f"once: say which file is meant")
     rows = [(number, dict(zip(columns, line))) for number, line in lines[1:]]
     needed = ["subject", *(MANIFEST_COLUMNS[m] for m in modalities)]
     needed += ["mask"] if require_mask else []
