@@ -585,3 +585,14 @@ def test_evaluate_measures_distances_along_the_scans_own_axes(tmp_path, capsys):
     expected = cdist(world(prediction), world(truth)).min(axis=1).min()
     assert expected == pytest.approx(10.0)
     assert result["hd95_mm"] == pytest.approx(10.0) and result["assd_mm"] == pytest.approx(10.0)
+
+
+def test_synth_spacing_zero_and_an_over_long_out_are_one_line(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "s"), "--spacing", "0"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--spacing 0: the phantom is made at" in line
+    with pytest.raises(SystemExit) as stopped:
+        main(["synth", "--out", str(tmp_path / ("x" * 300))])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot be a folder (File name too long)" in err and "Traceback" not in err

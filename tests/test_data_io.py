@@ -368,3 +368,13 @@ def test_an_analyze_file_is_read_with_a_warning_that_it_has_no_orientation(tmp_p
     with pytest.warns(DataWarning, match=r"scan\.img: an Analyze header gives no orientation"):
         read, _ = read_nifti(tmp_path / "scan.img")
     assert read.shape == (4, 5, 3)
+
+
+def test_a_singular_affine_is_a_data_error_naming_the_file(tmp_path):
+    header = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])).header
+    header["pixdim"][3] = 0
+    header["srow_z"] = [0, 0, 0, 0]
+    header["qform_code"], header["sform_code"] = 0, 1
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), None, header), tmp_path / "z.nii.gz")
+    with pytest.raises(DataError, match=r"z\.nii\.gz: the header's affine gives no orientation"):
+        read_nifti(tmp_path / "z.nii.gz")

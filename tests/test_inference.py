@@ -659,3 +659,15 @@ def test_many_windows_are_counted_aloud_and_refused_above_the_bound(model):
                                          r"0.5: .*--force"):
         predict_volume(model, image, window=(8, 16, 8), overlap=0.99, max_window_factor=20)
     assert inference.window_count(image.shape[:3], (8, 16, 8), 0.99) == 1014
+
+
+def test_a_model_that_outputs_logits_is_refused_not_clipped(tiny_data):
+    """Outputs far outside [0, 1] are not probabilities: clipping them to 0 and 1 would
+    hand a threshold a map that means nothing."""
+    inputs = keras.Input((None, None, None, 3))
+    logits = keras.layers.Conv3D(1, 1, kernel_initializer="ones")(inputs)  # no activation
+    model = keras.Model(inputs, logits)
+    subject = discover_subjects(tiny_data)[0]
+    with pytest.raises(ValueError, match=r"outputs run from .* not probabilities in \[0, 1\]; "
+                                         r"end it with a softmax or sigmoid"):
+        segment_subject(model, subject, modalities=["T1W", "T2W", "FLAIR"])

@@ -63,7 +63,12 @@ def seed(text):
 def output_folder(text):
     """A folder to write into: absent (it is made) or a folder, never an existing file."""
     path = Path(text)
-    if path.exists() and not path.is_dir():
+    try:
+        exists = path.exists()
+    except OSError as error:  # a name too long, say
+        raise argparse.ArgumentTypeError(f"{text[:80]}{'...' if len(text) > 80 else ''}: "
+                                         f"cannot be a folder ({error.strerror})") from None
+    if exists and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: a file has that name; give a folder "
                                          f"(it is made if absent)")
     return path

@@ -257,6 +257,12 @@ def run_synth(args):
     from tversky_keras.data.phantom import synthesize_dataset
     from tversky_keras.data.phantom.dataset import default_workers
 
+    from tversky_keras.data.phantom import SPACING_RANGE_MM
+
+    low, high = SPACING_RANGE_MM
+    if not low <= args.spacing <= high:  # before the workers are counted by it
+        raise ValueError(f"--spacing {args.spacing:g}: the phantom is made at {low:g} to "
+                         f"{high:g} mm")
     folders = synthesize_dataset(args.out, n_subjects=args.subjects, seed=args.seed,
                                  spacing=args.spacing, version=args.phantom_version,
                                  appearance=args.appearance,

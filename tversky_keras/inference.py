@@ -82,6 +82,10 @@ def window_starts(size, window, step):
     return starts + [size - window]
 
 
+# How far outside [0, 1] a probability may stray by float rounding before the model's
+# outputs are refused as not probabilities (logits, say).
+PROBABILITY_SLACK = 1e-3
+
 DEFAULT_OVERLAP = 0.5
 """``predict_volume``'s default overlap, the reference of ``max_window_factor``."""
 
@@ -564,6 +568,12 @@ def segment_subject(model, subject, window=None, overlap=0.5, batch_size=1, moda
             f"subject {subject.id}: the model gave {np.count_nonzero(~np.isfinite(lesion))} "
             f"non-finite probabilities (NaN or inf); its weights or this scan's values are not "
             f"finite, nothing was written")
+    low, high = float(lesion.min()), float(lesion.max())
+    if low < -PROBABILITY_SLACK or high > 1 + PROBABILITY_SLACK:
+        raise ValueError(
+            f"subject {subject.id}: the model's outputs run from {low:.3g} to {high:.3g}, not "
+            f"probabilities in [0, 1]; end it with a softmax or sigmoid (a model that outputs "
+            f"logits cannot be thresholded), nothing was written")
     back = grid_to_canonical if canonical else from_grid
 
     def to_scan(grid_map, high):

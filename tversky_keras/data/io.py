@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
-from nibabel.orientations import apply_orientation, io_orientation
+from nibabel.orientations import OrientationError, apply_orientation, io_orientation
 from nibabel.spatialimages import HeaderDataError
 
 from tversky_keras.data.errors import DataError, DataWarning
@@ -72,7 +72,13 @@ def read_nifti(path):
     n_bad = np.size(data) - np.count_nonzero(np.isfinite(data))
     if n_bad:
         raise DataError(path, f"{n_bad} voxels are NaN or infinite")
-    return apply_orientation(data, io_orientation(image.affine)), image
+    try:
+        orientation = io_orientation(image.affine)
+        return apply_orientation(data, orientation), image
+    except (OrientationError, ValueError, np.linalg.LinAlgError) as error:
+        raise DataError(path, f"the header's affine gives no orientation to read the axes by "
+                              f"({error}); a voxel size of 0 or a singular affine: fix the "
+                              f"header") from error
 
 
 # Deflate expands at most 1032 times (RFC 1951's longest match, 258 bytes, in 2 bits):
