@@ -670,3 +670,24 @@ def test_challenge_metrics_region_removes_voxels_everywhere():
 def test_challenge_metrics_bad_input_raises_naming_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("threshold", [np.array([0.5, 0.6]), "0.5", None, True, 1 + 0j])
+def test_lesion_metrics_refuses_a_threshold_that_is_not_one_number(threshold):
+    from tversky_keras.evaluation import lesion_metrics
+
+    truth = np.zeros((4, 4, 4), np.uint8)
+    truth[1, 1, 1] = 1
+    with pytest.raises(ValueError, match="threshold must be one number in"):
+        lesion_metrics(truth, truth.astype(np.float32), threshold=threshold)
+
+
+def test_lesion_metrics_refuses_a_mask_that_is_not_binary():
+    from tversky_keras.evaluation import lesion_metrics
+
+    truth = np.zeros((4, 4, 4), np.uint8)
+    truth[1, 1, 1] = 1
+    with pytest.raises(ValueError, match=r"volume 0: the mask must hold only 0 and 1"):
+        lesion_metrics(truth, truth.astype(np.float32), mask=np.full((4, 4, 4), 0.5))
+    kept = lesion_metrics(truth, truth.astype(np.float32), mask=np.ones((4, 4, 4), np.float32))
+    assert kept["dsc"] == 1.0

@@ -95,6 +95,9 @@ def lesion_metrics(y_true, y_prob, threshold=0.5, connectivity=None, return_curv
         Salehi, Erdogmus, Gholipour. Tversky loss function for image
         segmentation using 3D fully convolutional deep networks. MLMI 2017.
     """
+    if isinstance(threshold, (bool, str, bytes)) or np.ndim(threshold) != 0 or \
+            not isinstance(np.asarray(threshold).item(), (int, float)):
+        raise ValueError(f"threshold must be one number in [0, 1], got {threshold!r}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     volumes, dtype = _validated_volumes(y_true, y_prob)
@@ -513,7 +516,13 @@ def _regions_of_interest(volumes, mask):
     masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
     if len(masks) != len(volumes):
         raise ValueError(f"mask has {len(masks)} volumes but y_true has {len(volumes)}")
-    rois = [np.asarray(m, dtype=bool) for m in masks]
+    rois = []
+    for i, m in enumerate(masks):
+        values = np.asarray(m)
+        if values.dtype != bool and not np.isin(values, (0, 1)).all():
+            raise ValueError(f"volume {i}: the mask must hold only 0 and 1 (or bool), found "
+                             f"also {values[~np.isin(values, (0, 1))].flat[0]!r}")
+        rois.append(values.astype(bool))
     for i, ((lesion, _), roi) in enumerate(zip(volumes, rois)):
         if roi.shape != lesion.shape:
             raise ValueError(f"volume {i}: mask shape {roi.shape} differs from y_true's "
