@@ -671,3 +671,13 @@ def test_a_model_that_outputs_logits_is_refused_not_clipped(tiny_data):
     with pytest.raises(ValueError, match=r"outputs run from .* not probabilities in \[0, 1\]; "
                                          r"end it with a softmax or sigmoid"):
         segment_subject(model, subject, modalities=["T1W", "T2W", "FLAIR"])
+
+
+def test_a_fixed_input_model_without_a_window_is_told_to_use_one():
+    inputs = keras.Input((8, 8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv3D(2, 1, activation="softmax")(inputs))
+    with pytest.raises(ValueError, match=r"takes inputs of 8x8x8 voxels only: .*--window 8,8,8"):
+        predict_volume(model, np.zeros((12, 12, 12, 3), np.float32), multiple_of=4)
+    out = predict_volume(model, np.zeros((12, 12, 12, 3), np.float32), window=(8, 8, 8),
+                         multiple_of=4)
+    assert out.shape == (12, 12, 12, 2)

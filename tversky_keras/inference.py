@@ -236,6 +236,11 @@ def _predict_once(model, image, window, overlap, blend, batch_size, multiple_of,
     if multiple_of is None:
         multiple_of = input_multiple(model)
     shape = image.shape[:3]
+    fixed = tuple(model.input_shape[1:4])
+    if window is None and all(isinstance(n, int) for n in fixed):
+        raise ValueError(f"this model takes inputs of {'x'.join(map(str, fixed))} voxels only: "
+                         f"predict in windows of that size (--window "
+                         f"{','.join(map(str, fixed))}; predict_volume(window=...))")
     if window is None:
         padded = _pad_to(image, pad_to_multiple(shape, multiple_of))
         probs = _predict_whole(model, padded[None])[0]
