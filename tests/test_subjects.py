@@ -451,3 +451,18 @@ def test_a_manifest_naming_a_column_twice_is_refused(tmp_path):
                         "sub00/consensus_gt.nii.gz,sub01/FLAIR.nii.gz\n")
     with pytest.raises(DataError, match="names the column flair more than once"):
         discover_subjects(manifest)
+
+
+def test_a_byte_identical_copy_given_as_another_modality_is_refused(tmp_path):
+    import shutil
+
+    from tiny_data import write_tiny_subjects
+    from tversky_keras.data import DataError, Subject, load_subject
+
+    (folder,) = write_tiny_subjects(tmp_path, n=1)
+    shutil.copy(folder / "FLAIR.nii.gz", tmp_path / "copy.nii.gz")
+    subject = Subject("s", {"T1W": tmp_path / "copy.nii.gz", "T2W": folder / "T2W.nii.gz",
+                            "FLAIR": folder / "FLAIR.nii.gz"}, mask=None, brainmask=None)
+    with pytest.raises(DataError, match=r"a byte-identical copy of .*\.nii\.gz, given as "
+                                        r"(T1W and FLAIR|FLAIR and T1W)"):
+        load_subject(subject)

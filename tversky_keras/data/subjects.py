@@ -255,6 +255,26 @@ def _check_same_grid(reference, reference_image, path, image):
         raise DataError(path, str(error).removeprefix(f"{path} ")) from None
 
 
+def _refuse_copies(subject, files):
+    """A DataError when two modalities' files are byte-identical copies (a FLAIR copied in
+    as T1W): only files of one size are read and compared, so distinct scans cost a stat."""
+    import filecmp
+
+    by_size = {}
+    for path, names in files.items():
+        try:
+            by_size.setdefault(path.stat().st_size, []).append((path, names[0]))
+        except OSError:
+            continue  # read_nifti names a missing or unreadable file
+    for group in by_size.values():
+        for i, (path, name) in enumerate(group):
+            for other, other_name in group[i + 1:]:
+                if filecmp.cmp(path, other, shallow=False):
+                    raise DataError(other, f"a byte-identical copy of {path}, given as "
+                                           f"{other_name} and {name} of subject {subject.id}: "
+                                           f"each modality needs its own scan")
+
+
 def load_subject(
     subject,
     modalities=MODALITIES,
@@ -300,6 +320,7 @@ def load_subject(
         path, names = next(iter(shared.items()))
         raise DataError(path, f"given for {' and '.join(names)} of subject {subject.id}: each "
                               f"modality needs its own scan")
+    _refuse_copies(subject, files)
     reference_path = subject.images[modalities[0]]
     channels, backgrounds, reference = [], [], None
     for modality in modalities:
