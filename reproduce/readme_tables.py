@@ -558,9 +558,12 @@ PAGES = {
         "matter) and segments each changed scan with the same network. Each cell is the "
         "DSC in percent at probability 0.5 inside the patient's brain, with its change from "
         "the unchanged scan in points; for the pasted lesions also the share of them found. "
-        "The second table compares whole-brain intensity histograms (each statistic relative "
-        "to the brain's median) of the two patients with the range over each training "
-        "phantom's subjects (`python -m reproduce.histograms`). Copy the runs' JSON to "
+        "A `-seeds.json` column is one suite run per training seed's network, summarised by "
+        "`python -m reproduce.robustness_seeds DIR... --out FILE.json` (mean ± std over the "
+        "seeds, and the mean change). The second table compares whole-brain intensity "
+        "histograms (each statistic relative to the brain's median) of the two patients "
+        "with the range over each training phantom's subjects (`python -m "
+        "reproduce.histograms`). Copy the runs' JSON to "
         "`figures/sim2real-v3/` and run `python -m reproduce.readme_tables --docs "
         "docs/results` to update this page.",
         ("robustness", "histograms")),
