@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from tversky_keras.arguments import finite, natural, output_folder  # noqa: E402
 from tversky_keras.atomic import write_json, write_text  # noqa: E402
 from tversky_keras.data import DataError  # noqa: E402
 from tversky_keras.data.names import path_name  # noqa: E402
+from tversky_keras.stopping import INTERRUPTED, exit_at_once  # noqa: E402
 from tversky_keras.training import MIXED_PRECISION  # noqa: E402
 
 def parse_cells(text):
@@ -237,4 +239,10 @@ def _lead(args, profile, data, base, workers, helpers, started):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == INTERRUPTED:
+        # Stopped inside TensorFlow's work: its thread pools may never let the interpreter's
+        # teardown finish (a loaded CI machine waited over a minute). Everything finished is
+        # written whole, the helpers are reaped: leave at once, as SIGTERM does.
+        exit_at_once(signal.SIGINT)
+    sys.exit(code)

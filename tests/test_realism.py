@@ -22,8 +22,8 @@ def write_subject(folder, affine, shape=(6, 8, 4)):
     image = np.zeros(shape, np.float32)
     image[1:-1, 1:-1, 1:-1] = np.arange(1, image[1:-1, 1:-1, 1:-1].size + 1).reshape(
         image[1:-1, 1:-1, 1:-1].shape)
-    for name in ("T1W", "T2W", "FLAIR"):
-        nib.save(nib.Nifti1Image(image, affine), folder / f"{name}.nii.gz")
+    for scale, name in enumerate(("T1W", "T2W", "FLAIR"), 1):  # three scans, not copies
+        nib.save(nib.Nifti1Image(scale * image, affine), folder / f"{name}.nii.gz")
     nib.save(nib.Nifti1Image((image > 20).astype(np.uint8), affine),
              folder / "consensus_gt.nii.gz")
 
