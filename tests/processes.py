@@ -32,7 +32,8 @@ def wait_for_child(pid, timeout_s, marker=""):
 
 
 def assert_signal_stops_the_child(module_args, marker, number=signal.SIGTERM,
-                                  whole_group=False, says="run the same command again"):
+                                  whole_group=False, says="run the same command again",
+                                  ready=None):
     """``python -m MODULE ARGS`` started in the repository: once it has started its child
     process (command line containing ``marker``), the signal ``number`` (to it alone, or
     to its whole process group as Ctrl-C at a terminal sends it) ends it with 128 +
@@ -46,11 +47,18 @@ def assert_signal_stops_the_child(module_args, marker, number=signal.SIGTERM,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             child = wait_for_child(parent.pid, timeout_s=120, marker=marker)
+            deadline = time.monotonic() + 300
+            while ready is not None and not ready() and parent.poll() is None:
+                assert time.monotonic() < deadline, "the command never reached the state"
+                time.sleep(0.05)  # polling a condition, not waiting for one to be likely
             if whole_group:
                 os.killpg(parent.pid, number)
             else:
                 parent.send_signal(number)
-            code = parent.wait(timeout=60)
+            try:
+                code = parent.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                code = None
             log.seek(0)
             printed = log.read().decode()
             assert code == 128 + number, (code, printed[-3000:])

@@ -336,13 +336,15 @@ def test_ctrl_c_stops_the_grid_and_its_helpers_with_one_line(smoke_run, tmp_path
     """SIGINT to the whole process group, as Ctrl-C at a terminal: 130, one line, no
     traceback from the lead or a helper."""
     root, _ = smoke_run
-    # Twenty seeds' grids (200 cells): the work cannot all finish between the helper's
-    # start and the signal however loaded the machine, so the test waits for a state
-    # (the helper running), never for a time.
+    # Twenty seeds' grids (200 cells): the work cannot all finish before the signal
+    # however loaded the machine. The signal waits for a state, never for a time: the
+    # helper running and four cells finished (both processes past TensorFlow's import).
+    results = tmp_path / "results"
     printed = assert_signal_stops_the_child(
-        ["reproduce.table1", "--profile", "smoke", "--results", str(tmp_path / "results"),
+        ["reproduce.table1", "--profile", "smoke", "--results", str(results),
          "--cache", str(root / "cache"), "--no-figures", "--workers", "2", "--seeds", "20"],
-        marker="--worker-of", number=signal.SIGINT, whole_group=True)
+        marker="--worker-of", number=signal.SIGINT, whole_group=True,
+        ready=lambda: len(list(results.glob("*/*/fold*/done.json"))) >= 4)
     assert "python -m reproduce.table1: interrupted (Ctrl-C); finished work is kept" in printed
 
 
