@@ -31,6 +31,10 @@ def wait_for_child(pid, timeout_s, marker=""):
     raise AssertionError(f"process {pid} started no child {marker!r} within {timeout_s} s")
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def assert_signal_stops_the_child(module_args, marker, number=signal.SIGTERM,
                                   whole_group=False, says="run the same command again",
                                   ready=None):
@@ -43,8 +47,11 @@ def assert_signal_stops_the_child(module_args, marker, number=signal.SIGTERM,
     Returns:
         What the command printed (stdout and stderr)."""
     with tempfile.TemporaryFile() as log:
+        # As at a terminal: a suite started in the background (`cmd &` in a script) runs
+        # with SIGINT ignored, and a child would inherit that and never see the Ctrl-C.
         parent = subprocess.Popen([sys.executable, "-m", *module_args], cwd=ROOT,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=_default_sigint)
         try:
             child = wait_for_child(parent.pid, timeout_s=120, marker=marker)
             deadline = time.monotonic() + 300
