@@ -30,6 +30,16 @@ def percent(value):
     return "—" if value is None or value != value else f"{100 * value:.2f}"
 
 
+def spread(values):
+    """Mean, std and values over seeds. A value undefined for its run (NaN, read back from
+    JSON as ``None``) makes the mean and std undefined too, written as ``null``."""
+    import numpy as np
+
+    values = np.array(values, dtype=float)  # None -> nan
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+            "values": values.tolist()}
+
+
 def figure(value):
     """A measured figure with three significant digits, or with thousands separators from
     1000 up (``0.108``, ``19.5``, ``1,137``); empty for a missing one."""

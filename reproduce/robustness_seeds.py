@@ -17,20 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from reproduce import report
 from tversky_keras.atomic import write_json
 
 KEYS = ("dsc", "sensitivity", "specificity")
 UNCHANGED = "unchanged"
 LESION_LOAD = "lesion-load"  # item (h): judged on the added lesions, not on the change
-
-
-def _spread(values):
-    values = np.array(values, dtype=float)  # null (undefined) as nan
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-            "values": values.tolist()}
 
 
 def summarise(records, runs):
@@ -55,12 +47,12 @@ def summarise(records, runs):
         entry = {}
         for name in names:
             found = [c[name] for c in cells]
-            entry[name] = {key: _spread([f[key] for f in found]) for key in KEYS}
+            entry[name] = {key: report.spread([f[key] for f in found]) for key in KEYS}
             if name != UNCHANGED:
-                entry[name]["delta_dsc"] = _spread([f["dsc"] - c[UNCHANGED]["dsc"]
+                entry[name]["delta_dsc"] = report.spread([f["dsc"] - c[UNCHANGED]["dsc"]
                                                     for f, c in zip(found, cells)])
             if all("added_sensitivity" in f for f in found):
-                entry[name]["added_sensitivity"] = _spread([f["added_sensitivity"]
+                entry[name]["added_sensitivity"] = report.spread([f["added_sensitivity"]
                                                             for f in found])
         subjects[subject_id] = entry
     largest = {}

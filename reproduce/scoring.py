@@ -38,20 +38,34 @@ def scan_reference(subject, core_mm=0.0):
     99.5th percentile, which is where real lesions sit, and a clipped FLAIR
     would lower the oracle (patient07: DSC 0.135 instead of 0.206).
     """
+    return scan_references(subject, (core_mm,))[0]
+
+
+def scan_references(subject, depths):
+    """``scan_reference`` at each core depth of ``depths`` (0: the whole brain), the scan
+    read once: a list of ``(truth, brain, zscore)``, the truth and brain shared.
+
+    Raises:
+        ValueError: naming the FLAIR, when a depth leaves no brain to read statistics from.
+    """
     volume = load_subject(subject, modalities=("FLAIR",), normalize=False)
 
     def native(array, order):
         return from_grid(array, volume.geometry, order=order)
 
-    if core_mm:
-        try:
-            flair = flair_zscore(volume.image[..., 0], volume.brain, volume.geometry.spacing,
-                                 core_mm)
-        except ValueError as error:
-            raise ValueError(f"{subject.images['FLAIR']}: {error}") from None
-    else:
-        flair = zscore_in_brain(volume.image[..., 0], volume.brain, clip_percentiles=None)
-    return native(volume.label, 0).astype(bool), native(volume.brain, 0), native(flair, 1)
+    truth, brain = native(volume.label, 0).astype(bool), native(volume.brain, 0)
+    references = []
+    for core_mm in depths:
+        if core_mm:
+            try:
+                flair = flair_zscore(volume.image[..., 0], volume.brain,
+                                     volume.geometry.spacing, core_mm)
+            except ValueError as error:
+                raise ValueError(f"{subject.images['FLAIR']}: {error}") from None
+        else:
+            flair = zscore_in_brain(volume.image[..., 0], volume.brain, clip_percentiles=None)
+        references.append((truth, brain, native(flair, 1)))
+    return references
 
 
 def scan_spacing(subject):
@@ -115,24 +129,33 @@ def threshold_baselines(subjects, phantom_subjects, core_mm=CORE_MM):
     """
     result = {"normalization": "FLAIR z-score: brain mean and std, unclipped",
               "n_phantom_subjects": len(phantom_subjects), "subjects": {}}
-    for suffix, depth in (("", 0.0),) + ((("_core", float(core_mm)),) if core_mm else ()):
+    depths = (0.0, float(core_mm)) if core_mm else (0.0,)
+
+    def read(subject):  # every depth from one read of the scan
+        nonlocal depths
         try:
-            references = {s.id: scan_reference(s, depth) for s in subjects}
-            phantom = [scan_reference(s, depth) for s in phantom_subjects]
+            return scan_references(subject, depths)
         except ValueError as error:
-            if not depth:
+            if len(depths) == 1:
                 raise
             result["core_skipped"] = str(error)  # a brain too small: no core rows
-            return result
-        phantom_k, phantom_dsc = choose_k(*zip(*[(t, z, b) for t, b, z in phantom]))
+            depths = depths[:1]
+            return scan_references(subject, depths)
+
+    real = {s.id: read(s) for s in subjects}
+    phantom = [read(s) for s in phantom_subjects]
+    for index, suffix in enumerate(("", "_core")[:len(depths)]):
+        references = {i: refs[index] for i, refs in real.items()}
+        phantom_k, phantom_dsc = choose_k(*zip(*[(t, z, b) for t, b, z in
+                                                 (refs[index] for refs in phantom)]))
         others = leave_one_out_k({i: (t, z, b) for i, (t, b, z) in references.items()})
         result |= {f"phantom{suffix}_k": phantom_k, f"phantom{suffix}_dsc": phantom_dsc}
         for i, (t, b, z) in references.items():
             result["subjects"].setdefault(i, {}).update({
                 f"leave_one_out{suffix}": _baseline_scores(t, b, z, others[i]),
                 f"phantom{suffix}": _baseline_scores(t, b, z, phantom_k)})
-    if core_mm:
-        result["core_mm"] = float(core_mm)
+    if len(depths) > 1:
+        result["core_mm"] = depths[1]
     return result
 
 

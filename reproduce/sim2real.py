@@ -58,7 +58,7 @@ from reproduce.experiment import PROFILES, SIM2REAL_PROFILES, row_name  # noqa: 
 from reproduce import report  # noqa: E402
 from reproduce.phantoms import DEFAULT_CACHE, phantom_data  # noqa: E402
 from reproduce.scoring import (  # noqa: E402
-    CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, baselines_markdown, oracle, scan_reference,
+    CHALLENGE_HEAD, CHALLENGE_SHOWN, THRESHOLD, baselines_markdown, oracle, scan_references,
     score_subject, threshold_baselines)
 from reproduce.table import challenge_mean_std, challenge_value  # noqa: E402
 from tversky_keras.arguments import (finite, mirror_or_none, natural, non_negative,  # noqa: E402
@@ -216,11 +216,11 @@ def segment_all(model, subjects, root, about, mirror_axes=(), union=None):
         else:
             started = time.perf_counter()
             probability, geometry = segment_subject(model, subject, mirror_axes=mirror_axes)
-            reference = scan_reference(subject)
+            core_mm = (union or {}).get("threshold_union_core_mm", 0.0)
+            # The oracle's whole-brain z-score and the union's, from one read of the scan.
+            reference, *core = scan_references(subject, (0.0, core_mm) if core_mm else (0.0,))
             if union is not None:
-                core_mm = union.get("threshold_union_core_mm", 0.0)
-                _, brain, flair_z = (scan_reference(subject, core_mm) if core_mm
-                                     else reference)
+                _, brain, flair_z = core[0] if core else reference
                 probability = threshold_union(probability, flair_z, brain,
                                               union["threshold_union_k"])
             write_segmentation(probability, geometry, folder, threshold=THRESHOLD,
@@ -571,9 +571,7 @@ def _over_seeds(scores, key):
     """Mean, std and values of ``key`` over the seeds' scores. A value undefined for its
     scan (NaN, read back from JSON as ``None``: an HD95 with nothing predicted) makes the
     mean and std undefined too, written as ``null``."""
-    values = np.array([s[key] for s in scores], dtype=float)  # None -> nan
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-            "values": values.tolist()}
+    return report.spread([s[key] for s in scores])
 
 
 def seed_markdown(summary):

@@ -298,15 +298,21 @@ def test_the_threshold_union_uses_each_changed_scans_own_flair_zscore(tiny_model
     record = json.loads((tmp_path / "union" / "robustness.json").read_text())
     assert record["settings"]["threshold_union_k"] == 1.5
     assert "z >= 1.500" in (tmp_path / "union" / "robustness.md").read_text()
-    for name in ("unchanged", "rim"):
-        alone = nib.load(tmp_path / "alone" / "sub00" / name / "probability.nii.gz").get_fdata()
-        united = nib.load(tmp_path / "union" / "sub00" / name / "probability.nii.gz").get_fdata()
-        written = robustness.subject_from_folder(tmp_path / "union" / "sub00" / name)
-        _, brain, flair_z = scan_reference(written)  # the rim is in the written scan's brain
-        called = (flair_z >= 1.5) & brain
-        assert called.any()
-        np.testing.assert_allclose(united[called], 1.0)
-        np.testing.assert_allclose(united[~called], alone[~called], atol=1e-6)
+
+    def united_where_the_threshold_calls(folder, core_mm):
+        for name in ("unchanged", "rim"):
+            alone = nib.load(tmp_path / "alone" / "sub00" / name /
+                             "probability.nii.gz").get_fdata()
+            united = nib.load(folder / "sub00" / name / "probability.nii.gz").get_fdata()
+            written = robustness.subject_from_folder(folder / "sub00" / name)
+            # The rim is in the written scan's brain.
+            _, brain, flair_z = scan_reference(written, core_mm)
+            called = (flair_z >= 1.5) & brain
+            assert called.any()
+            np.testing.assert_allclose(united[called], 1.0)
+            np.testing.assert_allclose(united[~called], alone[~called], atol=1e-6)
+
+    united_where_the_threshold_calls(tmp_path / "union", 0.0)
     # Another k for the same folder is refused: its finished cells would be skipped.
     assert robustness.main([*plain, "--threshold-union", "2", "--out",
                             str(tmp_path / "union")]) == 1
@@ -316,15 +322,7 @@ def test_the_threshold_union_uses_each_changed_scans_own_flair_zscore(tiny_model
     record = json.loads((tmp_path / "core" / "robustness.json").read_text())
     assert record["settings"]["threshold_union_core_mm"] == 4.0
     assert "deeper than 4 mm" in (tmp_path / "core" / "robustness.md").read_text()
-    for name in ("unchanged", "rim"):
-        alone = nib.load(tmp_path / "alone" / "sub00" / name / "probability.nii.gz").get_fdata()
-        united = nib.load(tmp_path / "core" / "sub00" / name / "probability.nii.gz").get_fdata()
-        written = robustness.subject_from_folder(tmp_path / "core" / "sub00" / name)
-        _, brain, flair_z = scan_reference(written, 4.0)
-        called = (flair_z >= 1.5) & brain
-        assert called.any()
-        np.testing.assert_allclose(united[called], 1.0)
-        np.testing.assert_allclose(united[~called], alone[~called], atol=1e-6)
+    united_where_the_threshold_calls(tmp_path / "core", 4.0)
     assert robustness.main([*plain, "--union-core-mm", "4", "--out",
                             str(tmp_path / "nothing")]) == 1
     assert not (tmp_path / "nothing" / "settings.json").exists()
