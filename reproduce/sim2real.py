@@ -115,6 +115,10 @@ RECIPES = {
                        "tissue's intensity drawn on its own (FLAIR's CSF down to nulled), "
                        "lesions from barely visible to four times white matter, half of them "
                        "with a looser skull strip's rim of non-brain tissue"),
+    "mixed": Recipe("mixed", "mixed", 4,
+                    "the randomized-rim and synthseg recipes' subjects in turn (30 of each for "
+                    "quick): looks around real MSLUB scans, and looks as far as nulled FLAIR "
+                    "CSF and lesions four times as bright as white matter"),
 }
 DEFAULT_RECIPE = "randomized-rim"
 # The recipe's normalisation and test-time mirroring (chosen on the development

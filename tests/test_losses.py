@@ -368,6 +368,28 @@ def test_tensor_labels_that_are_no_class_make_the_loss_nan():
     assert np.isnan(float(loss(mask, np.full((1, 1, 1, 2, 1), 0.5, "float32"))))
 
 
+@pytest.mark.parametrize("value", [-0.2, 1.5, float("nan")])
+def test_predictions_that_are_no_probabilities_raise_as_numpy_and_are_nan_as_tensors(value):
+    """Logits (a model without its softmax) are refused, not scored as if probabilities."""
+    import tensorflow as tf
+
+    from tversky_keras.losses import tversky_loss
+
+    truth = np.zeros((1, 2, 2, 2), "int32")
+    truth[0, 0, 0, 0] = 1
+    pred = np.full((1, 2, 2, 2, 2), 0.5, "float32")
+    pred[0, 1, 1, 1, 1] = value
+    for call in (TverskyLoss(), lambda t, p: tversky_loss(t, p)):
+        with pytest.raises(ValueError, match="y_pred holds .*probabilities in \\[0, 1\\]"):
+            call(truth, pred)
+    assert np.isfinite(float(TverskyLoss()(truth, np.clip(np.nan_to_num(pred), 0, 1))))
+    traced = tf.function(TverskyLoss())
+    assert np.isnan(float(traced(tf.constant(truth), tf.constant(pred))))
+    for edge in (0.0, 1.0):   # the closed interval's ends are probabilities
+        pred[0, 1, 1, 1, 1] = edge
+        assert np.isfinite(float(traced(tf.constant(truth), tf.constant(pred))))
+
+
 @pytest.mark.parametrize("alpha, beta", [(float("nan"), 0.5), (0.5, float("inf"))])
 def test_the_loss_refuses_non_finite_weights(alpha, beta):
     with pytest.raises(ValueError, match="must be finite"):

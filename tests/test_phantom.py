@@ -557,6 +557,29 @@ def test_randomized_rim_keeps_the_randomized_brain_and_adds_rims_to_some_subject
     assert 0 < rims < 6
 
 
+def test_a_mixed_data_set_alternates_randomized_rim_and_synthseg_subjects_byte_for_byte():
+    """Subject ``i`` of a ``mixed`` data set is subject ``i`` of ``MIXED_LOOKS[i % 2]``'s data
+    set, every voxel; a single subject cannot be ``mixed``."""
+    from tversky_keras.data.phantom import MIXED_LOOKS, dataset_subjects, subject_appearance
+
+    assert [subject_appearance("mixed", i) for i in range(4)] == [
+        "randomized-rim", "synthseg", "randomized-rim", "synthseg"] == list(MIXED_LOOKS) * 2
+    assert subject_appearance("synthseg", 1) == "synthseg"
+    mixed = list(dataset_subjects(3, seed=2, spacing=6.0, appearance="mixed"))
+    looks = {look: list(dataset_subjects(3, seed=2, spacing=6.0, appearance=look))
+             for look in MIXED_LOOKS}
+    for index, subject in enumerate(mixed):
+        twin = looks[MIXED_LOOKS[index % 2]][index]
+        other = looks[MIXED_LOOKS[(index + 1) % 2]][index]
+        np.testing.assert_array_equal(subject.lesion, twin.lesion)
+        for modality, image in subject.images.items():
+            np.testing.assert_array_equal(image, twin.images[modality])
+        assert any(not np.array_equal(image, other.images[m])
+                   for m, image in subject.images.items())
+    with pytest.raises(ValueError, match="'mixed' is a data set's"):
+        synthesize_subject(subject_seed(0, 0), 6.0, appearance="mixed")
+
+
 def test_a_phantom_made_in_parallel_is_byte_identical_to_the_serial_one(tmp_path, capsys):
     """Two worker processes write the same bytes as this process alone, and report the
     subjects in order."""

@@ -12,6 +12,7 @@ from tversky_keras.atomic import dumps  # noqa: E402
 from tversky_keras.arguments import (finite, mirror_option, non_negative,  # noqa: E402
                                      output_folder, seed)
 from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
+from tversky_keras.data.phantom.generate import APPEARANCES  # noqa: E402
 from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
 
 # predict refuses a --window and --overlap that cut more than this many times the windows
@@ -50,14 +51,15 @@ def build_parser():
                        help="generator version: 3 (default) carries real MSLUB patients' lesions, "
                             "2 the earlier drawn ovoids")
     synth.add_argument("--appearance",
-                       choices=("calibrated", "randomized", "randomized-rim", "synthseg"),
+                       choices=APPEARANCES,
                        default="calibrated",
                        help="calibrated (default): the look of real MSLUB scans; randomized: "
                             "each subject its own contrasts, bias, resolution and noise; "
                             "randomized-rim: the same, half the subjects with a looser skull "
                             "strip's rim of non-brain tissue; "
                             "synthseg: each tissue's intensity drawn on its own (FLAIR's CSF "
-                            "down to nulled), lesions up to very bright, looser skull strips")
+                            "down to nulled), lesions up to very bright, looser skull strips; "
+                            "mixed: subjects alternate randomized-rim and synthseg")
     synth.add_argument("--workers", type=int, default=None,
                        help="processes that make subjects at once (default: one per core when "
                             "the data set is big enough to repay their start, else 1); the "

@@ -101,6 +101,24 @@ def _nan_where(condition, x):
     return ops.where(condition, ops.full_like(x, float("nan")), x)
 
 
+def _check_probabilities(y_pred):
+    """ValueError naming the first value of a NumPy ``y_pred`` outside [0, 1] (or NaN)."""
+    bad = y_pred[~((y_pred >= 0) & (y_pred <= 1))]
+    if bad.size:
+        raise ValueError(f"y_pred holds {bad.flat[0].item()!r}: predictions must be probabilities "
+                         "in [0, 1] (logits? end the model with a softmax or sigmoid)")
+
+
+def _loss_maps(y_true, y_pred):
+    """``class_maps`` for a loss, whose prediction must be probabilities: a prediction
+    outside `[0, 1]` (logits: a model without its softmax or sigmoid) raises as NumPy
+    and, as a tensor, becomes NaN, so the loss is NaN and training stops."""
+    if isinstance(y_pred, np.ndarray):
+        _check_probabilities(y_pred)
+    truth, pred = class_maps(y_true, y_pred)
+    return truth, _nan_where(ops.logical_or(pred < 0.0, pred > 1.0), pred)
+
+
 def _check_label_values(y_true, y_pred):
     """ValueError naming the first bad value of a NumPy ``y_true`` (see ``class_maps``)."""
     channels = tuple(y_pred.shape)[-1]
@@ -121,7 +139,7 @@ def _class_indices(y_true, y_pred, alpha, beta, smooth, batch, include_backgroun
     # A single sigmoid channel is the one class counted, background or not
     # (MONAI's reading: it counts the channel it is given).
     single_channel = tuple(y_pred.shape)[-1] == 1
-    truth, pred = class_maps(y_true, y_pred)
+    truth, pred = _loss_maps(y_true, y_pred)
     if single_channel or not include_background:
         # split, not a [..., 1:] slice: the same values, but the slice's
         # gradient (a strided scatter) took ~70% of the loss's time on CPU.
@@ -232,7 +250,7 @@ def mean_cross_entropy(y_true, y_pred):
     Returns:
         float32 `(B,)`.
     """
-    truth, pred = class_maps(y_true, y_pred)
+    truth, pred = _loss_maps(y_true, y_pred)
     voxel_losses = ops.categorical_crossentropy(truth, pred)
     return ops.mean(voxel_losses, axis=tuple(range(1, len(voxel_losses.shape))))
 
@@ -320,9 +338,11 @@ class TverskyLoss(keras.losses.Loss):
         }
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        # Keras turns y_true into a tensor before `call`: check NumPy labels first.
+        # Keras turns both into tensors before `call`: check NumPy values first.
         if isinstance(y_true, np.ndarray):
             _check_label_values(y_true, y_pred)
+        if isinstance(y_pred, np.ndarray):
+            _check_probabilities(y_pred)
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):

@@ -49,9 +49,10 @@ leading underscore are private to the subpackage):
 """
 
 from tversky_keras.data.phantom.dataset import synthesize_dataset
-from tversky_keras.data.phantom.generate import (APPEARANCES, PHANTOM_VERSION, PHANTOM_VERSIONS,
-                                                 SPACING_RANGE_MM, SyntheticSubject,
-                                                 dataset_subjects, subject_seed,
+from tversky_keras.data.phantom.generate import (APPEARANCES, MIXED_LOOKS, PHANTOM_VERSION,
+                                                 PHANTOM_VERSIONS, SPACING_RANGE_MM,
+                                                 SyntheticSubject, dataset_subjects,
+                                                 subject_appearance, subject_seed,
                                                  synthesize_subject)
 from tversky_keras.data.phantom.lesions import LesionSource, lesion_loads, lesion_sources
 from tversky_keras.data.phantom.template import mni152_tissue
@@ -62,6 +63,7 @@ __all__ = [
     "dataset_subjects",
     "SyntheticSubject",
     "subject_seed",
+    "subject_appearance",
     "lesion_sources",
     "LesionSource",
     "lesion_loads",
@@ -69,5 +71,6 @@ __all__ = [
     "PHANTOM_VERSION",
     "PHANTOM_VERSIONS",
     "APPEARANCES",
+    "MIXED_LOOKS",
     "SPACING_RANGE_MM",
 ]

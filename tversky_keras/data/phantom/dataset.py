@@ -19,8 +19,8 @@ import nibabel as nib
 from tversky_keras.atomic import atomic_path, write_text
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.phantom.generate import (PHANTOM_VERSION, check_generator,
-                                                 dataset_draws, subject_seed,
-                                                 synthesize_subject)
+                                                 dataset_draws, subject_appearance,
+                                                 subject_seed, synthesize_subject)
 from tversky_keras.data.phantom.lesions import lesion_sources
 from tversky_keras.data.subjects import MASK_NAME
 
@@ -99,7 +99,7 @@ def _write_subject(folder, index, draw, seed, spacing, version, appearance):
     into ``folder``; returns what the progress line says (its lesion load in mm^3 and
     whose lesions)."""
     subject = synthesize_subject(subject_seed(seed, index), spacing, version=version,
-                                 appearance=appearance, **draw)
+                                 appearance=subject_appearance(appearance, index), **draw)
     folder.mkdir(exist_ok=True)
     for modality, image in subject.images.items():
         _save_nifti(folder, modality, image, subject.affine)
@@ -132,8 +132,8 @@ def synthesize_dataset(out_dir, n_subjects=15, seed=0, spacing=2.0, progress=Tru
         spacing: voxel size in mm.
         progress: print one line per subject to stderr.
         version: the generator's version (3, or 2 to reproduce the earlier phantom).
-        appearance: ``"calibrated"``, ``"randomized"``, ``"randomized-rim"`` or ``"synthseg"``
-            (``synthesize_subject``).
+        appearance: ``"calibrated"``, ``"randomized"``, ``"randomized-rim"``, ``"synthseg"``
+            (``synthesize_subject``) or ``"mixed"`` (``subject_appearance``).
         workers: processes that make subjects at once (1, the default: this
             process; ``None``: ``default_workers``, one per core for a data set big
             enough to repay their start). Each subject depends on its own seed alone,

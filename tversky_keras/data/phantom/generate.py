@@ -25,11 +25,15 @@ PHANTOM_VERSION = 3
 """The generator's current version, the default of every ``version`` argument."""
 PHANTOM_VERSIONS = (2, 3)
 """The versions it still makes, each reproduced exactly."""
-APPEARANCES = ("calibrated", "randomized", "randomized-rim", "synthseg")
+APPEARANCES = ("calibrated", "randomized", "randomized-rim", "synthseg", "mixed")
 """The ``appearance`` options: calibrated to real scans, domain randomisation around the
-calibration, the same with half the subjects given a looser skull strip's rim, or
+calibration, the same with half the subjects given a looser skull strip's rim,
 SynthSeg-grade randomisation (tissue intensities drawn on their own, dark CSF in FLAIR,
-lesions up to very bright, looser skull strips)."""
+lesions up to very bright, looser skull strips), or a data set whose subjects alternate
+the last two (``MIXED_LOOKS``)."""
+MIXED_LOOKS = ("randomized-rim", "synthseg")
+"""The ``mixed`` data set's subjects, in turn: subject ``i`` is ``MIXED_LOOKS[i % 2]``'s
+subject ``i``, byte for byte."""
 SPACING_RANGE_MM = (0.5, 8.0)
 """The voxel sizes (mm) the generator makes, a design choice (the template is 1 mm)."""
 
@@ -75,6 +79,12 @@ def check_generator(version, appearance):
                          f"{appearance!r}")
 
 
+def subject_appearance(appearance, index):
+    """The look of subject ``index`` of a data set of ``appearance``: the appearance
+    itself, except for ``mixed``, whose subjects alternate ``MIXED_LOOKS``."""
+    return MIXED_LOOKS[index % len(MIXED_LOOKS)] if appearance == "mixed" else appearance
+
+
 def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_VERSION,
                        lesion_source=None, appearance="calibrated"):
     """One synthetic MS subject: T1W, T2W, FLAIR and the lesion mask.
@@ -97,7 +107,9 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
             brain, and half the subjects with a looser skull strip's rim) or
             ``"synthseg"`` (each tissue's intensity drawn on its own, FLAIR's CSF
             down to nulled, lesions up to four times white matter, and half the
-            subjects with a looser skull strip's rim of non-brain tissue).
+            subjects with a looser skull strip's rim of non-brain tissue). A data set's
+            ``mixed`` appearance is not a subject's: ``subject_appearance`` names each
+            subject's look.
 
     Returns:
         ``SyntheticSubject``.
@@ -108,6 +120,9 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
     if not low <= spacing <= high:
         raise ValueError(f"spacing must be between {low:g} and {high:g} mm, got {spacing}")
     check_generator(version, appearance)
+    if appearance == "mixed":
+        raise ValueError(f"appearance 'mixed' is a data set's: its subjects alternate "
+                         f"{' and '.join(MIXED_LOOKS)}; give one of those for a subject")
     if lesion_load_mm3 is not None and lesion_load_mm3 <= 0:
         raise ValueError(f"lesion_load_mm3 must be positive, got {lesion_load_mm3}")
     if version == 3 and lesion_load_mm3 is not None:
@@ -162,7 +177,7 @@ def dataset_subjects(n_subjects, seed=0, spacing=2.0, version=PHANTOM_VERSION,
     """
     for index, draw in enumerate(dataset_draws(n_subjects, seed, version)):
         yield synthesize_subject(subject_seed(seed, index), spacing, version=version,
-                                 appearance=appearance, **draw)
+                                 appearance=subject_appearance(appearance, index), **draw)
 
 
 def dataset_draws(n_subjects, seed=0, version=PHANTOM_VERSION):
