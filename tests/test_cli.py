@@ -596,3 +596,23 @@ def test_synth_spacing_zero_and_an_over_long_out_are_one_line(tmp_path, capsys):
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "cannot be a folder (File name too long)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, value", [("-1e3", -1000.0), ("-.5", -0.5), ("-2.5E-1", -0.25),
+                                         ("-3", -3.0)])
+def test_negative_numbers_in_any_float_notation_are_option_values(text, value):
+    """argparse (before Python 3.13) read '-1e3' as an option: '--k -1e3' failed."""
+    from tversky_keras.cli import build_parser
+
+    args = build_parser().parse_args(["baseline", "--flair", "f.nii.gz", "--k", text,
+                                      "--out", "o"])
+    assert args.k == value
+
+
+def test_a_negative_infinite_k_is_refused_as_not_finite_not_as_a_missing_value(capsys):
+    from tversky_keras.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["baseline", "--flair", "f.nii.gz", "--k", "-inf",
+                                   "--out", "o"])
+    assert "'-inf' is not a finite number" in capsys.readouterr().err

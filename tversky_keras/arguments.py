@@ -8,6 +8,7 @@ command refuses the same bad values with the same messages.
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 MIRROR_AXES = {"x": 0, "y": 1, "z": 2}
@@ -77,3 +78,24 @@ def output_folder(text):
 def mirror_or_none(text):
     """``--mirror``: RAS axes as ``tversky-keras predict --mirror``, or ``none`` (no axes)."""
     return () if text.strip().lower() == "none" else mirror_option(text)
+
+
+# argparse reads "-1e3" as an option, not a number (its own pattern has no exponent
+# before Python 3.13), so "--k -1e3" failed with "expected one argument".
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$|^-nan$", re.I)
+
+
+def negative_numbers_as_values(parser):
+    """Let ``parser`` and its subcommands take negative numbers in any float notation
+    (``-1e3``, ``-.5``, ``-inf``) as option values; returns ``parser``."""
+    parsers, seen = [parser], set()
+    while parsers:
+        current = parsers.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current._negative_number_matcher = _NEGATIVE_NUMBER
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return parser

@@ -9,8 +9,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tversky_keras.atomic import dumps  # noqa: E402
-from tversky_keras.arguments import (finite, mirror_option, non_negative,  # noqa: E402
-                                     output_folder, seed)
+from tversky_keras.arguments import (finite, mirror_option,  # noqa: E402
+                                     negative_numbers_as_values, non_negative, output_folder,
+                                     seed)
 from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
 from tversky_keras.data.phantom.generate import APPEARANCES  # noqa: E402
 from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
@@ -217,7 +218,7 @@ def build_parser():
                                "skull strip's rim); default 0: the whole brain. K must come "
                                "from the same statistics")
     baseline.add_argument("--out", required=True, type=output_folder, help="output folder")
-    return parser
+    return negative_numbers_as_values(parser)
 
 
 def _add_grid_options(parser):
