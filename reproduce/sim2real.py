@@ -124,6 +124,8 @@ DEFAULT_RECIPE = "randomized-rim"
 # The recipe's normalisation and test-time mirroring (chosen on the development
 # patients, docs/reproduction.md): the white-matter peak does not move with the lesion load.
 DEFAULT_NORMALIZATION = "wm-peak"
+# Each --intensity-normalization's folder suffix.
+NORMALIZATION_SUFFIX = {"zscore": "", "wm-peak": "-wmpeak", "wm-peak-core": "-wmpeakcore"}
 DEFAULT_MIRROR = (0,)
 # The Tversky loss plus the voxel-averaged cross-entropy (nnU-Net's Dice + CE): with the
 # Tversky loss alone 1 of 5 seeds collapsed to calling nothing (docs/reproduction.md).
@@ -335,11 +337,13 @@ def build_parser():
     parser.add_argument("--intensity-augmentation", action="store_true",
                         help="train with nnU-Net's default intensity augmentation; writes "
                              "<name>-augment")
-    parser.add_argument("--intensity-normalization", choices=("zscore", "wm-peak"),
+    parser.add_argument("--intensity-normalization", choices=tuple(NORMALIZATION_SUFFIX),
                         default=DEFAULT_NORMALIZATION,
                         help="normalise each modality by its white-matter peak and IQR (the "
-                             "default; writes <name>-wmpeak) or by its brain z-score, in "
-                             "training and in inference alike")
+                             "default; writes <name>-wmpeak), the same read over the brain "
+                             "deeper than 6 mm (wm-peak-core: past a looser skull strip's rim; "
+                             "writes <name>-wmpeakcore) or by its brain z-score, in training "
+                             "and in inference alike")
     parser.add_argument("--oversample", type=fraction, default=0.0, metavar="R",
                         help="centre a fraction R of the training patches on a lesion voxel "
                              "(nnU-Net's default is 0.33; default 0: patches uniform in the "
@@ -382,8 +386,7 @@ def experiment_name(args, profile):
         name += f"-{row_name(args.alpha, args.beta)}"
     if args.intensity_augmentation:
         name += "-augment"
-    if args.intensity_normalization != "zscore":
-        name += "-wmpeak"
+    name += NORMALIZATION_SUFFIX[args.intensity_normalization]
     if args.oversample:
         name += f"-oversample{args.oversample:g}"
     if args.ce_weight:

@@ -9,7 +9,8 @@ import pytest
 from tiny_data import write_tiny_subjects
 from tversky_keras.data import discover_subjects, load_subject
 from tversky_keras.data.cache import cached_subject
-from tversky_keras.data.normalize import (normalize_method, wm_peak_in_brain,
+from tversky_keras.data.normalize import (brain_core, normalize_in_brain, normalize_method,
+                                          wm_peak_core_in_brain, wm_peak_in_brain,
                                           wm_peak_statistics, zscore_in_brain)
 from tversky_keras.inference import predict_volume, segment_subject
 from tversky_keras.run_folder import differences
@@ -63,15 +64,81 @@ def test_outside_the_brain_is_zero_and_values_are_clipped():
     assert out[brain].min() == pytest.approx((low - peak) / scale, rel=1e-5)
 
 
+def rimmed_ball(rim_mm, spacing=(2.0, 1.0, 1.5), rng=None):
+    """A ball of 'white matter' N(100, 4) (radius 22 mm) in a 'grey matter' shell N(70, 8)
+    (to 30 mm) at ``spacing``, inside a rim ``rim_mm`` thick of 'fat' N(300, 4), and its
+    brain (ball and rim, as a loose skull strip leaves it)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    axes = [(np.arange(int(84 / s)) - int(42 / s)) * s for s in spacing]
+    radius = np.sqrt(sum(np.square(a) for a in np.meshgrid(*axes, indexing="ij")))
+    noise = rng.standard_normal(radius.shape)
+    image = np.where(radius < 22.0, 100.0 + 4.0 * noise, 70.0 + 8.0 * noise)
+    image = np.where(radius < 30.0, image, 300.0 + 4.0 * noise)
+    brain = radius < 30.0 + rim_mm
+    return (image * brain).astype(np.float32), brain, radius < 30.0
+
+
+def test_wm_peak_core_reads_the_core_and_ignores_a_rim_that_captures_the_whole_brain_peak():
+    spacing = (2.0, 1.0, 1.5)
+    image, brain, ball = rimmed_ball(4.0, spacing)
+    plain, _, _ = rimmed_ball(0.0, spacing)
+    # The rim outnumbers the ball's white matter: the whole brain's mode is the fat's.
+    assert wm_peak_statistics(image[brain])[0] > 250
+    core = brain_core(brain, spacing, 6.0)
+    assert core.any() and not (core & ~ball).any()
+    out = wm_peak_core_in_brain(image, brain, spacing)
+    peak, scale = wm_peak_statistics(np.clip(image[core], *np.percentile(image[core],
+                                                                          (0.5, 99.5))))
+    low, high = np.percentile(image[core], (0.5, 99.5))
+    expected = (np.clip(image[brain], low, high) - peak) / scale
+    np.testing.assert_allclose(out[brain], expected, rtol=1e-5, atol=1e-5)
+    assert np.all(out[~brain] == 0)
+    assert abs(peak - 100.0) < 2.0
+    # Its white matter lands where wm-peak puts it in the ball without a rim.
+    without = wm_peak_in_brain(plain, ball)
+    deep = brain_core(ball, spacing, 12.0)
+    assert abs(np.median(out[deep]) - np.median(without[deep])) < 0.1
+    assert abs(np.median(wm_peak_in_brain(image, brain)[deep])
+               - np.median(wm_peak_in_brain(plain, ball)[deep])) > 1.0
+    with pytest.raises(ValueError, match="needs the voxel size"):
+        normalize_in_brain(image, brain, "wm-peak-core")
+
+
+def test_wm_peak_core_reads_a_brain_too_small_for_a_core_whole():
+    image = np.random.default_rng(2).normal(100, 4, (6, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(wm_peak_core_in_brain(image, None, 2.0),
+                                  wm_peak_in_brain(image, None))
+
+
+def test_load_subject_reads_the_core_at_the_scans_own_voxel_size(tmp_path):
+    import nibabel as nib
+
+    write_tiny_subjects(tmp_path, n=1, shape=(24, 24, 24))
+    folder = next(tmp_path.iterdir())
+    for path in folder.iterdir():    # 1.5 x 2 x 3 mm voxels
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([1.5, 2.0, 3.0, 1.0])),
+                 path)
+    subject = discover_subjects(tmp_path)[0]
+    raw = load_subject(subject, normalize=False)
+    core = load_subject(subject, normalize="wm-peak-core")
+    for channel in range(3):
+        expected = wm_peak_core_in_brain(raw.image[..., channel], raw.brain, (1.5, 2.0, 3.0))
+        np.testing.assert_allclose(core.image[..., channel], expected, atol=1e-5)
+    assert not np.allclose(core.image, load_subject(subject, normalize="wm-peak").image)
+
+
 @pytest.mark.parametrize("given, method", [
-    (True, "zscore"), ("zscore", "zscore"), ("wm-peak", "wm-peak"), (False, None)])
+    (True, "zscore"), ("zscore", "zscore"), ("wm-peak", "wm-peak"),
+    ("wm-peak-core", "wm-peak-core"), (False, None)])
 def test_normalize_options(given, method):
     assert normalize_method(given) == method
 
 
 def test_an_unknown_normalisation_is_refused_naming_the_choices(tmp_path):
     write_tiny_subjects(tmp_path, n=1)
-    with pytest.raises(ValueError, match="must be one of zscore, wm-peak, got 'minmax'"):
+    with pytest.raises(ValueError,
+                       match="must be one of zscore, wm-peak, wm-peak-core, got 'minmax'"):
         load_subject(discover_subjects(tmp_path)[0], normalize="minmax")
 
 

@@ -375,6 +375,9 @@ def test_a_folder_recorded_before_a_training_setting_existed_is_accepted(tmp_pat
     (["--oversample", "0"], "sim2real-quick-v3-randomized-rim-wmpeak-ce1"),
     (["--ce-weight", "0"], "sim2real-quick-v3-randomized-rim-wmpeak"),
     (["--ce-weight", "0.5"], "sim2real-quick-v3-randomized-rim-wmpeak-ce0.5"),
+    (["--intensity-normalization", "wm-peak-core"],
+     "sim2real-quick-v3-randomized-rim-wmpeakcore-ce1"),
+    (["--recipe", "mixed"], "sim2real-quick-v3-mixed-wmpeak-ce1"),
 ])
 def test_every_training_setting_names_its_own_folder(options, name):
     args = sim2real.build_parser().parse_args(["--data", "d", *options])

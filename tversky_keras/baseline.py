@@ -32,33 +32,14 @@ Example:
 """
 
 import numpy as np
-from scipy import ndimage
 
-from tversky_keras.data.normalize import zscore_in_brain
+# CORE_MM: the depth (mm) below the brain's edge past which the core-statistics z-score
+# reads its mean and standard deviation (flair_zscore(..., core_mm=CORE_MM)), the one
+# wm-peak-core normalisation reads its statistics past.
+from tversky_keras.data.normalize import CORE_MM as CORE_MM  # the package's one depth
+from tversky_keras.data.normalize import brain_core, zscore_in_brain
 from tversky_keras.evaluation import best_threshold_dsc
 
-
-CORE_MM = 6.0
-"""The depth (mm) below the brain's edge past which the core-statistics z-score reads
-its mean and standard deviation (``flair_zscore(..., core_mm=CORE_MM)``)."""
-
-
-def brain_core(brain, spacing, depth_mm):
-    """The brain's voxels farther than ``depth_mm`` from any voxel outside it (the
-    Euclidean distance at voxel size ``spacing``, in mm; the grid's border counts as
-    outside). ``depth_mm`` 0 is the brain itself."""
-    brain = np.asarray(brain, bool)
-    depth_mm = float(depth_mm)
-    if not np.isfinite(depth_mm) or depth_mm < 0:
-        raise ValueError(f"the core depth must be a finite number of mm >= 0, got {depth_mm}")
-    if depth_mm == 0:
-        return brain
-    spacing = tuple(float(size) for size in np.broadcast_to(spacing, (brain.ndim,)))
-    if not all(np.isfinite(size) and size > 0 for size in spacing):
-        raise ValueError(f"the voxel size must be positive, got {spacing}")
-    padded = np.pad(brain, 1)
-    distance = ndimage.distance_transform_edt(padded, sampling=spacing)
-    return distance[(slice(1, -1),) * brain.ndim] > depth_mm
 
 
 def flair_zscore(flair, brain, spacing=None, core_mm=0.0):

@@ -13,6 +13,7 @@ from tversky_keras.arguments import (finite, mirror_option,  # noqa: E402
                                      negative_numbers_as_values, non_negative, output_folder,
                                      seed)
 from tversky_keras.data.errors import data_warnings_as_lines  # noqa: E402
+from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS  # noqa: E402
 from tversky_keras.data.phantom.generate import APPEARANCES  # noqa: E402
 from tversky_keras.stopping import INTERRUPTED, one_line_on_sigterm, stopped_line  # noqa: E402
 
@@ -230,11 +231,13 @@ def _add_grid_options(parser):
     parser.add_argument("--depth", type=int, default=4,
                         help="number of poolings of the U-Net (4); the grid is padded to a "
                              "multiple of 2^depth")
-    parser.add_argument("--intensity-normalization", choices=("zscore", "wm-peak"),
+    parser.add_argument("--intensity-normalization", choices=INTENSITY_NORMALIZATIONS,
                         default="zscore",
-                        help="per modality, inside the brain: zscore (mean and SD, the default) "
-                             "or wm-peak (centred on the white-matter peak, scaled by the IQR: "
-                             "does not move with the lesion load); recorded in the model")
+                        help="per modality, inside the brain: zscore (mean and SD, the default), "
+                             "wm-peak (centred on the white-matter peak, scaled by the IQR: "
+                             "moves less with the lesion load) or wm-peak-core (the same read "
+                             "over the brain deeper than 6 mm, past a looser skull strip's "
+                             "rim); recorded in the model")
 
 
 def _split_validation(subjects, val):

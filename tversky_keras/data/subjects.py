@@ -297,7 +297,9 @@ def load_subject(
         multiple_of: pad each grid size up to a multiple of this instead.
         normalize: ``True`` or ``"zscore"`` z-scores each modality
             (``zscore_in_brain``), ``"wm-peak"`` centres it on its white-matter
-            peak (``wm_peak_in_brain``), ``False`` keeps raw intensities.
+            peak (``wm_peak_in_brain``), ``"wm-peak-core"`` does so with the
+            statistics read over the brain deeper than 6 mm
+            (``wm_peak_core_in_brain``), ``False`` keeps raw intensities.
 
     Returns:
         a ``Volume``. The brain is the subject's brain mask if it has one, else
@@ -359,7 +361,8 @@ def load_subject(
                             f"the {modality} scan is constant ({inside.min():g}) inside the "
                             f"brain: an empty or failed acquisition")
     if method is not None:
-        channels = [normalize_in_brain(c, brain, method) for c in channels]
+        spacing = np.linalg.norm(np.asarray(reference.affine)[:3, :3], axis=0)
+        channels = [normalize_in_brain(c, brain, method, spacing) for c in channels]
 
     geometry = Geometry.from_image(reference)
     grid = dict(
