@@ -196,9 +196,10 @@ def cpu_kinds_markdown(record):
 
 
 # reproduce.histograms' statistics, in its order: these percentiles of the brain, then
-# the share of it below half its median.
+# the share of it below half its median, and the share of its core (deeper than 6 mm).
 HISTOGRAM_PERCENTILES = (0.5, 2, 10, 99)
-HISTOGRAM_STATISTICS = tuple(f"p{p:g}" for p in HISTOGRAM_PERCENTILES) + ("below_half_median",)
+HISTOGRAM_STATISTICS = tuple(f"p{p:g}" for p in HISTOGRAM_PERCENTILES) + (
+    "below_half_median", "core_below_half_median")
 
 
 def histograms_markdown(record):
@@ -209,17 +210,17 @@ def histograms_markdown(record):
     for subject, values in sorted(record["real"].items()):
         for m, found in values.items():
             rows.append([f"{subject} (development)", m]
-                        + [f"{found[s]:.3f}" for s in HISTOGRAM_STATISTICS])
+                        + [f"{found[s]:.3f}" if s in found else "" for s in HISTOGRAM_STATISTICS])
     for name, phantom in record["phantoms"].items():
         for m, ranges in phantom["ranges"].items():
             rows.append([f"{name} ({phantom['n_subjects']} subjects), range", m]
-                        + [f"{low:.3f}-{high:.3f}" for low, high in
-                           (ranges[s] for s in HISTOGRAM_STATISTICS)])
+                        + [f"{ranges[s][0]:.3f}-{ranges[s][1]:.3f}" if s in ranges else ""
+                           for s in HISTOGRAM_STATISTICS])
     lines = [markdown_table(head, rows), ""]
     for name, phantom in record["phantoms"].items():
         missed = [f"{subject} {m}" for subject, found in phantom["covered"].items()
                   for m, ok in found.items() if not ok]
-        lines.append(f"- {name}: " + ("covers every development scan's fraction below half "
-                                      "the median in every modality" if not missed else
-                                      "does not cover " + ", ".join(missed)))
+        lines.append(f"- {name}: " + ("covers every development scan's fractions below half "
+                                      "the median (brain and core) in every modality"
+                                      if not missed else "does not cover " + ", ".join(missed)))
     return "\n".join(lines)

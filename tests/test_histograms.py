@@ -25,6 +25,29 @@ def test_brain_statistics_hand_worked():
         histograms.brain_statistics(-image, brain)
 
 
+def test_a_dark_rim_counts_in_the_brain_fraction_but_never_in_the_cores():
+    """A looser skull strip's dark rim is not dark CSF: only a deep ventricle counts in
+    the core's fraction, which reads the whole brain's median."""
+    axis = np.arange(-16, 17, dtype=float)
+    radius = np.sqrt(sum(np.square(a) for a in np.meshgrid(axis, axis, axis, indexing="ij")))
+    brain = radius < 14
+    rim = brain & (radius >= 12)
+    ventricle = radius < 3
+    image = np.where(rim, 10.0, np.where(ventricle, 5.0, 100.0)) * brain
+    from tversky_keras.data.normalize import brain_core
+
+    core = brain_core(brain, 1.0, 6.0)
+    assert not (core & rim).any() and (ventricle <= core).all()
+    found = histograms.brain_statistics(image, brain, core)
+    assert found["below_half_median"] == pytest.approx((rim | ventricle).sum() / brain.sum())
+    assert found["core_below_half_median"] == pytest.approx(ventricle.sum() / core.sum())
+    phantom = {"s": {"FLAIR": {**found, "core_below_half_median": 0.0}}}
+    real = {"patient": {"FLAIR": found}}
+    # The brain fraction alone is in range; the core's is not: not covered.
+    assert histograms.coverage(real, histograms.phantom_ranges(phantom)) == {
+        "patient": {"FLAIR": False}}
+
+
 def test_the_statistics_do_not_change_with_the_scanners_units():
     rng = np.random.default_rng(0)
     image = rng.gamma(3.0, 10.0, (8, 8, 8))
