@@ -119,6 +119,10 @@ RECIPES = {
                     "the randomized-rim and synthseg recipes' subjects in turn (30 of each for "
                     "quick): looks around real MSLUB scans, and looks as far as nulled FLAIR "
                     "CSF and lesions four times as bright as white matter"),
+    "mixed-atrophy": Recipe("mixed-atrophy", "mixed-atrophy", 4,
+                            "the mixed recipe's looks on brains whose ventricles are widened "
+                            "by 0-6 mm (MS atrophy) instead of 0-1 mm, so that some subjects' "
+                            "brain cores hold as much dark FLAIR CSF as the patients'"),
 }
 DEFAULT_RECIPE = "randomized-rim"
 # The recipe's normalisation and test-time mirroring (chosen on the development

@@ -580,6 +580,28 @@ def test_a_mixed_data_set_alternates_randomized_rim_and_synthseg_subjects_byte_f
         synthesize_subject(subject_seed(0, 0), 6.0, appearance="mixed")
 
 
+def test_atrophy_widens_the_ventricles_of_the_same_brain():
+    """An ``-atrophy`` subject is its look's subject on the same brain outline with more
+    ventricular CSF (walls moved out by up to ``_ATROPHY_WIDENING_MM``); ``mixed-atrophy``
+    alternates the two looks' atrophy subjects."""
+    from tversky_keras.data.phantom import subject_appearance
+
+    assert [subject_appearance("mixed-atrophy", i) for i in range(2)] == [
+        "randomized-rim-atrophy", "synthseg-atrophy"]
+    wider = 0
+    for index in range(3):
+        plain = synthesize_subject(subject_seed(4, index), 4.0, appearance="synthseg")
+        atrophy = synthesize_subject(subject_seed(4, index), 4.0, appearance="synthseg-atrophy")
+        inside = [sum(s.tissue.values()) for s in (plain, atrophy)]
+        np.testing.assert_allclose(inside[0], inside[1], atol=1e-5)
+        near = [(s.ventricle_distance_mm == 0) & (s.tissue["CSF"] > 0.5) for s in (plain, atrophy)]
+        assert near[1].sum() >= near[0].sum()
+        wider += near[1].sum() > near[0].sum()
+    assert wider >= 2
+    with pytest.raises(ValueError, match="'mixed-atrophy' is a data set's"):
+        synthesize_subject(subject_seed(0, 0), 6.0, appearance="mixed-atrophy")
+
+
 def test_a_phantom_made_in_parallel_is_byte_identical_to_the_serial_one(tmp_path, capsys):
     """Two worker processes write the same bytes as this process alone, and report the
     subjects in order."""

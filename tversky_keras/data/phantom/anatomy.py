@@ -37,14 +37,16 @@ class _Anatomy:
     lesion_prior: tuple | None = None  # version 3: the real lesions (_lesion_prior), moved
 
 
-def _deformed_anatomy(rng, template, spacing, lesion_source=None):
+def _deformed_anatomy(rng, template, spacing, lesion_source=None,
+                      widening_mm=_VENTRICLE_WIDENING_MM):
     """A subject's anatomy: the template shrunk to a real brain's size under a
     smooth displacement, with sharp tissue boundaries, re-opened sulci and
     their vessels, widened ventricles and a skull-stripped edge.
 
     ``lesion_source`` (version 3: a ``LesionSource``) is sampled through the
     same scaling, turn and displacement (``_lesion_prior``), so the real
-    lesions shrink and deform with the subject's brain."""
+    lesions shrink and deform with the subject's brain. ``widening_mm``: the range the
+    ventricles' walls move out by (atrophy)."""
     shape = template.gm.shape
     centre = (np.array(shape) - 1) / 2
     scale = rng.uniform(*_BRAIN_SCALE) * rng.uniform(0.97, 1.03, size=3)
@@ -77,7 +79,7 @@ def _deformed_anatomy(rng, template, spacing, lesion_source=None):
     white = _crisp(wm / np.maximum(gm + wm, 1e-6), _WHITE_THRESHOLD, spacing)
     sulci = _sulcal_csf(rng, warp_distance(template.sulcus_distance_mm), spacing)
     # Atrophy widens the ventricles: their walls move out by a subject's margin.
-    widening = rng.uniform(*_VENTRICLE_WIDENING_MM)
+    widening = rng.uniform(*widening_mm)
     ventricle_distance = warp_distance(template.ventricle_distance_mm)
     ventricles = np.clip((widening - ventricle_distance) / spacing, 0.0, 1.0)
     ventricle_distance = np.maximum(ventricle_distance - widening, 0.0)

@@ -61,6 +61,13 @@ _VESSEL_RADIUS_MM = 0.6
 # A design choice: atrophy: the ventricles' walls move out by a subject's draw
 # in this range.
 _VENTRICLE_WIDENING_MM = (0.0, 1.0)
+# The -atrophy appearances': MS patients' ventricles are larger than the young template's
+# (brain atrophy). Chosen so that the share of the brain's core (deeper than 6 mm) below
+# half the brain's median reaches the development patients' FLAIR share
+# (reproduce.histograms) in some subjects: on four synthseg-look subjects, walls moved out
+# by 5 mm gave FLAIR 0.034-0.048 and 0.5 mm 0.002-0.018 (the patients: 0.030 and 0.036).
+# T1W's share stayed at 0.006-0.022 either way, below the patients' 0.064-0.073.
+_ATROPHY_WIDENING_MM = (0.0, 6.0)
 # A design choice for the MNI152 template: its deep grey nuclei (basal ganglia,
 # thalamus) are taken to be the grey matter over this deep in the template,
 _DEEP_GREY_DEPTH_MM = 20.0

@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from tversky_keras.data.io import MODALITIES
 from tversky_keras.data.phantom.anatomy import _deformed_anatomy
-from tversky_keras.data.phantom.calibration import _LESION_Z, _TEXTURE_MM
+from tversky_keras.data.phantom.calibration import (_ATROPHY_WIDENING_MM, _LESION_Z, _TEXTURE_MM,
+                                                    _VENTRICLE_WIDENING_MM)
 from tversky_keras.data.phantom.imaging import (_calibrated_image, _randomized_image,
                                                 _skull_rim, _synthseg_image, _with_skull_rim)
 from tversky_keras.data.phantom.lesions import (LesionSource, _lesions, _load_quantile,
@@ -25,15 +26,20 @@ PHANTOM_VERSION = 3
 """The generator's current version, the default of every ``version`` argument."""
 PHANTOM_VERSIONS = (2, 3)
 """The versions it still makes, each reproduced exactly."""
-APPEARANCES = ("calibrated", "randomized", "randomized-rim", "synthseg", "mixed")
+_ATROPHY_LOOKS = ("randomized-rim", "synthseg", "mixed")
+APPEARANCES = ("calibrated", "randomized", "randomized-rim", "synthseg", "mixed") + tuple(
+    f"{look}-atrophy" for look in _ATROPHY_LOOKS)
 """The ``appearance`` options: calibrated to real scans, domain randomisation around the
 calibration, the same with half the subjects given a looser skull strip's rim,
 SynthSeg-grade randomisation (tissue intensities drawn on their own, dark CSF in FLAIR,
-lesions up to very bright, looser skull strips), or a data set whose subjects alternate
-the last two (``MIXED_LOOKS``)."""
+lesions up to very bright, looser skull strips), a data set whose subjects alternate
+the last two (``MIXED_LOOKS``), and those three with ``-atrophy``: the same looks on
+brains whose ventricles are widened as far as MS patients' (``_ATROPHY_WIDENING_MM``
+instead of ``_VENTRICLE_WIDENING_MM``)."""
 MIXED_LOOKS = ("randomized-rim", "synthseg")
 """The ``mixed`` data set's subjects, in turn: subject ``i`` is ``MIXED_LOOKS[i % 2]``'s
-subject ``i``, byte for byte."""
+subject ``i``, byte for byte (``mixed-atrophy``'s: their ``-atrophy`` looks')."""
+ATROPHY = "-atrophy"
 SPACING_RANGE_MM = (0.5, 8.0)
 """The voxel sizes (mm) the generator makes, a design choice (the template is 1 mm)."""
 
@@ -82,7 +88,9 @@ def check_generator(version, appearance):
 def subject_appearance(appearance, index):
     """The look of subject ``index`` of a data set of ``appearance``: the appearance
     itself, except for ``mixed``, whose subjects alternate ``MIXED_LOOKS``."""
-    return MIXED_LOOKS[index % len(MIXED_LOOKS)] if appearance == "mixed" else appearance
+    if appearance.removesuffix(ATROPHY) != "mixed":
+        return appearance
+    return MIXED_LOOKS[index % len(MIXED_LOOKS)] + appearance[len("mixed"):]
 
 
 def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_VERSION,
@@ -120,9 +128,11 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
     if not low <= spacing <= high:
         raise ValueError(f"spacing must be between {low:g} and {high:g} mm, got {spacing}")
     check_generator(version, appearance)
-    if appearance == "mixed":
-        raise ValueError(f"appearance 'mixed' is a data set's: its subjects alternate "
+    if appearance.removesuffix(ATROPHY) == "mixed":
+        raise ValueError(f"appearance {appearance!r} is a data set's: its subjects alternate "
                          f"{' and '.join(MIXED_LOOKS)}; give one of those for a subject")
+    atrophy = appearance.endswith(ATROPHY)
+    appearance = appearance.removesuffix(ATROPHY)
     if lesion_load_mm3 is not None and lesion_load_mm3 <= 0:
         raise ValueError(f"lesion_load_mm3 must be positive, got {lesion_load_mm3}")
     if version == 3 and lesion_load_mm3 is not None:
@@ -137,7 +147,8 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
         if lesion_source is None:
             lesion_source = LesionSource((str(rng.choice(lesion_mask_names())),), (False,))
         load = float(sum(lesion_mask_loads()[name] for name in lesion_source.names))
-    anatomy = _deformed_anatomy(rng, template, spacing, lesion_source)
+    anatomy = _deformed_anatomy(rng, template, spacing, lesion_source,
+                                _ATROPHY_WIDENING_MM if atrophy else _VENTRICLE_WIDENING_MM)
     lesion = _lesions(rng, load, anatomy, spacing) if version == 2 else _real_lesions(
         rng, anatomy, spacing)
     texture = ndimage.gaussian_filter(rng.standard_normal(anatomy.brain.shape, dtype=np.float32),
