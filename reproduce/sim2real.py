@@ -121,8 +121,12 @@ RECIPES = {
                     "CSF and lesions four times as bright as white matter"),
     "mixed-atrophy": Recipe("mixed-atrophy", "mixed-atrophy", 4,
                             "the mixed recipe's looks on brains whose ventricles are widened "
-                            "by 0-6 mm (MS atrophy) instead of 0-1 mm, so that some subjects' "
-                            "brain cores hold as much dark FLAIR CSF as the patients'"),
+                            "by 0-8 mm (MS atrophy) instead of 0-1 mm"),
+    "randomized-csf-atrophy": Recipe(
+        "randomized-csf-atrophy", "randomized-csf-atrophy", 4,
+        "the randomized-rim recipe with FLAIR's CSF suppressed as real FLAIR shows it "
+        "(ventricles 0-0.2, sulci 0.05-0.5 of white matter) on brains whose ventricles are "
+        "widened by 0-8 mm (MS atrophy)"),
 }
 DEFAULT_RECIPE = "randomized-rim"
 # The recipe's normalisation and test-time mirroring (chosen on the development

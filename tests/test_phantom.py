@@ -602,6 +602,27 @@ def test_atrophy_widens_the_ventricles_of_the_same_brain():
         synthesize_subject(subject_seed(0, 0), 6.0, appearance="mixed-atrophy")
 
 
+def test_randomized_csf_suppresses_flairs_csf_on_the_same_anatomy():
+    """``randomized-csf`` is the randomized-rim anatomy with FLAIR's CSF drawn from
+    ``_DARK_FLAIR_CSF``: the same lesions, and FLAIR's ventricles far darker against white
+    matter (blur and partial volume at 3 mm keep them above the drawn 0-0.2; the -atrophy
+    brains' wider ventricles)."""
+    from tversky_keras.data.phantom.calibration import _DARK_FLAIR_CSF
+
+    assert _DARK_FLAIR_CSF[0][1] <= 0.2
+    for index in range(3):
+        rim = synthesize_subject(subject_seed(5, index), 3.0,
+                                 appearance="randomized-rim-atrophy")
+        dark = synthesize_subject(subject_seed(5, index), 3.0,
+                                  appearance="randomized-csf-atrophy")
+        np.testing.assert_array_equal(dark.lesion, rim.lesion)
+        ventricles = (rim.ventricle_distance_mm == 0) & (rim.tissue["CSF"] > 0.99)
+        white = (rim.tissue["WM"] > 0.99) & (rim.lesion == 0)
+        ratios = [np.median(s.images["FLAIR"][ventricles]) / np.median(s.images["FLAIR"][white])
+                  for s in (rim, dark)]
+        assert ratios[1] < 0.6 * ratios[0] and ratios[0] > 0.55, ratios
+
+
 def test_a_phantom_made_in_parallel_is_byte_identical_to_the_serial_one(tmp_path, capsys):
     """Two worker processes write the same bytes as this process alone, and report the
     subjects in order."""

@@ -63,11 +63,17 @@ _VESSEL_RADIUS_MM = 0.6
 _VENTRICLE_WIDENING_MM = (0.0, 1.0)
 # The -atrophy appearances': MS patients' ventricles are larger than the young template's
 # (brain atrophy). Chosen so that the share of the brain's core (deeper than 6 mm) below
-# half the brain's median reaches the development patients' FLAIR share
-# (reproduce.histograms) in some subjects: on four synthseg-look subjects, walls moved out
-# by 5 mm gave FLAIR 0.034-0.048 and 0.5 mm 0.002-0.018 (the patients: 0.030 and 0.036).
-# T1W's share stayed at 0.006-0.022 either way, below the patients' 0.064-0.073.
-_ATROPHY_WIDENING_MM = (0.0, 6.0)
+# half the brain's median spans the development patients' (reproduce.histograms: FLAIR
+# 0.030 and 0.036, T1W 0.064 and 0.073). Measured on four subjects of each look at 2 mm:
+# synthseg, walls out by 0.5 mm: FLAIR 0.002-0.018; by 5 mm: 0.034-0.048 (T1W 0.006-0.022
+# either way: its CSF is often drawn bright); randomized-csf, by 6 mm: FLAIR 0.059-0.073,
+# T1W 0.050-0.059; by 8 mm: FLAIR 0.068-0.108, T1W 0.071-0.092.
+_ATROPHY_WIDENING_MM = (0.0, 8.0)
+# The randomized-csf look's FLAIR CSF, ventricular then other, relative to white matter:
+# suppressed nearly to zero in the ventricles as in real FLAIR (the development patients'
+# brain 0.5th percentile is 0.00 of the median), less in sulci, where partial volume
+# with grey matter and flow keep some signal.
+_DARK_FLAIR_CSF = ((0.0, 0.2), (0.05, 0.5))
 # A design choice for the MNI152 template: its deep grey nuclei (basal ganglia,
 # thalamus) are taken to be the grey matter over this deep in the template,
 _DEEP_GREY_DEPTH_MM = 20.0

@@ -26,14 +26,15 @@ PHANTOM_VERSION = 3
 """The generator's current version, the default of every ``version`` argument."""
 PHANTOM_VERSIONS = (2, 3)
 """The versions it still makes, each reproduced exactly."""
-_ATROPHY_LOOKS = ("randomized-rim", "synthseg", "mixed")
-APPEARANCES = ("calibrated", "randomized", "randomized-rim", "synthseg", "mixed") + tuple(
-    f"{look}-atrophy" for look in _ATROPHY_LOOKS)
+_ATROPHY_LOOKS = ("randomized-rim", "randomized-csf", "synthseg", "mixed")
+APPEARANCES = ("calibrated", "randomized", "randomized-rim", "randomized-csf", "synthseg",
+               "mixed") + tuple(f"{look}-atrophy" for look in _ATROPHY_LOOKS)
 """The ``appearance`` options: calibrated to real scans, domain randomisation around the
 calibration, the same with half the subjects given a looser skull strip's rim,
 SynthSeg-grade randomisation (tissue intensities drawn on their own, dark CSF in FLAIR,
 lesions up to very bright, looser skull strips), a data set whose subjects alternate
-the last two (``MIXED_LOOKS``), and those three with ``-atrophy``: the same looks on
+randomized-rim and synthseg (``MIXED_LOOKS``), randomized-rim with FLAIR's CSF
+suppressed as in real scans (``randomized-csf``), and those with ``-atrophy``: the same looks on
 brains whose ventricles are widened as far as MS patients' (``_ATROPHY_WIDENING_MM``
 instead of ``_VENTRICLE_WIDENING_MM``)."""
 MIXED_LOOKS = ("randomized-rim", "synthseg")
@@ -159,12 +160,14 @@ def synthesize_subject(seed, spacing=2.0, lesion_load_mm3=None, version=PHANTOM_
                                        spacing, texture)
                   for m in MODALITIES}
     elif appearance.startswith("randomized"):
-        images = {m: _randomized_image(rng, m, anatomy, lesion, spacing, texture)
+        images = {m: _randomized_image(rng, m, anatomy, lesion, spacing, texture,
+                                       dark_csf=appearance == "randomized-csf")
                   for m in MODALITIES}
     else:
         images = {m: _synthseg_image(rng, m, anatomy, lesion, spacing, texture)
                   for m in MODALITIES}
-    if appearance in ("synthseg", "randomized-rim"):  # drawn last: the brain's voxels stay
+    # Drawn last: inside the brain, the voxels are those of the look without a rim.
+    if appearance in ("synthseg", "randomized-rim", "randomized-csf"):
         rim = _skull_rim(rng, anatomy.brain, spacing)
         if rim is not None:
             images = _with_skull_rim(rng, images, rim, spacing)

@@ -16,7 +16,8 @@ from scipy import ndimage, optimize
 
 from tversky_keras.data.normalize import zscore_in_brain
 from tversky_keras.data.phantom.calibration import (_BIAS, _BIAS_MM, _BIAS_RANGE, _BLUR_VOXELS,
-                                                    _CONTRAST_SCALE, _DEEP_WHITE,
+                                                    _CONTRAST_SCALE, _DARK_FLAIR_CSF,
+                                                    _DEEP_WHITE,
                                                     _LESION_RATIO, _NOISE, _NOISE_RANGE, _RIM,
                                                     _SKULL_RIM_INTENSITY, _SKULL_RIM_MM,
                                                     _SKULL_RIM_PROBABILITY, _SKULL_RIM_TEXTURE,
@@ -113,14 +114,25 @@ def _acquisition_blur(rng, spacing):
     return np.maximum(acquired / 2.355 / spacing, _BLUR_VOXELS)
 
 
-def _randomized_image(rng, modality, anatomy, lesion, spacing, texture):
+def _randomized_image(rng, modality, anatomy, lesion, spacing, texture, dark_csf=False):
     """One modality with a random look (the ranges above): tissue and lesion
-    contrasts, bias field, resolution and noise of the subject's own draw."""
+    contrasts, bias field, resolution and noise of the subject's own draw. With
+    ``dark_csf``, FLAIR's ventricular and other CSF are drawn from
+    ``_DARK_FLAIR_CSF`` (relative to white matter): suppressed as real FLAIR shows it,
+    where the calibrated values (effective values for z-scores) never are; and the cut
+    brain edge's brightness is drawn as the synthseg look's (``_SYNTH_EDGE_LEVEL``), from
+    dark to tissue-bright."""
     brain = anatomy.brain
     calibrated = np.array(_TISSUE_INTENSITY[modality])
     scale = rng.uniform(*_CONTRAST_SCALE, size=5)
     intensities = 100.0 * (calibrated / 100.0) ** scale
-    base, wm = _tissue_image(anatomy, modality, rng, texture, spacing, intensities)
+    edge_level = None
+    if dark_csf:
+        if modality == "FLAIR":
+            intensities[:2] = [intensities[4] * rng.uniform(*bounds)
+                               for bounds in _DARK_FLAIR_CSF]
+        edge_level = rng.uniform(*_SYNTH_EDGE_LEVEL)
+    base, wm = _tissue_image(anatomy, modality, rng, texture, spacing, intensities, edge_level)
     return _acquired(rng, base, wm, lesion, brain, spacing, _LESION_RATIO[modality])
 
 
