@@ -6,7 +6,10 @@ size and the look, so a phantom made otherwise is never reused.
 """
 
 import os
+import re
 import shutil
+import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -47,7 +50,8 @@ def phantom_data(profile, cache=DEFAULT_CACHE, version=None, appearance="calibra
         return folder
     print(f"generating the synthetic MS phantom (version {version}, {profile.phantom_subjects} "
           f"subjects at {profile.phantom_spacing:g} mm) into {folder} ...", flush=True)
-    temporary = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    remove_abandoned(folder)
+    temporary = folder.with_name(f".{folder.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex}.tmp")
     try:
         synthesize_dataset(temporary, n_subjects=profile.phantom_subjects, seed=0,
                            spacing=profile.phantom_spacing, version=version,
@@ -58,6 +62,36 @@ def phantom_data(profile, cache=DEFAULT_CACHE, version=None, appearance="calibra
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return folder
+
+
+# A generator's temporary folder is named for its machine and process, so that one a
+# killed generator left (SIGKILL, or SIGTERM in a command that exits at once) can be told
+# from one another process is writing now.
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process: running
+        return True
+    return True
+
+
+def remove_abandoned(folder):
+    """Remove the temporary folders that generators of ``folder``'s phantom on this machine
+    left when they were killed (their process is gone), one line each on stderr.
+    Folders of running processes, of other machines (a shared cache) and of unknown
+    name are left alone."""
+    pattern = re.compile(re.escape(f".{folder.name}.{_HOST}-") + r"(\d+)-[0-9a-f]{32}\.tmp")
+    for path in folder.parent.glob(f".{folder.name}.*.tmp"):
+        found = pattern.fullmatch(path.name)
+        if found and not _running(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"removed {path}: an interrupted phantom generator's temporary folder",
+                  file=sys.stderr, flush=True)
 
 
 def _rename_into_place(temporary, folder):

@@ -52,3 +52,30 @@ def test_an_incomplete_phantom_folder_is_replaced(tmp_path, monkeypatch):
     assert sorted(p.name for p in (folder / "synth00").iterdir()) == ["FLAIR.nii.gz"]
     assert (folder / "phantom.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [incomplete.parent.name]
+
+
+def test_a_killed_generators_temporary_folder_is_removed_and_a_running_ones_kept(
+        tmp_path, monkeypatch, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from reproduce import phantoms
+    from tversky_keras.data import phantom
+
+    monkeypatch.setattr(phantom, "synthesize_dataset", fake_phantom())
+    folder = phantom_folder(PROFILES["smoke"], tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)     # exited: a killed generator's process
+    uid = "0" * 32
+    abandoned = tmp_path / f".{folder.name}.{phantoms._HOST}-{dead_pid}-{uid}.tmp"
+    running = tmp_path / f".{folder.name}.{phantoms._HOST}-{os.getpid()}-{uid}.tmp"
+    elsewhere = tmp_path / f".{folder.name}.otherhost-{dead_pid}-{uid}.tmp"
+    unknown = tmp_path / f".{folder.name}.{uid}.tmp"      # the names before this rule
+    for path in (abandoned, running, elsewhere, unknown):
+        (path / "synth00").mkdir(parents=True)
+    assert phantom_data(PROFILES["smoke"], tmp_path) == folder
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([folder.name, running.name, elsewhere.name, unknown.name])
+    assert f"removed {abandoned}" in capsys.readouterr().err
