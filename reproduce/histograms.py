@@ -29,6 +29,7 @@ import numpy as np
 from reproduce import report
 from tversky_keras.atomic import write_json, write_text
 from tversky_keras.data import discover_subjects
+from tversky_keras.data.grid import Geometry
 from tversky_keras.data.io import MODALITIES, read_nifti
 from tversky_keras.data.normalize import CORE_MM, brain_core
 
@@ -63,8 +64,9 @@ def scan_statistics(subject):
     read = {m: read_nifti(path) for m, path in subject.images.items()}
     images = {m: data for m, (data, _) in read.items()}
     brain = np.logical_or.reduce([image != 0 for image in images.values()])
-    affine = next(iter(read.values()))[1].affine
-    core = brain_core(brain, np.linalg.norm(np.asarray(affine)[:3, :3], axis=0), CORE_MM)
+    # read_nifti's arrays are in canonical order, and so is the geometry's voxel size.
+    spacing = Geometry.from_image(next(iter(read.values()))[1]).spacing
+    core = brain_core(brain, spacing, CORE_MM)
     return {m: brain_statistics(images[m], brain, core) for m in MODALITIES if m in images}
 
 

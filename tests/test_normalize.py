@@ -110,20 +110,25 @@ def test_wm_peak_core_reads_a_brain_too_small_for_a_core_whole():
                                   wm_peak_in_brain(image, None))
 
 
-def test_load_subject_reads_the_core_at_the_scans_own_voxel_size(tmp_path):
+@pytest.mark.parametrize("affine, canonical_spacing", [
+    (np.diag([1.5, 2.0, 3.0, 1.0]), (1.5, 2.0, 3.0)),
+    # Stored axes 0 and 1 are RAS y and x: read in canonical order, x has 2-mm voxels.
+    (np.array([[0, 2.0, 0, 0], [1.5, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]]), (2.0, 1.5, 3.0)),
+])
+def test_load_subject_reads_the_core_at_the_scans_own_voxel_size(tmp_path, affine,
+                                                                 canonical_spacing):
     import nibabel as nib
 
     write_tiny_subjects(tmp_path, n=1, shape=(24, 24, 24))
     folder = next(tmp_path.iterdir())
-    for path in folder.iterdir():    # 1.5 x 2 x 3 mm voxels
+    for path in folder.iterdir():
         image = nib.load(path)
-        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([1.5, 2.0, 3.0, 1.0])),
-                 path)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), affine), path)
     subject = discover_subjects(tmp_path)[0]
     raw = load_subject(subject, normalize=False)
     core = load_subject(subject, normalize="wm-peak-core")
     for channel in range(3):
-        expected = wm_peak_core_in_brain(raw.image[..., channel], raw.brain, (1.5, 2.0, 3.0))
+        expected = wm_peak_core_in_brain(raw.image[..., channel], raw.brain, canonical_spacing)
         np.testing.assert_allclose(core.image[..., channel], expected, atol=1e-5)
     assert not np.allclose(core.image, load_subject(subject, normalize="wm-peak").image)
 

@@ -360,11 +360,11 @@ def load_subject(
             raise DataError(subject.images[modality],
                             f"the {modality} scan is constant ({inside.min():g}) inside the "
                             f"brain: an empty or failed acquisition")
-    if method is not None:
-        spacing = np.linalg.norm(np.asarray(reference.affine)[:3, :3], axis=0)
-        channels = [normalize_in_brain(c, brain, method, spacing) for c in channels]
-
+    # The arrays are in canonical order, and so is the geometry's voxel size.
     geometry = Geometry.from_image(reference)
+    if method is not None:
+        channels = [normalize_in_brain(c, brain, method, geometry.spacing) for c in channels]
+
     grid = dict(
         spacing=geometry.spacing,
         target_spacing=target_spacing,
