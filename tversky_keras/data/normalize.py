@@ -139,10 +139,10 @@ def normalize_method(normalize):
 
 
 def wm_peak_core_in_brain(image, brain_mask=None, spacing=1.0, core_mm=CORE_MM,
-                          clip_percentiles=(0.5, 99.5)):
+                          clip_percentiles=(0.5, 99.5), core=None):
     """``wm_peak_in_brain`` with the peak, the scale and the clipping bounds read over the
     brain deeper than ``core_mm`` (``brain_core`` at voxel size ``spacing`` mm), and
-    applied to the whole brain.
+    applied to the whole brain; ``core``: that core, when already computed for this brain.
 
     A looser skull strip leaves a rim of fat, skin or bone around the brain, and the
     rim's voxels count as brain: in T1W and T2W its intensity mode can outnumber white
@@ -151,21 +151,32 @@ def wm_peak_core_in_brain(image, brain_mask=None, spacing=1.0, core_mm=CORE_MM,
     to ``core_mm``. A brain with no voxel that deep (a small test image) is read whole.
     """
     brain = brain_mask_from_image(image) if brain_mask is None else np.asarray(brain_mask, bool)
+    if core is None:
+        core = brain_core(brain, spacing, core_mm)
     return _standardized(image, brain, clip_percentiles,
-                         lambda values, _: wm_peak_statistics(values),
-                         reference=brain_core(brain, spacing, core_mm))
+                         lambda values, _: wm_peak_statistics(values), reference=core)
 
 
 def normalize_in_brain(image, brain_mask=None, method="zscore", spacing=None):
     """One modality normalised inside the brain by ``method`` (``INTENSITY_NORMALIZATIONS``);
     ``wm-peak-core`` needs the voxel size ``spacing`` (mm, a number or one per axis)."""
+    return normalize_channels([image], brain_mask, method, spacing)[0]
+
+
+def normalize_channels(images, brain_mask, method, spacing=None):
+    """``normalize_in_brain`` of each of ``images`` (one subject's modalities, one grid),
+    the core of ``brain_mask`` computed once for all of them."""
     if method == "zscore":
-        return zscore_in_brain(image, brain_mask)
+        return [zscore_in_brain(image, brain_mask) for image in images]
     if method == "wm-peak":
-        return wm_peak_in_brain(image, brain_mask)
+        return [wm_peak_in_brain(image, brain_mask) for image in images]
     if method == "wm-peak-core":
         if spacing is None:
             raise ValueError("wm-peak-core normalisation needs the voxel size (spacing)")
-        return wm_peak_core_in_brain(image, brain_mask, spacing)
+        if brain_mask is None:  # each image's own non-zero voxels, so its own core
+            return [wm_peak_core_in_brain(image, None, spacing) for image in images]
+        brain = np.asarray(brain_mask, bool)
+        core = brain_core(brain, spacing, CORE_MM)
+        return [wm_peak_core_in_brain(image, brain, spacing, core=core) for image in images]
     raise ValueError(f"intensity normalisation must be one of "
                      f"{', '.join(INTENSITY_NORMALIZATIONS)}, got {method!r}")

@@ -13,7 +13,7 @@ from tversky_keras.data.grid import Geometry, check_same_grid, to_grid
 from tversky_keras.data.io import (MODALITIES, background_value, binary_mask, check_modalities,
                                   read_nifti)
 from tversky_keras.data.names import path_name
-from tversky_keras.data.normalize import normalize_method, normalize_in_brain
+from tversky_keras.data.normalize import normalize_channels, normalize_method
 
 MASK_NAME = "consensus_gt"
 BRAINMASK_NAME = "brainmask"
@@ -363,7 +363,7 @@ def load_subject(
     # The arrays are in canonical order, and so is the geometry's voxel size.
     geometry = Geometry.from_image(reference)
     if method is not None:
-        channels = [normalize_in_brain(c, brain, method, geometry.spacing) for c in channels]
+        channels = normalize_channels(channels, brain, method, geometry.spacing)
 
     grid = dict(
         spacing=geometry.spacing,
