@@ -471,3 +471,10 @@ def test_threshold_baselines_match_brute_force_on_the_other_subject_and_the_phan
     phantom_core = [core(reference(f), f) for f in phantom_folders]
     phantom_k_is_the_pooled_best(phantom_core, cores, "_core", 300)
     assert "(core statistics), k from the phantom" in (root / "sim2real.md").read_text()
+
+
+def test_every_normalisation_the_package_has_names_a_sim2real_folder():
+    from tversky_keras.data.normalize import INTENSITY_NORMALIZATIONS
+
+    assert tuple(sim2real.NORMALIZATION_SUFFIX) == INTENSITY_NORMALIZATIONS
+    assert len(set(sim2real.NORMALIZATION_SUFFIX.values())) == len(INTENSITY_NORMALIZATIONS)
